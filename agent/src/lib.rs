@@ -1,0 +1,5 @@
+//! `ukey-agent`: the production-desk daemon that turns blank Ukeys into finished ones.
+//!
+//! See `docs/DESIGN.md` for the data flow: the desk (slot table), the link to the platform
+//! (MQTT with a durable outbox), the job journal, and one PKCS#11 worker per token.
+#![forbid(unsafe_code)]

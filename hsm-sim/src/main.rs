@@ -1,0 +1,4 @@
+//! The `hsm-sim` command-line tool.
+#![forbid(unsafe_code)]
+
+fn main() {}

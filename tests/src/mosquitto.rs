@@ -1,0 +1,143 @@
+//! A real Mosquitto broker for tests: free loopback port, persistence on, killable.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// A Mosquitto broker bound to `127.0.0.1` on a free port, with persistence in its own
+/// temporary folder so that sessions and queued QoS 1 messages survive [`Mosquitto::kill`] +
+/// [`Mosquitto::restart`] as far as Mosquitto's last autosave (every second here).
+pub struct Mosquitto {
+    dir: TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+fn mosquitto_binary() -> PathBuf {
+    for candidate in [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ] {
+        if Path::new(candidate).exists() {
+            return PathBuf::from(candidate);
+        }
+    }
+    PathBuf::from(crate::require_tool("mosquitto"))
+}
+
+impl Mosquitto {
+    /// Starts a broker and waits until it accepts connections.
+    pub fn start() -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let mut broker = Mosquitto {
+            dir,
+            port: 0,
+            child: None,
+        };
+        let mut last_err = String::new();
+        // A port found free can be taken before mosquitto binds it: try a few.
+        for _ in 0..5 {
+            broker.port = crate::free_port();
+            match broker.spawn() {
+                Ok(()) => return broker,
+                Err(e) => {
+                    last_err = e;
+                    broker.kill();
+                }
+            }
+        }
+        panic!("mosquitto did not start: {last_err}");
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let conf = self.dir.path().join("mosquitto.conf");
+        let persist = self.dir.path().join("db");
+        std::fs::create_dir_all(&persist).map_err(|e| e.to_string())?;
+        let text = format!(
+            "listener {port} 127.0.0.1\n\
+             allow_anonymous true\n\
+             persistence true\n\
+             persistence_location {loc}/\n\
+             autosave_interval 1\n\
+             max_queued_messages 100000\n\
+             log_dest file {log}\n\
+             log_type error\nlog_type warning\nlog_type notice\n",
+            port = self.port,
+            loc = persist.display(),
+            log = self.dir.path().join("mosquitto.log").display(),
+        );
+        std::fs::write(&conf, text).map_err(|e| e.to_string())?;
+        let child = Command::new(mosquitto_binary())
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run mosquitto: {e}"))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(format!("mosquitto exited with {status}: {}", self.log()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!(
+            "mosquitto did not listen on port {} within 10 s",
+            self.port
+        ))
+    }
+
+    /// The broker's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The broker's log so far (for assertion messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
+    /// Kills the broker with SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port with the same persistence folder.
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut last = String::new();
+        for _ in 0..50 {
+            match self.spawn() {
+                Ok(()) => return,
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("mosquitto did not restart on port {}: {last}", self.port);
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

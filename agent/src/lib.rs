@@ -5,4 +5,6 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod logging;
+pub mod systemd;
 pub mod usb;

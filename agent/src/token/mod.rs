@@ -18,6 +18,9 @@ mod selftest;
 mod session;
 mod signer;
 
+/// PINs are passed as `SecretString` (no printing `Debug`, zeroized on drop).
+pub use secrecy::SecretString;
+
 pub use error::{PinOwner, TokenError, TriesLeft, ckr_name, function_name};
 pub use module::{Module, PresentToken, TokenFlags};
 pub use objects::{ObjectInfo, ObjectKind};

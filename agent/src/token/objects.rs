@@ -2,8 +2,10 @@
 //! keys, reconciliation listing, destruction, certificate installation.
 //!
 //! Templates follow DESIGN.md: private keys are `CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE,
-//! !CKA_EXTRACTABLE` with `CKA_SIGN` (seals) or `CKA_DECRYPT` (RSA) / `CKA_DERIVE` (EC) for the
-//! encryption key; key and certificate share `CKA_LABEL` and `CKA_ID = label.key_id()`. After
+//! !CKA_EXTRACTABLE` with `CKA_SIGN`, and for the encryption key also `CKA_DECRYPT` (RSA) or
+//! `CKA_DERIVE` (EC): a PKCS#10 CSR must be signed by its own key (proof of possession), so
+//! the encryption key signs too; its certificate's key usage is what limits it to encryption.
+//! Seal keys never get `CKA_DECRYPT`/`CKA_DERIVE`; key and certificate share `CKA_LABEL` and `CKA_ID = label.key_id()`. After
 //! generation `CKA_LOCAL, CKA_ALWAYS_SENSITIVE, CKA_NEVER_EXTRACTABLE, CKA_SENSITIVE,
 //! CKA_EXTRACTABLE` are read back; a wrong or missing one fails (cryptoki's `get_attributes`
 //! silently drops unreadable attributes, so results are matched by type).
@@ -152,13 +154,21 @@ pub(crate) fn required_private_attributes(
         (AttributeType::AlwaysSensitive, true),
         (AttributeType::NeverExtractable, true),
     ];
-    let usage = match (label.is_signing(), algorithm) {
-        (true, _) => AttributeType::Sign,
-        (false, KeyAlgorithm::P256) => AttributeType::Derive,
-        (false, _) => AttributeType::Decrypt,
-    };
-    required.push((usage, true));
+    // Every key signs at least its own CSR; only the encryption key decrypts or agrees.
+    let (decrypts, derives) = usage_of(label, algorithm);
+    required.push((AttributeType::Decrypt, decrypts));
+    required.push((AttributeType::Derive, derives));
+    required.push((AttributeType::Sign, true));
     required
+}
+
+/// Whether `label`'s private key decrypts (RSA encryption key) and derives (EC encryption key).
+fn usage_of(label: KeyLabel, algorithm: KeyAlgorithm) -> (bool, bool) {
+    match (label.is_signing(), algorithm) {
+        (true, _) => (false, false),
+        (false, KeyAlgorithm::P256) => (false, true),
+        (false, KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072) => (true, false),
+    }
 }
 
 impl Token {
@@ -217,7 +227,6 @@ impl Token {
         }
         let name = label.as_str().as_bytes().to_vec();
         let id = vec![label.key_id()];
-        let signing = label.is_signing();
         let mut public = vec![
             Attribute::Token(true),
             Attribute::Private(false),
@@ -232,34 +241,25 @@ impl Token {
             Attribute::Label(name),
             Attribute::Id(id),
         ];
+        let (decrypts, derives) = usage_of(label, algorithm);
+        // Every key signs: at least its own CSR (proof of possession). Usages are set
+        // explicitly: modules differ in their defaults (SoftHSM2 allows decrypt and derive).
+        public.push(Attribute::Verify(true));
+        public.push(Attribute::Encrypt(decrypts));
+        public.push(Attribute::Wrap(false));
+        private.push(Attribute::Sign(true));
+        private.push(Attribute::Decrypt(decrypts));
+        private.push(Attribute::Derive(derives));
+        private.push(Attribute::Unwrap(false));
         let mechanism = match algorithm {
             KeyAlgorithm::P256 => {
                 public.push(Attribute::EcParams(p256_params()));
-                if signing {
-                    public.push(Attribute::Verify(true));
-                    private.push(Attribute::Sign(true));
-                } else {
-                    // EC encryption is key agreement: ECDH with the private key.
-                    private.push(Attribute::Derive(true));
-                    private.push(Attribute::Sign(false));
-                }
                 Mechanism::EccKeyPairGen
             }
             KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 => {
                 let bits = algorithm.rsa_bits().unwrap_or(2048) as u64;
                 public.push(Attribute::ModulusBits(bits.into()));
                 public.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
-                if signing {
-                    public.push(Attribute::Verify(true));
-                    public.push(Attribute::Encrypt(false));
-                    private.push(Attribute::Sign(true));
-                    private.push(Attribute::Decrypt(false));
-                } else {
-                    public.push(Attribute::Encrypt(true));
-                    public.push(Attribute::Verify(false));
-                    private.push(Attribute::Decrypt(true));
-                    private.push(Attribute::Sign(false));
-                }
                 Mechanism::RsaPkcsKeyPairGen
             }
         };
@@ -562,18 +562,21 @@ mod tests {
 
     #[test]
     fn usage_attribute_follows_label_and_algorithm() {
-        let last = |l, a| *required_private_attributes(l, a).last().unwrap();
-        assert_eq!(
-            last(KeyLabel::SealLegal, KeyAlgorithm::Rsa2048),
-            (AttributeType::Sign, true)
-        );
-        assert_eq!(
-            last(KeyLabel::Encryption, KeyAlgorithm::P256),
-            (AttributeType::Derive, true)
-        );
-        assert_eq!(
-            last(KeyLabel::Encryption, KeyAlgorithm::Rsa3072),
-            (AttributeType::Decrypt, true)
-        );
+        let get = |l, a, t| {
+            required_private_attributes(l, a)
+                .into_iter()
+                .find(|(ty, _)| *ty == t)
+                .unwrap()
+                .1
+        };
+        let (seal, enc) = (KeyLabel::SealLegal, KeyLabel::Encryption);
+        assert!(get(seal, KeyAlgorithm::Rsa2048, AttributeType::Sign));
+        assert!(!get(seal, KeyAlgorithm::Rsa2048, AttributeType::Decrypt));
+        assert!(!get(seal, KeyAlgorithm::P256, AttributeType::Derive));
+        assert!(get(enc, KeyAlgorithm::P256, AttributeType::Derive));
+        assert!(!get(enc, KeyAlgorithm::P256, AttributeType::Decrypt));
+        assert!(get(enc, KeyAlgorithm::Rsa3072, AttributeType::Decrypt));
+        assert!(get(enc, KeyAlgorithm::Rsa3072, AttributeType::Sign));
+        assert!(!get(enc, KeyAlgorithm::Rsa3072, AttributeType::Derive));
     }
 }

@@ -214,6 +214,20 @@ impl UkeyProfile {
             key_usage: key_usage(label, algorithm),
         })
     }
+
+    /// The same profile with another subject: for a simulated platform that misbehaves on
+    /// purpose (a certificate with a wrong subject).
+    pub fn with_subject(profile: UkeyProfile, subject: Name) -> UkeyProfile {
+        UkeyProfile { subject, ..profile }
+    }
+
+    /// The same profile with another key usage (misbehaviour on purpose, as above).
+    pub fn with_key_usage(profile: UkeyProfile, key_usage: KeyUsage) -> UkeyProfile {
+        UkeyProfile {
+            key_usage,
+            ..profile
+        }
+    }
 }
 
 impl BuilderProfile for UkeyProfile {

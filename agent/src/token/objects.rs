@@ -162,6 +162,28 @@ pub(crate) fn required_private_attributes(
     required
 }
 
+/// Compares attributes read back with the required values, by type: the first wrong or
+/// missing one is returned as (name, expected, found), `found` being `missing` when the module
+/// did not return it.
+pub(crate) fn check_attributes(
+    required: &[(AttributeType, bool)],
+    read: &[Attribute],
+) -> Result<(), (&'static str, String, String)> {
+    for (ty, want) in required {
+        match bool_attr(read, *ty) {
+            Some(found) if found == *want => {}
+            found => {
+                return Err((
+                    cka_name(*ty),
+                    want.to_string(),
+                    found.map_or("missing".to_string(), |f| f.to_string()),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Whether `label`'s private key decrypts (RSA encryption key) and derives (EC encryption key).
 fn usage_of(label: KeyLabel, algorithm: KeyAlgorithm) -> (bool, bool) {
     match (label.is_signing(), algorithm) {
@@ -280,21 +302,15 @@ impl Token {
         let required = required_private_attributes(label, algorithm);
         let types: Vec<AttributeType> = required.iter().map(|(t, _)| *t).collect();
         let attrs = self.with_session(|s| s.get_attributes(handle, &types))?;
-        for (ty, want) in required {
-            match bool_attr(&attrs, ty) {
-                Some(found) if found == want => {}
-                found => {
-                    return Err(TokenError::AttributeCheck {
-                        serial: self.serial.clone(),
-                        label,
-                        attribute: cka_name(ty),
-                        expected: want.to_string(),
-                        found: found.map_or("missing".to_string(), |f| f.to_string()),
-                    });
-                }
+        check_attributes(&required, &attrs).map_err(|(attribute, expected, found)| {
+            TokenError::AttributeCheck {
+                serial: self.serial.clone(),
+                label,
+                attribute,
+                expected,
+                found,
             }
-        }
-        Ok(())
+        })
     }
 
     /// Checks the attributes of `label`'s existing private key (user logged in), e.g. when
@@ -557,6 +573,54 @@ mod tests {
         assert_eq!(
             p256_params(),
             [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]
+        );
+    }
+
+    #[test]
+    fn read_back_fails_on_wrong_or_missing_attributes() {
+        let required = required_private_attributes(KeyLabel::SealOfficial, KeyAlgorithm::P256);
+        let good: Vec<Attribute> = required
+            .iter()
+            .map(|(ty, v)| match ty {
+                AttributeType::Token => Attribute::Token(*v),
+                AttributeType::Private => Attribute::Private(*v),
+                AttributeType::Sensitive => Attribute::Sensitive(*v),
+                AttributeType::Extractable => Attribute::Extractable(*v),
+                AttributeType::Local => Attribute::Local(*v),
+                AttributeType::AlwaysSensitive => Attribute::AlwaysSensitive(*v),
+                AttributeType::NeverExtractable => Attribute::NeverExtractable(*v),
+                AttributeType::Sign => Attribute::Sign(*v),
+                AttributeType::Decrypt => Attribute::Decrypt(*v),
+                AttributeType::Derive => Attribute::Derive(*v),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(check_attributes(&required, &good), Ok(()));
+        // Order does not matter: matched by type.
+        let mut reversed = good.clone();
+        reversed.reverse();
+        assert_eq!(check_attributes(&required, &reversed), Ok(()));
+        // Missing (cryptoki silently drops what it could not read).
+        let missing: Vec<Attribute> = good
+            .iter()
+            .filter(|a| !matches!(a, Attribute::NeverExtractable(_)))
+            .cloned()
+            .collect();
+        assert_eq!(
+            check_attributes(&required, &missing),
+            Err(("CKA_NEVER_EXTRACTABLE", "true".into(), "missing".into()))
+        );
+        // Wrong.
+        let wrong: Vec<Attribute> = good
+            .iter()
+            .map(|a| match a {
+                Attribute::Sensitive(_) => Attribute::Sensitive(false),
+                other => other.clone(),
+            })
+            .collect();
+        assert_eq!(
+            check_attributes(&required, &wrong),
+            Err(("CKA_SENSITIVE", "true".into(), "false".into()))
         );
     }
 

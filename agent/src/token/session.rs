@@ -39,6 +39,9 @@ pub enum Authorization {
 pub const MAX_TOKEN_LABEL: usize = 32;
 
 /// One token, by serial. All calls block; see the module documentation.
+///
+/// Keep one `Token` per physical token per process: PKCS#11 login state is shared by all
+/// sessions of an application, so two would log each other in and out.
 pub struct Token {
     pub(super) module: Module,
     pub(super) slot: Slot,

@@ -167,14 +167,7 @@ impl Token {
                 );
                 match attempt(ct, Mechanism::RsaPkcsOaep(params)) {
                     Ok(pt) => Ok((pt, "CKM_RSA_PKCS_OAEP(SHA-256)")),
-                    Err(e)
-                        if e.rv().is_some_and(|rv| {
-                            is_mechanism_refusal(&cryptoki::error::Error::Pkcs11(
-                                rv,
-                                cryptoki::context::Function::DecryptInit,
-                            ))
-                        }) =>
-                    {
+                    Err(e) if e.rv().is_some_and(is_mechanism_refusal) => {
                         // The module takes only SHA-1 OAEP parameters (SoftHSM 2.6).
                         let ct = pk
                             .encrypt(&mut rng, rsa::Oaep::<sha1::Sha1>::new(), secret.as_ref())

@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 
-use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::ObjectHandle;
 use der::asn1::BitString;
@@ -241,13 +241,10 @@ impl DynSignatureAlgorithmIdentifier for TokenSigner<'_> {
     }
 }
 
-/// Whether a cryptoki error is the module refusing a mechanism.
-pub(super) fn is_mechanism_refusal(e: &CkError) -> bool {
+/// Whether a return code is the module refusing a mechanism or its parameters.
+pub(super) fn is_mechanism_refusal(rv: RvError) -> bool {
     matches!(
-        e,
-        CkError::Pkcs11(
-            RvError::MechanismInvalid | RvError::MechanismParamInvalid | RvError::ArgumentsBad,
-            _
-        )
+        rv,
+        RvError::MechanismInvalid | RvError::MechanismParamInvalid | RvError::ArgumentsBad
     )
 }

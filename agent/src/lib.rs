@@ -4,7 +4,11 @@
 //! (MQTT with a durable outbox), the job journal, and one PKCS#11 worker per token.
 #![forbid(unsafe_code)]
 
+pub mod certs;
 pub mod config;
 pub mod logging;
+pub mod profile;
 pub mod systemd;
+pub mod token;
 pub mod usb;
+pub mod worker;

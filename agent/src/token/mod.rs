@@ -1,0 +1,31 @@
+//! The token layer: PKCS#11 over cryptoki, blocking, one [`Token`] per Ukey.
+//!
+//! - [`Module`]: a PKCS#11 module loaded by path, initialized once per process, its present
+//!   tokens ([`PresentToken`]) found by serial (invariant 1).
+//! - [`Token`]: one token: init (guarded by [`Authorization`], invariant 2), PINs, key
+//!   generation with read-back checks, public keys, objects, certificates (only a
+//!   [`crate::certs::VerifiedCertificate`] is written, invariant 3), CSRs signed on the token
+//!   ([`TokenSigner`]), and the activation self-test.
+//! - [`TokenError`]: the one error type of this layer.
+//!
+//! Everything here blocks; async code reaches a token through [`crate::worker::TokenWorker`].
+//! This layer knows nothing of jobs, MQTT or the journal.
+
+mod error;
+mod module;
+mod objects;
+mod selftest;
+mod session;
+mod signer;
+
+/// PINs are passed as `SecretString` (no printing `Debug`, zeroized on drop).
+pub use secrecy::SecretString;
+
+pub use error::{PinOwner, TokenError, TriesLeft, ckr_name, function_name};
+pub use module::{Module, PresentToken, TokenFlags};
+pub use objects::{ObjectInfo, ObjectKind};
+pub use selftest::KeySelfTest;
+pub use session::{Authorization, MAX_TOKEN_LABEL, Token};
+pub use signer::{
+    SHA256_DIGEST_INFO_PREFIX, TokenPublicKey, TokenSignature, TokenSigner, signature_algorithm,
+};

@@ -1,0 +1,260 @@
+//! The activation self-test: each key proves, on the token, that it does its job.
+//!
+//! - A signing key signs a fresh random challenge (hashed on the host, SHA-256); the
+//!   signature is verified in software (p256 / rsa) with the certificate's public key (or the
+//!   public key object when no certificate is installed yet).
+//! - An RSA encryption key decrypts, on the token, a random secret encrypted in software to
+//!   its public key: `CKM_RSA_PKCS_OAEP` when the module offers it (SHA-256, falling back to
+//!   SHA-1 for modules such as SoftHSM 2.6 that only take SHA-1 parameters), else
+//!   `CKM_RSA_PKCS`.
+//! - An EC encryption key agrees a secret with a fresh software key (`CKM_ECDH1_DERIVE`,
+//!   null KDF) and it must equal the software ECDH result.
+//!
+//! The user must be logged in. A missing mechanism is reported as
+//! [`TokenError::MechanismUnsupported`], not as a failed key.
+
+use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use der::Decode;
+use p256::elliptic_curve::Generate;
+use sha2::{Digest, Sha256};
+use signature::Verifier;
+use ukey_protocol::{KeyAlgorithm, KeyLabel};
+use x509_cert::Certificate;
+use x509_cert::spki::SubjectPublicKeyInfoOwned;
+use zeroize::Zeroizing;
+
+use super::error::TokenError;
+use super::objects::ObjectKind;
+use super::session::Token;
+use super::signer::is_mechanism_refusal;
+use crate::certs::{key_algorithm, rsa_public_key};
+
+/// What the self-test did for one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySelfTest {
+    /// The key pair.
+    pub label: KeyLabel,
+    /// Its algorithm.
+    pub algorithm: KeyAlgorithm,
+    /// The mechanism exercised on the token, e.g. `CKM_ECDSA`, `CKM_RSA_PKCS_OAEP(SHA-1)`.
+    pub mechanism: &'static str,
+    /// Whether the public key came from the installed certificate.
+    pub used_certificate: bool,
+}
+
+fn random<const N: usize>() -> Result<Zeroizing<[u8; N]>, TokenError> {
+    let mut buf = Zeroizing::new([0u8; N]);
+    getrandom::fill(buf.as_mut()).map_err(|e| TokenError::Random(e.to_string()))?;
+    Ok(buf)
+}
+
+impl Token {
+    /// Runs the self-test for each of `labels` (usually [`KeyLabel::ALL`]); stops at the
+    /// first failure.
+    pub fn self_test(&self, labels: &[KeyLabel]) -> Result<Vec<KeySelfTest>, TokenError> {
+        labels.iter().map(|l| self.self_test_key(*l)).collect()
+    }
+
+    fn self_test_key(&self, label: KeyLabel) -> Result<KeySelfTest, TokenError> {
+        let fail = |reason: String| TokenError::SelfTest {
+            serial: self.serial.clone(),
+            label,
+            reason,
+        };
+        let key = self.find_one(ObjectKind::PrivateKey, label)?;
+        let object_key = self.public_key(label)?;
+        let (public, used_certificate) = match self.certificate(label)? {
+            Some(der) => {
+                let cert = Certificate::from_der(&der)
+                    .map_err(|e| fail(format!("installed certificate unreadable: {e}")))?;
+                let spki = cert.tbs_certificate().subject_public_key_info().clone();
+                if spki != object_key {
+                    return Err(fail(
+                        "installed certificate is for another key than the public key object"
+                            .into(),
+                    ));
+                }
+                (spki, true)
+            }
+            None => (object_key, false),
+        };
+        let algorithm = key_algorithm(&public)
+            .ok_or_else(|| fail("public key is not P-256, RSA-2048 or RSA-3072".into()))?;
+        let mechanism = if label.is_signing() {
+            self.test_signing(label, key, algorithm, &public)?
+        } else if algorithm == KeyAlgorithm::P256 {
+            self.test_ecdh(label, key, &public)?
+        } else {
+            self.test_rsa_decrypt(label, key, &public)?
+        };
+        tracing::info!(serial = ?self.serial, %label, mechanism, "self-test passed");
+        Ok(KeySelfTest {
+            label,
+            algorithm,
+            mechanism,
+            used_certificate,
+        })
+    }
+
+    fn test_signing(
+        &self,
+        label: KeyLabel,
+        key: ObjectHandle,
+        algorithm: KeyAlgorithm,
+        public: &SubjectPublicKeyInfoOwned,
+    ) -> Result<&'static str, TokenError> {
+        let fail = |reason: String| TokenError::SelfTest {
+            serial: self.serial.clone(),
+            label,
+            reason,
+        };
+        let challenge = random::<32>()?;
+        let digest: [u8; 32] = Sha256::digest(challenge.as_ref()).into();
+        let raw = self.sign_digest_raw(label, key, algorithm, &digest)?;
+        match algorithm {
+            KeyAlgorithm::P256 => {
+                let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(
+                    public.subject_public_key.raw_bytes(),
+                )
+                .map_err(|e| fail(format!("public key: {e}")))?;
+                let sig = p256::ecdsa::Signature::from_slice(&raw)
+                    .map_err(|e| fail(format!("CKM_ECDSA returned no r||s: {e}")))?;
+                vk.verify(challenge.as_ref(), &sig)
+                    .map_err(|_| fail("ECDSA signature does not verify".into()))?;
+                Ok("CKM_ECDSA")
+            }
+            KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 => {
+                let pk = rsa_public_key(public).map_err(fail)?;
+                let vk = rsa::pkcs1v15::VerifyingKey::<Sha256>::new(pk);
+                let sig = rsa::pkcs1v15::Signature::try_from(raw.as_slice())
+                    .map_err(|e| fail(format!("RSA signature: {e}")))?;
+                vk.verify(challenge.as_ref(), &sig)
+                    .map_err(|_| fail("RSA signature does not verify".into()))?;
+                Ok("CKM_RSA_PKCS")
+            }
+        }
+    }
+
+    fn test_rsa_decrypt(
+        &self,
+        label: KeyLabel,
+        key: ObjectHandle,
+        public: &SubjectPublicKeyInfoOwned,
+    ) -> Result<&'static str, TokenError> {
+        let fail = |reason: String| TokenError::SelfTest {
+            serial: self.serial.clone(),
+            label,
+            reason,
+        };
+        let pk = rsa_public_key(public).map_err(fail)?;
+        let secret = random::<32>()?;
+        let mut rng = rand::rng();
+        let attempt = |ciphertext: Vec<u8>, mechanism: Mechanism<'_>| {
+            self.with_session(|s| s.decrypt(&mechanism, key, &ciphertext))
+        };
+        let outcome: Result<(Vec<u8>, &'static str), TokenError> =
+            if self.has_mechanism(MechanismType::RSA_PKCS_OAEP)? {
+                let ct = pk
+                    .encrypt(&mut rng, rsa::Oaep::<Sha256>::new(), secret.as_ref())
+                    .map_err(|e| fail(format!("software encryption: {e}")))?;
+                let params = PkcsOaepParams::new(
+                    MechanismType::SHA256,
+                    PkcsMgfType::MGF1_SHA256,
+                    PkcsOaepSource::empty(),
+                );
+                match attempt(ct, Mechanism::RsaPkcsOaep(params)) {
+                    Ok(pt) => Ok((pt, "CKM_RSA_PKCS_OAEP(SHA-256)")),
+                    Err(e) if e.rv().is_some_and(is_mechanism_refusal) => {
+                        // The module takes only SHA-1 OAEP parameters (SoftHSM 2.6).
+                        let ct = pk
+                            .encrypt(&mut rng, rsa::Oaep::<sha1::Sha1>::new(), secret.as_ref())
+                            .map_err(|e| fail(format!("software encryption: {e}")))?;
+                        let params = PkcsOaepParams::new(
+                            MechanismType::SHA1,
+                            PkcsMgfType::MGF1_SHA1,
+                            PkcsOaepSource::empty(),
+                        );
+                        attempt(ct, Mechanism::RsaPkcsOaep(params))
+                            .map(|pt| (pt, "CKM_RSA_PKCS_OAEP(SHA-1)"))
+                    }
+                    Err(e) => Err(e),
+                }
+            } else if self.has_mechanism(MechanismType::RSA_PKCS)? {
+                let ct = pk
+                    .encrypt(&mut rng, rsa::Pkcs1v15Encrypt, secret.as_ref())
+                    .map_err(|e| fail(format!("software encryption: {e}")))?;
+                attempt(ct, Mechanism::RsaPkcs).map(|pt| (pt, "CKM_RSA_PKCS"))
+            } else {
+                return Err(TokenError::MechanismUnsupported {
+                    serial: self.serial.clone(),
+                    mechanism: "CKM_RSA_PKCS_OAEP or CKM_RSA_PKCS",
+                    purpose: "decrypt with the encryption key",
+                });
+            };
+        let (plaintext, mechanism) = outcome?;
+        let plaintext = Zeroizing::new(plaintext);
+        if plaintext.as_slice() != secret.as_ref() {
+            return Err(fail(format!(
+                "{mechanism} decrypted something else than was encrypted"
+            )));
+        }
+        Ok(mechanism)
+    }
+
+    fn test_ecdh(
+        &self,
+        label: KeyLabel,
+        key: ObjectHandle,
+        public: &SubjectPublicKeyInfoOwned,
+    ) -> Result<&'static str, TokenError> {
+        let fail = |reason: String| TokenError::SelfTest {
+            serial: self.serial.clone(),
+            label,
+            reason,
+        };
+        if !self.has_mechanism(MechanismType::ECDH1_DERIVE)? {
+            return Err(TokenError::MechanismUnsupported {
+                serial: self.serial.clone(),
+                mechanism: "CKM_ECDH1_DERIVE",
+                purpose: "agree a key with the encryption key",
+            });
+        }
+        let token_public = p256::PublicKey::from_sec1_bytes(public.subject_public_key.raw_bytes())
+            .map_err(|e| fail(format!("public key: {e}")))?;
+        let mut rng = rand::rng();
+        let ephemeral = p256::ecdh::EphemeralSecret::generate_from_rng(&mut rng);
+        let expected = ephemeral.diffie_hellman(&token_public);
+        let peer = ephemeral.public_key().to_sec1_bytes();
+        let template = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::GENERIC_SECRET),
+            Attribute::Token(false),
+            Attribute::Sensitive(false),
+            Attribute::Extractable(true),
+            Attribute::ValueLen(32.into()),
+        ];
+        let params = Ecdh1DeriveParams::new(EcKdf::null(), &peer);
+        let derived =
+            self.with_session(|s| s.derive_key(&Mechanism::Ecdh1Derive(params), key, &template))?;
+        let value = self.with_session(|s| s.get_attributes(derived, &[AttributeType::Value]));
+        // The derived secret is a session object; remove it at once either way.
+        if let Err(e) = self.with_session(|s| s.destroy_object(derived)) {
+            tracing::debug!(serial = ?self.serial, error = %e, "destroying the ECDH secret failed");
+        }
+        let value = value?;
+        let agreed = value.iter().find_map(|a| match a {
+            Attribute::Value(v) => Some(Zeroizing::new(v.clone())),
+            _ => None,
+        });
+        match agreed {
+            Some(v) if v.as_slice() == expected.raw_secret_bytes().as_slice() => {
+                Ok("CKM_ECDH1_DERIVE")
+            }
+            Some(_) => Err(fail("ECDH on the token agreed another secret".into())),
+            None => Err(fail("derived secret unreadable (CKA_VALUE missing)".into())),
+        }
+    }
+}

@@ -1,0 +1,463 @@
+//! [`Token`]: one Ukey, found by serial, with its session and login state.
+//!
+//! All calls block. A `Token` holds at most one read/write session, opened on first use and
+//! closed on `Drop` (cryptoki's `Session` closes itself and logs instead of panicking); the
+//! login state lives in that session. A `Token` is `Send` but not `Sync`: it belongs to one
+//! thread, the token's worker ([`crate::worker`]).
+//!
+//! Initializing a token is guarded by invariant 2: [`Token::init_token`] refuses an initialized
+//! token unless an [`Authorization`] from a job names its serial.
+//!
+//! Key, object and certificate operations are in `objects.rs`, CSRs in `signer.rs`, the
+//! activation self-test in `selftest.rs`.
+
+use std::cell::{Cell, Ref, RefCell};
+use std::time::Duration;
+
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use secrecy::SecretString;
+
+use super::error::{PinOwner, Site, TokenError, TriesLeft};
+use super::module::{Module, PresentToken};
+
+/// Why `C_InitToken` may run on this token (invariant 2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authorization {
+    /// Only if the token is blank.
+    BlankOnly,
+    /// The job names this token serial (re-keying a known token with the SO PIN the job
+    /// carries). Refused on any token with another serial.
+    NamedByJob {
+        /// The serial the job names.
+        serial: String,
+    },
+}
+
+/// The longest token label PKCS#11 stores (`CK_TOKEN_INFO.label` is 32 bytes).
+pub const MAX_TOKEN_LABEL: usize = 32;
+
+/// One token, by serial. All calls block; see the module documentation.
+///
+/// Keep one `Token` per physical token per process: PKCS#11 login state is shared by all
+/// sessions of an application, so two would log each other in and out.
+pub struct Token {
+    pub(super) module: Module,
+    pub(super) slot: Slot,
+    /// `None` or empty only for a blank SoftHSM2 slot, which has no serial until initialized.
+    pub(super) serial: Option<String>,
+    session: RefCell<Option<Session>>,
+    login: Cell<Option<PinOwner>>,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("module", &self.module.path())
+            .field("slot", &self.slot.id())
+            .field("serial", &self.serial)
+            .field("login", &self.login.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Token {
+    /// Opens the present token with this serial.
+    pub fn open(module: &Module, serial: &str) -> Result<Token, TokenError> {
+        let present = module
+            .find_by_serial(serial)?
+            .ok_or_else(|| TokenError::NotFound {
+                serial: serial.trim().to_string(),
+                waited: Duration::ZERO,
+            })?;
+        Token::at(module, &present)
+    }
+
+    /// Opens the token a scan found, e.g. a blank SoftHSM2 slot that has no serial yet.
+    pub fn at(module: &Module, present: &PresentToken) -> Result<Token, TokenError> {
+        let slot = module
+            .slot(present.slot)?
+            .ok_or_else(|| TokenError::Removed {
+                serial: Some(present.serial.clone()).filter(|s| !s.is_empty()),
+                slot: present.slot,
+                function: "C_GetSlotList".into(),
+            })?;
+        let token = Token {
+            module: module.clone(),
+            slot,
+            serial: Some(present.serial.clone()).filter(|s| !s.is_empty()),
+            session: RefCell::new(None),
+            login: Cell::new(None),
+        };
+        // The slot may have changed hands since the scan.
+        token.info()?;
+        Ok(token)
+    }
+
+    /// The token serial (`None` for a blank SoftHSM2 slot before initialization).
+    pub fn serial(&self) -> Option<&str> {
+        self.serial.as_deref()
+    }
+
+    /// The slot id now (not an identity: it changes on re-plug).
+    pub fn slot_id(&self) -> u64 {
+        self.slot.id()
+    }
+
+    /// The module this token is reached through.
+    pub fn module(&self) -> &Module {
+        &self.module
+    }
+
+    /// Who is logged in through this `Token`, as far as it knows.
+    pub fn logged_in(&self) -> Option<PinOwner> {
+        self.login.get()
+    }
+
+    pub(super) fn site(&self) -> Site {
+        Site {
+            slot: Some(self.slot.id()),
+            serial: self.serial.clone(),
+        }
+    }
+
+    /// Reads `C_GetTokenInfo` and checks that the slot still holds this token.
+    pub fn info(&self) -> Result<PresentToken, TokenError> {
+        let info = self
+            .module
+            .pkcs11()
+            .get_token_info(self.slot)
+            .map_err(|e| self.map_err(e))?;
+        let present = PresentToken::from_info(self.slot, &info);
+        if let Some(serial) = &self.serial
+            && *serial != present.serial
+        {
+            // Another token sits in the slot now: ours was pulled.
+            return Err(TokenError::Removed {
+                serial: self.serial.clone(),
+                slot: self.slot.id(),
+                function: "C_GetTokenInfo".into(),
+            });
+        }
+        Ok(present)
+    }
+
+    /// Finds this token again by serial after it was pulled and re-inserted (its slot id may
+    /// differ), waiting up to `timeout`. Drops the old session and login state.
+    pub fn reconnect(&mut self, timeout: Duration) -> Result<(), TokenError> {
+        let serial = self.serial.clone().ok_or_else(|| TokenError::NotFound {
+            serial: String::new(),
+            waited: Duration::ZERO,
+        })?;
+        self.close_session();
+        let present = self
+            .module
+            .wait_for_serial(&serial, timeout, Duration::from_millis(50))?;
+        self.slot = self
+            .module
+            .slot(present.slot)?
+            .ok_or_else(|| TokenError::NotFound {
+                serial: serial.clone(),
+                waited: timeout,
+            })?;
+        Ok(())
+    }
+
+    /// Maps a cryptoki error, telling a pulled token from other failures.
+    pub(super) fn map_err(&self, e: CkError) -> TokenError {
+        let err = self.site().err(e);
+        let invalid_session = matches!(
+            err,
+            TokenError::Pkcs11 {
+                rv: RvError::SessionHandleInvalid | RvError::TokenNotRecognized,
+                ..
+            }
+        );
+        if invalid_session && !self.still_present() {
+            return TokenError::Removed {
+                serial: self.serial.clone(),
+                slot: self.slot.id(),
+                function: match &err {
+                    TokenError::Pkcs11 { function, .. } => function.clone(),
+                    _ => String::new(),
+                },
+            };
+        }
+        err
+    }
+
+    fn still_present(&self) -> bool {
+        match self.module.pkcs11().get_token_info(self.slot) {
+            Ok(info) => match &self.serial {
+                Some(serial) => info.serial_number().trim() == serial,
+                None => true,
+            },
+            Err(_) => false,
+        }
+    }
+
+    /// The open session, opening a read/write one if there is none.
+    pub(super) fn session(&self) -> Result<Ref<'_, Session>, TokenError> {
+        if self.session.borrow().is_none() {
+            let session = self
+                .module
+                .pkcs11()
+                .open_rw_session(self.slot)
+                .map_err(|e| match e {
+                    CkError::Pkcs11(RvError::TokenNotRecognized, _) if self.is_blank_now() => {
+                        TokenError::Blank {
+                            slot: self.slot.id(),
+                        }
+                    }
+                    e => self.map_err(e),
+                })?;
+            *self.session.borrow_mut() = Some(session);
+        }
+        Ref::filter_map(self.session.borrow(), Option::as_ref).map_err(|_| TokenError::Blank {
+            slot: self.slot.id(),
+        })
+    }
+
+    fn is_blank_now(&self) -> bool {
+        self.module
+            .pkcs11()
+            .get_token_info(self.slot)
+            .map(|i| !i.token_initialized())
+            .unwrap_or(false)
+    }
+
+    /// Runs `f` on the session, mapping errors.
+    pub(super) fn with_session<T>(
+        &self,
+        f: impl FnOnce(&Session) -> Result<T, CkError>,
+    ) -> Result<T, TokenError> {
+        let session = self.session()?;
+        f(&session).map_err(|e| self.map_err(e))
+    }
+
+    /// Closes the session (which also ends any login).
+    pub fn close_session(&self) {
+        if let Some(session) = self.session.borrow_mut().take()
+            && let Err(e) = session.close()
+        {
+            tracing::debug!(serial = ?self.serial, error = %e, "closing a session failed");
+        }
+        self.login.set(None);
+    }
+
+    /// `C_InitToken`: initializes (and on an initialized token: wipes) the token, with a new
+    /// SO PIN and token label (at most [`MAX_TOKEN_LABEL`] bytes).
+    ///
+    /// Refused ([`TokenError::NotBlank`]) unless the token is blank or `authorization` names
+    /// this token's serial (invariant 2); with [`Authorization::NamedByJob`], a token with
+    /// another serial is refused ([`TokenError::WrongToken`]) even when blank. Our own session
+    /// is closed first (`C_InitToken` fails with `CKR_SESSION_EXISTS` otherwise).
+    pub fn init_token(
+        &mut self,
+        so_pin: &SecretString,
+        label: &str,
+        authorization: &Authorization,
+    ) -> Result<(), TokenError> {
+        if label.len() > MAX_TOKEN_LABEL {
+            return Err(TokenError::InvalidArgument {
+                what: "token label",
+                reason: format!("{} bytes, at most {MAX_TOKEN_LABEL}", label.len()),
+            });
+        }
+        let present = self.info()?;
+        match authorization {
+            Authorization::BlankOnly if present.flags.initialized => {
+                return Err(TokenError::NotBlank {
+                    serial: self.serial.clone(),
+                    label: present.label,
+                });
+            }
+            Authorization::BlankOnly => {}
+            Authorization::NamedByJob { serial } => {
+                if serial.trim() != present.serial {
+                    return Err(TokenError::WrongToken {
+                        expected: serial.trim().to_string(),
+                        found: self.serial.clone(),
+                    });
+                }
+            }
+        }
+        self.close_session();
+        self.module
+            .pkcs11()
+            .init_token(self.slot, so_pin, label)
+            .map_err(|e| self.pin_err(e, PinOwner::SecurityOfficer, &present))?;
+        // A blank SoftHSM2 slot gets its serial now.
+        let info = self
+            .module
+            .pkcs11()
+            .get_token_info(self.slot)
+            .map_err(|e| self.map_err(e))?;
+        let serial = info.serial_number().trim().to_string();
+        self.serial = Some(serial).filter(|s| !s.is_empty());
+        tracing::info!(serial = ?self.serial, slot = self.slot.id(), "token initialized");
+        Ok(())
+    }
+
+    /// Maps an error of a PIN-taking call: wrong, locked, or bad length.
+    fn pin_err(&self, e: CkError, owner: PinOwner, before: &PresentToken) -> TokenError {
+        match e {
+            CkError::Pkcs11(RvError::PinIncorrect, _) => {
+                let flags = self.info().map(|i| i.flags).unwrap_or(before.flags);
+                let (locked, final_try, low) = match owner {
+                    PinOwner::User => (
+                        flags.user_pin_locked,
+                        flags.user_pin_final_try,
+                        flags.user_pin_count_low,
+                    ),
+                    PinOwner::SecurityOfficer => (
+                        flags.so_pin_locked,
+                        flags.so_pin_final_try,
+                        flags.so_pin_count_low,
+                    ),
+                };
+                if locked {
+                    TokenError::PinLocked {
+                        serial: self.serial.clone(),
+                        owner,
+                    }
+                } else {
+                    TokenError::WrongPin {
+                        serial: self.serial.clone(),
+                        owner,
+                        tries_left: if final_try {
+                            TriesLeft::FinalTry
+                        } else if low {
+                            TriesLeft::Low
+                        } else {
+                            TriesLeft::Unknown
+                        },
+                    }
+                }
+            }
+            CkError::Pkcs11(RvError::PinLocked, _) => TokenError::PinLocked {
+                serial: self.serial.clone(),
+                owner,
+            },
+            CkError::Pkcs11(RvError::PinLenRange | RvError::PinInvalid, _) => {
+                TokenError::PinLength {
+                    serial: self.serial.clone(),
+                    owner,
+                    min: before.min_pin_len,
+                    max: before.max_pin_len,
+                }
+            }
+            e => self.map_err(e),
+        }
+    }
+
+    fn login(&self, owner: PinOwner, pin: &SecretString) -> Result<(), TokenError> {
+        if self.login.get() == Some(owner) {
+            return Ok(());
+        }
+        if self.login.get().is_some() {
+            self.logout()?;
+        }
+        let present = self.info()?;
+        let user_type = match owner {
+            PinOwner::User => UserType::User,
+            PinOwner::SecurityOfficer => UserType::So,
+        };
+        let session = self.session()?;
+        match session.login(user_type, Some(pin)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
+                self.login.set(Some(owner));
+                Ok(())
+            }
+            Err(e) => {
+                drop(session);
+                Err(self.pin_err(e, owner, &present))
+            }
+        }
+    }
+
+    /// `C_Login` as the user. A wrong PIN yields [`TokenError::WrongPin`] with the token's
+    /// retry hint, a locked one [`TokenError::PinLocked`].
+    pub fn login_user(&self, pin: &SecretString) -> Result<(), TokenError> {
+        self.login(PinOwner::User, pin)
+    }
+
+    /// `C_Login` as the security officer.
+    pub fn login_so(&self, so_pin: &SecretString) -> Result<(), TokenError> {
+        self.login(PinOwner::SecurityOfficer, so_pin)
+    }
+
+    /// `C_Logout` (nothing to do when nobody is logged in).
+    pub fn logout(&self) -> Result<(), TokenError> {
+        if self.login.get().is_none() {
+            return Ok(());
+        }
+        let result = match self.session.borrow().as_ref() {
+            Some(session) => match session.logout() {
+                Ok(()) | Err(CkError::Pkcs11(RvError::UserNotLoggedIn, _)) => Ok(()),
+                Err(e) => Err(self.map_err(e)),
+            },
+            None => Ok(()),
+        };
+        self.login.set(None);
+        result
+    }
+
+    /// Sets the first user PIN of a freshly initialized token: SO login, `C_InitPIN`, logout.
+    /// Refused when the user PIN is already set (use [`Token::set_user_pin_as_so`] to unlock).
+    pub fn init_user_pin(
+        &self,
+        so_pin: &SecretString,
+        user_pin: &SecretString,
+    ) -> Result<(), TokenError> {
+        let present = self.info()?;
+        if present.flags.user_pin_initialized {
+            return Err(TokenError::InvalidArgument {
+                what: "user PIN",
+                reason: "already initialized on this token".into(),
+            });
+        }
+        self.init_pin_as_so(so_pin, user_pin, &present)
+    }
+
+    /// Unlock: as SO, sets a new user PIN, which also resets its retry counter (`C_InitPIN`).
+    pub fn set_user_pin_as_so(
+        &self,
+        so_pin: &SecretString,
+        new_user_pin: &SecretString,
+    ) -> Result<(), TokenError> {
+        let present = self.info()?;
+        self.init_pin_as_so(so_pin, new_user_pin, &present)
+    }
+
+    fn init_pin_as_so(
+        &self,
+        so_pin: &SecretString,
+        user_pin: &SecretString,
+        present: &PresentToken,
+    ) -> Result<(), TokenError> {
+        self.login_so(so_pin)?;
+        let result = {
+            let session = self.session()?;
+            session
+                .init_pin(user_pin)
+                .map_err(|e| self.pin_err(e, PinOwner::User, present))
+        };
+        let logout = self.logout();
+        result?;
+        logout
+    }
+}
+
+impl Drop for Token {
+    fn drop(&mut self) {
+        // Logging out first leaves no logged-in state behind if the module keeps it per token.
+        if self.login.get().is_some()
+            && let Err(e) = self.logout()
+        {
+            tracing::debug!(serial = ?self.serial, error = %e, "logout on drop failed");
+        }
+        self.close_session();
+    }
+}

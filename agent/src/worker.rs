@@ -1,0 +1,110 @@
+//! Blocking stays off the runtime: one dedicated thread per token, reached by a channel.
+//!
+//! [`TokenWorker::spawn`] moves a [`Token`] onto its own OS thread; async code runs closures
+//! on it with [`TokenWorker::call`] and awaits the result through a oneshot reply. Calls run
+//! one at a time, in order. A PKCS#11 session is `Send` but not `Sync` and its calls block,
+//! so no session is ever touched from a runtime thread or held across an `.await`.
+//!
+//! - A closure that panics yields [`TokenError::WorkerPanicked`]; the worker keeps serving.
+//! - Dropping the future of `call` does not cancel the closure: a token write that has
+//!   started finishes (shutdown never cuts a token write in half).
+//! - Dropping the [`TokenWorker`] ends the thread after queued calls; [`TokenWorker::close`]
+//!   also waits for that.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+use crate::token::{Token, TokenError};
+
+type Job = Box<dyn FnOnce(&mut Token) + Send>;
+
+/// The async handle of a token's worker thread.
+#[derive(Debug)]
+pub struct TokenWorker {
+    jobs: mpsc::Sender<Job>,
+    serial: Arc<Mutex<Option<String>>>,
+    exited: oneshot::Receiver<()>,
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic without a message".into()
+    }
+}
+
+impl TokenWorker {
+    /// Starts the worker thread that owns `token`.
+    pub fn spawn(token: Token) -> Result<TokenWorker, TokenError> {
+        let serial = Arc::new(Mutex::new(token.serial().map(str::to_string)));
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let (exit_tx, exited) = oneshot::channel::<()>();
+        let name = format!("token-{}", token.serial().unwrap_or("blank"));
+        let shared_serial = Arc::clone(&serial);
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                let mut token = token;
+                // Ends when every sender is gone, i.e. the handle was dropped.
+                while let Ok(job) = queue.recv() {
+                    job(&mut token);
+                    if let Ok(mut s) = shared_serial.lock() {
+                        *s = token.serial().map(str::to_string);
+                    }
+                }
+                drop(token);
+                drop(exit_tx);
+            })
+            .map_err(|_| TokenError::WorkerGone {
+                serial: serial.lock().ok().and_then(|s| s.clone()),
+            })?;
+        Ok(TokenWorker {
+            jobs,
+            serial,
+            exited,
+        })
+    }
+
+    /// The token serial as of the last finished call.
+    pub fn serial(&self) -> Option<String> {
+        self.serial.lock().ok().and_then(|s| s.clone())
+    }
+
+    /// Runs `f` on the token's thread and returns its result.
+    pub async fn call<F, T>(&self, f: F) -> Result<T, TokenError>
+    where
+        F: FnOnce(&mut Token) -> Result<T, TokenError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |token: &mut Token| {
+            let serial = token.serial().map(str::to_string);
+            let result = catch_unwind(AssertUnwindSafe(|| f(token))).unwrap_or_else(|payload| {
+                let message = panic_message(payload.as_ref());
+                tracing::error!(serial = ?serial, %message, "a token call panicked");
+                Err(TokenError::WorkerPanicked { serial, message })
+            });
+            // The caller may have stopped waiting; the work is done either way.
+            let _ = reply.send(result);
+        });
+        let gone = || TokenError::WorkerGone {
+            serial: self.serial(),
+        };
+        self.jobs.send(job).map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    /// Ends the worker: lets queued calls finish, drops the token (closing its session), and
+    /// waits until the thread is gone.
+    pub async fn close(self) {
+        let TokenWorker { jobs, exited, .. } = self;
+        drop(jobs);
+        let _ = exited.await;
+    }
+}

@@ -57,3 +57,16 @@ pub use signed::{
     SignatureAlgorithm, check_nonce, sign_job,
 };
 pub use topic::{DEFAULT_PREFIX, Direction, Topic, Topics};
+
+// Every message fits the overall bound that brokers and clients are configured for.
+const _: () = {
+    assert!(JobEnvelope::MAX_BYTES <= MAX_MESSAGE_BYTES);
+    assert!(JobDocument::MAX_BYTES <= JobEnvelope::MAX_BYTES);
+    assert!(StepEvent::MAX_BYTES <= MAX_MESSAGE_BYTES);
+    assert!(CsrBundle::MAX_BYTES <= MAX_MESSAGE_BYTES);
+    assert!(CertResponse::MAX_BYTES <= MAX_MESSAGE_BYTES);
+    assert!(Ack::MAX_BYTES <= MAX_MESSAGE_BYTES);
+    assert!(Cancel::MAX_BYTES <= MAX_MESSAGE_BYTES);
+    assert!(Presence::MAX_BYTES <= MAX_MESSAGE_BYTES);
+    assert!(Inventory::MAX_BYTES <= MAX_MESSAGE_BYTES);
+};

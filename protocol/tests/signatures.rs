@@ -8,14 +8,13 @@ mod common;
 use std::collections::{BTreeSet, HashSet};
 
 use common::*;
-use rand_core::UnwrapErr;
 use time::Duration;
 use ukey_protocol::*;
 
 fn random_es256() -> JobSigningKey {
-    JobSigningKey::Es256(p256::ecdsa::SigningKey::random(&mut UnwrapErr(
-        getrandom::SysRng,
-    )))
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).unwrap();
+    JobSigningKey::Es256(p256::ecdsa::SigningKey::from_slice(&bytes).unwrap())
 }
 
 fn random_rsa() -> rsa::PrivateKey {

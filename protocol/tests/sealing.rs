@@ -2,9 +2,6 @@
 //! mismatch, and the serde form.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
 use ukey_protocol::*;
 
 fn ctx(job: &str, purpose: SealPurpose) -> SealContext {

@@ -2,7 +2,7 @@
 //!
 //! * [`job`]: the job document for the five job kinds, and its validation;
 //! * [`signed`]: the signed-job envelope, verification, signing, nonce replay check;
-//! * [`seal`]: sealed secrets (PINs in transit);
+//! * [`seal`](mod@seal): sealed secrets (PINs in transit);
 //! * [`event`]: step events and the job execution state machine;
 //! * [`bundle`]: CSR bundles, issued certificates or a rejection;
 //! * [`ack`], [`cancel`], [`presence`], [`inventory`]: the other messages;

@@ -94,7 +94,10 @@ fn examples_match_the_golden_vectors() {
         let shown: Value = serde_json::from_str(block)
             .unwrap_or_else(|e| panic!("PROTOCOL.md example {name} does not parse: {e}"));
         let expected: Value = serde_json::from_slice(&vector).unwrap();
-        assert_eq!(shown, expected, "PROTOCOL.md example {name} differs from its vector");
+        assert_eq!(
+            shown, expected,
+            "PROTOCOL.md example {name} differs from its vector"
+        );
         assert_eq!(
             block.trim_end(),
             pretty(std::str::from_utf8(&vector).unwrap()),

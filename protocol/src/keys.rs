@@ -101,3 +101,72 @@ impl std::fmt::Display for KeyAlgorithm {
         f.write_str(self.as_str())
     }
 }
+
+impl KeyLabel {
+    /// Whether a job may ask for `alg` on this label.
+    ///
+    /// All three algorithms are allowed for all three labels: an EC encryption key is used for
+    /// key agreement (ECDH) instead of key encipherment, which the certificate profile
+    /// expresses through [`KeyLabel::key_usages`]. The check exists so that a future
+    /// restriction has one place to live and is enforced by job validation.
+    pub fn allows(self, alg: KeyAlgorithm) -> bool {
+        match (self, alg) {
+            (_, KeyAlgorithm::P256 | KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072) => true,
+        }
+    }
+
+    /// The key usages this label's certificate must carry for a key of algorithm `alg`.
+    pub fn key_usages(self, alg: KeyAlgorithm) -> &'static [KeyUsage] {
+        match (self, alg) {
+            (KeyLabel::SealOfficial | KeyLabel::SealLegal, _) => {
+                &[KeyUsage::DigitalSignature, KeyUsage::NonRepudiation]
+            }
+            (KeyLabel::Encryption, KeyAlgorithm::P256) => &[KeyUsage::KeyAgreement],
+            (KeyLabel::Encryption, KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072) => {
+                &[KeyUsage::KeyEncipherment, KeyUsage::DataEncipherment]
+            }
+        }
+    }
+}
+
+/// X.509 key usage bits that the certificate profile of DESIGN.md uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyUsage {
+    /// `digitalSignature`.
+    DigitalSignature,
+    /// `nonRepudiation` (a.k.a. `contentCommitment`).
+    NonRepudiation,
+    /// `keyEncipherment` (RSA encryption keys).
+    KeyEncipherment,
+    /// `dataEncipherment` (RSA encryption keys).
+    DataEncipherment,
+    /// `keyAgreement` (EC encryption keys).
+    KeyAgreement,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_spellings_are_stable() {
+        for label in KeyLabel::ALL {
+            let json = serde_json::to_string(&label).unwrap_or_default();
+            assert_eq!(json, format!("\"{}\"", label.as_str()));
+            assert_eq!(KeyLabel::parse(label.as_str()), Some(label));
+        }
+        assert_eq!(
+            serde_json::to_string(&KeyAlgorithm::Rsa3072).unwrap_or_default(),
+            "\"rsa3072\""
+        );
+    }
+
+    #[test]
+    fn ec_encryption_key_is_key_agreement() {
+        assert_eq!(
+            KeyLabel::Encryption.key_usages(KeyAlgorithm::P256),
+            &[KeyUsage::KeyAgreement]
+        );
+        assert!(KeyLabel::SealLegal.allows(KeyAlgorithm::Rsa3072));
+    }
+}

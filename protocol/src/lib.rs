@@ -1,8 +1,72 @@
 //! `ukey-protocol`: the messages a ukey-station desk and the platform exchange over MQTT.
 //!
-//! Pure: no IO, no async runtime. See `docs/PROTOCOL.md`.
+//! * [`job`]: the job document for the five job kinds, and its validation;
+//! * [`signed`]: the signed-job envelope, verification, signing, nonce replay check;
+//! * [`seal`](mod@seal): sealed secrets (PINs in transit);
+//! * [`event`]: step events and the job execution state machine;
+//! * [`bundle`]: CSR bundles, issued certificates or a rejection;
+//! * [`ack`], [`cancel`], [`presence`], [`inventory`]: the other messages;
+//! * [`topic`]: topic builder and parser;
+//! * [`ident`]: credit codes, ID-card numbers, phone numbers (checks and generators);
+//! * [`codec`]: the decode/encode pipeline every message goes through ([`Message`]).
+//!
+//! Pure: no IO, no async runtime, no clock (callers pass `now`). The wire format is described
+//! in `docs/PROTOCOL.md`.
 #![forbid(unsafe_code)]
 
+pub mod ack;
+pub mod bundle;
+pub mod cancel;
+pub mod codec;
+pub mod error;
+pub mod event;
+pub mod ident;
+pub mod ids;
+pub mod inventory;
+pub mod job;
 pub mod keys;
+pub mod presence;
+pub mod seal;
+pub mod signed;
+pub mod topic;
 
-pub use keys::{KeyAlgorithm, KeyLabel};
+pub use ack::Ack;
+pub use bundle::{
+    CertBundle, CertOutcome, CertRejection, CertResponse, CertificateRequest, CsrBundle,
+    IssuedCertificate,
+};
+pub use cancel::Cancel;
+pub use codec::{Base64Bytes, MAX_MESSAGE_BYTES, Message, PROTOCOL_VERSION, V1};
+pub use error::{Problem, ProtocolError, TopicProblem};
+pub use event::{
+    BindReport, CertFingerprint, ExecutionState, Step, StepData, StepError, StepEvent,
+};
+pub use ident::{
+    CreditCode, Email, IdCardNumber, Landline, Mobile, credit_code_with_check, id_card_with_check,
+};
+pub use ids::{ErrorCode, EventId, JobId, Nonce, StationId, TokenSerial};
+pub use inventory::{CertificateExpiry, Inventory, SlotInfo, TokenInfo, TokenState};
+pub use job::{
+    DeliveryMethod, Enterprise, Handler, JobDocument, JobKind, KeySpec, LegalRepresentative,
+};
+pub use keys::{KeyAlgorithm, KeyLabel, KeyUsage};
+pub use presence::{Presence, PresenceStatus};
+pub use seal::{SealContext, SealPurpose, SealRecipient, SealedSecret, UnsealKey, seal};
+pub use signed::{
+    JobEnvelope, JobKeyring, JobSignature, JobSigningKey, JobVerifyingKey, NonceSet,
+    SignatureAlgorithm, check_nonce, sign_job,
+};
+pub use topic::{DEFAULT_PREFIX, Direction, Topic, Topics};
+
+// Every message fits the overall bound that brokers and clients are configured for.
+const _: () = {
+    assert!(JobEnvelope::MAX_BYTES <= MAX_MESSAGE_BYTES);
+    assert!(JobDocument::MAX_BYTES <= JobEnvelope::MAX_BYTES);
+    assert!(StepEvent::MAX_BYTES <= MAX_MESSAGE_BYTES);
+    assert!(CsrBundle::MAX_BYTES <= MAX_MESSAGE_BYTES);
+    assert!(CertResponse::MAX_BYTES <= MAX_MESSAGE_BYTES);
+    assert!(Ack::MAX_BYTES <= MAX_MESSAGE_BYTES);
+    assert!(Cancel::MAX_BYTES <= MAX_MESSAGE_BYTES);
+    assert!(Presence::MAX_BYTES <= MAX_MESSAGE_BYTES);
+    assert!(Inventory::MAX_BYTES <= MAX_MESSAGE_BYTES);
+};

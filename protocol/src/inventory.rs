@@ -1,0 +1,160 @@
+//! Inventory: the station's retained slot table on `{p}/stations/{sid}/inventory` — which
+//! token sits in which slot, in which state, and when its certificates expire.
+//!
+//! Published on every change with an increasing `seq`; the platform keeps the highest.
+//! A slot is the rack's physical position (the indicator panel's numbering), not a PKCS#11
+//! slot id, which changes on re-plug (invariant 1).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::codec::{Message, V1, check_len, check_text, check_utc, rfc3339};
+use crate::error::{Problem, ProtocolError};
+use crate::ids::{JobId, StationId, TokenSerial};
+use crate::keys::KeyLabel;
+
+/// Most slots in one station's rack.
+pub const MAX_SLOTS: usize = 64;
+
+/// What a token is, as the platform shows it (处理中 / 已生效 / 已过期 …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenState {
+    /// Not initialized: ready for a `new` or `replace` job.
+    Blank,
+    /// Ours, mid-production (unfinished): a job is working on it or was interrupted.
+    InProduction,
+    /// Ours, finished, certificates valid.
+    Active,
+    /// Active, but a certificate expires within the configured window (default 30 days).
+    Expiring,
+    /// A certificate's notAfter has passed.
+    Expired,
+    /// The user PIN is locked (an `unlock` job can help).
+    LockedUser,
+    /// The SO PIN is locked: only a wipe by the platform can help.
+    LockedSo,
+    /// Replaced (补办) or revoked by the platform: the agent does not produce on it.
+    Revoked,
+    /// Initialized, but not by this system.
+    Foreign,
+    /// The token does not answer correctly.
+    Damaged,
+}
+
+impl TokenState {
+    /// The JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenState::Blank => "blank",
+            TokenState::InProduction => "in-production",
+            TokenState::Active => "active",
+            TokenState::Expiring => "expiring",
+            TokenState::Expired => "expired",
+            TokenState::LockedUser => "locked-user",
+            TokenState::LockedSo => "locked-so",
+            TokenState::Revoked => "revoked",
+            TokenState::Foreign => "foreign",
+            TokenState::Damaged => "damaged",
+        }
+    }
+}
+
+impl fmt::Display for TokenState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One certificate on a token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateExpiry {
+    /// Which certificate.
+    pub label: KeyLabel,
+    /// Its notAfter (UTC).
+    #[serde(with = "rfc3339")]
+    pub not_after: OffsetDateTime,
+}
+
+/// The token in a slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// Its serial (the token's identity, invariant 1).
+    pub serial: TokenSerial,
+    /// Model, e.g. the USB product or `CK_TOKEN_INFO.model` (1-64 characters).
+    pub model: String,
+    /// Its state.
+    pub state: TokenState,
+    /// The job working on it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<JobId>,
+    /// Certificates found on it (at most one per label).
+    #[serde(default)]
+    pub certificates: Vec<CertificateExpiry>,
+}
+
+/// One slot of the rack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotInfo {
+    /// Rack position, 0-based.
+    pub slot: u32,
+    /// The token in it; absent for an empty slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<TokenInfo>,
+}
+
+/// Station → platform, retained.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    /// Protocol version.
+    pub v: V1,
+    /// The station.
+    pub station_id: StationId,
+    /// Increases with every publication.
+    pub seq: u64,
+    /// When the table was taken (UTC).
+    #[serde(with = "rfc3339")]
+    pub at: OffsetDateTime,
+    /// Every slot of the rack, each index once.
+    pub slots: Vec<SlotInfo>,
+}
+
+impl Message for Inventory {
+    const NAME: &'static str = "inventory";
+    const MAX_BYTES: usize = 64 * 1024;
+
+    fn validate(&self) -> Result<(), ProtocolError> {
+        self.station_id.check("station_id")?;
+        check_utc("at", &self.at)?;
+        check_len("slots", &self.slots, MAX_SLOTS)?;
+        for (i, s) in self.slots.iter().enumerate() {
+            let path = format!("slots[{i}]");
+            if self.slots[..i].iter().any(|o| o.slot == s.slot) {
+                return Err(ProtocolError::invalid(
+                    format!("{path}.slot"),
+                    Problem::Duplicate,
+                ));
+            }
+            let Some(t) = &s.token else { continue };
+            t.serial.check(&format!("{path}.token.serial"))?;
+            check_text(&format!("{path}.token.model"), &t.model, 64)?;
+            if let Some(j) = &t.job_id {
+                j.check(&format!("{path}.token.job_id"))?;
+            }
+            check_len(&format!("{path}.token.certificates"), &t.certificates, 3)?;
+            for (k, c) in t.certificates.iter().enumerate() {
+                let cpath = format!("{path}.token.certificates[{k}]");
+                if t.certificates[..k].iter().any(|o| o.label == c.label) {
+                    return Err(ProtocolError::invalid(
+                        format!("{cpath}.label"),
+                        Problem::DuplicateLabel { label: c.label },
+                    ));
+                }
+                check_utc(&format!("{cpath}.not_after"), &c.not_after)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,470 @@
+//! Sealed secrets: how PINs travel (invariant 6 — PINs never travel in clear).
+//!
+//! A secret is sealed to the recipient's public key and bound to a *context* (job id and
+//! purpose, e.g. `job/J-1/so-pin`), so a sealed PIN cannot be replayed into another job or
+//! another field. Two constructions, chosen by the recipient's key type:
+//!
+//! * **EC P-256 (ECIES)**: an ephemeral P-256 key pair; `Z` = the x-coordinate of ECDH(eph,
+//!   recipient); HKDF-SHA256 with salt = `epk ‖ rpk` (both SEC1 uncompressed, 65 bytes each)
+//!   and info = [`SEAL_LABEL`] ‖ `0x00` ‖ context gives a 32-byte key; AES-256-GCM with a
+//!   random 96-bit nonce and the same info as associated data encrypts the secret.
+//! * **RSA (OAEP)**: RSAES-OAEP with SHA-256 and MGF1-SHA-256, the OAEP label being
+//!   [`SEAL_LABEL`] ‖ `0x00` ‖ context.
+//!
+//! [`SealedSecret`] is the serde type; its `Debug` never prints content. Unsealing returns
+//! `Zeroizing` bytes and fails with one opaque error for wrong key, wrong context and
+//! tampering alike. Randomness comes from the operating system (`getrandom`).
+
+use std::fmt;
+
+use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use hkdf::Hkdf;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use spki::DecodePublicKey;
+use zeroize::Zeroizing;
+
+use crate::codec::Base64Bytes;
+use crate::error::{Problem, ProtocolError};
+use crate::ids::JobId;
+
+/// Domain-separation label of the sealing construction, version 1.
+pub const SEAL_LABEL: &[u8] = b"ukey-station seal v1";
+
+/// Longest secret that can be sealed (PINs are far shorter).
+pub const MAX_SECRET_BYTES: usize = 256;
+
+/// AES-GCM tag length.
+const TAG_BYTES: usize = 16;
+/// SEC1 uncompressed P-256 point length.
+const POINT_BYTES: usize = 65;
+/// AES-GCM nonce length.
+const NONCE_BYTES: usize = 12;
+
+/// What a sealed secret is for; part of its [`SealContext`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SealPurpose {
+    /// The token's security officer PIN.
+    SoPin,
+    /// The token's user PIN.
+    UserPin,
+}
+
+impl SealPurpose {
+    /// The purpose's spelling in the context string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SealPurpose::SoPin => "so-pin",
+            SealPurpose::UserPin => "user-pin",
+        }
+    }
+}
+
+/// The context a secret is bound to: `job/{job_id}/{purpose}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SealContext(String);
+
+impl SealContext {
+    /// The context of a job's secret of the given purpose.
+    pub fn for_job(job_id: &JobId, purpose: SealPurpose) -> SealContext {
+        SealContext(format!("job/{job_id}/{}", purpose.as_str()))
+    }
+
+    /// The context as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// [`SEAL_LABEL`] ‖ `0x00` ‖ context: HKDF info, GCM associated data and OAEP label.
+    fn info(&self) -> Vec<u8> {
+        let mut info = Vec::with_capacity(SEAL_LABEL.len() + 1 + self.0.len());
+        info.extend_from_slice(SEAL_LABEL);
+        info.push(0);
+        info.extend_from_slice(self.0.as_bytes());
+        info
+    }
+}
+
+/// A secret sealed to a recipient's public key. Serialized with its `alg` first.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "alg")]
+pub enum SealedSecret {
+    /// ECIES over P-256 (see the module docs).
+    #[serde(rename = "ECDH-ES-P256+HKDF-SHA256+A256GCM")]
+    EcdhP256 {
+        /// The ephemeral public key, SEC1 uncompressed (65 bytes).
+        epk: Base64Bytes,
+        /// The AES-GCM nonce (12 bytes).
+        nonce: Base64Bytes,
+        /// Ciphertext followed by the 16-byte tag.
+        ct: Base64Bytes,
+    },
+    /// RSAES-OAEP-SHA256 (see the module docs).
+    #[serde(rename = "RSA-OAEP-SHA256")]
+    RsaOaep {
+        /// The RSA ciphertext (the modulus size).
+        ct: Base64Bytes,
+    },
+}
+
+impl fmt::Debug for SealedSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SealedSecret({}, <sealed>)", self.alg())
+    }
+}
+
+/// Whom a secret is sealed to: a P-256 or RSA public key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SealRecipient {
+    /// An EC P-256 public key (ECIES).
+    P256(p256::PublicKey),
+    /// An RSA public key (OAEP; 2048 bits or more).
+    Rsa(rsa::PublicKey),
+}
+
+impl SealRecipient {
+    /// Parses a DER SubjectPublicKeyInfo (P-256 or RSA).
+    pub fn from_public_key_der(der: &[u8]) -> Result<SealRecipient, ProtocolError> {
+        if let Ok(key) = p256::PublicKey::from_public_key_der(der) {
+            return Ok(SealRecipient::P256(key));
+        }
+        rsa::PublicKey::from_public_key_der(der)
+            .map(SealRecipient::Rsa)
+            .map_err(|e| key_error("sealing public key", &e))
+    }
+
+    /// Parses a PEM `PUBLIC KEY` (P-256 or RSA).
+    pub fn from_public_key_pem(pem: &str) -> Result<SealRecipient, ProtocolError> {
+        if let Ok(key) = p256::PublicKey::from_public_key_pem(pem) {
+            return Ok(SealRecipient::P256(key));
+        }
+        rsa::PublicKey::from_public_key_pem(pem)
+            .map(SealRecipient::Rsa)
+            .map_err(|e| key_error("sealing public key", &e))
+    }
+}
+
+/// The private key that unseals secrets sealed to its [`SealRecipient`]. `Debug` hides it.
+#[derive(Clone)]
+pub enum UnsealKey {
+    /// An EC P-256 private key.
+    P256(p256::SecretKey),
+    /// An RSA private key (boxed: it is much larger than an EC key).
+    Rsa(Box<rsa::PrivateKey>),
+}
+
+impl fmt::Debug for UnsealKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UnsealKey::P256(_) => f.write_str("UnsealKey::P256(<secret>)"),
+            UnsealKey::Rsa(_) => f.write_str("UnsealKey::Rsa(<secret>)"),
+        }
+    }
+}
+
+impl UnsealKey {
+    /// Parses a DER PKCS#8 private key (P-256 or RSA).
+    pub fn from_pkcs8_der(der: &[u8]) -> Result<UnsealKey, ProtocolError> {
+        use p256::pkcs8::DecodePrivateKey;
+        if let Ok(key) = p256::SecretKey::from_pkcs8_der(der) {
+            return Ok(UnsealKey::P256(key));
+        }
+        rsa::PrivateKey::from_pkcs8_der(der)
+            .map(|k| UnsealKey::Rsa(Box::new(k)))
+            .map_err(|e| key_error("unsealing private key", &e))
+    }
+
+    /// Parses a PEM `PRIVATE KEY` (PKCS#8, P-256 or RSA).
+    pub fn from_pkcs8_pem(pem: &str) -> Result<UnsealKey, ProtocolError> {
+        use p256::pkcs8::DecodePrivateKey;
+        if let Ok(key) = p256::SecretKey::from_pkcs8_pem(pem) {
+            return Ok(UnsealKey::P256(key));
+        }
+        rsa::PrivateKey::from_pkcs8_pem(pem)
+            .map(|k| UnsealKey::Rsa(Box::new(k)))
+            .map_err(|e| key_error("unsealing private key", &e))
+    }
+
+    /// The public half, to seal to.
+    pub fn recipient(&self) -> SealRecipient {
+        match self {
+            UnsealKey::P256(k) => SealRecipient::P256(k.public_key()),
+            UnsealKey::Rsa(k) => SealRecipient::Rsa(k.to_public_key()),
+        }
+    }
+
+    fn key_type(&self) -> &'static str {
+        match self {
+            UnsealKey::P256(_) => "EC P-256",
+            UnsealKey::Rsa(_) => "RSA",
+        }
+    }
+}
+
+pub(crate) fn key_error(what: &'static str, e: &dyn fmt::Display) -> ProtocolError {
+    ProtocolError::Key {
+        what,
+        detail: e.to_string(),
+    }
+}
+
+/// Fills `N` bytes from the operating system's CSPRNG.
+pub(crate) fn random_bytes<const N: usize>() -> Result<Zeroizing<[u8; N]>, ProtocolError> {
+    let mut buf = Zeroizing::new([0u8; N]);
+    getrandom::fill(buf.as_mut()).map_err(|e| ProtocolError::Random {
+        detail: e.to_string(),
+    })?;
+    Ok(buf)
+}
+
+/// A fresh random P-256 secret key (rejection sampling on the 32 random bytes).
+pub(crate) fn random_p256_key() -> Result<p256::SecretKey, ProtocolError> {
+    for _ in 0..16 {
+        let bytes = random_bytes::<32>()?;
+        if let Ok(key) = p256::SecretKey::from_slice(bytes.as_ref()) {
+            return Ok(key);
+        }
+    }
+    Err(ProtocolError::Random {
+        detail: "no valid P-256 scalar in 16 draws".to_owned(),
+    })
+}
+
+fn ecies_key(
+    shared_x: &[u8],
+    epk: &[u8],
+    rpk: &[u8],
+    info: &[u8],
+) -> Result<Zeroizing<[u8; 32]>, ProtocolError> {
+    let mut salt = Vec::with_capacity(epk.len() + rpk.len());
+    salt.extend_from_slice(epk);
+    salt.extend_from_slice(rpk);
+    let hk = Hkdf::<Sha256>::new(Some(&salt), shared_x);
+    let mut key = Zeroizing::new([0u8; 32]);
+    hk.expand(info, key.as_mut())
+        .map_err(|_| ProtocolError::Seal {
+            detail: "HKDF output length".to_owned(),
+        })?;
+    Ok(key)
+}
+
+fn gcm(key: &[u8; 32]) -> Result<Aes256Gcm, ProtocolError> {
+    Aes256Gcm::new_from_slice(key).map_err(|_| ProtocolError::Seal {
+        detail: "AES-256-GCM key length".to_owned(),
+    })
+}
+
+/// Seals `plaintext` to `recipient`, bound to `context`.
+pub fn seal(
+    recipient: &SealRecipient,
+    context: &SealContext,
+    plaintext: &[u8],
+) -> Result<SealedSecret, ProtocolError> {
+    if plaintext.len() > MAX_SECRET_BYTES {
+        return Err(ProtocolError::Seal {
+            detail: format!("secret longer than {MAX_SECRET_BYTES} bytes"),
+        });
+    }
+    let info = context.info();
+    match recipient {
+        SealRecipient::P256(rpk) => {
+            let eph = random_p256_key()?;
+            let epk = eph.public_key().to_sec1_bytes();
+            let shared = eph.diffie_hellman(rpk);
+            let key = ecies_key(shared.raw_secret_bytes(), &epk, &rpk.to_sec1_bytes(), &info)?;
+            let nonce = random_bytes::<NONCE_BYTES>()?;
+            let ct = gcm(&key)?
+                .encrypt(
+                    &(*nonce).into(),
+                    Payload {
+                        msg: plaintext,
+                        aad: &info,
+                    },
+                )
+                .map_err(|_| ProtocolError::Seal {
+                    detail: "AES-256-GCM encryption".to_owned(),
+                })?;
+            Ok(SealedSecret::EcdhP256 {
+                epk: Base64Bytes::new(epk.to_vec()),
+                nonce: Base64Bytes::new(nonce.to_vec()),
+                ct: Base64Bytes::new(ct),
+            })
+        }
+        SealRecipient::Rsa(pk) => {
+            let padding = rsa::Oaep::<Sha256>::new_with_label(info);
+            let ct = pk
+                .encrypt(&mut getrandom::SysRng, padding, plaintext)
+                .map_err(|e| ProtocolError::Seal {
+                    detail: format!("RSA-OAEP: {e}"),
+                })?;
+            Ok(SealedSecret::RsaOaep {
+                ct: Base64Bytes::new(ct),
+            })
+        }
+    }
+}
+
+impl SealedSecret {
+    /// The construction's name, as in the `alg` field.
+    pub fn alg(&self) -> &'static str {
+        match self {
+            SealedSecret::EcdhP256 { .. } => "ECDH-ES-P256+HKDF-SHA256+A256GCM",
+            SealedSecret::RsaOaep { .. } => "RSA-OAEP-SHA256",
+        }
+    }
+
+    /// Opens the secret with `key`, which must be the recipient's, under the same `context`.
+    pub fn unseal(
+        &self,
+        key: &UnsealKey,
+        context: &SealContext,
+    ) -> Result<Zeroizing<Vec<u8>>, ProtocolError> {
+        let info = context.info();
+        match (self, key) {
+            (SealedSecret::EcdhP256 { epk, nonce, ct }, UnsealKey::P256(sk)) => {
+                let nonce: [u8; NONCE_BYTES] = nonce
+                    .as_bytes()
+                    .try_into()
+                    .map_err(|_| ProtocolError::Unseal)?;
+                let eph = p256::PublicKey::from_sec1_bytes(epk.as_bytes())
+                    .map_err(|_| ProtocolError::Unseal)?;
+                let shared = sk.diffie_hellman(&eph);
+                let aes_key = ecies_key(
+                    shared.raw_secret_bytes(),
+                    epk.as_bytes(),
+                    &sk.public_key().to_sec1_bytes(),
+                    &info,
+                )?;
+                gcm(&aes_key)?
+                    .decrypt(
+                        &nonce.into(),
+                        Payload {
+                            msg: ct.as_bytes(),
+                            aad: &info,
+                        },
+                    )
+                    .map(Zeroizing::new)
+                    .map_err(|_| ProtocolError::Unseal)
+            }
+            (SealedSecret::RsaOaep { ct }, UnsealKey::Rsa(sk)) => {
+                let padding = rsa::Oaep::<Sha256>::new_with_label(info);
+                sk.decrypt_blinded(&mut getrandom::SysRng, padding, ct.as_bytes())
+                    .map(Zeroizing::new)
+                    .map_err(|_| ProtocolError::Unseal)
+            }
+            (sealed, key) => Err(ProtocolError::SealKeyMismatch {
+                sealed_with: sealed.alg(),
+                key_type: key.key_type(),
+            }),
+        }
+    }
+
+    /// Opens a sealed PIN (UTF-8 text).
+    pub fn unseal_pin(
+        &self,
+        key: &UnsealKey,
+        context: &SealContext,
+    ) -> Result<SecretString, ProtocolError> {
+        let bytes = self.unseal(key, context)?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| ProtocolError::Unseal)?;
+        Ok(SecretString::from(text.to_owned()))
+    }
+
+    /// Checks the shape (lengths) without opening it.
+    pub(crate) fn check(&self, path: &str) -> Result<(), ProtocolError> {
+        match self {
+            SealedSecret::EcdhP256 { epk, nonce, ct } => {
+                if epk.len() != POINT_BYTES || epk.as_bytes().first() != Some(&4) {
+                    return Err(ProtocolError::invalid(
+                        format!("{path}.epk"),
+                        Problem::BadBinary {
+                            detail: "not an uncompressed P-256 point (65 bytes, 0x04 first)",
+                        },
+                    ));
+                }
+                if nonce.len() != NONCE_BYTES {
+                    return Err(ProtocolError::invalid(
+                        format!("{path}.nonce"),
+                        Problem::BadBinary {
+                            detail: "AES-GCM nonce must be 12 bytes",
+                        },
+                    ));
+                }
+                if ct.len() < TAG_BYTES || ct.len() > MAX_SECRET_BYTES + TAG_BYTES {
+                    return Err(ProtocolError::invalid(
+                        format!("{path}.ct"),
+                        Problem::BadBinary {
+                            detail: "ciphertext length out of range",
+                        },
+                    ));
+                }
+                Ok(())
+            }
+            SealedSecret::RsaOaep { ct } => {
+                if !(256..=1024).contains(&ct.len()) {
+                    return Err(ProtocolError::invalid(
+                        format!("{path}.ct"),
+                        Problem::BadBinary {
+                            detail: "RSA ciphertext must be 256-1024 bytes",
+                        },
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn job(id: &str) -> JobId {
+        JobId::new(id).unwrap()
+    }
+
+    #[test]
+    fn ec_round_trip_and_context_binding() {
+        let key = UnsealKey::P256(random_p256_key().unwrap());
+        let ctx = SealContext::for_job(&job("J1"), SealPurpose::SoPin);
+        let sealed = seal(&key.recipient(), &ctx, b"12345678").unwrap();
+        sealed.check("so_pin").unwrap();
+        assert_eq!(sealed.unseal(&key, &ctx).unwrap().as_slice(), b"12345678");
+        assert_eq!(
+            sealed.unseal_pin(&key, &ctx).unwrap().expose_secret(),
+            "12345678"
+        );
+        let other_job = SealContext::for_job(&job("J2"), SealPurpose::SoPin);
+        let other_field = SealContext::for_job(&job("J1"), SealPurpose::UserPin);
+        assert_eq!(sealed.unseal(&key, &other_job), Err(ProtocolError::Unseal));
+        assert_eq!(
+            sealed.unseal(&key, &other_field),
+            Err(ProtocolError::Unseal)
+        );
+        let debug = format!("{sealed:?} {key:?}");
+        assert!(!debug.contains("12345678"));
+    }
+
+    #[test]
+    fn ciphertexts_differ_each_time() {
+        let key = UnsealKey::P256(random_p256_key().unwrap());
+        let ctx = SealContext::for_job(&job("J1"), SealPurpose::UserPin);
+        let a = seal(&key.recipient(), &ctx, b"pin").unwrap();
+        let b = seal(&key.recipient(), &ctx, b"pin").unwrap();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn oversized_secret_is_refused() {
+        let key = UnsealKey::P256(random_p256_key().unwrap());
+        let ctx = SealContext::for_job(&job("J1"), SealPurpose::UserPin);
+        assert!(matches!(
+            seal(&key.recipient(), &ctx, &[0u8; MAX_SECRET_BYTES + 1]),
+            Err(ProtocolError::Seal { .. })
+        ));
+    }
+}

@@ -1,0 +1,409 @@
+//! Signed jobs: the envelope `{"v":1,"job":{...},"sig":{...}}`, its verification and signing,
+//! and the nonce replay check.
+//!
+//! The signature covers the **exact bytes of the `job` member as received** (kept with
+//! serde_json's `RawValue`), so no re-serialization can change what was signed. The crate's own
+//! encoder ([`sign_job`]) produces those bytes canonically: compact JSON, fields in declaration
+//! order. Algorithms: `ES256` (ECDSA P-256 with SHA-256, signature as the fixed 64-byte
+//! `r ‖ s`), `RS256` (RSASSA-PKCS1-v1_5 with SHA-256) and `PS256` (RSASSA-PSS with SHA-256,
+//! MGF1-SHA-256, 32-byte salt). Values are standard base64.
+//!
+//! [`JobEnvelope::verify`] checks, in this order: the key id is trusted and fits the algorithm,
+//! the signature, the job document (version, validation), the station, the validity window.
+//! The nonce replay check needs the station's memory of nonces, so it is a separate function
+//! ([`check_nonce`]) against a set the caller keeps. This module reads no clock: `now` is given.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sha2::Sha256;
+use signature::{RandomizedSigner, SignatureEncoding, Signer, Verifier};
+use spki::DecodePublicKey;
+use time::{Duration, OffsetDateTime};
+
+use crate::codec::{Base64Bytes, Message, V1, check_text};
+use crate::error::{Problem, ProtocolError};
+use crate::ids::{Nonce, StationId};
+use crate::job::JobDocument;
+use crate::seal::key_error;
+
+/// How far in the future a job's `issued_at` may lie before it is refused (clock skew).
+pub const MAX_CLOCK_SKEW: Duration = Duration::minutes(5);
+
+/// The signature algorithm of a signed job (JOSE names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SignatureAlgorithm {
+    /// ECDSA P-256 / SHA-256, fixed-size `r ‖ s` (64 bytes).
+    #[serde(rename = "ES256")]
+    Es256,
+    /// RSASSA-PSS / SHA-256, MGF1-SHA-256, salt 32 bytes.
+    #[serde(rename = "PS256")]
+    Ps256,
+    /// RSASSA-PKCS1-v1_5 / SHA-256.
+    #[serde(rename = "RS256")]
+    Rs256,
+}
+
+impl SignatureAlgorithm {
+    /// The JOSE name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignatureAlgorithm::Es256 => "ES256",
+            SignatureAlgorithm::Ps256 => "PS256",
+            SignatureAlgorithm::Rs256 => "RS256",
+        }
+    }
+}
+
+/// The `sig` member of an envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSignature {
+    /// The algorithm.
+    pub alg: SignatureAlgorithm,
+    /// Which of the platform's keys signed (1-64 characters); lets the platform rotate keys.
+    pub key_id: String,
+    /// The signature bytes.
+    pub value: Base64Bytes,
+}
+
+/// A signed job as it arrives on `{p}/stations/{sid}/jobs`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JobEnvelope {
+    /// Protocol version.
+    pub v: V1,
+    /// The job document, byte for byte as signed.
+    job: Box<RawValue>,
+    /// The platform's signature over `job`.
+    pub sig: JobSignature,
+}
+
+impl Clone for JobEnvelope {
+    fn clone(&self) -> Self {
+        JobEnvelope {
+            v: self.v,
+            job: self.job.clone(),
+            sig: self.sig.clone(),
+        }
+    }
+}
+
+impl PartialEq for JobEnvelope {
+    fn eq(&self, other: &Self) -> bool {
+        self.job.get() == other.job.get() && self.sig == other.sig
+    }
+}
+
+impl Eq for JobEnvelope {}
+
+/// Envelope bound: the job plus a signature of at most 512 bytes (RSA-4096) in base64.
+const ENVELOPE_MAX_BYTES: usize = 64 * 1024;
+
+impl Message for JobEnvelope {
+    const NAME: &'static str = "job envelope";
+    const MAX_BYTES: usize = ENVELOPE_MAX_BYTES;
+
+    /// Only the envelope's own fields; the job is checked by [`JobEnvelope::verify`], after the
+    /// signature.
+    fn validate(&self) -> Result<(), ProtocolError> {
+        check_text("sig.key_id", &self.sig.key_id, 64)?;
+        self.sig.value.check("sig.value", 1024)?;
+        if !self.job.get().starts_with('{') {
+            return Err(ProtocolError::invalid(
+                "job",
+                Problem::BadBinary {
+                    detail: "job must be a JSON object",
+                },
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl JobEnvelope {
+    /// The signed bytes: the `job` member exactly as received.
+    pub fn job_bytes(&self) -> &[u8] {
+        self.job.get().as_bytes()
+    }
+
+    /// Verifies the envelope and returns the job, if: `sig.key_id` is in `keys` with a key
+    /// that fits `sig.alg`; the signature verifies over [`Self::job_bytes`]; the job decodes
+    /// and validates; it is addressed to `station`; and `now` lies within
+    /// [`issued_at` - [`MAX_CLOCK_SKEW`], `expires_at`].
+    ///
+    /// The nonce is not checked here: see [`check_nonce`].
+    pub fn verify(
+        &self,
+        keys: &JobKeyring,
+        station: &StationId,
+        now: OffsetDateTime,
+    ) -> Result<JobDocument, ProtocolError> {
+        let key = keys
+            .get(&self.sig.key_id)
+            .ok_or_else(|| ProtocolError::UnknownKeyId {
+                key_id: self.sig.key_id.clone(),
+            })?;
+        key.verify(
+            self.sig.alg,
+            &self.sig.key_id,
+            self.job_bytes(),
+            self.sig.value.as_bytes(),
+        )?;
+        let job = JobDocument::decode(self.job_bytes())?;
+        if &job.station_id != station {
+            return Err(ProtocolError::WrongStation {
+                job_id: job.job_id.to_string(),
+                expected: station.to_string(),
+                got: job.station_id.to_string(),
+            });
+        }
+        if now > job.expires_at {
+            return Err(ProtocolError::Expired {
+                job_id: job.job_id.to_string(),
+                expires_at: job.expires_at,
+            });
+        }
+        if job.issued_at > now + MAX_CLOCK_SKEW {
+            return Err(ProtocolError::NotYetValid {
+                job_id: job.job_id.to_string(),
+                issued_at: job.issued_at,
+            });
+        }
+        Ok(job)
+    }
+}
+
+/// A public key the station trusts to sign jobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobVerifyingKey {
+    /// EC P-256: `ES256`.
+    P256(p256::ecdsa::VerifyingKey),
+    /// RSA: `RS256` or `PS256`.
+    Rsa(rsa::PublicKey),
+}
+
+impl JobVerifyingKey {
+    /// Parses a DER SubjectPublicKeyInfo (P-256 or RSA).
+    pub fn from_public_key_der(der: &[u8]) -> Result<JobVerifyingKey, ProtocolError> {
+        if let Ok(key) = p256::ecdsa::VerifyingKey::from_public_key_der(der) {
+            return Ok(JobVerifyingKey::P256(key));
+        }
+        rsa::PublicKey::from_public_key_der(der)
+            .map(JobVerifyingKey::Rsa)
+            .map_err(|e| key_error("job verifying key", &e))
+    }
+
+    /// Parses a PEM `PUBLIC KEY` (P-256 or RSA).
+    pub fn from_public_key_pem(pem: &str) -> Result<JobVerifyingKey, ProtocolError> {
+        if let Ok(key) = p256::ecdsa::VerifyingKey::from_public_key_pem(pem) {
+            return Ok(JobVerifyingKey::P256(key));
+        }
+        rsa::PublicKey::from_public_key_pem(pem)
+            .map(JobVerifyingKey::Rsa)
+            .map_err(|e| key_error("job verifying key", &e))
+    }
+
+    fn key_type(&self) -> &'static str {
+        match self {
+            JobVerifyingKey::P256(_) => "EC P-256",
+            JobVerifyingKey::Rsa(_) => "RSA",
+        }
+    }
+
+    fn verify(
+        &self,
+        alg: SignatureAlgorithm,
+        key_id: &str,
+        msg: &[u8],
+        sig: &[u8],
+    ) -> Result<(), ProtocolError> {
+        let bad = || ProtocolError::BadSignature {
+            key_id: key_id.to_owned(),
+        };
+        match (alg, self) {
+            (SignatureAlgorithm::Es256, JobVerifyingKey::P256(key)) => {
+                let sig = p256::ecdsa::Signature::from_slice(sig).map_err(|_| bad())?;
+                key.verify(msg, &sig).map_err(|_| bad())
+            }
+            (SignatureAlgorithm::Rs256, JobVerifyingKey::Rsa(key)) => {
+                let sig = rsa::pkcs1v15::Signature::try_from(sig).map_err(|_| bad())?;
+                rsa::pkcs1v15::VerifyingKey::<Sha256>::new(key.clone())
+                    .verify(msg, &sig)
+                    .map_err(|_| bad())
+            }
+            (SignatureAlgorithm::Ps256, JobVerifyingKey::Rsa(key)) => {
+                let sig = rsa::pss::Signature::try_from(sig).map_err(|_| bad())?;
+                rsa::pss::VerifyingKey::<Sha256>::new(key.clone())
+                    .verify(msg, &sig)
+                    .map_err(|_| bad())
+            }
+            (alg, key) => Err(ProtocolError::SignatureAlgorithmMismatch {
+                alg: alg.as_str(),
+                key_type: key.key_type(),
+                key_id: key_id.to_owned(),
+            }),
+        }
+    }
+}
+
+/// The job-signing keys a station trusts, by key id.
+#[derive(Debug, Clone, Default)]
+pub struct JobKeyring {
+    keys: Vec<(String, JobVerifyingKey)>,
+}
+
+impl JobKeyring {
+    /// An empty keyring (trusts nothing).
+    pub fn new() -> JobKeyring {
+        JobKeyring::default()
+    }
+
+    /// A keyring with one key.
+    pub fn single(key_id: impl Into<String>, key: JobVerifyingKey) -> JobKeyring {
+        let mut ring = JobKeyring::new();
+        ring.insert(key_id, key);
+        ring
+    }
+
+    /// Trusts `key` under `key_id`, replacing an earlier key of that id.
+    pub fn insert(&mut self, key_id: impl Into<String>, key: JobVerifyingKey) {
+        let key_id = key_id.into();
+        self.keys.retain(|(id, _)| *id != key_id);
+        self.keys.push((key_id, key));
+    }
+
+    /// The key of `key_id`.
+    pub fn get(&self, key_id: &str) -> Option<&JobVerifyingKey> {
+        self.keys
+            .iter()
+            .find(|(id, _)| id == key_id)
+            .map(|(_, k)| k)
+    }
+}
+
+/// A private key that signs jobs (the platform's; in this project the simulated platform's and
+/// the tests'). `Debug` hides the key.
+#[derive(Clone)]
+pub enum JobSigningKey {
+    /// `ES256`.
+    Es256(p256::ecdsa::SigningKey),
+    /// `RS256`.
+    Rs256(rsa::PrivateKey),
+    /// `PS256`.
+    Ps256(rsa::PrivateKey),
+}
+
+impl fmt::Debug for JobSigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "JobSigningKey::{}(<secret>)", self.alg().as_str())
+    }
+}
+
+impl JobSigningKey {
+    /// The algorithm this key signs with.
+    pub fn alg(&self) -> SignatureAlgorithm {
+        match self {
+            JobSigningKey::Es256(_) => SignatureAlgorithm::Es256,
+            JobSigningKey::Rs256(_) => SignatureAlgorithm::Rs256,
+            JobSigningKey::Ps256(_) => SignatureAlgorithm::Ps256,
+        }
+    }
+
+    /// The public key to trust on the station.
+    pub fn verifying_key(&self) -> JobVerifyingKey {
+        match self {
+            JobSigningKey::Es256(k) => JobVerifyingKey::P256(*k.verifying_key()),
+            JobSigningKey::Rs256(k) | JobSigningKey::Ps256(k) => {
+                JobVerifyingKey::Rsa(k.to_public_key())
+            }
+        }
+    }
+
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, ProtocolError> {
+        let failed = |e: signature::Error| ProtocolError::Key {
+            what: "job signing key",
+            detail: e.to_string(),
+        };
+        match self {
+            JobSigningKey::Es256(k) => {
+                let sig: p256::ecdsa::Signature = k.try_sign(msg).map_err(failed)?;
+                Ok(sig.to_bytes().to_vec())
+            }
+            JobSigningKey::Rs256(k) => rsa::pkcs1v15::SigningKey::<Sha256>::new(k.clone())
+                .try_sign(msg)
+                .map(|s| s.to_vec())
+                .map_err(failed),
+            JobSigningKey::Ps256(k) => rsa::pss::SigningKey::<Sha256>::new(k.clone())
+                .try_sign_with_rng(&mut getrandom::SysRng, msg)
+                .map(|s| s.to_vec())
+                .map_err(failed),
+        }
+    }
+}
+
+/// Signs `job` with `key` under `key_id`: validates the job, encodes it canonically, signs
+/// those bytes and wraps them in an envelope (encode it with [`Message::encode`]).
+pub fn sign_job(
+    job: &JobDocument,
+    key: &JobSigningKey,
+    key_id: &str,
+) -> Result<JobEnvelope, ProtocolError> {
+    let bytes = job.encode()?;
+    let text = String::from_utf8(bytes).map_err(|_| ProtocolError::Malformed {
+        message: JobDocument::NAME,
+        detail: "encoder produced invalid UTF-8".to_owned(),
+    })?;
+    let value = key.sign(text.as_bytes())?;
+    let raw = RawValue::from_string(text).map_err(|e| ProtocolError::Malformed {
+        message: JobDocument::NAME,
+        detail: e.to_string(),
+    })?;
+    let envelope = JobEnvelope {
+        v: V1,
+        job: raw,
+        sig: JobSignature {
+            alg: key.alg(),
+            key_id: key_id.to_owned(),
+            value: Base64Bytes::new(value),
+        },
+    };
+    envelope.validate()?;
+    Ok(envelope)
+}
+
+/// The nonces a station has already accepted. The agent keeps this state (journaled);
+/// implementations exist for the standard sets.
+pub trait NonceSet {
+    /// Whether `nonce` was seen before.
+    fn contains_nonce(&self, nonce: &Nonce) -> bool;
+}
+
+impl<S: std::hash::BuildHasher> NonceSet for HashSet<Nonce, S> {
+    fn contains_nonce(&self, nonce: &Nonce) -> bool {
+        self.contains(nonce)
+    }
+}
+
+impl NonceSet for BTreeSet<Nonce> {
+    fn contains_nonce(&self, nonce: &Nonce) -> bool {
+        self.contains(nonce)
+    }
+}
+
+impl<F: Fn(&Nonce) -> bool> NonceSet for F {
+    fn contains_nonce(&self, nonce: &Nonce) -> bool {
+        self(nonce)
+    }
+}
+
+/// Refuses a job whose nonce is in `seen` ([`ProtocolError::Replay`]). Call after
+/// [`JobEnvelope::verify`]; record the nonce once the job is journaled.
+pub fn check_nonce(job: &JobDocument, seen: &impl NonceSet) -> Result<(), ProtocolError> {
+    if seen.contains_nonce(&job.nonce) {
+        return Err(ProtocolError::Replay {
+            job_id: job.job_id.to_string(),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! Tests of the C ABI, calling the function list in-process.

@@ -150,7 +150,6 @@ fn session_states_follow_the_spec(kind: Kind) {
         RvError::UserAnotherAlreadyLoggedIn,
     );
     rw.logout().unwrap();
-    expect_rv(rw.logout(), RvError::UserNotLoggedIn);
     expect_rv(
         rw.login(UserType::User, Some(&pin("999999"))),
         RvError::PinIncorrect,

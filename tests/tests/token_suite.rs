@@ -8,8 +8,8 @@ mod sim_common;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::RvError;
-use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource, PkcsPssParams};
 use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{
     Attribute, AttributeInfo, AttributeType, CertificateType, KeyType, ObjectClass,
@@ -223,9 +223,7 @@ fn ec_keys_sign_with_raw_ecdsa(kind: Kind) {
     assert!(matches!(info[0], AttributeInfo::Sensitive), "{info:?}");
 
     // CKA_EC_POINT is a DER OCTET STRING of the uncompressed point.
-    let raw = s
-        .get_attributes(public, &[AttributeType::EcPoint])
-        .unwrap();
+    let raw = s.get_attributes(public, &[AttributeType::EcPoint]).unwrap();
     match &raw[0] {
         Attribute::EcPoint(v) => assert_eq!(&v[..3], &[0x04, 0x41, 0x04]),
         other => panic!("{other:?}"),
@@ -307,7 +305,11 @@ fn rsa_keys_sign_and_decrypt(kind: Kind) {
         s_len: 32.into(),
     };
     let sig = s
-        .sign(&Mechanism::RsaPkcsPss(pss), private, &Sha256::digest(b"doc"))
+        .sign(
+            &Mechanism::RsaPkcsPss(pss),
+            private,
+            &Sha256::digest(b"doc"),
+        )
         .unwrap();
     key.pss_verify::<Sha256>(b"doc", &sig).unwrap();
 
@@ -349,9 +351,7 @@ fn ecdh_derives_the_shared_secret(kind: Kind) {
     let secret = s
         .derive_key(&Mechanism::Ecdh1Derive(params), private, &template)
         .unwrap();
-    let value = s
-        .get_attributes(secret, &[AttributeType::Value])
-        .unwrap();
+    let value = s.get_attributes(secret, &[AttributeType::Value]).unwrap();
     let Some(Attribute::Value(v)) = value.first() else {
         panic!("no value: {value:?}")
     };
@@ -386,16 +386,17 @@ fn objects_are_created_found_changed_destroyed(kind: Kind) {
         .unwrap();
     assert!(find_label(&s, "seal-legal").is_empty());
     let value = s.get_attributes(h, &[AttributeType::Value]).unwrap();
-    assert_eq!(value, vec![Attribute::Value(vec![0x30, 0x03, 0x02, 0x01, 0x01])]);
-    // The class of an object never changes.
-    assert!(s
-        .update_attributes(h, &[Attribute::Class(ObjectClass::DATA)])
-        .is_err());
-    // A certificate without its value is incomplete.
-    expect_rv(
-        s.create_object(&cert[..7]),
-        RvError::TemplateIncomplete,
+    assert_eq!(
+        value,
+        vec![Attribute::Value(vec![0x30, 0x03, 0x02, 0x01, 0x01])]
     );
+    // The class of an object never changes.
+    assert!(
+        s.update_attributes(h, &[Attribute::Class(ObjectClass::DATA)])
+            .is_err()
+    );
+    // A certificate without its value is incomplete.
+    expect_rv(s.create_object(&cert[..7]), RvError::TemplateIncomplete);
     s.destroy_object(h).unwrap();
     assert!(find_label(&s, "renamed").is_empty());
     expect_rv(s.destroy_object(h), RvError::ObjectHandleInvalid);

@@ -395,7 +395,7 @@ impl Engine {
         let token_objs: Vec<&Object> = objects.iter().filter(|o| o.is_token()).collect();
         let token_handles = if token_objs.is_empty() {
             if !self.is_current(ctx.slot, ctx.insertion)? {
-                return Err(CKR_DEVICE_REMOVED);
+                return Err(self.on_removed(ctx, CKR_DEVICE_REMOVED));
             }
             Vec::new()
         } else {

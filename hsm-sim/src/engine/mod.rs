@@ -428,15 +428,8 @@ impl Engine {
     /// A session call's prologue: validate the handle, then the fault point.
     pub(crate) fn enter(&self, h: CK_SESSION_HANDLE, function: &str) -> Result<Ctx, Rv> {
         let ctx = self.ctx(h)?;
-        if let Err(rv) = self.fault(ctx.slot, &ctx.serial, ctx.insertion, function) {
-            if rv == CKR_DEVICE_REMOVED {
-                // The fault pulled the token: this session is gone now.
-                if let Ok(mut st) = self.lock() {
-                    Self::drop_session(&mut st, h);
-                }
-            }
-            return Err(rv);
-        }
+        self.fault(ctx.slot, &ctx.serial, ctx.insertion, function)
+            .map_err(|rv| self.on_removed(&ctx, rv))?;
         Ok(ctx)
     }
 
@@ -466,12 +459,32 @@ impl Engine {
         let (t, r) = self.latencies(&ctx.serial)?;
         let d = latency::duration(op, &t, &r, self.env_latency);
         self.wait(ctx.slot, ctx.insertion, d.saturating_sub(already))
+            .map_err(|rv| self.on_removed(ctx, rv))
     }
 
     fn write_delay(&self, ctx: &Ctx, bytes: usize) -> Result<(), Rv> {
         let (t, r) = self.latencies(&ctx.serial)?;
         let d = latency::write_duration(bytes, &t, &r, self.env_latency);
         self.wait(ctx.slot, ctx.insertion, d)
+            .map_err(|rv| self.on_removed(ctx, rv))
+    }
+
+    /// A call that found its token pulled closes its session (the next call on it gets
+    /// `CKR_SESSION_HANDLE_INVALID`) and ends the login on that insertion.
+    fn on_removed(&self, ctx: &Ctx, rv: Rv) -> Rv {
+        if rv == CKR_DEVICE_REMOVED
+            && let Ok(mut st) = self.lock()
+        {
+            Self::drop_session(&mut st, ctx.handle);
+            if st
+                .logins
+                .get(&ctx.slot)
+                .is_some_and(|l| l.insertion == ctx.insertion)
+            {
+                st.logins.remove(&ctx.slot);
+            }
+        }
+        rv
     }
 
     /// Commits a change to the session's token, unless it was pulled meanwhile.
@@ -479,6 +492,7 @@ impl Engine {
         self.rack
             .update_token(&ctx.serial, ctx.guard(), f)
             .map_err(dev)?
+            .map_err(|rv| self.on_removed(ctx, rv))
     }
 
     // ----- slots and tokens -----

@@ -140,9 +140,7 @@ pub fn ec_keypair(s: &Session, label: &str, id: &[u8]) -> (ObjectHandle, ObjectH
 
 /// The uncompressed point of an EC public key object (accepting DER-wrapped or raw).
 pub fn ec_point(s: &Session, public: ObjectHandle) -> Vec<u8> {
-    let attrs = s
-        .get_attributes(public, &[AttributeType::EcPoint])
-        .unwrap();
+    let attrs = s.get_attributes(public, &[AttributeType::EcPoint]).unwrap();
     match attrs.first() {
         Some(Attribute::EcPoint(p)) if p.len() == 67 && p[0] == 0x04 && p[1] == 0x41 => {
             p[2..].to_vec()

@@ -112,7 +112,7 @@ fn seal_key_flags(a: &mut Attrs, local: bool, always_sensitive: bool, never_extr
     );
 }
 
-fn required<'a>(t: &'a Template, ty: CK_ATTRIBUTE_TYPE) -> Result<&'a [u8], Rv> {
+fn required(t: &Template, ty: CK_ATTRIBUTE_TYPE) -> Result<&[u8], Rv> {
     t.get(ty).ok_or(CKR_TEMPLATE_INCOMPLETE)
 }
 

@@ -12,7 +12,7 @@ pub(super) unsafe extern "C" fn C_SeedRandom(
 ) -> CK_RV {
     rv(eng()
         .and_then(|e| e.session_info(session))
-        .and_then(|_| Err(CKR_RANDOM_SEED_NOT_SUPPORTED)))
+        .and(Err(CKR_RANDOM_SEED_NOT_SUPPORTED)))
 }
 
 /// `C_GenerateRandom` (5.15).

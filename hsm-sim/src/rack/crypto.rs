@@ -34,7 +34,7 @@ pub enum HashAlg {
 
 impl HashAlg {
     /// Output length in bytes.
-    pub fn len(self) -> usize {
+    pub fn output_len(self) -> usize {
         match self {
             HashAlg::Sha1 => 20,
             HashAlg::Sha256 => 32,
@@ -262,7 +262,7 @@ pub fn sign(m: &KeyMaterial, mech: &SignMechanism, data: &[u8]) -> Result<Vec<u8
             } else {
                 data.to_vec()
             };
-            if digest.len() != hash.len() {
+            if digest.len() != hash.output_len() {
                 return Err(CKR_DATA_LEN_RANGE);
             }
             key.sign(Pss::<Sha256>::new_with_salt(*salt), &digest)

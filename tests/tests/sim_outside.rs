@@ -423,3 +423,71 @@ fn the_cli_rejects_bad_arguments_clearly() {
     let usb = ok(cli(d).arg("usb"));
     assert!(usb.contains("\"port_path\": \"1-1.1\""), "{usb}");
 }
+
+#[test]
+fn a_process_killed_mid_operation_leaves_the_last_committed_state() {
+    let sim = SimRack::new(1);
+    let serial = sim.insert(0);
+    let p = sim.load();
+    let slot = Slot::try_from(0u64).unwrap();
+    init_token(&p, slot, "killed");
+    let s = user_session(&p, slot);
+    ec_keypair(&s, "before", &[1]);
+    let d = sim.dir.path();
+    // Key generation takes a minute; a fault that never fires shows when it started.
+    ok(cli(d).args([
+        "latency",
+        "--slot",
+        "0",
+        "--op",
+        "keygen-p256",
+        "--ms",
+        "60000",
+    ]));
+    ok(cli(d).args([
+        "fault",
+        "--slot",
+        "0",
+        "--call",
+        "C_GenerateKeyPair",
+        "--nth",
+        "1000",
+        "--rv",
+        "CKR_DEVICE_ERROR",
+    ]));
+    let mut child = tool(d)
+        .args([
+            "--slot",
+            "0",
+            "--login",
+            "--pin",
+            USER_PIN,
+            "--keypairgen",
+            "--key-type",
+            "EC:prime256v1",
+            "--label",
+            "never",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while sim.rack.token(&serial).unwrap().faults()[0].seen() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pkcs11-tool never started keygen"
+        );
+        std::thread::yield_now();
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    ok(cli(d).args(["latency", "--slot", "0", "--reset"]));
+    assert_eq!(
+        find_label(&s, "before").len(),
+        2,
+        "committed objects survive"
+    );
+    assert!(find_label(&s, "never").is_empty(), "nothing half-written");
+    assert!(ok(cli(d).arg("list")).contains("ready"));
+}

@@ -1,4 +1,21 @@
-//! The `hsm-sim` command-line tool.
+//! `hsm-sim`: a simulated production desk — a virtual Ukey rack behind a real PKCS#11 module.
+//! The `hsm-sim` command-line tool: parses arguments and hands them to `hsm_sim::cli`.
 #![forbid(unsafe_code)]
 
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = hsm_sim::cli::Cli::parse();
+    match hsm_sim::cli::run(cli) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hsm-sim: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Object management (PKCS#11 v2.40 Base, section 5.7): create, destroy, attributes, find.
+
+use cryptoki_sys::*;
+
+use super::{eng, put, rv, template};
+use crate::rack::object::AttrRead;
+
+/// `C_CreateObject` (5.7).
+pub(super) unsafe extern "C" fn C_CreateObject(
+    session: CK_SESSION_HANDLE,
+    attrs: *mut CK_ATTRIBUTE,
+    count: CK_ULONG,
+    object: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
+    if object.is_null() {
+        return CKR_ARGUMENTS_BAD;
+    }
+    rv(eng().and_then(|e| {
+        // SAFETY: the caller passes `count` attributes.
+        let t = unsafe { template(attrs, count) }?;
+        let h = e.create_object(session, t)?;
+        // SAFETY: checked non-null above.
+        unsafe { put(object, h) }
+    }))
+}
+
+/// `C_DestroyObject` (5.7).
+pub(super) unsafe extern "C" fn C_DestroyObject(
+    session: CK_SESSION_HANDLE,
+    object: CK_OBJECT_HANDLE,
+) -> CK_RV {
+    rv(eng().and_then(|e| e.destroy_object(session, object)))
+}
+
+/// `C_GetAttributeValue` (5.7): per attribute, the value, its length (NULL `pValue`), or
+/// `CK_UNAVAILABLE_INFORMATION` with `CKR_ATTRIBUTE_SENSITIVE`, `CKR_ATTRIBUTE_TYPE_INVALID`
+/// or `CKR_BUFFER_TOO_SMALL`; every attribute is processed either way.
+pub(super) unsafe extern "C" fn C_GetAttributeValue(
+    session: CK_SESSION_HANDLE,
+    object: CK_OBJECT_HANDLE,
+    attrs: *mut CK_ATTRIBUTE,
+    count: CK_ULONG,
+) -> CK_RV {
+    if attrs.is_null() && count > 0 {
+        return CKR_ARGUMENTS_BAD;
+    }
+    let attrs: &mut [CK_ATTRIBUTE] = if count == 0 {
+        &mut []
+    } else {
+        // SAFETY: non-null; the caller passes `count` writable attributes.
+        unsafe { std::slice::from_raw_parts_mut(attrs, count as usize) }
+    };
+    let types: Vec<CK_ATTRIBUTE_TYPE> = attrs.iter().map(|a| a.type_).collect();
+    let reads = match eng().and_then(|e| e.get_attributes(session, object, &types)) {
+        Ok(r) => r,
+        Err(rv) => return rv,
+    };
+    let mut result = CKR_OK;
+    for (a, read) in attrs.iter_mut().zip(reads) {
+        match read {
+            AttrRead::Sensitive => {
+                a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+                result = CKR_ATTRIBUTE_SENSITIVE;
+            }
+            AttrRead::Invalid => {
+                a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+                if result == CKR_OK || result == CKR_BUFFER_TOO_SMALL {
+                    result = CKR_ATTRIBUTE_TYPE_INVALID;
+                }
+            }
+            AttrRead::Value(v) => {
+                if a.pValue.is_null() {
+                    a.ulValueLen = v.len() as CK_ULONG;
+                } else if (a.ulValueLen as usize) < v.len() {
+                    a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+                    if result == CKR_OK {
+                        result = CKR_BUFFER_TOO_SMALL;
+                    }
+                } else {
+                    // SAFETY: `pValue` holds `ulValueLen >= v.len()` writable bytes.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(v.as_ptr(), a.pValue as *mut u8, v.len())
+                    };
+                    a.ulValueLen = v.len() as CK_ULONG;
+                }
+            }
+        }
+    }
+    result
+}
+
+/// `C_SetAttributeValue` (5.7).
+pub(super) unsafe extern "C" fn C_SetAttributeValue(
+    session: CK_SESSION_HANDLE,
+    object: CK_OBJECT_HANDLE,
+    attrs: *mut CK_ATTRIBUTE,
+    count: CK_ULONG,
+) -> CK_RV {
+    rv(eng().and_then(|e| {
+        // SAFETY: the caller passes `count` attributes.
+        let t = unsafe { template(attrs, count) }?;
+        e.set_attributes(session, object, t)
+    }))
+}
+
+/// `C_FindObjectsInit` (5.7).
+pub(super) unsafe extern "C" fn C_FindObjectsInit(
+    session: CK_SESSION_HANDLE,
+    attrs: *mut CK_ATTRIBUTE,
+    count: CK_ULONG,
+) -> CK_RV {
+    rv(eng().and_then(|e| {
+        // SAFETY: the caller passes `count` attributes.
+        let t = unsafe { template(attrs, count) }?;
+        e.find_init(session, t)
+    }))
+}
+
+/// `C_FindObjects` (5.7).
+pub(super) unsafe extern "C" fn C_FindObjects(
+    session: CK_SESSION_HANDLE,
+    objects: *mut CK_OBJECT_HANDLE,
+    max: CK_ULONG,
+    found: *mut CK_ULONG,
+) -> CK_RV {
+    if found.is_null() || (objects.is_null() && max > 0) {
+        return CKR_ARGUMENTS_BAD;
+    }
+    rv(eng()
+        .and_then(|e| e.find_next(session, max as usize))
+        .and_then(|hs| {
+            // SAFETY: `objects` holds `max >= hs.len()` handles; `found` is non-null.
+            unsafe {
+                std::ptr::copy_nonoverlapping(hs.as_ptr(), objects, hs.len());
+                put(found, hs.len() as CK_ULONG)
+            }
+        }))
+}
+
+/// `C_FindObjectsFinal` (5.7).
+pub(super) unsafe extern "C" fn C_FindObjectsFinal(session: CK_SESSION_HANDLE) -> CK_RV {
+    rv(eng().and_then(|e| e.find_final(session)))
+}

@@ -9,6 +9,7 @@ pub mod config;
 pub mod job;
 pub mod logging;
 pub mod profile;
+pub mod steps;
 pub mod systemd;
 pub mod token;
 pub mod usb;

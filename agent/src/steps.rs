@@ -1,0 +1,468 @@
+//! The token work of each job step: blocking code that runs on a token's worker thread.
+//!
+//! Each function does one step of DESIGN.md's pipeline and **reconciles with what the token
+//! already holds**, because after a crash (or a pulled token) the same step runs again:
+//! `initialize` re-initializes a token that this very job had started, `generate_keys`
+//! destroys a half-made key pair before making it again, `install` writes only what is
+//! missing. Nothing here decides what comes next (that is [`crate::job`]) or talks to the
+//! network (that is the runner). Failures become protocol [`StepError`]s with a stable code
+//! and a `retryable` verdict via [`StepFailure`].
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use secrecy::{ExposeSecret, SecretString};
+use spki::SubjectPublicKeyInfoOwned;
+use spki::der::Encode;
+use ukey_protocol::bundle::{CertBundle, CertificateRequest, CsrBundle};
+use ukey_protocol::event::{BindReport, CertFingerprint, StepError};
+use ukey_protocol::ids::{ErrorCode, JobId, TokenSerial};
+use ukey_protocol::job::JobDocument;
+use ukey_protocol::keys::KeyLabel;
+use ukey_protocol::seal::{SealContext, SealPurpose, SealRecipient, SealedSecret, UnsealKey, seal};
+use ukey_protocol::{Base64Bytes, V1};
+
+use crate::certs::{
+    CertError, Expected, TrustAnchors, ValidityPolicy, VerifiedCertificate, verify_certificate,
+};
+use crate::profile::SubjectData;
+use crate::token::{Authorization, KeySelfTest, Token, TokenError};
+
+/// The prefix of the token label the agent writes; a token whose label starts with it was
+/// personalized by a ukey-station desk.
+pub const LABEL_PREFIX: &str = "UKEY ";
+
+/// The token label for a job: `UKEY ` and the order number, cut to PKCS#11's 32 bytes.
+pub fn token_label(job: &JobDocument) -> String {
+    let mut label = String::from(LABEL_PREFIX);
+    for c in job.order_number.chars() {
+        if label.len() + c.len_utf8() > crate::token::MAX_TOKEN_LABEL {
+            break;
+        }
+        label.push(c);
+    }
+    label
+}
+
+/// A token's two PINs. Never printed; sealed before they are written anywhere.
+pub struct Pins {
+    /// The security officer PIN.
+    pub so: SecretString,
+    /// The user PIN the customer types.
+    pub user: SecretString,
+}
+
+impl std::fmt::Debug for Pins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pins(<secret>)")
+    }
+}
+
+/// The two PINs sealed (to the station itself, for the journal; or to the platform).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SealedPins {
+    /// The SO PIN.
+    pub so: SealedSecret,
+    /// The user PIN.
+    pub user: SealedSecret,
+}
+
+const DIGITS: &[u8] = b"0123456789";
+const SO_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+
+fn random_text(len: usize, alphabet: &[u8]) -> Result<SecretString, TokenError> {
+    let mut out = String::with_capacity(len);
+    let mut buf = zeroize::Zeroizing::new([0u8; 64]);
+    // Rejection sampling keeps every character equally likely.
+    let limit = 256 - (256 % alphabet.len());
+    while out.len() < len {
+        getrandom::fill(buf.as_mut()).map_err(|e| TokenError::Random(e.to_string()))?;
+        for b in buf.iter() {
+            if (*b as usize) < limit && out.len() < len {
+                out.push(alphabet[*b as usize % alphabet.len()] as char);
+            }
+        }
+    }
+    Ok(SecretString::from(out))
+}
+
+impl Pins {
+    /// Fresh PINs from the OS's CSPRNG: an 8-digit user PIN (what a customer can type) and
+    /// a 16-character SO PIN, both clamped to the token's PIN length bounds.
+    pub fn generate(min_len: usize, max_len: usize) -> Result<Pins, TokenError> {
+        let clamp = |want: usize| want.clamp(min_len.max(1), max_len.max(min_len.max(1)));
+        Ok(Pins {
+            so: random_text(clamp(16), SO_ALPHABET)?,
+            user: random_text(clamp(8), DIGITS)?,
+        })
+    }
+
+    /// Seals both PINs to `recipient`, bound to `job_id` and each PIN's purpose.
+    pub fn seal(&self, recipient: &SealRecipient, job_id: &JobId) -> Result<SealedPins, String> {
+        let one = |pin: &SecretString, purpose| {
+            seal(
+                recipient,
+                &SealContext::for_job(job_id, purpose),
+                pin.expose_secret().as_bytes(),
+            )
+            .map_err(|e| e.to_string())
+        };
+        Ok(SealedPins {
+            so: one(&self.so, SealPurpose::SoPin)?,
+            user: one(&self.user, SealPurpose::UserPin)?,
+        })
+    }
+
+    /// Opens PINs sealed with [`Pins::seal`].
+    pub fn unseal(sealed: &SealedPins, key: &UnsealKey, job_id: &JobId) -> Result<Pins, String> {
+        let one = |s: &SealedSecret, purpose| {
+            s.unseal_pin(key, &SealContext::for_job(job_id, purpose))
+                .map_err(|e| e.to_string())
+        };
+        Ok(Pins {
+            so: one(&sealed.so, SealPurpose::SoPin)?,
+            user: one(&sealed.user, SealPurpose::UserPin)?,
+        })
+    }
+}
+
+/// How a step ended when it did not succeed.
+#[derive(Debug)]
+pub enum StepFailure {
+    /// The token was pulled out: the job parks and the step runs again on re-insertion.
+    Removed,
+    /// The step failed; the error goes to the platform.
+    Failed(StepError),
+}
+
+fn error_code(code: &'static str) -> ErrorCode {
+    ErrorCode::new(code).unwrap_or_else(|_| unreachable!("error code literals are valid"))
+}
+
+fn step_error(code: &'static str, message: impl Into<String>, retryable: bool) -> StepError {
+    StepError {
+        code: error_code(code),
+        message: message.into().chars().take(512).collect(),
+        retryable,
+    }
+}
+
+impl From<TokenError> for StepFailure {
+    fn from(e: TokenError) -> StepFailure {
+        if e.is_removed() {
+            return StepFailure::Removed;
+        }
+        let (code, retryable) = match &e {
+            TokenError::WrongPin { .. } => ("wrong-pin", false),
+            TokenError::PinLocked { .. } => ("pin-locked", false),
+            TokenError::PinLength { .. } => ("pin-length", false),
+            TokenError::NotBlank { .. } => ("token-not-blank", false),
+            TokenError::WrongToken { .. } => ("wrong-token", false),
+            TokenError::AttributeCheck { .. } => ("key-attribute-check", false),
+            TokenError::ObjectExists { .. } | TokenError::ObjectMissing { .. } => {
+                ("token-objects", true)
+            }
+            TokenError::MechanismUnsupported { .. } => ("mechanism-unsupported", false),
+            TokenError::SelfTest { .. } => ("self-test-failed", false),
+            TokenError::Csr { .. } => ("csr-failed", true),
+            TokenError::NotFound { .. } => ("token-not-found", true),
+            TokenError::Blank { .. } => ("token-blank", false),
+            _ => ("token-error", true),
+        };
+        StepFailure::Failed(step_error(code, e.to_string(), retryable))
+    }
+}
+
+impl From<CertError> for StepFailure {
+    fn from(e: CertError) -> StepFailure {
+        let code = match &e {
+            CertError::PublicKeyMismatch { .. } => "certificate-key-mismatch",
+            CertError::SubjectMismatch { .. } | CertError::Profile { .. } => {
+                "certificate-subject-mismatch"
+            }
+            CertError::KeyUsageMissing { .. } | CertError::KeyUsageMismatch { .. } => {
+                "certificate-key-usage"
+            }
+            CertError::IsCa { .. } => "certificate-is-ca",
+            CertError::UnknownIssuer { .. } | CertError::ChainTooLong { .. } => {
+                "certificate-unknown-issuer"
+            }
+            CertError::BadSignature { .. } => "certificate-bad-signature",
+            CertError::Expired { .. } | CertError::NotYetValid { .. } => "certificate-validity",
+            CertError::ValidityTooLong { .. } => "certificate-validity",
+            _ => "certificate-invalid",
+        };
+        // The platform sent a bad certificate: asking again gives the same one.
+        StepFailure::Failed(step_error(code, e.to_string(), false))
+    }
+}
+
+/// The subject data of a job's certificates.
+pub fn subject_data(job: &JobDocument) -> SubjectData {
+    SubjectData {
+        company_name: job.enterprise.name.clone(),
+        credit_code: job.enterprise.credit_code.as_str().to_owned(),
+        legal_representative: job.legal_representative.name.clone(),
+    }
+}
+
+/// Step `initialize`: `C_InitToken` with the SO PIN and the job's label, then `C_InitPIN`.
+///
+/// On a blank token. On a token that already carries this job's label (the agent died during
+/// this step or the next), the job names the token through its journal, so it is wiped and
+/// initialized again with the same journaled SO PIN (invariant 2).
+pub fn initialize(token: &mut Token, job: &JobDocument, pins: &Pins) -> Result<(), StepFailure> {
+    let label = token_label(job);
+    let present = token.info()?;
+    let authorization = if present.is_blank() {
+        Authorization::BlankOnly
+    } else if present.label == label && !present.serial.is_empty() {
+        tracing::info!(job = %job.job_id, serial = %present.serial, "re-initializing the token this job had started");
+        Authorization::NamedByJob {
+            serial: present.serial.clone(),
+        }
+    } else {
+        return Err(TokenError::NotBlank {
+            serial: token.serial().map(str::to_owned),
+            label: present.label,
+        }
+        .into());
+    };
+    token.init_token(&pins.so, &label, &authorization)?;
+    token.init_user_pin(&pins.so, &pins.user)?;
+    Ok(())
+}
+
+/// Step `generate-keys`: the three key pairs, after removing any half-made one.
+pub fn generate_keys(
+    token: &mut Token,
+    job: &JobDocument,
+    pins: &Pins,
+) -> Result<BTreeMap<KeyLabel, SubjectPublicKeyInfoOwned>, StepFailure> {
+    token.login_user(&pins.user)?;
+    let mut keys = BTreeMap::new();
+    for label in KeyLabel::ALL {
+        let Some(alg) = job.key_spec(label) else {
+            return Err(StepFailure::Failed(step_error(
+                "job-key-spec",
+                format!("the job has no key spec for {label}"),
+                false,
+            )));
+        };
+        let leftovers = token.destroy_objects(label)?;
+        if leftovers > 0 {
+            tracing::info!(job = %job.job_id, %label, leftovers, "removed objects of an interrupted attempt");
+        }
+        let key = token.generate_key_pair(label, alg).inspect_err(|e| {
+            if matches!(e, TokenError::AttributeCheck { .. }) {
+                // A key that failed its read-back must not stay on the token.
+                let _ = token.destroy_objects(label);
+            }
+        })?;
+        keys.insert(label, key);
+    }
+    Ok(keys)
+}
+
+/// Step `request-certificates`: a PKCS#10 CSR per label, signed on the token.
+pub fn request_certificates(
+    token: &mut Token,
+    job: &JobDocument,
+    pins: &Pins,
+    serial: &TokenSerial,
+) -> Result<CsrBundle, StepFailure> {
+    let subject = subject_data(job);
+    token.login_user(&pins.user)?;
+    let mut requests = Vec::with_capacity(3);
+    for label in KeyLabel::ALL {
+        let name = subject
+            .subject(label)
+            .map_err(|e| StepFailure::Failed(step_error("job-subject", e.to_string(), false)))?;
+        let csr = token.build_csr(label, &name)?;
+        requests.push(CertificateRequest {
+            label,
+            csr: Some(Base64Bytes::new(csr)),
+            current_certificate: None,
+            public_key: None,
+        });
+    }
+    Ok(CsrBundle {
+        v: V1,
+        job_id: job.job_id.clone(),
+        token_serial: serial.clone(),
+        requests,
+    })
+}
+
+/// What certificates are checked against.
+#[derive(Debug, Clone)]
+pub struct Trust {
+    /// The configured CAs.
+    pub anchors: TrustAnchors,
+    /// Validity bounds.
+    pub policy: ValidityPolicy,
+}
+
+/// Step `verify-certificates`: every certificate against its on-token key (read as a public
+/// object, no PIN), the job's subject, the label's key usage and the configured CAs.
+/// Nothing is written.
+pub fn verify_certificates(
+    token: &Token,
+    job: &JobDocument,
+    bundle: &CertBundle,
+    trust: &Trust,
+    now: SystemTime,
+) -> Result<Vec<VerifiedCertificate>, StepFailure> {
+    let subject = subject_data(job);
+    let chain: Vec<Vec<u8>> = bundle
+        .ca_chain
+        .iter()
+        .map(|c| c.as_bytes().to_vec())
+        .collect();
+    let mut verified = Vec::with_capacity(3);
+    for label in KeyLabel::ALL {
+        let issued = bundle
+            .certificates
+            .iter()
+            .find(|c| c.label == label)
+            .ok_or_else(|| {
+                StepFailure::Failed(step_error(
+                    "certificate-missing",
+                    format!("the platform sent no certificate for {label}"),
+                    false,
+                ))
+            })?;
+        let key = token.public_key(label)?;
+        let expected = Expected {
+            label,
+            token_key: &key,
+            subject: &subject,
+        };
+        verified.push(verify_certificate(
+            issued.certificate.as_bytes(),
+            &chain,
+            &expected,
+            &trust.anchors,
+            &trust.policy,
+            now,
+        )?);
+    }
+    Ok(verified)
+}
+
+/// Step `install`: writes the verified certificates that are not on the token yet.
+pub fn install(
+    token: &mut Token,
+    pins: &Pins,
+    certs: &[VerifiedCertificate],
+) -> Result<usize, StepFailure> {
+    token.login_user(&pins.user)?;
+    let mut written = 0;
+    for cert in certs {
+        if token.install_certificate(cert)? {
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
+/// Step `activate`: every key proves itself (sign / decrypt or agree on the token, checked
+/// in software), then the session logs out.
+pub fn activate(token: &mut Token, pins: &Pins) -> Result<Vec<KeySelfTest>, StepFailure> {
+    token.login_user(&pins.user)?;
+    let result = token.self_test(&KeyLabel::ALL);
+    let logout = token.logout();
+    let tests = result?;
+    logout?;
+    Ok(tests)
+}
+
+/// Step `bind`: what the platform binds to the order — each certificate's serial and
+/// fingerprint, and the PINs sealed to the platform.
+pub fn bind_report(
+    job_id: &JobId,
+    certs: &[VerifiedCertificate],
+    pins: &Pins,
+    platform: &SealRecipient,
+) -> Result<BindReport, StepFailure> {
+    let sealed = pins
+        .seal(platform, job_id)
+        .map_err(|e| StepFailure::Failed(step_error("seal-failed", e, false)))?;
+    let mut certificates = Vec::with_capacity(certs.len());
+    for cert in certs {
+        let serial = cert
+            .certificate()
+            .tbs_certificate()
+            .serial_number()
+            .as_bytes()
+            .to_vec();
+        certificates.push(CertFingerprint {
+            label: cert.label(),
+            serial: hex::encode(serial),
+            sha256: hex::encode(cert.fingerprint_sha256()),
+        });
+    }
+    Ok(BindReport {
+        certificates,
+        so_pin: Some(sealed.so),
+        user_pin: Some(sealed.user),
+    })
+}
+
+/// DER of a public key, for journaling.
+pub fn spki_der(key: &SubjectPublicKeyInfoOwned) -> Result<Vec<u8>, StepFailure> {
+    key.to_der()
+        .map_err(|e| StepFailure::Failed(step_error("encoding", e.to_string(), false)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn generated_pins_fit_the_policy_and_differ() {
+        let a = Pins::generate(6, 16).unwrap();
+        let b = Pins::generate(6, 16).unwrap();
+        assert_eq!(a.user.expose_secret().len(), 8);
+        assert!(a.user.expose_secret().bytes().all(|c| c.is_ascii_digit()));
+        assert_eq!(a.so.expose_secret().len(), 16);
+        assert_ne!(a.so.expose_secret(), b.so.expose_secret());
+        let short = Pins::generate(4, 6).unwrap();
+        assert_eq!(short.so.expose_secret().len(), 6);
+        let long = Pins::generate(10, 12).unwrap();
+        assert_eq!(long.user.expose_secret().len(), 10);
+        assert_eq!(format!("{a:?}"), "Pins(<secret>)");
+    }
+
+    #[test]
+    fn sealed_pins_open_only_for_their_job() {
+        use p256::elliptic_curve::Generate;
+        let key = UnsealKey::P256(p256::SecretKey::generate_from_rng(&mut rand::rng()));
+        let job = JobId::new("job-1").unwrap();
+        let pins = Pins::generate(6, 16).unwrap();
+        let sealed = pins.seal(&key.recipient(), &job).unwrap();
+        let back = Pins::unseal(&sealed, &key, &job).unwrap();
+        assert_eq!(back.user.expose_secret(), pins.user.expose_secret());
+        assert_eq!(back.so.expose_secret(), pins.so.expose_secret());
+        assert!(Pins::unseal(&sealed, &key, &JobId::new("job-2").unwrap()).is_err());
+    }
+
+    #[test]
+    fn removal_parks_and_errors_carry_codes() {
+        let removed = TokenError::Removed {
+            serial: Some("S1".into()),
+            slot: 1,
+            function: "C_Sign".into(),
+        };
+        assert!(matches!(StepFailure::from(removed), StepFailure::Removed));
+        let StepFailure::Failed(e) = StepFailure::from(TokenError::NotBlank {
+            serial: Some("S1".into()),
+            label: "other".into(),
+        }) else {
+            panic!()
+        };
+        assert_eq!(e.code.as_str(), "token-not-blank");
+        assert!(!e.retryable);
+    }
+}

@@ -44,6 +44,12 @@ pub enum StepOutput {
     Done,
     /// Step data for the event (bind report, sealed PIN, CSR bundle hash).
     Data(StepData),
+    /// `initialize` finished and the token now has this serial (a blank SoftHSM2 slot has
+    /// none before `C_InitToken`; real Ukeys and hsm-sim have one from the factory).
+    Initialized {
+        /// The token's serial.
+        serial: TokenSerial,
+    },
 }
 
 /// Everything that can happen to a job. Inputs are journaled, so they carry what is needed
@@ -53,8 +59,9 @@ pub enum StepOutput {
 pub enum Input {
     /// The desk gave the job a token.
     Claimed {
-        /// The token's serial.
-        serial: TokenSerial,
+        /// The token's serial; `None` for a blank token that gets its serial only when it is
+        /// initialized (SoftHSM2).
+        serial: Option<TokenSerial>,
     },
     /// The running step finished.
     StepSucceeded {
@@ -160,29 +167,29 @@ pub enum JobState {
     Queued,
     /// `plan[index]` is running on the token.
     Running {
-        /// The token.
-        serial: TokenSerial,
+        /// The token, once its serial is known.
+        serial: Option<TokenSerial>,
         /// Index into the plan.
         index: usize,
     },
     /// CSRs sent; `plan[index]` (`verify-certificates`) runs when the certificates arrive.
     AwaitingCertificates {
-        /// The token.
-        serial: TokenSerial,
+        /// The token, once its serial is known.
+        serial: Option<TokenSerial>,
         /// Index of the step that runs on arrival.
         index: usize,
     },
     /// The token was pulled while `plan[index]` ran; it runs again when the token is back.
     Parked {
-        /// The token.
-        serial: TokenSerial,
+        /// The token, once its serial is known.
+        serial: Option<TokenSerial>,
         /// Index of the interrupted step.
         index: usize,
     },
     /// The last step is done; waiting for the platform to acknowledge its event.
     AwaitingFinalAck {
-        /// The token.
-        serial: TokenSerial,
+        /// The token, once its serial is known.
+        serial: Option<TokenSerial>,
         /// The event the platform must acknowledge.
         event_id: EventId,
     },
@@ -283,9 +290,14 @@ impl JobMachine {
             JobState::Running { serial, .. }
             | JobState::AwaitingCertificates { serial, .. }
             | JobState::Parked { serial, .. }
-            | JobState::AwaitingFinalAck { serial, .. } => Some(serial),
+            | JobState::AwaitingFinalAck { serial, .. } => serial.as_ref(),
             JobState::Queued | JobState::Finished(_) => None,
         }
+    }
+
+    /// Whether the job holds a token (claimed and not finished).
+    pub fn holds_token(&self) -> bool {
+        !matches!(self.state, JobState::Queued | JobState::Finished(_))
     }
 
     /// The step running or waited on, if any.
@@ -359,10 +371,11 @@ impl JobMachine {
         serial: Option<TokenSerial>,
         error: Option<StepError>,
     ) -> Vec<Action> {
-        let report = self.report(step, state, serial.clone(), error, None);
+        let held = self.holds_token();
+        let report = self.report(step, state, serial, error, None);
         self.state = JobState::Finished(state);
         let mut actions = vec![Action::Report(Box::new(report))];
-        if serial.is_some() {
+        if held {
             actions.push(Action::Release);
         }
         actions
@@ -401,7 +414,7 @@ impl JobMachine {
                 let claim = self.report(
                     Step::Claim,
                     ExecutionState::InProgress,
-                    Some(serial.clone()),
+                    serial.clone(),
                     None,
                     None,
                 );
@@ -413,24 +426,20 @@ impl JobMachine {
             (JobState::Running { serial, index }, Input::StepSucceeded { step, output })
                 if self.plan.get(index) == Some(&step) =>
             {
-                let data = match output {
-                    StepOutput::Done => None,
-                    StepOutput::Data(data) => Some(data),
+                let (serial, data) = match output {
+                    StepOutput::Done => (serial, None),
+                    StepOutput::Data(data) => (serial, Some(data)),
+                    StepOutput::Initialized { serial } => (Some(serial), None),
                 };
-                let report = self.report(
-                    step,
-                    ExecutionState::InProgress,
-                    Some(serial.clone()),
-                    None,
-                    data,
-                );
+                let report =
+                    self.report(step, ExecutionState::InProgress, serial.clone(), None, data);
                 let event_id = report.event_id.clone();
                 let mut actions = vec![Action::Report(Box::new(report))];
                 if let Some(reason) = self.cancel_requested.take() {
                     actions.extend(self.finish(
                         step,
                         ExecutionState::Canceled,
-                        Some(serial),
+                        serial,
                         Some(StepError {
                             code: code("canceled"),
                             message: truncate(&format!("canceled by the platform: {reason}")),
@@ -456,7 +465,7 @@ impl JobMachine {
                 if self.plan.get(index) == Some(&step) =>
             {
                 self.cancel_requested = None;
-                Ok(self.finish(step, ExecutionState::Failed, Some(serial), Some(error)))
+                Ok(self.finish(step, ExecutionState::Failed, serial, Some(error)))
             }
 
             (JobState::Running { serial, index }, Input::TokenRemoved { step })
@@ -466,7 +475,7 @@ impl JobMachine {
                     return Ok(self.finish(
                         step,
                         ExecutionState::Canceled,
-                        Some(serial),
+                        serial,
                         Some(StepError {
                             code: code("canceled"),
                             message: truncate(&format!("canceled by the platform: {reason}")),
@@ -477,7 +486,7 @@ impl JobMachine {
                 let report = self.report(
                     step,
                     ExecutionState::InProgress,
-                    Some(serial.clone()),
+                    serial.clone(),
                     None,
                     Some(StepData::Parked {
                         reason: code("token-removed"),
@@ -506,7 +515,7 @@ impl JobMachine {
                 Ok(self.finish(
                     step,
                     ExecutionState::Failed,
-                    Some(serial),
+                    serial,
                     Some(StepError {
                         code: code("token-return-timeout"),
                         message: "the token was pulled out and not plugged in again in time".into(),
@@ -532,7 +541,7 @@ impl JobMachine {
                 actions.extend(self.finish(
                     Step::RequestCertificates,
                     ExecutionState::Failed,
-                    Some(serial),
+                    serial,
                     Some(StepError {
                         code: code("certificates-rejected"),
                         message: truncate(&format!("the platform refused to issue: {reason}")),
@@ -550,7 +559,7 @@ impl JobMachine {
             ) => Ok(self.finish(
                 Step::RequestCertificates,
                 ExecutionState::TimedOut,
-                Some(serial),
+                serial,
                 Some(StepError {
                     code: code("certificates-timeout"),
                     message: "no certificates arrived from the platform in time".into(),
@@ -561,7 +570,7 @@ impl JobMachine {
             (JobState::AwaitingFinalAck { serial, .. }, Input::FinalAcknowledged) => {
                 let step = self.plan.last().copied().unwrap_or(Step::Bind);
                 let mut actions = vec![Action::Disarm(Timer::FinalAck)];
-                actions.extend(self.finish(step, ExecutionState::Succeeded, Some(serial), None));
+                actions.extend(self.finish(step, ExecutionState::Succeeded, serial, None));
                 Ok(actions)
             }
 
@@ -575,7 +584,7 @@ impl JobMachine {
                 Ok(self.finish(
                     step,
                     ExecutionState::TimedOut,
-                    Some(serial),
+                    serial,
                     Some(StepError {
                         code: code("final-ack-timeout"),
                         message: "the platform did not acknowledge the final step in time".into(),
@@ -606,7 +615,7 @@ impl JobMachine {
     }
 
     /// Moves to `plan[index]` on `serial`.
-    fn start(&mut self, serial: TokenSerial, index: usize) -> Vec<Action> {
+    fn start(&mut self, serial: Option<TokenSerial>, index: usize) -> Vec<Action> {
         match self.plan.get(index).copied() {
             Some(step) => {
                 self.state = JobState::Running { serial, index };
@@ -614,7 +623,7 @@ impl JobMachine {
             }
             // A plan always ends with a step awaiting the platform's acknowledgement, so this
             // is reached only by a plan of a single `claim` step: nothing left to do.
-            None => self.finish(Step::Claim, ExecutionState::Succeeded, Some(serial), None),
+            None => self.finish(Step::Claim, ExecutionState::Succeeded, serial, None),
         }
     }
 }
@@ -687,7 +696,11 @@ mod tests {
             reports(&[m.accepted()]),
             vec![(Step::Receive, ExecutionState::Queued)]
         );
-        let a = m.on(Input::Claimed { serial: serial() }).unwrap();
+        let a = m
+            .on(Input::Claimed {
+                serial: Some(serial()),
+            })
+            .unwrap();
         assert_eq!(reports(&a), vec![(Step::Claim, ExecutionState::InProgress)]);
         assert_eq!(executes(&a), vec![Step::Initialize]);
         let a = m.on(ok(Step::Initialize)).unwrap();
@@ -731,7 +744,9 @@ mod tests {
     #[test]
     fn sequence_numbers_and_event_ids_are_stable_across_replay() {
         let inputs = vec![
-            Input::Claimed { serial: serial() },
+            Input::Claimed {
+                serial: Some(serial()),
+            },
             ok(Step::Initialize),
             Input::TokenRemoved {
                 step: Step::GenerateKeys,
@@ -774,7 +789,10 @@ mod tests {
     #[test]
     fn pulled_token_parks_then_resumes_the_same_step() {
         let mut m = job(JobKind::New);
-        m.on(Input::Claimed { serial: serial() }).unwrap();
+        m.on(Input::Claimed {
+            serial: Some(serial()),
+        })
+        .unwrap();
         let a = m
             .on(Input::TokenRemoved {
                 step: Step::Initialize,
@@ -794,7 +812,10 @@ mod tests {
     #[test]
     fn parked_job_fails_retryable_when_the_token_stays_away() {
         let mut m = job(JobKind::New);
-        m.on(Input::Claimed { serial: serial() }).unwrap();
+        m.on(Input::Claimed {
+            serial: Some(serial()),
+        })
+        .unwrap();
         m.on(Input::TokenRemoved {
             step: Step::Initialize,
         })
@@ -815,7 +836,10 @@ mod tests {
     #[test]
     fn failure_ends_the_job_with_the_steps_error() {
         let mut m = job(JobKind::New);
-        m.on(Input::Claimed { serial: serial() }).unwrap();
+        m.on(Input::Claimed {
+            serial: Some(serial()),
+        })
+        .unwrap();
         m.on(ok(Step::Initialize)).unwrap();
         let error = StepError {
             code: ErrorCode::new("attribute-check").unwrap(),
@@ -845,7 +869,10 @@ mod tests {
     #[test]
     fn cancel_waits_for_the_running_step() {
         let mut m = job(JobKind::New);
-        m.on(Input::Claimed { serial: serial() }).unwrap();
+        m.on(Input::Claimed {
+            serial: Some(serial()),
+        })
+        .unwrap();
         let a = m
             .on(Input::Cancel {
                 reason: "order withdrawn".into(),
@@ -866,7 +893,10 @@ mod tests {
     #[test]
     fn cancel_while_waiting_disarms_and_ends() {
         let mut m = job(JobKind::New);
-        m.on(Input::Claimed { serial: serial() }).unwrap();
+        m.on(Input::Claimed {
+            serial: Some(serial()),
+        })
+        .unwrap();
         m.on(ok(Step::Initialize)).unwrap();
         m.on(ok(Step::GenerateKeys)).unwrap();
         m.on(ok(Step::RequestCertificates)).unwrap();
@@ -878,7 +908,10 @@ mod tests {
     #[test]
     fn rejection_and_timeouts_end_the_wait() {
         let mut m = job(JobKind::New);
-        m.on(Input::Claimed { serial: serial() }).unwrap();
+        m.on(Input::Claimed {
+            serial: Some(serial()),
+        })
+        .unwrap();
         m.on(ok(Step::Initialize)).unwrap();
         m.on(ok(Step::GenerateKeys)).unwrap();
         m.on(ok(Step::RequestCertificates)).unwrap();
@@ -906,7 +939,10 @@ mod tests {
         assert_eq!(err.state, "queued");
         assert!(err.to_string().contains("expected claimed"), "{err}");
         assert_eq!(m.state(), &JobState::Queued);
-        m.on(Input::Claimed { serial: serial() }).unwrap();
+        m.on(Input::Claimed {
+            serial: Some(serial()),
+        })
+        .unwrap();
         let err = m.on(ok(Step::Bind)).unwrap_err();
         assert!(
             err.to_string().contains("outcome of step initialize"),
@@ -917,7 +953,11 @@ mod tests {
     #[test]
     fn unlock_resets_the_pin_and_waits_for_the_ack() {
         let mut m = job(JobKind::Unlock);
-        let a = m.on(Input::Claimed { serial: serial() }).unwrap();
+        let a = m
+            .on(Input::Claimed {
+                serial: Some(serial()),
+            })
+            .unwrap();
         assert_eq!(executes(&a), vec![Step::ResetPin]);
         let a = m.on(ok(Step::ResetPin)).unwrap();
         assert!(a.contains(&Action::Arm(Timer::FinalAck)));

@@ -240,6 +240,9 @@ pub struct TrustConfig {
     pub ca_certs: Vec<PathBuf>,
     /// PEM public key the platform signs jobs with.
     pub platform_signing_key: PathBuf,
+    /// The key id the platform names in a job's signature for that key (default `platform`).
+    #[serde(default = "default_signing_key_id")]
+    pub platform_signing_key_id: String,
     /// PEM public key of the platform that PINs leaving the station are sealed to.
     pub platform_sealing_key: PathBuf,
     /// PEM (PKCS#8) private key of this station, for secrets sealed to it (SO PINs in jobs).
@@ -332,6 +335,9 @@ pub struct PanelConfig {
 
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/ukey-agent")
+}
+fn default_signing_key_id() -> String {
+    "platform".to_owned()
 }
 fn default_keep_alive() -> u64 {
     30

@@ -12,5 +12,6 @@ pub mod profile;
 pub mod steps;
 pub mod systemd;
 pub mod token;
+pub mod trust;
 pub mod usb;
 pub mod worker;

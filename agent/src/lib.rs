@@ -6,6 +6,7 @@
 
 pub mod certs;
 pub mod config;
+pub mod desk;
 pub mod job;
 pub mod logging;
 pub mod profile;

@@ -1,0 +1,200 @@
+//! The desk: what a token is when it is plugged in, decided from what the token says (pure).
+//!
+//! [`classify`] turns a token's flags, label and certificates into the inventory's
+//! [`TokenState`]; [`TokenKey`] names a token in the desk's table (by serial — invariant 1 —
+//! except a blank SoftHSM2 slot, which has no serial until it is initialized). The scanning
+//! itself (PKCS#11 calls) lives in the daemon; this module does no IO.
+
+use std::time::{Duration, SystemTime};
+
+use ukey_protocol::inventory::TokenState;
+use ukey_protocol::keys::KeyLabel;
+
+use crate::steps::LABEL_PREFIX;
+use crate::token::PresentToken;
+
+/// How the desk names a token.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TokenKey {
+    /// A token with a serial number (every real Ukey, hsm-sim, initialized SoftHSM2 tokens).
+    Serial(String),
+    /// A blank token without a serial (SoftHSM2's spare slot): module index and slot id,
+    /// valid only until the token is initialized.
+    Unnamed {
+        /// Index of the module in the desk's module list.
+        module: usize,
+        /// PKCS#11 slot id.
+        slot: u64,
+    },
+}
+
+impl TokenKey {
+    /// The key of a present token found through module `module`.
+    pub fn of(module: usize, present: &PresentToken) -> TokenKey {
+        if present.serial.is_empty() {
+            TokenKey::Unnamed {
+                module,
+                slot: present.slot,
+            }
+        } else {
+            TokenKey::Serial(present.serial.clone())
+        }
+    }
+
+    /// The serial, if the token has one.
+    pub fn serial(&self) -> Option<&str> {
+        match self {
+            TokenKey::Serial(s) => Some(s),
+            TokenKey::Unnamed { .. } => None,
+        }
+    }
+}
+
+impl std::fmt::Display for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenKey::Serial(s) => f.write_str(s),
+            TokenKey::Unnamed { module, slot } => write!(f, "module {module} slot {slot}"),
+        }
+    }
+}
+
+/// What the desk read from a token to classify it.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    /// The token as the slot scan saw it.
+    pub present: PresentToken,
+    /// Labels of the key pairs found (public objects, no PIN needed).
+    pub keys: Vec<KeyLabel>,
+    /// Certificates found: label and notAfter.
+    pub certificates: Vec<(KeyLabel, SystemTime)>,
+    /// The platform revoked this serial (replaced token).
+    pub revoked: bool,
+}
+
+/// The inventory state of an observed token at `now`; a certificate expiring within
+/// `warning` makes an active token `expiring`.
+pub fn classify(obs: &Observation, now: SystemTime, warning: Duration) -> TokenState {
+    let flags = &obs.present.flags;
+    if obs.present.is_blank() {
+        return TokenState::Blank;
+    }
+    if flags.so_pin_locked {
+        return TokenState::LockedSo;
+    }
+    if obs.revoked {
+        return TokenState::Revoked;
+    }
+    if !obs.present.label.starts_with(LABEL_PREFIX.trim_end()) {
+        return TokenState::Foreign;
+    }
+    if flags.user_pin_locked {
+        return TokenState::LockedUser;
+    }
+    let complete = KeyLabel::ALL.iter().all(|l| obs.keys.contains(l))
+        && KeyLabel::ALL
+            .iter()
+            .all(|l| obs.certificates.iter().any(|(c, _)| c == l));
+    if !complete {
+        return TokenState::InProduction;
+    }
+    let earliest = obs.certificates.iter().map(|(_, t)| *t).min();
+    match earliest {
+        Some(t) if t <= now => TokenState::Expired,
+        Some(t) if t <= now + warning => TokenState::Expiring,
+        _ => TokenState::Active,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::token::TokenFlags;
+
+    fn present(label: &str, initialized: bool) -> PresentToken {
+        PresentToken {
+            slot: 1,
+            serial: "SIM0000000000001".into(),
+            label: label.into(),
+            model: "sim".into(),
+            manufacturer: "sim".into(),
+            flags: TokenFlags {
+                initialized,
+                ..TokenFlags::default()
+            },
+            min_pin_len: 6,
+            max_pin_len: 16,
+        }
+    }
+
+    fn obs(label: &str, certs_in_days: Option<u64>) -> Observation {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        Observation {
+            present: present(label, true),
+            keys: KeyLabel::ALL.to_vec(),
+            certificates: certs_in_days
+                .map(|d| {
+                    KeyLabel::ALL
+                        .iter()
+                        .map(|l| (*l, now + Duration::from_secs(d * 86_400)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            revoked: false,
+        }
+    }
+
+    #[test]
+    fn states_follow_what_the_token_holds() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        let month = Duration::from_secs(30 * 86_400);
+        let mut blank = obs("", None);
+        blank.present.flags.initialized = false;
+        assert_eq!(classify(&blank, now, month), TokenState::Blank);
+        assert_eq!(
+            classify(&obs("UKEY ORD-1", Some(365)), now, month),
+            TokenState::Active
+        );
+        assert_eq!(
+            classify(&obs("UKEY ORD-1", Some(10)), now, month),
+            TokenState::Expiring
+        );
+        assert_eq!(
+            classify(&obs("UKEY ORD-1", Some(0)), now, month),
+            TokenState::Expired
+        );
+        assert_eq!(
+            classify(&obs("UKEY ORD-1", None), now, month),
+            TokenState::InProduction
+        );
+        assert_eq!(
+            classify(&obs("bank token", Some(365)), now, month),
+            TokenState::Foreign
+        );
+        let mut locked = obs("UKEY ORD-1", Some(365));
+        locked.present.flags.user_pin_locked = true;
+        assert_eq!(classify(&locked, now, month), TokenState::LockedUser);
+        locked.present.flags.so_pin_locked = true;
+        assert_eq!(classify(&locked, now, month), TokenState::LockedSo);
+        let mut revoked = obs("UKEY ORD-1", Some(365));
+        revoked.revoked = true;
+        assert_eq!(classify(&revoked, now, month), TokenState::Revoked);
+    }
+
+    #[test]
+    fn keys_name_tokens_by_serial() {
+        let p = present("x", true);
+        assert_eq!(
+            TokenKey::of(0, &p),
+            TokenKey::Serial("SIM0000000000001".into())
+        );
+        let mut spare = p.clone();
+        spare.serial.clear();
+        assert_eq!(
+            TokenKey::of(2, &spare),
+            TokenKey::Unnamed { module: 2, slot: 1 }
+        );
+        assert_eq!(TokenKey::of(2, &spare).serial(), None);
+    }
+}

@@ -212,6 +212,42 @@ fn wait_cancelled(stop: &CancellationToken, timeout: Duration) {
     }
 }
 
+/// Reads hsm-sim's virtual USB bus: `usb.json` in the simulator's state folder, a JSON object
+/// with a `devices` list of `{port_path, vendor_id, product_id, serial}` (other fields are
+/// ignored). A missing file is an empty bus.
+pub fn read_sim_bus(dir: &std::path::Path) -> Result<Vec<UsbDevice>, String> {
+    #[derive(serde::Deserialize)]
+    struct Bus {
+        #[serde(default)]
+        devices: Vec<Device>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Device {
+        port_path: String,
+        vendor_id: u16,
+        product_id: u16,
+        #[serde(default)]
+        serial: Option<String>,
+    }
+    let path = dir.join("usb.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let bus: Bus = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(bus
+        .devices
+        .into_iter()
+        .map(|d| UsbDevice {
+            port_path: d.port_path,
+            vendor_id: d.vendor_id,
+            product_id: d.product_id,
+            serial: d.serial,
+        })
+        .collect())
+}
+
 /// Real USB through libusb (rusb).
 pub struct RusbWatcher {
     filter: ModelFilter,
@@ -391,6 +427,25 @@ mod tests {
             diff(&[a.clone(), b.clone()], &[a.clone(), c.clone()]),
             vec![UsbEvent::Left(b), UsbEvent::Arrived(c)]
         );
+    }
+
+    #[test]
+    fn sim_bus_file_is_read_and_a_missing_one_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(read_sim_bus(dir.path()).unwrap().is_empty());
+        std::fs::write(
+            dir.path().join("usb.json"),
+            r#"{"version":1,"generation":3,"devices":[{"bus":1,"port_path":"1-1.2","slot":1,
+               "vendor_id":21843,"product_id":19201,"serial":"3F2A9C0B7D1E4A56","product":"x"}]}"#,
+        )
+        .unwrap();
+        let devices = read_sim_bus(dir.path()).unwrap();
+        assert_eq!(devices.len(), 1);
+        assert_eq!(devices[0].port_path, "1-1.2");
+        assert_eq!(devices[0].id(), "5553:4b01");
+        assert_eq!(devices[0].serial.as_deref(), Some("3F2A9C0B7D1E4A56"));
+        std::fs::write(dir.path().join("usb.json"), "{").unwrap();
+        assert!(read_sim_bus(dir.path()).is_err());
     }
 
     #[test]

@@ -3,3 +3,7 @@
 //! See `docs/DESIGN.md` for the data flow: the desk (slot table), the link to the platform
 //! (MQTT with a durable outbox), the job journal, and one PKCS#11 worker per token.
 #![forbid(unsafe_code)]
+
+pub mod journal;
+pub mod link;
+pub mod outbox;

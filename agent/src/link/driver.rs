@@ -159,7 +159,8 @@ impl Driver {
         shared: Arc<Shared>,
         incoming: mpsc::Sender<Incoming>,
     ) -> Result<Self, LinkError> {
-        let mut options = MqttOptions::new(config.client_id.clone(), config.host.clone(), config.port);
+        let mut options =
+            MqttOptions::new(config.client_id.clone(), config.host.clone(), config.port);
         options
             .set_keep_alive(config.keep_alive)
             .set_clean_session(false)
@@ -268,14 +269,20 @@ impl Driver {
                 }
                 Send::Birth => self
                     .client
-                    .try_publish(&self.presence_topic, QoS::AtLeastOnce, true, self.birth.clone())
+                    .try_publish(
+                        &self.presence_topic,
+                        QoS::AtLeastOnce,
+                        true,
+                        self.birth.clone(),
+                    )
                     .map(|()| self.sent.push_back(Tag::Presence)),
                 Send::Event(entry) => self
                     .client
                     .try_publish(&entry.topic, QoS::AtLeastOnce, false, entry.payload.clone())
                     .map(|()| {
                         self.sent.push_back(Tag::Event);
-                        self.last_sent.insert(entry.event_id.clone(), Instant::now());
+                        self.last_sent
+                            .insert(entry.event_id.clone(), Instant::now());
                         Counters::bump(&self.shared.counters.events_published);
                     }),
             };
@@ -370,7 +377,8 @@ impl Driver {
         self.queue.push_back(Send::Subscribe);
         self.queue.push_back(Send::Birth);
         let pending = lock(&self.shared.outbox).pending();
-        self.last_sent.retain(|id, _| pending.iter().any(|e| &e.event_id == id));
+        self.last_sent
+            .retain(|id, _| pending.iter().any(|e| &e.event_id == id));
         for entry in pending {
             self.enqueue_event(entry);
         }
@@ -520,6 +528,8 @@ impl Driver {
     /// Graceful stop: publish the death message, DISCONNECT (so the broker does not publish
     /// the will as well), and wait briefly for both to leave.
     async fn stop(mut self) {
+        // Acknowledgements and publishes handed over before the shutdown go out first.
+        self.pump();
         if self.connected {
             let death = self.client.try_publish(
                 &self.presence_topic,

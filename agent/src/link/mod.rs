@@ -177,7 +177,10 @@ impl LinkConfig {
             + self.client_id.len()
             + 16;
         if will_len > self.max_packet_size {
-            return bad("death_payload", "the CONNECT packet would exceed max_packet_size".into());
+            return bad(
+                "death_payload",
+                "the CONNECT packet would exceed max_packet_size".into(),
+            );
         }
         if publish_packet_len(&self.presence_topic, self.birth_payload.len()) > self.max_packet_size
         {
@@ -195,10 +198,7 @@ impl LinkConfig {
         if let Some(tls) = &self.tls
             && tls.client_cert.is_some() != tls.client_key.is_some()
         {
-            return bad(
-                "tls",
-                "client_cert and client_key go together".into(),
-            );
+            return bad("tls", "client_cert and client_key go together".into());
         }
         Ok(())
     }
@@ -463,9 +463,10 @@ impl LinkHandle {
     /// ignored. Returns how many were removed.
     pub async fn acknowledge(&self, event_ids: Vec<String>) -> Result<usize, LinkError> {
         let shared = Arc::clone(&self.shared);
-        let removed = tokio::task::spawn_blocking(move || lock(&shared.outbox).acknowledge(event_ids))
-            .await
-            .map_err(|e| LinkError::Task(e.to_string()))??;
+        let removed =
+            tokio::task::spawn_blocking(move || lock(&shared.outbox).acknowledge(event_ids))
+                .await
+                .map_err(|e| LinkError::Task(e.to_string()))??;
         Ok(removed)
     }
 

@@ -1,7 +1,8 @@
 //! The durable outbox of step events: what the platform has not acknowledged yet.
 //!
 //! Invariant 4 (no step event lost) rests here. An event enters with [`Outbox::push`], which
-//! returns only after the event is on disk (file and folder fsync'd), and leaves only through
+//! returns only after the event is on disk (the record fsync'd; the folder is fsync'd when the
+//! log file is created or replaced, the only times its entry changes), and leaves only through
 //! [`Outbox::acknowledge`] — called when the platform's application-level acknowledgement of
 //! its event id arrives. A broker's PUBACK never removes anything: brokers acknowledge
 //! publishes that nobody receives.

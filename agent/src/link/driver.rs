@@ -564,3 +564,48 @@ async fn sleep_until_opt(at: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_up_to_the_cap_and_resets() {
+        let mut backoff = Backoff {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+            attempt: 0,
+        };
+        let first = backoff.next_delay();
+        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+        let mut last = first;
+        for _ in 0..40 {
+            last = backoff.next_delay();
+            assert!(last <= Duration::from_secs(5));
+        }
+        assert!(
+            last >= Duration::from_millis(2500),
+            "capped, not stuck low: {last:?}"
+        );
+        backoff.reset();
+        assert!(backoff.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn remaining_length_matches_what_rumqttc_checks() {
+        let publish = Publish::new("a/b", QoS::AtLeastOnce, vec![0u8; 10]);
+        assert_eq!(remaining_len(&publish), 2 + 3 + 2 + 10);
+        let publish = Publish::new("a/b", QoS::AtMostOnce, vec![0u8; 10]);
+        assert_eq!(remaining_len(&publish), 2 + 3 + 10);
+    }
+
+    #[test]
+    fn only_a_size_refusal_is_recognised_as_one() {
+        let refused = ConnectionError::MqttState(StateError::Deserialization(
+            rumqttc::Error::PayloadSizeLimitExceeded(300_000),
+        ));
+        assert_eq!(refused_packet_len(&refused), Some(300_000));
+        assert_eq!(refused_packet_len(&ConnectionError::NetworkTimeout), None);
+    }
+}

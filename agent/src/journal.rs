@@ -1,0 +1,565 @@
+//! The job journal: an append-only, fsync'd, checksummed log of serde records.
+//!
+//! Invariant 5 of the design says a job is journaled before work on it starts; this module is
+//! the durable half of that promise. It is generic over the record type `R`: the job code
+//! defines what a record is, this module only makes sure that what [`Journal::append`]
+//! returned `Ok` for is still there after a crash, in the order it was written.
+//!
+//! On disk every record is framed as
+//!
+//! ```text
+//! magic "UKR1" (4 bytes) | payload length (u32 LE) | SHA-256(length ‖ payload)[..8] | payload
+//! ```
+//!
+//! with the payload being the record as JSON. A crash while appending leaves at most one torn
+//! record at the end of the file: [`Journal::open`] finds it, logs it and cuts it off. A bad
+//! record followed by good ones is not a torn write but damage, and opening fails with
+//! [`StoreError::Corrupt`] rather than silently dropping history.
+//!
+//! Compaction is the caller's: it knows which records still matter and hands a snapshot to
+//! [`Journal::rewrite`], which replaces the file atomically (write, fsync, rename, fsync the
+//! folder).
+//!
+//! The file is locked (`flock`) while a [`Journal`] is open, so two agents cannot write one
+//! journal. This module does not interpret records, keep them in memory, or decide when to
+//! compact. The on-disk outbox ([`crate::outbox`]) is built on the same log.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::marker::PhantomData;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+/// Errors of the on-disk stores (the job journal and the outbox).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A file or folder operation failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done (`"open"`, `"append to"`, `"fsync"`, …).
+        action: &'static str,
+        /// The file or folder.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// Another process (or another open store in this process) holds the file.
+    #[error("{path} is in use by another agent (file lock held)")]
+    Locked {
+        /// The locked file.
+        path: PathBuf,
+    },
+    /// A damaged record that is not a torn tail: good records follow it.
+    #[error("{path} is damaged at byte {offset}: {reason}")]
+    Corrupt {
+        /// The damaged file.
+        path: PathBuf,
+        /// Byte offset of the first bad record.
+        offset: u64,
+        /// What is wrong there.
+        reason: String,
+    },
+    /// A record could not be turned into bytes.
+    #[error("cannot encode a record for {path}: {source}")]
+    Encode {
+        /// The file the record was meant for.
+        path: PathBuf,
+        /// The serializer's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A record is larger than [`MAX_RECORD_LEN`].
+    #[error("a record of {len} bytes for {path} exceeds the limit of {MAX_RECORD_LEN} bytes")]
+    RecordTooLarge {
+        /// The file the record was meant for.
+        path: PathBuf,
+        /// The record's encoded length.
+        len: usize,
+    },
+}
+
+/// Largest payload of one record (16 MiB). A length field above it is treated as damage.
+pub const MAX_RECORD_LEN: usize = 16 * 1024 * 1024;
+
+const MAGIC: [u8; 4] = *b"UKR1";
+const HEADER_LEN: usize = 16;
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn checksum(len: u32, payload: &[u8]) -> [u8; 8] {
+    let mut hasher = Sha256::new();
+    hasher.update(len.to_le_bytes());
+    hasher.update(payload);
+    let digest = hasher.finalize();
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&digest[..8]);
+    out
+}
+
+/// Frames one payload as a record.
+fn frame(payload: &[u8]) -> Option<Vec<u8>> {
+    if payload.len() > MAX_RECORD_LEN {
+        return None;
+    }
+    let len = u32::try_from(payload.len()).ok()?;
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&checksum(len, payload));
+    out.extend_from_slice(payload);
+    Some(out)
+}
+
+/// Parses the record at the start of `bytes`: its payload range and total length.
+fn parse_at(bytes: &[u8]) -> Result<(std::ops::Range<usize>, usize), &'static str> {
+    if bytes.len() < HEADER_LEN {
+        return Err("incomplete record header");
+    }
+    if bytes[..4] != MAGIC {
+        return Err("bad record magic");
+    }
+    let mut len_bytes = [0u8; 4];
+    len_bytes.copy_from_slice(&bytes[4..8]);
+    let len = u32::from_le_bytes(len_bytes);
+    let len_usize = len as usize;
+    if len_usize > MAX_RECORD_LEN {
+        return Err("record length out of range");
+    }
+    let end = HEADER_LEN + len_usize;
+    if bytes.len() < end {
+        return Err("incomplete record payload");
+    }
+    if checksum(len, &bytes[HEADER_LEN..end]) != bytes[8..16] {
+        return Err("checksum mismatch");
+    }
+    Ok((HEADER_LEN..end, end))
+}
+
+/// The result of scanning a log file.
+struct Scan {
+    /// Payload ranges of the good records, in order.
+    records: Vec<std::ops::Range<usize>>,
+    /// Length of the good prefix; anything after it is a torn tail.
+    valid_len: usize,
+}
+
+/// Scans a whole log: good records, then at most a torn tail. Damage followed by a good
+/// record is an error (`offset`, reason).
+fn scan(bytes: &[u8]) -> Result<Scan, (usize, &'static str)> {
+    let mut records = Vec::new();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        match parse_at(&bytes[pos..]) {
+            Ok((range, total)) => {
+                records.push(pos + range.start..pos + range.end);
+                pos += total;
+            }
+            Err(reason) => {
+                // A torn append only ever damages the last record. If any good record starts
+                // after this point, the file was damaged in the middle: refuse to guess.
+                let rest = &bytes[pos + 1..];
+                let later_good = rest
+                    .windows(MAGIC.len())
+                    .enumerate()
+                    .filter(|(_, w)| *w == MAGIC)
+                    .any(|(i, _)| parse_at(&rest[i..]).is_ok());
+                if later_good {
+                    return Err((pos, reason));
+                }
+                return Ok(Scan {
+                    records,
+                    valid_len: pos,
+                });
+            }
+        }
+    }
+    Ok(Scan {
+        records,
+        valid_len: pos,
+    })
+}
+
+/// Fsyncs a folder so that a created or renamed entry in it survives a crash.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync folder", dir))
+}
+
+fn parent_of(path: &Path) -> &Path {
+    path.parent().unwrap_or_else(|| Path::new("."))
+}
+
+fn lock(file: &File, path: &Path) -> Result<(), StoreError> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
+            path: path.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_err("lock", path)(e)),
+    }
+}
+
+/// An append-only, crash-safe log of records of type `R` (see the module docs).
+pub struct Journal<R> {
+    path: PathBuf,
+    file: File,
+    /// Length of the file's good content; a failed append is cut back to it.
+    len: u64,
+    records: usize,
+    _record: PhantomData<fn(R) -> R>,
+}
+
+impl<R> std::fmt::Debug for Journal<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("path", &self.path)
+            .field("len", &self.len)
+            .field("records", &self.records)
+            .finish()
+    }
+}
+
+impl<R: Serialize + DeserializeOwned> Journal<R> {
+    /// Opens (or creates) the journal at `path`, locks it, and cuts off a torn tail.
+    ///
+    /// The parent folder must exist. Fails with [`StoreError::Corrupt`] when a damaged record
+    /// is followed by good ones, and with [`StoreError::Locked`] when another open journal
+    /// holds the file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let existed = path.exists();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
+        lock(&file, &path)?;
+        if !existed {
+            file.sync_all().map_err(io_err("fsync", &path))?;
+            sync_dir(parent_of(&path))?;
+        }
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(io_err("read", &path))?;
+        let scan = scan(&bytes).map_err(|(offset, reason)| StoreError::Corrupt {
+            path: path.clone(),
+            offset: offset as u64,
+            reason: reason.to_string(),
+        })?;
+        if scan.valid_len < bytes.len() {
+            tracing::warn!(
+                path = %path.display(),
+                dropped_bytes = bytes.len() - scan.valid_len,
+                "journal ends with a torn record (a crash during an append); cutting it off"
+            );
+            file.set_len(scan.valid_len as u64)
+                .map_err(io_err("truncate", &path))?;
+            file.sync_all().map_err(io_err("fsync", &path))?;
+        }
+        Ok(Journal {
+            path,
+            file,
+            len: scan.valid_len as u64,
+            records: scan.records.len(),
+            _record: PhantomData,
+        })
+    }
+
+    /// Reads every record back from disk, in the order they were appended.
+    ///
+    /// Fails with [`StoreError::Corrupt`] when a record's checksum is good but its JSON is
+    /// not an `R` (a record type that changed incompatibly).
+    pub fn replay(&self) -> Result<Vec<R>, StoreError> {
+        let mut file = File::open(&self.path).map_err(io_err("open", &self.path))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(io_err("read", &self.path))?;
+        let good = &bytes[..bytes.len().min(self.len as usize)];
+        let scan = scan(good).map_err(|(offset, reason)| StoreError::Corrupt {
+            path: self.path.clone(),
+            offset: offset as u64,
+            reason: reason.to_string(),
+        })?;
+        scan.records
+            .into_iter()
+            .map(|range| {
+                serde_json::from_slice(&good[range.clone()]).map_err(|e| StoreError::Corrupt {
+                    path: self.path.clone(),
+                    offset: (range.start - HEADER_LEN) as u64,
+                    reason: format!("record does not decode: {e}"),
+                })
+            })
+            .collect()
+    }
+
+    /// Appends one record and fsyncs it before returning.
+    ///
+    /// Records are written at the end of the good content (positioned writes), so the file
+    /// offset left by reading or by a cut-off torn tail does not matter.
+    ///
+    /// When the write or the fsync fails, the file is cut back to its previous length so
+    /// that a half-written record cannot hide the records appended after it.
+    pub fn append(&mut self, record: &R) -> Result<(), StoreError> {
+        let bytes = self.encode(record)?;
+        let result = self
+            .file
+            .write_all_at(&bytes, self.len)
+            .map_err(io_err("append to", &self.path))
+            .and_then(|()| self.file.sync_data().map_err(io_err("fsync", &self.path)));
+        match result {
+            Ok(()) => {
+                self.len += bytes.len() as u64;
+                self.records += 1;
+                Ok(())
+            }
+            Err(e) => {
+                if let Err(cut) = self.file.set_len(self.len) {
+                    tracing::error!(path = %self.path.display(), error = %cut,
+                        "cannot cut a failed append back; the next open drops the torn record");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Replaces the whole journal with `records`, atomically: a crash leaves either the old
+    /// file or the new one, never a mix.
+    pub fn rewrite(&mut self, records: &[R]) -> Result<(), StoreError> {
+        let mut content = Vec::new();
+        for record in records {
+            content.extend_from_slice(&self.encode(record)?);
+        }
+        let mut tmp_name = self.path.file_name().unwrap_or_default().to_os_string();
+        tmp_name.push(".rewrite");
+        let tmp = self.path.with_file_name(tmp_name);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(io_err("create", &tmp))?;
+        // Lock the new file before it replaces the old one, so the lock never lapses.
+        lock(&file, &tmp)?;
+        file.write_all(&content).map_err(io_err("write", &tmp))?;
+        file.sync_all().map_err(io_err("fsync", &tmp))?;
+        std::fs::rename(&tmp, &self.path).map_err(io_err("rename over", &self.path))?;
+        sync_dir(parent_of(&self.path))?;
+        self.file = file;
+        self.len = content.len() as u64;
+        self.records = records.len();
+        Ok(())
+    }
+
+    /// Number of records in the file (appended since the last rewrite, plus the rewrite's).
+    pub fn record_count(&self) -> usize {
+        self.records
+    }
+
+    /// The journal's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn encode(&self, record: &R) -> Result<Vec<u8>, StoreError> {
+        let payload = serde_json::to_vec(record).map_err(|source| StoreError::Encode {
+            path: self.path.clone(),
+            source,
+        })?;
+        frame(&payload).ok_or_else(|| StoreError::RecordTooLarge {
+            path: self.path.clone(),
+            len: payload.len(),
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Rec {
+        job: String,
+        step: u32,
+    }
+
+    fn rec(step: u32) -> Rec {
+        Rec {
+            job: format!("job-{step}"),
+            step,
+        }
+    }
+
+    fn file_len(path: &Path) -> u64 {
+        std::fs::metadata(path).unwrap().len()
+    }
+
+    #[test]
+    fn appended_records_replay_in_order_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.journal");
+        {
+            let mut j = Journal::<Rec>::open(&path).unwrap();
+            assert!(j.replay().unwrap().is_empty());
+            for i in 0..5 {
+                j.append(&rec(i)).unwrap();
+            }
+            assert_eq!(j.record_count(), 5);
+        }
+        let j = Journal::<Rec>::open(&path).unwrap();
+        assert_eq!(j.replay().unwrap(), (0..5).map(rec).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.journal");
+        let _first = Journal::<Rec>::open(&path).unwrap();
+        let second = Journal::<Rec>::open(&path);
+        assert!(
+            matches!(second, Err(StoreError::Locked { .. })),
+            "{second:?}"
+        );
+    }
+
+    #[test]
+    fn every_torn_tail_is_cut_off_and_appending_continues() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.journal");
+        {
+            let mut j = Journal::<Rec>::open(&path).unwrap();
+            j.append(&rec(0)).unwrap();
+            j.append(&rec(1)).unwrap();
+        }
+        let good = std::fs::read(&path).unwrap();
+        let one = frame(&serde_json::to_vec(&rec(2)).unwrap()).unwrap();
+        // A crash can stop an append after any number of bytes.
+        for cut in 1..one.len() {
+            std::fs::write(&path, [&good[..], &one[..cut]].concat()).unwrap();
+            let mut j = Journal::<Rec>::open(&path).unwrap();
+            assert_eq!(file_len(&path), good.len() as u64, "cut at {cut}");
+            assert_eq!(j.replay().unwrap(), vec![rec(0), rec(1)]);
+            j.append(&rec(3)).unwrap();
+            drop(j);
+            let j = Journal::<Rec>::open(&path).unwrap();
+            assert_eq!(j.replay().unwrap(), vec![rec(0), rec(1), rec(3)]);
+        }
+    }
+
+    #[test]
+    fn a_tail_of_zeros_or_garbage_is_a_torn_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.journal");
+        {
+            let mut j = Journal::<Rec>::open(&path).unwrap();
+            j.append(&rec(0)).unwrap();
+        }
+        let good = std::fs::read(&path).unwrap();
+        for tail in [vec![0u8; 4096], b"UKR1\xff\xff\xff\xff garbage".to_vec()] {
+            std::fs::write(&path, [&good[..], &tail[..]].concat()).unwrap();
+            let j = Journal::<Rec>::open(&path).unwrap();
+            assert_eq!(j.replay().unwrap(), vec![rec(0)]);
+            assert_eq!(file_len(&path), good.len() as u64);
+        }
+    }
+
+    #[test]
+    fn damage_in_the_middle_is_an_error_not_a_silent_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.journal");
+        {
+            let mut j = Journal::<Rec>::open(&path).unwrap();
+            for i in 0..3 {
+                j.append(&rec(i)).unwrap();
+            }
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        // Flip a payload byte of the first record.
+        bytes[HEADER_LEN + 2] ^= 0x20;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = Journal::<Rec>::open(&path).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Corrupt { offset: 0, .. }),
+            "{err:?}"
+        );
+        // The file is left as it was for an operator to look at.
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
+
+    #[test]
+    fn a_record_of_another_type_is_reported_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.journal");
+        {
+            let mut j = Journal::<String>::open(&path).unwrap();
+            j.append(&"not a Rec".to_string()).unwrap();
+        }
+        let j = Journal::<Rec>::open(&path).unwrap();
+        assert!(matches!(j.replay(), Err(StoreError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn rewrite_replaces_the_content_atomically_and_appends_follow_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.journal");
+        let mut j = Journal::<Rec>::open(&path).unwrap();
+        for i in 0..10 {
+            j.append(&rec(i)).unwrap();
+        }
+        j.rewrite(&[rec(7), rec(9)]).unwrap();
+        assert_eq!(j.record_count(), 2);
+        j.append(&rec(10)).unwrap();
+        assert_eq!(j.replay().unwrap(), vec![rec(7), rec(9), rec(10)]);
+        // The lock moved to the new file with the rewrite.
+        assert!(matches!(
+            Journal::<Rec>::open(&path),
+            Err(StoreError::Locked { .. })
+        ));
+        drop(j);
+        let j = Journal::<Rec>::open(&path).unwrap();
+        assert_eq!(j.replay().unwrap(), vec![rec(7), rec(9), rec(10)]);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    }
+
+    #[test]
+    fn a_crash_before_the_rename_leaves_the_old_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.journal");
+        {
+            let mut j = Journal::<Rec>::open(&path).unwrap();
+            j.append(&rec(1)).unwrap();
+        }
+        // A half-written rewrite file next to it is ignored (and replaced by the next rewrite).
+        std::fs::write(dir.path().join("jobs.journal.rewrite"), b"UKR1 half").unwrap();
+        let mut j = Journal::<Rec>::open(&path).unwrap();
+        assert_eq!(j.replay().unwrap(), vec![rec(1)]);
+        j.rewrite(&[rec(2)]).unwrap();
+        assert_eq!(j.replay().unwrap(), vec![rec(2)]);
+    }
+}

@@ -1,0 +1,450 @@
+//! The durable outbox of step events: what the platform has not acknowledged yet.
+//!
+//! Invariant 4 (no step event lost) rests here. An event enters with [`Outbox::push`], which
+//! returns only after the event is on disk (the record fsync'd; the folder is fsync'd when the
+//! log file is created or replaced, the only times its entry changes), and leaves only through
+//! [`Outbox::acknowledge`] — called when the platform's application-level acknowledgement of
+//! its event id arrives. A broker's PUBACK never removes anything: brokers acknowledge
+//! publishes that nobody receives.
+//!
+//! Storage is a [`Journal`] of `push` and `ack` records in `outbox.log` inside the outbox's
+//! folder; the pending set is rebuilt from it on open. When acknowledged records make up most
+//! of the log, it is compacted to the pending pushes alone. A crash at any point leaves either
+//! the record or nothing (a torn tail is dropped), so an event pushed and not yet confirmed by
+//! `push` returning may be absent after a crash, and an acknowledgement being written may be
+//! lost (the event is then sent again; the platform de-duplicates by event id).
+//!
+//! This module does no networking and knows nothing about MQTT; [`crate::link`] publishes
+//! what is pending. Event ids are opaque strings chosen by the caller and must be unique:
+//! pushing an id that is still pending is a no-op, but an id acknowledged earlier is treated
+//! as a new event.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::journal::{Journal, StoreError, sync_dir};
+
+/// Name of the log file inside the outbox folder.
+pub const OUTBOX_FILE: &str = "outbox.log";
+
+/// One event waiting for the platform's acknowledgement.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// The event's id, by which the platform acknowledges and de-duplicates it.
+    pub event_id: String,
+    /// The MQTT topic it is published to.
+    pub topic: String,
+    /// The message as published (opaque bytes to this module).
+    pub payload: Vec<u8>,
+}
+
+impl std::fmt::Debug for OutboxEntry {
+    // The payload is left out: it may carry data that has no place in a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxEntry")
+            .field("event_id", &self.event_id)
+            .field("topic", &self.topic)
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
+}
+
+/// What the outbox's log holds.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Record {
+    Push {
+        event_id: String,
+        topic: String,
+        #[serde(with = "hex_bytes")]
+        payload: Vec<u8>,
+        /// Milliseconds since the Unix epoch when the event was first pushed.
+        queued_at_ms: u64,
+    },
+    Ack {
+        event_ids: Vec<String>,
+    },
+}
+
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        hex::decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
+struct Pending {
+    entry: OutboxEntry,
+    queued_at: SystemTime,
+}
+
+/// The on-disk outbox (see the module docs). One process opens a folder's outbox at a time.
+pub struct Outbox {
+    dir: PathBuf,
+    log: Journal<Record>,
+    /// Pending events by push sequence (push order).
+    pending: BTreeMap<u64, Pending>,
+    /// Event id → push sequence.
+    index: HashMap<String, u64>,
+    next_seq: u64,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("dir", &self.dir)
+            .field("depth", &self.pending.len())
+            .finish()
+    }
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl Outbox {
+    /// Opens the outbox in folder `dir` (created if missing) and rebuilds the pending set.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let dir = dir.as_ref().to_path_buf();
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+                action: "create folder",
+                path: dir.clone(),
+                source,
+            })?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
+        let log = Journal::<Record>::open(dir.join(OUTBOX_FILE))?;
+        let mut outbox = Outbox {
+            dir,
+            log,
+            pending: BTreeMap::new(),
+            index: HashMap::new(),
+            next_seq: 0,
+        };
+        for record in outbox.log.replay()? {
+            match record {
+                Record::Push {
+                    event_id,
+                    topic,
+                    payload,
+                    queued_at_ms,
+                } => {
+                    let queued_at = UNIX_EPOCH + Duration::from_millis(queued_at_ms);
+                    outbox.insert(
+                        OutboxEntry {
+                            event_id,
+                            topic,
+                            payload,
+                        },
+                        queued_at,
+                    );
+                }
+                Record::Ack { event_ids } => {
+                    for id in event_ids {
+                        outbox.remove(&id);
+                    }
+                }
+            }
+        }
+        Ok(outbox)
+    }
+
+    fn insert(&mut self, entry: OutboxEntry, queued_at: SystemTime) -> bool {
+        if self.index.contains_key(&entry.event_id) {
+            return false;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.index.insert(entry.event_id.clone(), seq);
+        self.pending.insert(seq, Pending { entry, queued_at });
+        true
+    }
+
+    fn remove(&mut self, event_id: &str) -> bool {
+        match self.index.remove(event_id) {
+            Some(seq) => self.pending.remove(&seq).is_some(),
+            None => false,
+        }
+    }
+
+    /// Adds an event; returns once it is on disk. Returns `false` (and writes nothing) when an
+    /// event with this id is already pending.
+    pub fn push(&mut self, entry: OutboxEntry) -> Result<bool, StoreError> {
+        if self.index.contains_key(&entry.event_id) {
+            return Ok(false);
+        }
+        let queued_at = SystemTime::now();
+        self.log.append(&Record::Push {
+            event_id: entry.event_id.clone(),
+            topic: entry.topic.clone(),
+            payload: entry.payload.clone(),
+            queued_at_ms: millis(queued_at),
+        })?;
+        // Milliseconds are what survives a restart: keep the same precision in memory.
+        let queued_at = UNIX_EPOCH + Duration::from_millis(millis(queued_at));
+        Ok(self.insert(entry, queued_at))
+    }
+
+    /// Removes the events the platform acknowledged; unknown and repeated ids are ignored.
+    /// Returns how many pending events were removed. Durable before it returns.
+    pub fn acknowledge<I, S>(&mut self, event_ids: I) -> Result<usize, StoreError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut known: Vec<String> = Vec::new();
+        for id in event_ids {
+            let id = id.as_ref();
+            if self.index.contains_key(id) && !known.iter().any(|k| k == id) {
+                known.push(id.to_string());
+            }
+        }
+        if known.is_empty() {
+            return Ok(0);
+        }
+        self.log.append(&Record::Ack {
+            event_ids: known.clone(),
+        })?;
+        for id in &known {
+            self.remove(id);
+        }
+        self.compact_if_worthwhile()?;
+        Ok(known.len())
+    }
+
+    /// Rewrites the log to the pending pushes once dead records dominate it.
+    fn compact_if_worthwhile(&mut self) -> Result<(), StoreError> {
+        if self.log.record_count() <= 2 * self.pending.len() + 64 {
+            return Ok(());
+        }
+        let records: Vec<Record> = self
+            .pending
+            .values()
+            .map(|p| Record::Push {
+                event_id: p.entry.event_id.clone(),
+                topic: p.entry.topic.clone(),
+                payload: p.entry.payload.clone(),
+                queued_at_ms: millis(p.queued_at),
+            })
+            .collect();
+        self.log.rewrite(&records)
+    }
+
+    /// The pending events, oldest first (push order).
+    pub fn pending(&self) -> Vec<OutboxEntry> {
+        self.pending.values().map(|p| p.entry.clone()).collect()
+    }
+
+    /// Whether an event with this id is pending.
+    pub fn contains(&self, event_id: &str) -> bool {
+        self.index.contains_key(event_id)
+    }
+
+    /// Number of pending events (for status).
+    pub fn depth(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// When the oldest pending event was first pushed (kept across restarts).
+    pub fn oldest_queued_at(&self) -> Option<SystemTime> {
+        self.pending.values().next().map(|p| p.queued_at)
+    }
+
+    /// How long the oldest pending event has waited (zero if the clock went backwards).
+    pub fn oldest_age(&self) -> Option<Duration> {
+        self.oldest_queued_at()
+            .map(|t| SystemTime::now().duration_since(t).unwrap_or_default())
+    }
+
+    /// The outbox's folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn entry(i: u32) -> OutboxEntry {
+        OutboxEntry {
+            event_id: format!("ev-{i}"),
+            topic: format!("ukey/v1/stations/s1/jobs/j{i}/events"),
+            payload: vec![0, 1, 2, 0xff, i as u8],
+        }
+    }
+
+    fn ids(outbox: &Outbox) -> Vec<String> {
+        outbox.pending().into_iter().map(|e| e.event_id).collect()
+    }
+
+    #[test]
+    fn pushed_events_survive_reopen_in_push_order() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut ob = Outbox::open(dir.path().join("outbox")).unwrap();
+            for i in [3, 1, 2] {
+                assert!(ob.push(entry(i)).unwrap());
+            }
+        }
+        let ob = Outbox::open(dir.path().join("outbox")).unwrap();
+        assert_eq!(ob.pending(), vec![entry(3), entry(1), entry(2)]);
+        assert_eq!(ob.depth(), 3);
+    }
+
+    #[test]
+    fn pushing_a_pending_id_again_is_a_no_op() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(dir.path()).unwrap();
+        assert!(ob.push(entry(1)).unwrap());
+        let mut changed = entry(1);
+        changed.payload = b"other".to_vec();
+        assert!(!ob.push(changed).unwrap());
+        assert_eq!(ob.pending(), vec![entry(1)]);
+        drop(ob);
+        let ob = Outbox::open(dir.path()).unwrap();
+        assert_eq!(ob.pending(), vec![entry(1)]);
+    }
+
+    #[test]
+    fn acknowledge_removes_durably_and_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(dir.path()).unwrap();
+        for i in 0..4 {
+            ob.push(entry(i)).unwrap();
+        }
+        assert_eq!(
+            ob.acknowledge(["ev-1", "ev-3", "ev-3", "unknown"]).unwrap(),
+            2
+        );
+        assert_eq!(ob.acknowledge(["ev-1"]).unwrap(), 0);
+        assert_eq!(ob.acknowledge(Vec::<String>::new()).unwrap(), 0);
+        assert_eq!(ids(&ob), ["ev-0", "ev-2"]);
+        drop(ob);
+        let ob = Outbox::open(dir.path()).unwrap();
+        assert_eq!(ids(&ob), ["ev-0", "ev-2"]);
+        assert!(ob.contains("ev-2") && !ob.contains("ev-1"));
+    }
+
+    #[test]
+    fn a_torn_push_is_ignored_and_earlier_events_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut ob = Outbox::open(dir.path()).unwrap();
+            ob.push(entry(0)).unwrap();
+            ob.push(entry(1)).unwrap();
+        }
+        let path = dir.path().join(OUTBOX_FILE);
+        let full = std::fs::read(&path).unwrap();
+        {
+            let mut ob = Outbox::open(dir.path()).unwrap();
+            ob.push(entry(2)).unwrap();
+        }
+        let with_third = std::fs::read(&path).unwrap();
+        // Simulate a crash in the middle of writing the third record.
+        let torn = &with_third[..full.len() + (with_third.len() - full.len()) / 2];
+        std::fs::write(&path, torn).unwrap();
+        let mut ob = Outbox::open(dir.path()).unwrap();
+        assert_eq!(ids(&ob), ["ev-0", "ev-1"]);
+        // The outbox keeps working after the torn record was cut off.
+        ob.push(entry(4)).unwrap();
+        drop(ob);
+        let ob = Outbox::open(dir.path()).unwrap();
+        assert_eq!(ids(&ob), ["ev-0", "ev-1", "ev-4"]);
+    }
+
+    #[test]
+    fn a_torn_acknowledgement_leaves_the_events_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(OUTBOX_FILE);
+        {
+            let mut ob = Outbox::open(dir.path()).unwrap();
+            ob.push(entry(0)).unwrap();
+        }
+        let before = std::fs::read(&path).unwrap();
+        {
+            let mut ob = Outbox::open(dir.path()).unwrap();
+            ob.acknowledge(["ev-0"]).unwrap();
+        }
+        let after = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &after[..after.len() - 3]).unwrap();
+        let ob = Outbox::open(dir.path()).unwrap();
+        assert_eq!(
+            ids(&ob),
+            ["ev-0"],
+            "a lost ack means a re-send, never a lost event"
+        );
+        assert!(after.len() > before.len());
+    }
+
+    #[test]
+    fn compaction_keeps_exactly_the_pending_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(dir.path()).unwrap();
+        for i in 0..300 {
+            ob.push(entry(i)).unwrap();
+            if i % 3 != 0 {
+                ob.acknowledge([format!("ev-{i}")]).unwrap();
+            }
+        }
+        let expected: Vec<String> = (0..300).step_by(3).map(|i| format!("ev-{i}")).collect();
+        assert_eq!(ids(&ob), expected);
+        let len = std::fs::metadata(dir.path().join(OUTBOX_FILE))
+            .unwrap()
+            .len();
+        drop(ob);
+        let ob = Outbox::open(dir.path()).unwrap();
+        assert_eq!(ids(&ob), expected);
+        // 100 pending pushes plus at most a compaction threshold of dead records.
+        let one_push = 120;
+        assert!(
+            len < (100 + 2 * 100 + 64) * one_push,
+            "log not compacted: {len} bytes"
+        );
+    }
+
+    #[test]
+    fn oldest_age_tracks_the_first_pending_event_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(dir.path()).unwrap();
+        assert_eq!(ob.oldest_age(), None);
+        ob.push(entry(0)).unwrap();
+        let first = ob.oldest_queued_at().unwrap();
+        ob.push(entry(1)).unwrap();
+        assert_eq!(ob.oldest_queued_at(), Some(first));
+        drop(ob);
+        let mut ob = Outbox::open(dir.path()).unwrap();
+        assert_eq!(ob.oldest_queued_at(), Some(first));
+        ob.acknowledge(["ev-0"]).unwrap();
+        assert!(ob.oldest_queued_at().unwrap() >= first);
+        assert!(ob.oldest_age().is_some());
+        ob.acknowledge(["ev-1"]).unwrap();
+        assert_eq!(ob.oldest_age(), None);
+        assert_eq!(ob.depth(), 0);
+    }
+
+    #[test]
+    fn two_outboxes_on_one_folder_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _a = Outbox::open(dir.path()).unwrap();
+        assert!(matches!(
+            Outbox::open(dir.path()),
+            Err(StoreError::Locked { .. })
+        ));
+    }
+}

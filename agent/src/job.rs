@@ -26,7 +26,7 @@ use ukey_protocol::ids::{ErrorCode, EventId, JobId, TokenSerial};
 use ukey_protocol::job::JobKind;
 
 /// Timers a job can wait on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Timer {
     /// The platform's certificates after the CSRs were sent.

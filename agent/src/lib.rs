@@ -6,6 +6,7 @@
 
 pub mod certs;
 pub mod config;
+pub mod daemon;
 pub mod desk;
 pub mod job;
 pub mod journal;

@@ -1,0 +1,1610 @@
+//! The daemon: the thin IO shell that feeds the pure parts.
+//!
+//! One task owns all state (the desk's token table, the jobs, the journal) and reacts to
+//! five sources: messages from the platform (via [`crate::link`]), slot scans (PKCS#11, on a
+//! blocking thread), USB events, finished steps (each step runs on its token's
+//! [`TokenWorker`]), and timers. Every reaction follows one order, which is what makes a crash
+//! harmless at any point:
+//!
+//! 1. the [`JobMachine`] decides (pure);
+//! 2. the step events it reports go to the outbox (fsync'd);
+//! 3. the input is appended to the journal (fsync'd);
+//! 4. only then are steps started, timers armed, tokens released.
+//!
+//! On start the journal is replayed through fresh machines, which rebuilds every job exactly
+//! (event ids included); jobs that were running resume when their token is seen again.
+//! What this module does not do: decide the next step (the job machine), touch token
+//! objects itself (the steps module, on a worker), or speak MQTT (the link).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use ukey_protocol::ack::Ack;
+use ukey_protocol::bundle::{CertBundle, CertOutcome, CertResponse, CsrBundle};
+use ukey_protocol::cancel::Cancel;
+use ukey_protocol::event::{ExecutionState, Step, StepData, StepError, StepEvent};
+use ukey_protocol::ids::{ErrorCode, EventId, JobId, Nonce, StationId, TokenSerial};
+use ukey_protocol::inventory::{CertificateExpiry, Inventory, SlotInfo, TokenInfo, TokenState};
+use ukey_protocol::job::{JobDocument, JobKind};
+use ukey_protocol::keys::KeyLabel;
+use ukey_protocol::presence::{Presence, PresenceStatus};
+use ukey_protocol::signed::{JobEnvelope, check_nonce};
+use ukey_protocol::topic::{Topic, Topics};
+use ukey_protocol::{Message, V1};
+
+use crate::certs::VerifiedCertificate;
+use crate::config::{Config, UsbWatcherKind};
+use crate::desk::{Observation, TokenKey, classify};
+use crate::job::{Action, Input, JobMachine, JobState, Report, StepOutput, Timer};
+use crate::journal::{Journal, StoreError};
+use crate::link::{Incoming, Link, LinkConfig, LinkError, LinkHandle, TlsFiles};
+use crate::outbox::{Outbox, OutboxEntry};
+use crate::steps::{self, Pins, SealedPins, StepFailure};
+use crate::token::{Module, PresentToken, Token, TokenError};
+use crate::trust::{Sealed, TrustError, TrustMaterial};
+use crate::usb::{self, ModelFilter, UsbEvent};
+use crate::worker::TokenWorker;
+
+/// Why the daemon could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// A trust file is unusable.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    /// The journal or the outbox failed (disk full, damaged file, another agent running).
+    #[error("state store: {0}")]
+    Store(#[from] StoreError),
+    /// The link could not start.
+    #[error("link: {0}")]
+    Link(#[from] LinkError),
+    /// A PKCS#11 module could not be loaded.
+    #[error("PKCS#11 module: {0}")]
+    Module(#[from] TokenError),
+    /// A configuration value is unusable here.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The state folder could not be prepared.
+    #[error("state folder {path}: {source}")]
+    StateDir {
+        /// The folder.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A journal record could not be made or read.
+    #[error("journal: {0}")]
+    Journal(String),
+}
+
+/// One journal record. Personal data (the job document) and PINs are stored encrypted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+enum Record {
+    /// A job was accepted: its signed envelope, encrypted with the journal key.
+    Job { job_id: JobId, envelope: Sealed },
+    /// The PINs chosen for a job's token, sealed to the station's own key.
+    Pins { job_id: JobId, pins: SealedPins },
+    /// Something happened to a job.
+    Input { job_id: JobId, input: Input },
+    /// The CSR bundle sent for a job (re-sent after a restart).
+    Csr { job_id: JobId, bundle: CsrBundle },
+    /// Compaction summary of a finished job: enough to recognise a redelivery.
+    Done {
+        job_id: JobId,
+        nonce: Nonce,
+        #[serde(with = "time::serde::rfc3339")]
+        expires_at: OffsetDateTime,
+    },
+}
+
+/// A job the daemon knows.
+struct JobEntry {
+    doc: Arc<JobDocument>,
+    machine: JobMachine,
+    pins: Option<Arc<Pins>>,
+    csr: Option<CsrBundle>,
+    certs: Option<CertBundle>,
+    verified: Option<Arc<Vec<VerifiedCertificate>>>,
+    /// The desk key of the token it works on.
+    token: Option<TokenKey>,
+    /// A step is running on the token.
+    running: bool,
+    /// Generation per timer: a fired timer of an older generation is ignored.
+    timers: BTreeMap<Timer, u64>,
+}
+
+/// A token at the desk.
+struct Seat {
+    module: usize,
+    present: PresentToken,
+    state: TokenState,
+    certificates: Vec<CertificateExpiry>,
+    job: Option<JobId>,
+    worker: Option<Arc<TokenWorker>>,
+}
+
+/// What the daemon's loop reacts to, besides MQTT messages.
+enum Event {
+    Scanned(Vec<(usize, Result<Vec<PresentToken>, TokenError>)>),
+    Observed(TokenKey, Result<Observation, TokenError>),
+    StepDone(Box<StepDone>),
+    TimerFired(JobId, Timer, u64),
+    WorkerReady(TokenKey, Result<Arc<TokenWorker>, TokenError>),
+}
+
+struct StepDone {
+    job_id: JobId,
+    step: Step,
+    outcome: Result<StepOutput, StepFailure>,
+    verified: Option<Arc<Vec<VerifiedCertificate>>>,
+    csr: Option<CsrBundle>,
+}
+
+struct Daemon {
+    config: Config,
+    trust: Arc<TrustMaterial>,
+    topics: Topics,
+    station: StationId,
+    link: LinkHandle,
+    journal: Journal<Record>,
+    modules: Vec<Module>,
+    jobs: BTreeMap<JobId, JobEntry>,
+    /// Accepted jobs waiting for a token, oldest first.
+    queue: VecDeque<JobId>,
+    /// Finished jobs, for recognising redeliveries.
+    finished: BTreeMap<JobId, Nonce>,
+    nonces: BTreeSet<Nonce>,
+    seats: BTreeMap<TokenKey, Seat>,
+    events: mpsc::Sender<Event>,
+    inventory_seq: u64,
+    inventory_dirty: bool,
+    claiming: bool,
+    timer_gen: u64,
+}
+
+fn now_utc() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+fn code(s: &'static str) -> ErrorCode {
+    ErrorCode::new(s).unwrap_or_else(|_| unreachable!("error code literals are valid"))
+}
+
+/// Starts the daemon and runs it until `shutdown` is cancelled; then stops claiming, lets
+/// running steps finish (up to `timeouts.shutdown_grace_secs`), flushes and returns.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
+    let trust = Arc::new(TrustMaterial::load(&config.trust)?);
+    let station = StationId::new(config.station_id.clone())
+        .map_err(|e| DaemonError::Config(format!("station_id: {e}")))?;
+    let topics = Topics::new(&config.broker.topic_prefix, &station)
+        .map_err(|e| DaemonError::Config(format!("broker.topic_prefix: {e}")))?;
+    let state_dir = config.state_dir.clone();
+    std::fs::create_dir_all(&state_dir).map_err(|source| DaemonError::StateDir {
+        path: state_dir.clone(),
+        source,
+    })?;
+    let journal: Journal<Record> = Journal::open(state_dir.join("journal.log"))?;
+    let outbox = Outbox::open(state_dir.join("outbox"))?;
+
+    let mut modules = Vec::new();
+    let mut paths: Vec<PathBuf> = vec![config.pkcs11.default_module.clone()];
+    for model in &config.models {
+        if !paths.contains(&model.module) {
+            paths.push(model.module.clone());
+        }
+    }
+    for path in paths {
+        let module = tokio::task::spawn_blocking(move || Module::load(&path))
+            .await
+            .map_err(|e| DaemonError::Config(e.to_string()))??;
+        modules.push(module);
+    }
+
+    let presence_seq = next_presence_seq(&state_dir)?;
+    let presence = |status| Presence {
+        v: V1,
+        station_id: station.clone(),
+        status,
+        seq: presence_seq,
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        at: now_utc(),
+    };
+    let encode = |p: Presence| p.encode().map_err(|e| DaemonError::Config(e.to_string()));
+    let mut link_config = LinkConfig::new(
+        config.broker.host.clone(),
+        config.broker.port(),
+        config.broker.client_id(&config.station_id),
+    );
+    link_config.keep_alive = Duration::from_secs(config.broker.keep_alive_secs);
+    link_config.subscriptions = topics.station_subscriptions();
+    link_config.presence_topic = topics.presence();
+    link_config.birth_payload = encode(presence(PresenceStatus::Online))?;
+    link_config.death_payload = encode(presence(PresenceStatus::Offline))?;
+    link_config.tls = config.broker.tls.as_ref().map(|t| TlsFiles {
+        ca_file: t.ca_file.clone(),
+        client_cert: t.client_cert.clone(),
+        client_key: t.client_key.clone(),
+    });
+    let link_shutdown = CancellationToken::new();
+    let (link, mut incoming) = Link::start(link_config, outbox, link_shutdown.clone())?;
+
+    let (events_tx, mut events_rx) = mpsc::channel::<Event>(256);
+    let mut daemon = Daemon {
+        config,
+        trust,
+        topics,
+        station,
+        link,
+        journal,
+        modules,
+        jobs: BTreeMap::new(),
+        queue: VecDeque::new(),
+        finished: BTreeMap::new(),
+        nonces: BTreeSet::new(),
+        seats: BTreeMap::new(),
+        events: events_tx,
+        inventory_seq: u64::try_from(now_utc().unix_timestamp()).unwrap_or(0) * 1000,
+        inventory_dirty: true,
+        claiming: true,
+        timer_gen: 0,
+    };
+    daemon.replay().await?;
+    crate::systemd::ready();
+    tracing::info!(
+        station = %daemon.station,
+        jobs = daemon.jobs.len(),
+        modules = daemon.modules.len(),
+        "agent ready"
+    );
+
+    // USB arrivals trigger an immediate scan; the periodic scan serves modules without USB.
+    let (usb_tx, mut usb_rx) = mpsc::channel::<UsbEvent>(64);
+    let usb_stop = CancellationToken::new();
+    let _usb_thread = daemon.start_usb_watcher(usb_tx, usb_stop.clone());
+
+    let scan_every = Duration::from_millis(daemon.config.pkcs11.scan_interval_ms);
+    let mut scan_tick = tokio::time::interval(scan_every);
+    scan_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut scanning = false;
+    let watchdog = crate::systemd::watchdog_interval();
+    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    let grace = daemon.config.timeouts.shutdown_grace();
+    let mut stop_deadline: Option<tokio::time::Instant> = None;
+
+    loop {
+        if stop_deadline.is_some() && !daemon.jobs.values().any(|j| j.running) {
+            break;
+        }
+        let deadline = stop_deadline
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400));
+        tokio::select! {
+            _ = shutdown.cancelled(), if stop_deadline.is_none() => {
+                tracing::info!("stopping: no new claims; waiting for running steps to reach a safe point");
+                crate::systemd::stopping();
+                daemon.claiming = false;
+                stop_deadline = Some(tokio::time::Instant::now() + grace);
+            }
+            _ = tokio::time::sleep_until(deadline), if stop_deadline.is_some() => {
+                tracing::warn!("shutdown grace ran out with steps still running; they resume after restart");
+                break;
+            }
+            Some(message) = incoming.recv() => daemon.on_message(message).await?,
+            Some(event) = events_rx.recv() => {
+                if let Event::Scanned(_) = &event {
+                    scanning = false;
+                }
+                daemon.on_event(event).await?;
+            }
+            Some(event) = usb_rx.recv() => {
+                daemon.on_usb(event);
+                if !scanning {
+                    scanning = true;
+                    daemon.scan();
+                }
+            }
+            _ = scan_tick.tick() => {
+                if !scanning {
+                    scanning = true;
+                    daemon.scan();
+                }
+            }
+            _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                crate::systemd::watchdog();
+            }
+        }
+        if daemon.inventory_dirty {
+            daemon.publish_inventory();
+        }
+    }
+    usb_stop.cancel();
+    link_shutdown.cancel();
+    daemon.link.stopped().await;
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+/// A presence sequence number that grows across restarts (kept in the state folder).
+fn next_presence_seq(dir: &std::path::Path) -> Result<u64, DaemonError> {
+    let path = dir.join("presence.seq");
+    let last: u64 = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let next = last + 1;
+    let tmp = dir.join("presence.seq.tmp");
+    std::fs::write(&tmp, next.to_string())
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|source| DaemonError::StateDir {
+            path: path.clone(),
+            source,
+        })?;
+    Ok(next)
+}
+
+impl Daemon {
+    // ----- start-up -------------------------------------------------------------------
+
+    /// Rebuilds every job from the journal, then compacts it.
+    async fn replay(&mut self) -> Result<(), DaemonError> {
+        let records = self.journal.replay()?;
+        for record in records {
+            match record {
+                Record::Job { job_id, envelope } => {
+                    let doc = self.open_job(&job_id, &envelope)?;
+                    self.nonces.insert(doc.nonce.clone());
+                    let machine = JobMachine::new(job_id.clone(), doc.kind, doc.rekey);
+                    let mut entry = JobEntry::new(Arc::new(doc), machine);
+                    // The `queued` event was made at acceptance; replaying keeps the seq.
+                    let _ = entry.machine.accepted();
+                    self.jobs.insert(job_id, entry);
+                }
+                Record::Pins { job_id, pins } => {
+                    let opened = Pins::unseal(&pins, &self.trust.station_key, &job_id)
+                        .map_err(DaemonError::Journal)?;
+                    if let Some(entry) = self.jobs.get_mut(&job_id) {
+                        entry.pins = Some(Arc::new(opened));
+                    }
+                }
+                Record::Input { job_id, input } => {
+                    if let Some(entry) = self.jobs.get_mut(&job_id) {
+                        if let Input::CertificatesArrived { bundle } = &input {
+                            entry.certs = Some(bundle.clone());
+                        }
+                        // Inputs were valid when journaled; an error here means the journal
+                        // is from another version: log and go on with the rest.
+                        if let Err(e) = entry.machine.on(input) {
+                            tracing::warn!(error = %e, "journal input not applicable on replay");
+                        }
+                    }
+                }
+                Record::Csr { job_id, bundle } => {
+                    if let Some(entry) = self.jobs.get_mut(&job_id) {
+                        entry.csr = Some(bundle);
+                    }
+                }
+                Record::Done { job_id, nonce, .. } => {
+                    self.nonces.insert(nonce.clone());
+                    self.finished.insert(job_id, nonce);
+                }
+            }
+        }
+        // Compact: finished jobs shrink to a `Done` record; unfinished ones keep everything.
+        let mut keep = Vec::new();
+        let finished: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, e)| e.machine.is_finished())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in finished {
+            if let Some(entry) = self.jobs.remove(&id) {
+                self.finished.insert(id, entry.doc.nonce.clone());
+                keep.push(Record::Done {
+                    job_id: entry.doc.job_id.clone(),
+                    nonce: entry.doc.nonce.clone(),
+                    expires_at: entry.doc.expires_at,
+                });
+            }
+        }
+        let now = now_utc();
+        let old = self.journal.replay()?;
+        for record in old {
+            let keep_it = match &record {
+                Record::Done { expires_at, .. } => *expires_at > now,
+                Record::Job { job_id, .. }
+                | Record::Pins { job_id, .. }
+                | Record::Input { job_id, .. }
+                | Record::Csr { job_id, .. } => self.jobs.contains_key(job_id),
+            };
+            if keep_it {
+                keep.push(record);
+            }
+        }
+        self.journal.rewrite(&keep)?;
+
+        // Resume what was waiting.
+        let ids: Vec<JobId> = self.jobs.keys().cloned().collect();
+        for id in ids {
+            let Some(entry) = self.jobs.get(&id) else {
+                continue;
+            };
+            match entry.machine.state().clone() {
+                JobState::Queued => self.queue.push_back(id.clone()),
+                JobState::AwaitingCertificates { .. } => {
+                    if let Some(csr) = entry.csr.clone() {
+                        self.send_csr(&csr);
+                    }
+                    self.arm(&id, Timer::Certificates);
+                }
+                JobState::Parked { .. } => self.arm(&id, Timer::TokenReturn),
+                JobState::AwaitingFinalAck { .. } => self.arm(&id, Timer::FinalAck),
+                // A step was running: it runs again once the token is seen (scan).
+                JobState::Running { .. } | JobState::Finished(_) => {}
+            }
+            if let Some(entry) = self.jobs.get_mut(&id) {
+                entry.token = entry
+                    .machine
+                    .serial()
+                    .map(|s| TokenKey::Serial(s.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    fn open_job(&self, job_id: &JobId, sealed: &Sealed) -> Result<JobDocument, DaemonError> {
+        let bytes = self
+            .trust
+            .journal_key
+            .open(job_id.as_str(), sealed)
+            .map_err(DaemonError::Journal)?;
+        let envelope =
+            JobEnvelope::decode(&bytes).map_err(|e| DaemonError::Journal(e.to_string()))?;
+        JobDocument::decode(envelope.job_bytes()).map_err(|e| DaemonError::Journal(e.to_string()))
+    }
+
+    fn start_usb_watcher(
+        &self,
+        tx: mpsc::Sender<UsbEvent>,
+        stop: CancellationToken,
+    ) -> Option<std::thread::JoinHandle<Result<(), usb::UsbError>>> {
+        let filter = ModelFilter::new(
+            self.config
+                .models
+                .iter()
+                .map(|m| (m.vendor_id, m.product_id)),
+        );
+        let poll = Duration::from_millis(self.config.pkcs11.scan_interval_ms.max(100));
+        let watcher: Box<dyn usb::UsbWatcher> = match self.config.usb.watcher {
+            UsbWatcherKind::None => return None,
+            UsbWatcherKind::Rusb => Box::new(usb::RusbWatcher::new(filter, poll)),
+            UsbWatcherKind::Sim => {
+                let dir = self.config.usb.sim_dir.clone()?;
+                Box::new(usb::SnapshotWatcher::new(
+                    "hsm-sim virtual bus",
+                    move || usb::read_sim_bus(&dir),
+                    filter,
+                    poll,
+                ))
+            }
+        };
+        match usb::spawn(watcher, tx, stop) {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                tracing::warn!(error = %e, "USB watcher thread could not start; slot scan only");
+                None
+            }
+        }
+    }
+
+    // ----- the platform's messages ------------------------------------------------------
+
+    async fn on_message(&mut self, message: Incoming) -> Result<(), DaemonError> {
+        let topic = match self.topics.parse(message.topic()) {
+            Ok(topic) => topic,
+            Err(e) => {
+                tracing::warn!(topic = message.topic(), error = %e, "message on an unexpected topic ignored");
+                ack(message).await;
+                return Ok(());
+            }
+        };
+        match topic {
+            Topic::Jobs => self.on_job(message).await,
+            Topic::JobCerts(job_id) => self.on_certs(job_id, message).await,
+            Topic::JobCancel(job_id) => self.on_cancel(job_id, message).await,
+            Topic::Acks => self.on_ack(message).await,
+            other => {
+                tracing::debug!(topic = ?other, "message not for the station ignored");
+                ack(message).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// A job document: verify, de-duplicate, journal, then acknowledge to the broker.
+    async fn on_job(&mut self, message: Incoming) -> Result<(), DaemonError> {
+        let envelope = match JobEnvelope::decode(message.payload()) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                // Without a readable job id there is no job to report on: log and drop.
+                tracing::warn!(error = %e, "malformed job message dropped");
+                ack(message).await;
+                return Ok(());
+            }
+        };
+        // Redelivery first (by job id), before the nonce check that would call it a replay.
+        if let Ok(unverified) = JobDocument::decode(envelope.job_bytes())
+            && (self.jobs.contains_key(&unverified.job_id)
+                || self.finished.contains_key(&unverified.job_id))
+        {
+            let same = self
+                .jobs
+                .get(&unverified.job_id)
+                .map(|e| e.doc.nonce == unverified.nonce)
+                .or_else(|| {
+                    self.finished
+                        .get(&unverified.job_id)
+                        .map(|n| *n == unverified.nonce)
+                })
+                .unwrap_or(false);
+            if same {
+                tracing::info!(job = %unverified.job_id, "duplicate delivery of a known job ignored");
+            } else {
+                self.reject(
+                    &unverified.job_id,
+                    &envelope,
+                    "duplicate-job-id",
+                    "a different job with this job id was accepted before",
+                )
+                .await?;
+            }
+            ack(message).await;
+            return Ok(());
+        }
+        let verified = envelope
+            .verify(&self.trust.keyring, &self.station, now_utc())
+            .and_then(|doc| check_nonce(&doc, &self.nonces).map(|()| doc));
+        let doc = match verified {
+            Ok(doc) => doc,
+            Err(e) => {
+                let job_id = JobDocument::decode(envelope.job_bytes()).map(|d| d.job_id);
+                match job_id {
+                    Ok(job_id) => {
+                        let reason = e.to_string();
+                        let code_str = rejection_code(&e);
+                        self.reject(&job_id, &envelope, code_str, &reason).await?;
+                    }
+                    Err(_) => {
+                        tracing::warn!(error = %e, "unverifiable job without a job id dropped")
+                    }
+                }
+                ack(message).await;
+                return Ok(());
+            }
+        };
+        if !matches!(doc.kind, JobKind::New | JobKind::Replace) {
+            let reason = format!(
+                "job kind {} is not supported by this agent version",
+                doc.kind
+            );
+            self.reject(&doc.job_id, &envelope, "kind-unsupported", &reason)
+                .await?;
+            ack(message).await;
+            return Ok(());
+        }
+        let envelope_bytes = envelope
+            .encode()
+            .map_err(|e| DaemonError::Journal(e.to_string()))?;
+        let sealed = self
+            .trust
+            .journal_key
+            .seal(doc.job_id.as_str(), &envelope_bytes)
+            .map_err(DaemonError::Journal)?;
+        let job_id = doc.job_id.clone();
+        let mut machine = JobMachine::new(job_id.clone(), doc.kind, doc.rekey);
+        let first = machine.accepted();
+        // Order: the event goes to the outbox, the job to the journal, then the broker's ack.
+        self.perform_reports(&job_id, std::slice::from_ref(&first))
+            .await?;
+        self.journal.append(&Record::Job {
+            job_id: job_id.clone(),
+            envelope: sealed,
+        })?;
+        ack(message).await;
+        tracing::info!(job = %job_id, kind = %doc.kind, order = %doc.order_number, "job accepted");
+        self.nonces.insert(doc.nonce.clone());
+        self.jobs
+            .insert(job_id.clone(), JobEntry::new(Arc::new(doc), machine));
+        self.queue.push_back(job_id);
+        self.try_claim_all().await
+    }
+
+    async fn reject(
+        &mut self,
+        job_id: &JobId,
+        envelope: &JobEnvelope,
+        code_str: &'static str,
+        reason: &str,
+    ) -> Result<(), DaemonError> {
+        tracing::warn!(job = %job_id, code = code_str, %reason, "job rejected");
+        // The id derives from the message, so a redelivered bad job is one event, not many.
+        let digest = Sha256::digest(envelope.job_bytes());
+        let event_id = EventId::new(format!("r{}", hex::encode(&digest[..16])))
+            .map_err(|e| DaemonError::Journal(e.to_string()))?;
+        let event = StepEvent {
+            v: V1,
+            event_id: event_id.clone(),
+            job_id: job_id.clone(),
+            seq: 1,
+            step: Step::Receive,
+            state: ExecutionState::Rejected,
+            token_serial: None,
+            error: Some(StepError {
+                code: code(code_str),
+                message: reason.chars().take(512).collect(),
+                retryable: false,
+            }),
+            data: None,
+            started_at: None,
+            at: now_utc(),
+        };
+        self.publish_event(job_id, &event).await
+    }
+
+    async fn on_certs(&mut self, job_id: JobId, message: Incoming) -> Result<(), DaemonError> {
+        let response = match CertResponse::decode(message.payload()) {
+            Ok(r) if r.job_id == job_id => r,
+            Ok(_) => {
+                tracing::warn!(job = %job_id, "certificate response for another job on this topic ignored");
+                ack(message).await;
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(job = %job_id, error = %e, "malformed certificate response ignored");
+                ack(message).await;
+                return Ok(());
+            }
+        };
+        let waiting = self
+            .jobs
+            .get(&job_id)
+            .is_some_and(|e| matches!(e.machine.state(), JobState::AwaitingCertificates { .. }));
+        if !waiting {
+            tracing::info!(job = %job_id, "certificate response while not waiting for one ignored");
+            ack(message).await;
+            return Ok(());
+        }
+        let input = match response.outcome {
+            CertOutcome::Issued(bundle) => {
+                if let Some(entry) = self.jobs.get_mut(&job_id) {
+                    entry.certs = Some(bundle.clone());
+                }
+                Input::CertificatesArrived { bundle }
+            }
+            CertOutcome::Rejected(r) => Input::CertificatesRejected {
+                reason: format!("{}: {}", r.code, r.reason),
+            },
+        };
+        self.feed(&job_id, input).await?;
+        ack(message).await;
+        Ok(())
+    }
+
+    async fn on_cancel(&mut self, job_id: JobId, message: Incoming) -> Result<(), DaemonError> {
+        match Cancel::decode(message.payload()) {
+            Ok(cancel) if cancel.job_id == job_id => {
+                if self
+                    .jobs
+                    .get(&job_id)
+                    .is_some_and(|e| !e.machine.is_finished())
+                {
+                    tracing::info!(job = %job_id, "canceled by the platform");
+                    self.queue.retain(|j| *j != job_id);
+                    self.feed(
+                        &job_id,
+                        Input::Cancel {
+                            reason: cancel.reason,
+                        },
+                    )
+                    .await?;
+                }
+            }
+            Ok(_) => tracing::warn!(job = %job_id, "cancel naming another job ignored"),
+            Err(e) => tracing::warn!(job = %job_id, error = %e, "malformed cancel ignored"),
+        }
+        ack(message).await;
+        Ok(())
+    }
+
+    async fn on_ack(&mut self, message: Incoming) -> Result<(), DaemonError> {
+        match Ack::decode(message.payload()) {
+            Ok(a) => {
+                let ids: Vec<String> = a.event_ids.iter().map(|e| e.to_string()).collect();
+                if let Err(e) = self.link.acknowledge(ids).await {
+                    tracing::warn!(error = %e, "outbox acknowledgement failed");
+                }
+                let acked: BTreeSet<&EventId> = a.event_ids.iter().collect();
+                let waiting: Vec<JobId> = self
+                    .jobs
+                    .iter()
+                    .filter(|(_, e)| matches!(e.machine.state(), JobState::AwaitingFinalAck { event_id, .. } if acked.contains(event_id)))
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for job_id in waiting {
+                    self.feed(&job_id, Input::FinalAcknowledged).await?;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "malformed ack ignored"),
+        }
+        ack(message).await;
+        Ok(())
+    }
+
+    // ----- feeding the machines ---------------------------------------------------------
+
+    /// Feeds `input` to a job: outbox, journal, then the other actions.
+    async fn feed(&mut self, job_id: &JobId, input: Input) -> Result<(), DaemonError> {
+        let Some(entry) = self.jobs.get_mut(job_id) else {
+            return Ok(());
+        };
+        let actions = match entry.machine.on(input.clone()) {
+            Ok(actions) => actions,
+            Err(e) => {
+                tracing::warn!(error = %e, "input ignored");
+                return Ok(());
+            }
+        };
+        self.perform_reports(job_id, &actions).await?;
+        self.journal.append(&Record::Input {
+            job_id: job_id.clone(),
+            input,
+        })?;
+        for action in actions {
+            match action {
+                Action::Report(_) => {}
+                Action::Execute(step) => self.execute(job_id, step),
+                Action::Arm(timer) => self.arm(job_id, timer),
+                Action::Disarm(timer) => self.disarm(job_id, timer),
+                Action::Release => self.release(job_id),
+            }
+        }
+        let finished = self
+            .jobs
+            .get(job_id)
+            .is_some_and(|e| e.machine.is_finished());
+        if finished && let Some(entry) = self.jobs.remove(job_id) {
+            let state = match entry.machine.state() {
+                JobState::Finished(s) => *s,
+                _ => ExecutionState::Failed,
+            };
+            tracing::info!(job = %job_id, state = %state, "job finished");
+            self.finished
+                .insert(job_id.clone(), entry.doc.nonce.clone());
+        }
+        self.try_claim_all().await
+    }
+
+    async fn perform_reports(
+        &mut self,
+        job_id: &JobId,
+        actions: &[Action],
+    ) -> Result<(), DaemonError> {
+        for action in actions {
+            if let Action::Report(report) = action {
+                let event = self.event_from(job_id, report);
+                self.publish_event(job_id, &event).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn event_from(&self, job_id: &JobId, report: &Report) -> StepEvent {
+        StepEvent {
+            v: V1,
+            event_id: report.event_id.clone(),
+            job_id: job_id.clone(),
+            seq: report.seq,
+            step: report.step,
+            state: report.state,
+            token_serial: report.token_serial.clone(),
+            error: report.error.clone(),
+            data: report.data.clone(),
+            started_at: None,
+            at: now_utc(),
+        }
+    }
+
+    async fn publish_event(
+        &mut self,
+        job_id: &JobId,
+        event: &StepEvent,
+    ) -> Result<(), DaemonError> {
+        tracing::info!(
+            job = %job_id,
+            seq = event.seq,
+            step = %event.step,
+            state = %event.state,
+            error = event.error.as_ref().map(|e| e.code.as_str()).unwrap_or(""),
+            "step event"
+        );
+        let payload = event
+            .encode()
+            .map_err(|e| DaemonError::Journal(format!("step event: {e}")))?;
+        self.link
+            .publish_event(OutboxEntry {
+                event_id: event.event_id.to_string(),
+                topic: self.topics.job_events(job_id),
+                payload,
+            })
+            .await
+            .map_err(DaemonError::Link)
+    }
+
+    fn send_csr(&self, bundle: &CsrBundle) {
+        match bundle.encode() {
+            Ok(payload) => {
+                if let Err(e) = self
+                    .link
+                    .publish(self.topics.job_csr(&bundle.job_id), payload)
+                {
+                    tracing::warn!(job = %bundle.job_id, error = %e, "CSR bundle not published");
+                }
+            }
+            Err(e) => {
+                tracing::error!(job = %bundle.job_id, error = %e, "CSR bundle cannot be encoded")
+            }
+        }
+    }
+
+    // ----- timers ------------------------------------------------------------------------
+
+    fn timer_duration(&self, timer: Timer) -> Duration {
+        let t = &self.config.timeouts;
+        match timer {
+            Timer::Certificates => t.certificates(),
+            Timer::TokenReturn => t.token_removed(),
+            Timer::FinalAck => t.bind_ack(),
+        }
+    }
+
+    fn arm(&mut self, job_id: &JobId, timer: Timer) {
+        self.timer_gen += 1;
+        let generation = self.timer_gen;
+        let Some(entry) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        entry.timers.insert(timer, generation);
+        let duration = self.timer_duration(timer);
+        let tx = self.events.clone();
+        let job_id = job_id.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            let _ = tx.send(Event::TimerFired(job_id, timer, generation)).await;
+        });
+    }
+
+    fn disarm(&mut self, job_id: &JobId, timer: Timer) {
+        if let Some(entry) = self.jobs.get_mut(job_id) {
+            entry.timers.remove(&timer);
+        }
+    }
+
+    // ----- tokens -------------------------------------------------------------------------
+
+    /// Scans every module's slot list on a blocking thread.
+    fn scan(&self) {
+        let modules = self.modules.clone();
+        let tx = self.events.clone();
+        tokio::task::spawn_blocking(move || {
+            let results = modules
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (i, m.scan()))
+                .collect();
+            let _ = tx.blocking_send(Event::Scanned(results));
+        });
+    }
+
+    fn on_usb(&mut self, event: UsbEvent) {
+        match event {
+            UsbEvent::Arrived(d) => {
+                tracing::info!(port = %d.port_path, id = %d.id(), serial = ?d.serial, "Ukey plugged in")
+            }
+            UsbEvent::Left(d) => {
+                tracing::info!(port = %d.port_path, id = %d.id(), "Ukey pulled out")
+            }
+            UsbEvent::Inaccessible { device, reason } => {
+                tracing::error!(port = %device.port_path, id = %device.id(), %reason, "Ukey present but not accessible");
+            }
+        }
+    }
+
+    async fn on_event(&mut self, event: Event) -> Result<(), DaemonError> {
+        match event {
+            Event::Scanned(results) => self.on_scan(results).await,
+            Event::Observed(key, result) => {
+                self.on_observed(key, result);
+                self.try_claim_all().await
+            }
+            Event::WorkerReady(key, result) => self.on_worker(key, result).await,
+            Event::StepDone(done) => self.on_step_done(*done).await,
+            Event::TimerFired(job_id, timer, generation) => {
+                let current = self
+                    .jobs
+                    .get(&job_id)
+                    .and_then(|e| e.timers.get(&timer))
+                    .copied();
+                if current == Some(generation) {
+                    self.disarm(&job_id, timer);
+                    self.feed(&job_id, Input::TimedOut { timer }).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_scan(
+        &mut self,
+        results: Vec<(usize, Result<Vec<PresentToken>, TokenError>)>,
+    ) -> Result<(), DaemonError> {
+        let mut seen = BTreeSet::new();
+        let mut scanned_modules = BTreeSet::new();
+        for (module, result) in results {
+            let tokens = match result {
+                Ok(tokens) => tokens,
+                Err(e) => {
+                    tracing::warn!(module = %self.modules[module].path().display(), error = %e, "slot scan failed");
+                    continue;
+                }
+            };
+            scanned_modules.insert(module);
+            for present in tokens {
+                let key = TokenKey::of(module, &present);
+                seen.insert(key.clone());
+                match self.seats.get_mut(&key) {
+                    Some(seat) => {
+                        let changed = seat.present.flags != present.flags
+                            || seat.present.label != present.label;
+                        seat.present = present;
+                        if changed && seat.job.is_none() {
+                            self.observe(key.clone());
+                        }
+                    }
+                    None => {
+                        tracing::info!(token = %key, slot = present.slot, label = %present.label, "token found");
+                        self.seats.insert(
+                            key.clone(),
+                            Seat {
+                                module,
+                                state: if present.is_blank() {
+                                    TokenState::Blank
+                                } else {
+                                    TokenState::InProduction
+                                },
+                                present,
+                                certificates: Vec::new(),
+                                job: None,
+                                worker: None,
+                            },
+                        );
+                        self.inventory_dirty = true;
+                        self.observe(key.clone());
+                    }
+                }
+            }
+        }
+        // Departures: only for modules that answered.
+        let gone: Vec<TokenKey> = self
+            .seats
+            .iter()
+            .filter(|(k, s)| scanned_modules.contains(&s.module) && !seen.contains(*k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in gone {
+            if let Some(seat) = self.seats.remove(&key) {
+                tracing::info!(token = %key, job = ?seat.job.as_ref().map(|j| j.as_str()), "token gone");
+                self.inventory_dirty = true;
+            }
+        }
+        self.resume_jobs_on_present_tokens().await?;
+        self.try_claim_all().await
+    }
+
+    /// Reads a token's objects (public ones, no PIN) to classify it.
+    fn observe(&self, key: TokenKey) {
+        let Some(seat) = self.seats.get(&key) else {
+            return;
+        };
+        let module = self.modules[seat.module].clone();
+        let present = seat.present.clone();
+        let revoked = false;
+        let tx = self.events.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = observe_token(&module, present, revoked);
+            let _ = tx.blocking_send(Event::Observed(key, result));
+        });
+    }
+
+    fn on_observed(&mut self, key: TokenKey, result: Result<Observation, TokenError>) {
+        let warning =
+            Duration::from_secs(u64::from(self.config.inventory.expiry_warning_days) * 86_400);
+        let Some(seat) = self.seats.get_mut(&key) else {
+            return;
+        };
+        match result {
+            Ok(obs) => {
+                seat.state = classify(&obs, SystemTime::now(), warning);
+                seat.certificates = obs
+                    .certificates
+                    .iter()
+                    .map(|(label, t)| CertificateExpiry {
+                        label: *label,
+                        not_after: OffsetDateTime::from(*t),
+                    })
+                    .collect();
+            }
+            Err(e) if e.is_removed() => {}
+            Err(e) => {
+                tracing::warn!(token = %key, error = %e, "token cannot be read");
+                seat.state = TokenState::Damaged;
+            }
+        }
+        self.inventory_dirty = true;
+    }
+
+    /// Jobs whose token is present again: a parked job resumes; a job whose step was running
+    /// when the agent stopped runs it again.
+    async fn resume_jobs_on_present_tokens(&mut self) -> Result<(), DaemonError> {
+        let candidates: Vec<(JobId, TokenKey)> = self
+            .jobs
+            .iter()
+            .filter(|(_, e)| !e.running && e.machine.holds_token())
+            .filter_map(|(id, e)| e.token.clone().map(|k| (id.clone(), k)))
+            .filter(|(_, k)| self.seats.contains_key(k))
+            .collect();
+        for (job_id, key) in candidates {
+            let needs_worker = self.seats.get(&key).is_some_and(|s| s.worker.is_none());
+            let Some(entry) = self.jobs.get(&job_id) else {
+                continue;
+            };
+            let state = entry.machine.state().clone();
+            if let Some(seat) = self.seats.get_mut(&key) {
+                seat.job = Some(job_id.clone());
+                seat.state = TokenState::InProduction;
+            }
+            match state {
+                JobState::Parked { .. } | JobState::Running { .. } if needs_worker => {
+                    self.start_worker(key);
+                }
+                JobState::Parked { .. } => self.feed(&job_id, Input::TokenReturned).await?,
+                JobState::Running { index, .. } => {
+                    if let Some(step) = self
+                        .jobs
+                        .get(&job_id)
+                        .and_then(|e| e.machine.plan().get(index).copied())
+                    {
+                        self.execute(&job_id, step);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn start_worker(&mut self, key: TokenKey) {
+        let Some(seat) = self.seats.get(&key) else {
+            return;
+        };
+        let module = self.modules[seat.module].clone();
+        let present = seat.present.clone();
+        let tx = self.events.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = Token::at(&module, &present)
+                .and_then(TokenWorker::spawn)
+                .map(Arc::new);
+            let _ = tx.blocking_send(Event::WorkerReady(key, result));
+        });
+    }
+
+    async fn on_worker(
+        &mut self,
+        key: TokenKey,
+        result: Result<Arc<TokenWorker>, TokenError>,
+    ) -> Result<(), DaemonError> {
+        let Some(seat) = self.seats.get_mut(&key) else {
+            return Ok(());
+        };
+        match result {
+            Ok(worker) => seat.worker = Some(worker),
+            Err(e) => {
+                tracing::warn!(token = %key, error = %e, "cannot open the token");
+                return Ok(());
+            }
+        }
+        let Some(job_id) = seat.job.clone() else {
+            return Ok(());
+        };
+        let state = self.jobs.get(&job_id).map(|e| e.machine.state().clone());
+        match state {
+            Some(JobState::Queued) => {
+                let serial = key.serial().and_then(|s| TokenSerial::new(s).ok());
+                if let Some(entry) = self.jobs.get_mut(&job_id) {
+                    entry.token = Some(key);
+                }
+                self.feed(&job_id, Input::Claimed { serial }).await?;
+            }
+            Some(JobState::Parked { .. }) => self.feed(&job_id, Input::TokenReturned).await?,
+            Some(JobState::Running { index, .. }) => {
+                if let Some(step) = self
+                    .jobs
+                    .get(&job_id)
+                    .and_then(|e| e.machine.plan().get(index).copied())
+                {
+                    self.execute(&job_id, step);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Blank tokens take the oldest queued `new`/`replace` jobs.
+    async fn try_claim_all(&mut self) -> Result<(), DaemonError> {
+        if !self.claiming {
+            return Ok(());
+        }
+        loop {
+            let Some(job_id) = self.queue.front().cloned() else {
+                return Ok(());
+            };
+            if !self.jobs.contains_key(&job_id) {
+                self.queue.pop_front();
+                continue;
+            }
+            let free = self
+                .seats
+                .iter()
+                .find(|(_, s)| {
+                    s.job.is_none() && s.state == TokenState::Blank && s.present.is_blank()
+                })
+                .map(|(k, _)| k.clone());
+            let Some(key) = free else { return Ok(()) };
+            self.queue.pop_front();
+            let (min, max) = self
+                .seats
+                .get(&key)
+                .map(|s| (s.present.min_pin_len, s.present.max_pin_len))
+                .unwrap_or((6, 16));
+            let pins = Pins::generate(min, max)?;
+            let sealed = pins
+                .seal(&self.trust.station_key.recipient(), &job_id)
+                .map_err(DaemonError::Journal)?;
+            // The PINs are journaled (sealed) before any token write that uses them.
+            self.journal.append(&Record::Pins {
+                job_id: job_id.clone(),
+                pins: sealed,
+            })?;
+            if let Some(entry) = self.jobs.get_mut(&job_id) {
+                entry.pins = Some(Arc::new(pins));
+                entry.token = Some(key.clone());
+            }
+            if let Some(seat) = self.seats.get_mut(&key) {
+                seat.job = Some(job_id.clone());
+                seat.state = TokenState::InProduction;
+            }
+            self.inventory_dirty = true;
+            tracing::info!(job = %job_id, token = %key, "blank token claims job");
+            self.start_worker(key);
+        }
+    }
+
+    fn release(&mut self, job_id: &JobId) {
+        let key = self.jobs.get(job_id).and_then(|e| e.token.clone());
+        if let Some(key) = key
+            && let Some(seat) = self.seats.get_mut(&key)
+        {
+            seat.job = None;
+            seat.worker = None;
+            self.observe(key);
+        }
+        self.inventory_dirty = true;
+    }
+
+    // ----- steps ----------------------------------------------------------------------------
+
+    fn execute(&mut self, job_id: &JobId, step: Step) {
+        let Some(entry) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        if entry.running {
+            return;
+        }
+        let worker = entry
+            .token
+            .as_ref()
+            .and_then(|k| self.seats.get(k))
+            .and_then(|s| s.worker.clone());
+        let doc = Arc::clone(&entry.doc);
+        let pins = entry.pins.clone();
+        let serial = entry.machine.serial().cloned();
+        let certs = entry.certs.clone();
+        let verified = entry.verified.clone();
+        let trust = Arc::clone(&self.trust);
+        let tx = self.events.clone();
+        let job_id = job_id.clone();
+        let Some(worker) = worker else {
+            // The token is not here (pulled, or not seen yet after a restart): the step runs
+            // when it is. Parking is reported by the machine when a step meets a pulled token.
+            tracing::info!(job = %job_id, step = %step, "waiting for the token");
+            return;
+        };
+        entry.running = true;
+        tracing::info!(job = %job_id, step = %step, "step started");
+        tokio::spawn(async move {
+            let done = run_step(
+                step, job_id, doc, pins, serial, certs, verified, trust, worker,
+            )
+            .await;
+            let _ = tx.send(Event::StepDone(Box::new(done))).await;
+        });
+    }
+
+    async fn on_step_done(&mut self, done: StepDone) -> Result<(), DaemonError> {
+        let job_id = done.job_id.clone();
+        let Some(entry) = self.jobs.get_mut(&job_id) else {
+            return Ok(());
+        };
+        entry.running = false;
+        if let Some(v) = done.verified {
+            entry.verified = Some(v);
+        }
+        if let Some(csr) = &done.csr {
+            entry.csr = Some(csr.clone());
+            self.journal.append(&Record::Csr {
+                job_id: job_id.clone(),
+                bundle: csr.clone(),
+            })?;
+            self.send_csr(csr);
+        }
+        let input = match done.outcome {
+            Ok(output) => {
+                if let StepOutput::Initialized { serial } = &output {
+                    self.rekey_seat(&job_id, serial);
+                }
+                Input::StepSucceeded {
+                    step: done.step,
+                    output,
+                }
+            }
+            Err(StepFailure::Removed) => {
+                // The worker's session died with the token; a new one is opened on return.
+                if let Some(key) = self.jobs.get(&job_id).and_then(|e| e.token.clone())
+                    && let Some(seat) = self.seats.get_mut(&key)
+                {
+                    seat.worker = None;
+                }
+                Input::TokenRemoved { step: done.step }
+            }
+            Err(StepFailure::Failed(error)) => {
+                tracing::warn!(job = %job_id, step = %done.step, code = %error.code, message = %error.message, "step failed");
+                Input::StepFailed {
+                    step: done.step,
+                    error,
+                }
+            }
+        };
+        self.feed(&job_id, input).await
+    }
+
+    /// A blank SoftHSM2 slot got its serial at `initialize`: name the seat by it from now on.
+    fn rekey_seat(&mut self, job_id: &JobId, serial: &TokenSerial) {
+        let new_key = TokenKey::Serial(serial.to_string());
+        let Some(entry) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        let Some(old_key) = entry.token.replace(new_key.clone()) else {
+            return;
+        };
+        if old_key != new_key
+            && let Some(seat) = self.seats.remove(&old_key)
+        {
+            self.seats.insert(new_key, seat);
+        }
+    }
+
+    // ----- inventory ----------------------------------------------------------------------------
+
+    fn publish_inventory(&mut self) {
+        self.inventory_dirty = false;
+        self.inventory_seq += 1;
+        let mut slots: Vec<SlotInfo> = Vec::new();
+        for (key, seat) in &self.seats {
+            let slot = u32::try_from(
+                seat.module * 1000 + usize::try_from(seat.present.slot % 1000).unwrap_or(0),
+            )
+            .unwrap_or(u32::MAX);
+            let token = key
+                .serial()
+                .and_then(|s| TokenSerial::new(s).ok())
+                .map(|serial| TokenInfo {
+                    serial,
+                    model: if seat.present.model.is_empty() {
+                        "unknown".into()
+                    } else {
+                        seat.present.model.chars().take(64).collect()
+                    },
+                    state: seat.state,
+                    job_id: seat.job.clone(),
+                    certificates: seat.certificates.clone(),
+                });
+            if slots.iter().any(|s| s.slot == slot) {
+                continue;
+            }
+            slots.push(SlotInfo { slot, token });
+        }
+        slots.truncate(ukey_protocol::inventory::MAX_SLOTS);
+        let inventory = Inventory {
+            v: V1,
+            station_id: self.station.clone(),
+            seq: self.inventory_seq,
+            at: now_utc(),
+            slots,
+        };
+        match inventory.encode() {
+            Ok(payload) => {
+                if let Err(e) = self.link.publish_retained(self.topics.inventory(), payload) {
+                    tracing::warn!(error = %e, "inventory not published");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "inventory cannot be encoded"),
+        }
+    }
+}
+
+impl JobEntry {
+    fn new(doc: Arc<JobDocument>, machine: JobMachine) -> JobEntry {
+        JobEntry {
+            doc,
+            machine,
+            pins: None,
+            csr: None,
+            certs: None,
+            verified: None,
+            token: None,
+            running: false,
+            timers: BTreeMap::new(),
+        }
+    }
+}
+
+async fn ack(message: Incoming) {
+    if let Err(e) = message.ack().await {
+        tracing::debug!(error = %e, "broker acknowledgement not sent (link stopping)");
+    }
+}
+
+fn rejection_code(e: &ukey_protocol::ProtocolError) -> &'static str {
+    use ukey_protocol::ProtocolError as P;
+    match e {
+        P::UnknownKeyId { .. } | P::BadSignature { .. } | P::SignatureAlgorithmMismatch { .. } => {
+            "bad-signature"
+        }
+        P::WrongStation { .. } => "wrong-station",
+        P::Expired { .. } => "expired",
+        P::NotYetValid { .. } => "not-yet-valid",
+        P::Replay { .. } => "replayed-nonce",
+        _ => "invalid-job",
+    }
+}
+
+fn observe_token(
+    module: &Module,
+    present: PresentToken,
+    revoked: bool,
+) -> Result<Observation, TokenError> {
+    if present.is_blank() {
+        return Ok(Observation {
+            present,
+            keys: Vec::new(),
+            certificates: Vec::new(),
+            revoked,
+        });
+    }
+    let token = Token::at(module, &present)?;
+    let objects = token.objects()?;
+    let mut keys = Vec::new();
+    let mut certificates = Vec::new();
+    for label in KeyLabel::ALL {
+        if objects
+            .iter()
+            .any(|o| o.key_label() == Some(label) && o.kind == crate::token::ObjectKind::PublicKey)
+        {
+            keys.push(label);
+        }
+        if let Some(der) = token.certificate(label)?
+            && let Ok(not_after) = crate::certs::not_after(&der)
+        {
+            certificates.push((label, not_after));
+        }
+    }
+    Ok(Observation {
+        present,
+        keys,
+        certificates,
+        revoked,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_step(
+    step: Step,
+    job_id: JobId,
+    doc: Arc<JobDocument>,
+    pins: Option<Arc<Pins>>,
+    serial: Option<TokenSerial>,
+    certs: Option<CertBundle>,
+    verified: Option<Arc<Vec<VerifiedCertificate>>>,
+    trust: Arc<TrustMaterial>,
+    worker: Arc<TokenWorker>,
+) -> StepDone {
+    let mut done = StepDone {
+        job_id: job_id.clone(),
+        step,
+        outcome: Ok(StepOutput::Done),
+        verified: None,
+        csr: None,
+    };
+    let missing = |what: &str| {
+        StepFailure::Failed(StepError {
+            code: code("internal"),
+            message: format!("{what} missing for step {step}"),
+            retryable: true,
+        })
+    };
+    let flatten = |r: Result<Result<StepOutput, StepFailure>, TokenError>| match r {
+        Ok(inner) => inner,
+        Err(e) => Err(StepFailure::from(e)),
+    };
+    done.outcome = match step {
+        Step::Initialize => match pins {
+            None => Err(missing("PINs")),
+            Some(pins) => flatten(
+                worker
+                    .call(move |token| {
+                        Ok(steps::initialize(token, &doc, &pins).and_then(|()| {
+                            let serial = token.serial().and_then(|s| TokenSerial::new(s).ok());
+                            serial
+                                .map(|serial| StepOutput::Initialized { serial })
+                                .ok_or_else(|| StepFailure::Failed(StepError {
+                                    code: code("token-serial"),
+                                    message: "the token has no usable serial number after initialization".into(),
+                                    retryable: false,
+                                }))
+                        }))
+                    })
+                    .await,
+            ),
+        },
+        Step::GenerateKeys => match pins {
+            None => Err(missing("PINs")),
+            Some(pins) => flatten(
+                worker
+                    .call(move |token| Ok(steps::generate_keys(token, &doc, &pins).map(|_| StepOutput::Done)))
+                    .await,
+            ),
+        },
+        Step::RequestCertificates => match (pins, serial) {
+            (Some(pins), Some(serial)) => {
+                let result = worker
+                    .call(move |token| Ok(steps::request_certificates(token, &doc, &pins, &serial)))
+                    .await;
+                match result {
+                    Ok(Ok(bundle)) => match bundle.encode() {
+                        Ok(bytes) => {
+                            let sha = hex::encode(Sha256::digest(&bytes));
+                            done.csr = Some(bundle);
+                            Ok(StepOutput::Data(StepData::Requested { bundle_sha256: sha }))
+                        }
+                        Err(e) => Err(StepFailure::Failed(StepError {
+                            code: code("csr-encoding"),
+                            message: e.to_string(),
+                            retryable: false,
+                        })),
+                    },
+                    Ok(Err(f)) => Err(f),
+                    Err(e) => Err(StepFailure::from(e)),
+                }
+            }
+            _ => Err(missing("PINs or token serial")),
+        },
+        Step::VerifyCertificates | Step::Install => match certs {
+            None => Err(missing("certificates")),
+            Some(bundle) => {
+                let install = step == Step::Install;
+                let known = verified.clone();
+                let result = worker
+                    .call(move |token| {
+                        let verified = match known {
+                            Some(v) => v,
+                            None => match steps::verify_certificates(token, &doc, &bundle, &trust.certificates, SystemTime::now()) {
+                                Ok(v) => Arc::new(v),
+                                Err(f) => return Ok(Err(f)),
+                            },
+                        };
+                        if install {
+                            let Some(pins) = pins else {
+                                return Ok(Err(StepFailure::Failed(StepError {
+                                    code: code("internal"),
+                                    message: "PINs missing for step install".into(),
+                                    retryable: true,
+                                })));
+                            };
+                            if let Err(f) = steps::install(token, &pins, &verified) {
+                                return Ok(Err(f));
+                            }
+                        }
+                        Ok(Ok(verified))
+                    })
+                    .await;
+                match result {
+                    Ok(Ok(v)) => {
+                        done.verified = Some(v);
+                        Ok(StepOutput::Done)
+                    }
+                    Ok(Err(f)) => Err(f),
+                    Err(e) => Err(StepFailure::from(e)),
+                }
+            }
+        },
+        Step::Activate => match pins {
+            None => Err(missing("PINs")),
+            Some(pins) => flatten(
+                worker
+                    .call(move |token| Ok(steps::activate(token, &pins).map(|_| StepOutput::Done)))
+                    .await,
+            ),
+        },
+        Step::Bind => match (pins, verified) {
+            (Some(pins), Some(verified)) => {
+                steps::bind_report(&job_id, &verified, &pins, &trust.platform_seal)
+                    .map(|report| StepOutput::Data(StepData::Bind(report)))
+            }
+            (Some(pins), None) => {
+                // After a restart: verify again (read-only) to rebuild the fingerprints.
+                match certs {
+                    None => Err(missing("certificates")),
+                    Some(bundle) => {
+                        let trust2 = Arc::clone(&trust);
+                        let result = worker
+                            .call(move |token| Ok(steps::verify_certificates(token, &doc, &bundle, &trust2.certificates, SystemTime::now())))
+                            .await;
+                        match result {
+                            Ok(Ok(v)) => {
+                                let report = steps::bind_report(&job_id, &v, &pins, &trust.platform_seal);
+                                done.verified = Some(Arc::new(v));
+                                report.map(|r| StepOutput::Data(StepData::Bind(r)))
+                            }
+                            Ok(Err(f)) => Err(f),
+                            Err(e) => Err(StepFailure::from(e)),
+                        }
+                    }
+                }
+            }
+            _ => Err(missing("PINs")),
+        },
+        other => Err(StepFailure::Failed(StepError {
+            code: code("step-unsupported"),
+            message: format!("step {other} is not supported by this agent version"),
+            retryable: false,
+        })),
+    };
+    done
+}

@@ -33,6 +33,20 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Runs the desk: watches tokens, takes jobs from the platform, personalizes Ukeys.
+    ///
+    /// Stops gracefully on SIGTERM or SIGINT: no new claims, running steps reach a safe
+    /// point (never cut off in the middle of a token write), events stay in the outbox.
+    Run {
+        /// The configuration file.
+        #[arg(
+            long,
+            short,
+            value_name = "FILE",
+            default_value = "/etc/ukey-agent/agent.toml"
+        )]
+        config: PathBuf,
+    },
     /// Reads the configuration and reports every problem, each with its key; changes nothing.
     ///
     /// Exit status 0 when the configuration is valid, 3 when it is not.
@@ -51,7 +65,66 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run { config } => run(&config),
         Command::CheckConfig { config } => check_config(&config),
+    }
+}
+
+fn run(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load_checked(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("ukey-agent: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    ukey_agent::logging::init(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            signals.cancel();
+        });
+        ukey_agent::daemon::run(config, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "agent stopped with an error");
+            eprintln!("ukey-agent: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        }
+        _ => {
+            // Without signal handlers, Ctrl-C still works through the default handler.
+            std::future::pending::<()>().await;
+        }
     }
 }
 

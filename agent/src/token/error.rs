@@ -120,7 +120,8 @@ pub enum TokenError {
         #[source]
         source: CkError,
     },
-    /// The token left its slot (pulled out) before or during the call.
+    /// The token left its slot (pulled out) before or during the call. Its session and login
+    /// are gone, even if it is back by now: find it again with `Token::reconnect` and log in.
     #[error("token {} was removed (slot {slot}, during {function})", Serial(.serial))]
     Removed {
         /// The token's serial number, when known.

@@ -5,6 +5,12 @@
 //! login state lives in that session. A `Token` is `Send` but not `Sync`: it belongs to one
 //! thread, the token's worker ([`crate::worker`]).
 //!
+//! A pulled token kills the session: the call that notices reports [`TokenError::Removed`]
+//! (also when the token is already back, since the session and its login are gone either
+//! way), the dead session and the login state are forgotten, and a new session is only opened
+//! after `C_GetTokenInfo` shows this token's serial in the slot, never on a token that took
+//! its place (invariant 1). After a removal, [`Token::reconnect`] finds it again by serial.
+//!
 //! Initializing a token is guarded by invariant 2: [`Token::init_token`] refuses an initialized
 //! token unless an [`Authorization`] from a job names its serial.
 //!
@@ -48,6 +54,8 @@ pub struct Token {
     /// `None` or empty only for a blank SoftHSM2 slot, which has no serial until initialized.
     pub(super) serial: Option<String>,
     session: RefCell<Option<Session>>,
+    /// Set when a call found the session dead (token pulled): the next use drops it.
+    session_lost: Cell<bool>,
     login: Cell<Option<PinOwner>>,
 }
 
@@ -88,6 +96,7 @@ impl Token {
             slot,
             serial: Some(present.serial.clone()).filter(|s| !s.is_empty()),
             session: RefCell::new(None),
+            session_lost: Cell::new(false),
             login: Cell::new(None),
         };
         // The slot may have changed hands since the scan.
@@ -165,26 +174,39 @@ impl Token {
     }
 
     /// Maps a cryptoki error, telling a pulled token from other failures.
+    ///
+    /// A removal ends the session and its login: both are forgotten here, so that the next
+    /// call opens a fresh session (after checking the serial) instead of failing forever
+    /// with `CKR_SESSION_HANDLE_INVALID`, and [`Token::logged_in`] tells the truth.
     pub(super) fn map_err(&self, e: CkError) -> TokenError {
         let err = self.site().err(e);
-        let invalid_session = matches!(
-            err,
+        let removed = match &err {
+            TokenError::Removed { .. } => true,
+            // Only a removal invalidates the one session a `Token` holds (it never closes it
+            // behind its own back), even when the token is back in its slot by now.
             TokenError::Pkcs11 {
-                rv: RvError::SessionHandleInvalid | RvError::TokenNotRecognized,
+                rv: RvError::SessionHandleInvalid,
                 ..
-            }
-        );
-        if invalid_session && !self.still_present() {
-            return TokenError::Removed {
+            } => true,
+            TokenError::Pkcs11 {
+                rv: RvError::TokenNotRecognized,
+                ..
+            } => !self.still_present(),
+            _ => false,
+        };
+        if !removed {
+            return err;
+        }
+        self.session_lost.set(true);
+        self.login.set(None);
+        match err {
+            TokenError::Pkcs11 { function, .. } => TokenError::Removed {
                 serial: self.serial.clone(),
                 slot: self.slot.id(),
-                function: match &err {
-                    TokenError::Pkcs11 { function, .. } => function.clone(),
-                    _ => String::new(),
-                },
-            };
+                function,
+            },
+            other => other,
         }
-        err
     }
 
     fn still_present(&self) -> bool {
@@ -197,9 +219,18 @@ impl Token {
         }
     }
 
-    /// The open session, opening a read/write one if there is none.
+    /// The open session, opening a read/write one if there is none (or the old one died).
     pub(super) fn session(&self) -> Result<Ref<'_, Session>, TokenError> {
+        if self.session_lost.get()
+            && let Ok(mut dead) = self.session.try_borrow_mut()
+        {
+            // Dropping closes it; the module answers "invalid handle", which is only logged.
+            drop(dead.take());
+            self.session_lost.set(false);
+        }
         if self.session.borrow().is_none() {
+            // The slot may hold another token by now: never open a session on that one.
+            self.info()?;
             let session = self
                 .module
                 .pkcs11()
@@ -238,6 +269,7 @@ impl Token {
 
     /// Closes the session (which also ends any login).
     pub fn close_session(&self) {
+        self.session_lost.set(false);
         if let Some(session) = self.session.borrow_mut().take()
             && let Err(e) = session.close()
         {

@@ -7,6 +7,8 @@
 //! - `pkcs11`: the C ABI (`C_GetFunctionList` and the functions behind it), the only
 //!   place with `unsafe`.
 //! - [`cli`]: the `hsm-sim` command line.
+//! - [`platform`]: the simulated platform (test CA, signed jobs, acknowledgements) that tests
+//!   and the demo run the agent against.
 //!
 //! It is a simulator: key material is stored in plain files. Never put real secrets in it.
 
@@ -14,6 +16,7 @@ pub mod cli;
 pub mod engine;
 mod error;
 pub mod pkcs11;
+pub mod platform;
 pub mod rack;
 pub mod usb;
 

@@ -1,0 +1,32 @@
+//! A simulated platform — **a simulation for tests and the demo, not a platform**: it signs
+//! and dispatches jobs, acknowledges step events, issues certificates from a throwaway test CA
+//! whose keys sit in memory or in plain PEM files, unseals the PINs stations send, and records
+//! everything it receives so tests can assert on it. It can misbehave on request.
+//!
+//! - [`ca`]: the test CA (P-256 or RSA-2048): checks requests against the job, issues to the
+//!   Ukey profile of `ukey_agent::profile`.
+//! - [`keys`]: all of the platform's keys and the station trust files
+//!   ([`PlatformKeys::write_station_trust`]).
+//! - [`jobs`]: made-up but valid companies and people; job drafts, building and signing.
+//! - [`client`]: [`Platform`], the MQTT client that does all of the above over a broker.
+//! - [`records`]: what the platform recorded ([`Records`], [`JobRecord`], [`TokenRecord`]).
+//! - [`misbehave`]: [`Misbehaviour`]s on request.
+//!
+//! What it does not do: persistence of its records, revocation, access control, anything a
+//! real platform needs to be trusted. Never point a real station at it.
+
+pub mod ca;
+pub mod client;
+pub mod error;
+pub mod jobs;
+pub mod keys;
+pub mod misbehave;
+pub mod records;
+
+pub use ca::{CaAlgorithm, Issue, RejectionCode, TestCa, subject_data};
+pub use client::{KeySource, MAX_PACKET_BYTES, Platform, PlatformConfig, SignedJob};
+pub use error::PlatformError;
+pub use jobs::{JobDraft, Order, Person, build_job, sign};
+pub use keys::{DEFAULT_JOB_KEY_ID, KeyOptions, PlatformKeys, StationTrust};
+pub use misbehave::{Misbehaviour, Times};
+pub use records::{JobRecord, Records, TokenRecord};

@@ -11,6 +11,7 @@
 
 pub mod mosquitto;
 pub mod softhsm;
+pub mod station;
 
 pub use mosquitto::Mosquitto;
 pub use softhsm::SoftHsm;

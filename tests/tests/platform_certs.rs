@@ -18,7 +18,10 @@ use ukey_protocol::{
     KeyAlgorithm, KeyLabel, V1,
 };
 
-fn issued(response: &CertResponse) -> (Vec<(KeyLabel, Vec<u8>)>, Vec<Vec<u8>>) {
+/// Issued certificates by label (DER) and the CA chain (DER).
+type Issued = (Vec<(KeyLabel, Vec<u8>)>, Vec<Vec<u8>>);
+
+fn issued(response: &CertResponse) -> Issued {
     match &response.outcome {
         CertOutcome::Issued(bundle) => (
             bundle

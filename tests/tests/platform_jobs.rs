@@ -512,3 +512,28 @@ fn keys_persist_in_a_folder_and_trust_files_are_written() {
         "{section}"
     );
 }
+
+#[tokio::test]
+async fn the_platform_reconnects_after_the_broker_restarts() {
+    let mut broker = ukey_tests::Mosquitto::start();
+    let platform = platform(&broker, KeyOptions::default()).await;
+    assert_eq!(platform.snapshot().subscriptions(), 1);
+    broker.kill();
+    broker.restart();
+    platform
+        .wait_until("the platform to subscribe again", WAIT, |r| {
+            (r.subscriptions() >= 2).then_some(())
+        })
+        .await
+        .unwrap();
+    assert!(platform.snapshot().connections() >= 2);
+    let mut station = Station::connect(&broker, &platform).await;
+    let job_id = platform
+        .dispatch_draft(&JobDraft::new(JobKind::New, &station.id).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(station.next_verified_job().await.job_id, job_id);
+    let event = station.event(&job_id, Step::Receive, ExecutionState::Queued, None, None);
+    station.send_event(&event).await;
+    assert_eq!(station.next_ack().await, vec![event.event_id.clone()]);
+}

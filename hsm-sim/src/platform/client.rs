@@ -554,12 +554,16 @@ async fn handle(
         match inbound {
             Inbound::Connected { session_present } => {
                 connections += 1;
+                shared.update(|r| r.connections += 1);
                 subscribe(&shared, &client).await;
                 if connections > 1 && !session_present {
                     republish(&shared, &client).await;
                 }
             }
             Inbound::Subscribed { ok } => {
+                if ok {
+                    shared.update(|r| r.subscriptions += 1);
+                }
                 shared.subscribed.send_replace(Some(ok));
             }
             Inbound::Disconnected { error } => {

@@ -199,6 +199,8 @@ pub struct Records {
     pub(crate) inventory: Vec<Inventory>,
     pub(crate) unreadable: Vec<String>,
     pub(crate) acks_sent: usize,
+    pub(crate) connections: u64,
+    pub(crate) subscriptions: u64,
 }
 
 impl Records {
@@ -265,6 +267,18 @@ impl Records {
     /// How many ack messages the platform published.
     pub fn acks_sent(&self) -> usize {
         self.acks_sent
+    }
+
+    /// How many times the platform connected to the broker (CONNACKs seen).
+    pub fn connections(&self) -> u64 {
+        self.connections
+    }
+
+    /// How many times the broker confirmed the platform's subscriptions (one per connection
+    /// when all is well). Wait for it to grow after a broker restart before expecting the
+    /// platform to hear stations again.
+    pub fn subscriptions(&self) -> u64 {
+        self.subscriptions
     }
 
     pub(crate) fn job_mut(&mut self, job_id: &JobId) -> &mut JobRecord {

@@ -15,6 +15,8 @@ use ukey_protocol::{
     StepEvent, TokenSerial,
 };
 
+use super::misbehave::Misbehaviour;
+
 /// Everything about one job.
 #[derive(Debug, Clone)]
 pub struct JobRecord {
@@ -27,6 +29,7 @@ pub struct JobRecord {
     pub(crate) problems: Vec<String>,
     pub(crate) csr_bundles: Vec<CsrBundle>,
     pub(crate) cert_responses: Vec<CertResponse>,
+    pub(crate) misbehaviours: Vec<Misbehaviour>,
 }
 
 impl JobRecord {
@@ -41,6 +44,7 @@ impl JobRecord {
             problems: Vec::new(),
             csr_bundles: Vec::new(),
             cert_responses: Vec::new(),
+            misbehaviours: Vec::new(),
         }
     }
 
@@ -90,6 +94,12 @@ impl JobRecord {
     /// Every certificate response published, in order.
     pub fn cert_responses(&self) -> &[CertResponse] {
         &self.cert_responses
+    }
+
+    /// The misbehaviours applied to this job, in order (e.g. to show in the demo what the
+    /// station had to catch).
+    pub fn misbehaviours(&self) -> &[Misbehaviour] {
+        &self.misbehaviours
     }
 
     /// The certificates of the last issued response.

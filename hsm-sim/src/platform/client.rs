@@ -804,7 +804,11 @@ fn record_event(
         }),
     );
     job.problems.extend(problems);
-    let serial = event.token_serial.clone();
+    // A bind report without a serial belongs to the token the job's earlier events named.
+    let serial = event
+        .token_serial
+        .clone()
+        .or_else(|| job.token_serial().cloned());
     let bound = match &event.data {
         Some(StepData::Bind(report)) => Some(report.certificates.clone()),
         _ => None,

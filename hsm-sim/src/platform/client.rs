@@ -345,12 +345,15 @@ impl Platform {
     /// [`Misbehaviour::ForgedSignature`] and [`Misbehaviour::DuplicateJob`] apply here.
     pub async fn dispatch(&self, job: &SignedJob) -> Result<JobId, PlatformError> {
         let keys = &self.shared.keys;
+        let mut applied = Vec::new();
         let envelope = if self.shared.armed.take(Misbehaviour::ForgedSignature) {
+            applied.push(Misbehaviour::ForgedSignature);
             sign(&job.document, keys.forger_key()?, keys.job_key_id())?
         } else {
             job.envelope.clone()
         };
         let copies = if self.shared.armed.take(Misbehaviour::DuplicateJob) {
+            applied.push(Misbehaviour::DuplicateJob);
             2
         } else {
             1
@@ -370,6 +373,7 @@ impl Platform {
             for _ in 0..copies {
                 record.envelopes_sent.push(envelope.clone());
             }
+            record.misbehaviours.extend(applied);
         });
         for _ in 0..copies {
             self.client
@@ -554,12 +558,16 @@ async fn handle(
         match inbound {
             Inbound::Connected { session_present } => {
                 connections += 1;
+                shared.update(|r| r.connections += 1);
                 subscribe(&shared, &client).await;
                 if connections > 1 && !session_present {
                     republish(&shared, &client).await;
                 }
             }
             Inbound::Subscribed { ok } => {
+                if ok {
+                    shared.update(|r| r.subscriptions += 1);
+                }
                 shared.subscribed.send_replace(Some(ok));
             }
             Inbound::Disconnected { error } => {
@@ -723,6 +731,11 @@ async fn on_event(
     let event_id = event.event_id.clone();
     shared.update(|r| record_event(r, station, topic_job, event, so_pin, user_pin));
     if shared.armed.take(Misbehaviour::SilenceAcks) {
+        shared.update(|r| {
+            r.job_mut(topic_job)
+                .misbehaviours
+                .push(Misbehaviour::SilenceAcks)
+        });
         return;
     }
     let ack = Ack {
@@ -791,7 +804,11 @@ fn record_event(
         }),
     );
     job.problems.extend(problems);
-    let serial = event.token_serial.clone();
+    // A bind report without a serial belongs to the token the job's earlier events named.
+    let serial = event
+        .token_serial
+        .clone()
+        .or_else(|| job.token_serial().cloned());
     let bound = match &event.data {
         Some(StepData::Bind(report)) => Some(report.certificates.clone()),
         _ => None,
@@ -850,25 +867,37 @@ async fn on_csr(
         job.document.clone()
     });
     if shared.armed.take(Misbehaviour::SilenceCertificates) {
+        shared.update(|r| {
+            r.job_mut(topic_job)
+                .misbehaviours
+                .push(Misbehaviour::SilenceCertificates)
+        });
         return;
     }
     let cached = lock(&shared.answered).get(&digest).cloned();
     let response = match cached {
         Some(response) => response,
         None => {
+            let mut applied = Vec::new();
             let outcome = match &document {
                 None => CertOutcome::Rejected(rejection(
                     RejectionCode::UnknownJob,
                     format!("job {topic_job} was not dispatched by this platform"),
                 )),
-                Some(doc) => answer(shared, doc, &bundle),
+                Some(doc) => answer(shared, doc, &bundle, &mut applied),
             };
             let response = CertResponse {
                 v: V1,
                 job_id: topic_job.clone(),
                 outcome,
             };
-            lock(&shared.answered).insert(digest, response.clone());
+            // Only honest answers are repeated for a re-sent bundle: after a misbehaviour
+            // "once", the same request gets a good answer.
+            if applied.is_empty() {
+                lock(&shared.answered).insert(digest, response.clone());
+            } else {
+                shared.update(|r| r.job_mut(topic_job).misbehaviours.extend(applied));
+            }
             response
         }
     };
@@ -885,8 +914,14 @@ async fn on_csr(
 }
 
 /// The answer to a CSR bundle for `doc`, misbehaviours applied.
-fn answer(shared: &Shared, doc: &JobDocument, bundle: &CsrBundle) -> CertOutcome {
-    match issue_bundle(shared, doc, bundle) {
+/// `applied` collects the misbehaviours used.
+fn answer(
+    shared: &Shared,
+    doc: &JobDocument,
+    bundle: &CsrBundle,
+    applied: &mut Vec<Misbehaviour>,
+) -> CertOutcome {
+    match issue_bundle(shared, doc, bundle, applied) {
         Ok(bundle) => CertOutcome::Issued(bundle),
         Err(rejected) => CertOutcome::Rejected(rejected),
     }
@@ -896,8 +931,10 @@ fn issue_bundle(
     shared: &Shared,
     doc: &JobDocument,
     bundle: &CsrBundle,
+    applied: &mut Vec<Misbehaviour>,
 ) -> Result<CertBundle, ukey_protocol::CertRejection> {
     if shared.armed.take(Misbehaviour::RejectIssuance) {
+        applied.push(Misbehaviour::RejectIssuance);
         return Err(rejection(
             RejectionCode::IssuanceRefused,
             "the platform refuses to issue (simulated)".to_owned(),
@@ -944,11 +981,17 @@ fn issue_bundle(
         keys.push((label, key));
     }
 
-    let armed = &shared.armed;
-    let another_key = armed.take(Misbehaviour::CertificateForAnotherKey);
-    let wrong_subject = armed.take(Misbehaviour::WrongSubject);
-    let expired = armed.take(Misbehaviour::ExpiredCertificate);
-    let unknown_issuer = armed.take(Misbehaviour::UnknownIssuer);
+    let mut take = |m: Misbehaviour| {
+        let taken = shared.armed.take(m);
+        if taken {
+            applied.push(m);
+        }
+        taken
+    };
+    let another_key = take(Misbehaviour::CertificateForAnotherKey);
+    let wrong_subject = take(Misbehaviour::WrongSubject);
+    let expired = take(Misbehaviour::ExpiredCertificate);
+    let unknown_issuer = take(Misbehaviour::UnknownIssuer);
     let failed = |e: PlatformError| rejection(RejectionCode::IssuanceFailed, e.to_string());
     let issuer = if unknown_issuer {
         shared.keys.stranger_ca().map_err(failed)?

@@ -15,6 +15,8 @@ use ukey_protocol::{
     StepEvent, TokenSerial,
 };
 
+use super::misbehave::Misbehaviour;
+
 /// Everything about one job.
 #[derive(Debug, Clone)]
 pub struct JobRecord {
@@ -27,6 +29,7 @@ pub struct JobRecord {
     pub(crate) problems: Vec<String>,
     pub(crate) csr_bundles: Vec<CsrBundle>,
     pub(crate) cert_responses: Vec<CertResponse>,
+    pub(crate) misbehaviours: Vec<Misbehaviour>,
 }
 
 impl JobRecord {
@@ -41,6 +44,7 @@ impl JobRecord {
             problems: Vec::new(),
             csr_bundles: Vec::new(),
             cert_responses: Vec::new(),
+            misbehaviours: Vec::new(),
         }
     }
 
@@ -90,6 +94,12 @@ impl JobRecord {
     /// Every certificate response published, in order.
     pub fn cert_responses(&self) -> &[CertResponse] {
         &self.cert_responses
+    }
+
+    /// The misbehaviours applied to this job, in order (e.g. to show in the demo what the
+    /// station had to catch).
+    pub fn misbehaviours(&self) -> &[Misbehaviour] {
+        &self.misbehaviours
     }
 
     /// The certificates of the last issued response.
@@ -199,6 +209,8 @@ pub struct Records {
     pub(crate) inventory: Vec<Inventory>,
     pub(crate) unreadable: Vec<String>,
     pub(crate) acks_sent: usize,
+    pub(crate) connections: u64,
+    pub(crate) subscriptions: u64,
 }
 
 impl Records {
@@ -265,6 +277,18 @@ impl Records {
     /// How many ack messages the platform published.
     pub fn acks_sent(&self) -> usize {
         self.acks_sent
+    }
+
+    /// How many times the platform connected to the broker (CONNACKs seen).
+    pub fn connections(&self) -> u64 {
+        self.connections
+    }
+
+    /// How many times the broker confirmed the platform's subscriptions (one per connection
+    /// when all is well). Wait for it to grow after a broker restart before expecting the
+    /// platform to hear stations again.
+    pub fn subscriptions(&self) -> u64 {
+        self.subscriptions
     }
 
     pub(crate) fn job_mut(&mut self, job_id: &JobId) -> &mut JobRecord {

@@ -350,6 +350,27 @@ impl Driver {
             Event::Incoming(Packet::ConnAck(connack)) => self.on_connected(connack.session_present),
             Event::Incoming(Packet::Publish(publish)) => self.on_publish(publish),
             Event::Incoming(Packet::PubAck(puback)) => self.on_puback(puback.pkid),
+            Event::Incoming(Packet::SubAck(suback)) => {
+                if suback
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                {
+                    // Typically an ACL: nothing will arrive on that filter. Reported, not fatal.
+                    tracing::error!(
+                        filters = ?self.subscriptions,
+                        "the broker refused a subscription"
+                    );
+                    return;
+                }
+                self.shared.state.send_if_modified(|state| match state {
+                    LinkState::Connected { subscribed, .. } if !*subscribed => {
+                        *subscribed = true;
+                        true
+                    }
+                    _ => false,
+                });
+            }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
                 if let Some(tag) = self.sent.pop_front()
                     && pkid != 0
@@ -390,7 +411,10 @@ impl Driver {
             generation = self.generation,
             "connected to the broker"
         );
-        self.set_state(LinkState::Connected { session_present });
+        self.set_state(LinkState::Connected {
+            session_present,
+            subscribed: self.subscriptions.is_empty(),
+        });
     }
 
     fn on_publish(&mut self, publish: Publish) {

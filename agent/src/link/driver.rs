@@ -550,7 +550,7 @@ impl Driver {
     }
 
     /// Graceful stop: publish the death message, DISCONNECT (so the broker does not publish
-    /// the will as well), and wait briefly for both to leave.
+    /// the will as well), and wait briefly for the broker to close the connection.
     async fn stop(mut self) {
         // Acknowledgements and publishes handed over before the shutdown go out first.
         self.pump();
@@ -563,17 +563,16 @@ impl Driver {
             );
             let disconnect = self.client.try_disconnect();
             if death.is_ok() && disconnect.is_ok() {
-                let flushed = tokio::time::timeout(STOP_TIMEOUT, async {
-                    loop {
-                        match self.eventloop.poll().await {
-                            Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
-                            Ok(_) => {}
-                        }
-                    }
+                // Read on until the broker closes the connection after the DISCONNECT. Closing
+                // first, with the broker's latest packets unread, makes the kernel send a TCP
+                // reset, and the broker then discards what it had not processed yet: the
+                // acknowledgements just sent (redelivered later) and the DISCONNECT itself.
+                let closed = tokio::time::timeout(STOP_TIMEOUT, async {
+                    while self.eventloop.poll().await.is_ok() {}
                 })
                 .await;
-                if flushed.is_err() {
-                    tracing::warn!("broker did not take the DISCONNECT in time");
+                if closed.is_err() {
+                    tracing::warn!("broker did not close the connection after DISCONNECT in time");
                 }
             }
         }

@@ -72,13 +72,19 @@ async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
 
-/// Waits until the link reports `Connected` with at least `connects` connects so far.
+/// Waits until the link reports `Connected` and subscribed, with at least `connects`
+/// connects so far.
 async fn wait_connected(handle: &LinkHandle, connects: u64) {
     let mut state = handle.state();
     within("the link to connect", async {
         loop {
-            if matches!(*state.borrow_and_update(), LinkState::Connected { .. })
-                && handle.stats().connects >= connects
+            if matches!(
+                *state.borrow_and_update(),
+                LinkState::Connected {
+                    subscribed: true,
+                    ..
+                }
+            ) && handle.stats().connects >= connects
             {
                 return;
             }
@@ -538,7 +544,10 @@ async fn an_incoming_message_not_acknowledged_is_redelivered_after_a_reconnect()
     assert_eq!(
         next.payload(),
         b"job-2",
-        "an acknowledged message came back"
+        "an acknowledged message came back: dup {} stats {:?} log {}",
+        next.is_duplicate(),
+        agent.handle.stats(),
+        broker.log()
     );
     next.ack().await.unwrap();
     agent.stop().await;

@@ -350,6 +350,27 @@ impl Driver {
             Event::Incoming(Packet::ConnAck(connack)) => self.on_connected(connack.session_present),
             Event::Incoming(Packet::Publish(publish)) => self.on_publish(publish),
             Event::Incoming(Packet::PubAck(puback)) => self.on_puback(puback.pkid),
+            Event::Incoming(Packet::SubAck(suback)) => {
+                if suback
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                {
+                    // Typically an ACL: nothing will arrive on that filter. Reported, not fatal.
+                    tracing::error!(
+                        filters = ?self.subscriptions,
+                        "the broker refused a subscription"
+                    );
+                    return;
+                }
+                self.shared.state.send_if_modified(|state| match state {
+                    LinkState::Connected { subscribed, .. } if !*subscribed => {
+                        *subscribed = true;
+                        true
+                    }
+                    _ => false,
+                });
+            }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
                 if let Some(tag) = self.sent.pop_front()
                     && pkid != 0
@@ -390,7 +411,10 @@ impl Driver {
             generation = self.generation,
             "connected to the broker"
         );
-        self.set_state(LinkState::Connected { session_present });
+        self.set_state(LinkState::Connected {
+            session_present,
+            subscribed: self.subscriptions.is_empty(),
+        });
     }
 
     fn on_publish(&mut self, publish: Publish) {
@@ -526,7 +550,7 @@ impl Driver {
     }
 
     /// Graceful stop: publish the death message, DISCONNECT (so the broker does not publish
-    /// the will as well), and wait briefly for both to leave.
+    /// the will as well), and wait briefly for the broker to close the connection.
     async fn stop(mut self) {
         // Acknowledgements and publishes handed over before the shutdown go out first.
         self.pump();
@@ -539,17 +563,16 @@ impl Driver {
             );
             let disconnect = self.client.try_disconnect();
             if death.is_ok() && disconnect.is_ok() {
-                let flushed = tokio::time::timeout(STOP_TIMEOUT, async {
-                    loop {
-                        match self.eventloop.poll().await {
-                            Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
-                            Ok(_) => {}
-                        }
-                    }
+                // Read on until the broker closes the connection after the DISCONNECT. Closing
+                // first, with the broker's latest packets unread, makes the kernel send a TCP
+                // reset, and the broker then discards what it had not processed yet: the
+                // acknowledgements just sent (redelivered later) and the DISCONNECT itself.
+                let closed = tokio::time::timeout(STOP_TIMEOUT, async {
+                    while self.eventloop.poll().await.is_ok() {}
                 })
                 .await;
-                if flushed.is_err() {
-                    tracing::warn!("broker did not take the DISCONNECT in time");
+                if closed.is_err() {
+                    tracing::warn!("broker did not close the connection after DISCONNECT in time");
                 }
             }
         }

@@ -267,6 +267,10 @@ pub enum LinkState {
     Connected {
         /// Whether the broker still had the station's session.
         session_present: bool,
+        /// Whether the broker has acknowledged this connection's subscriptions (true at once
+        /// when there are none). Before that, messages published to a station whose session
+        /// the broker does not have are not routed to it.
+        subscribed: bool,
     },
     /// Not connected; a new attempt follows after `retry_in`.
     Down {

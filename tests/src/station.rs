@@ -10,6 +10,7 @@ use hsm_sim::platform::{Platform, PlatformConfig, StationTrust};
 use hsm_sim::rack::{InsertOptions, Rack, RackConfig};
 use tempfile::TempDir;
 use ukey_protocol::ids::StationId;
+use ukey_protocol::presence::PresenceStatus;
 
 use crate::{Mosquitto, SoftHsm};
 
@@ -162,8 +163,34 @@ impl Station {
         path
     }
 
-    /// Starts the agent (again, after [`Station::kill_agent`]).
-    pub fn start_agent(&mut self) {
+    /// Starts the agent and waits until it is connected and subscribed (its birth message
+    /// reached the platform).
+    pub async fn start_agent(&mut self) {
+        let before = self.presence_seq();
+        self.spawn_agent();
+        let station = self.station_id.clone();
+        let result = self
+            .platform
+            .wait_until("the agent's birth message", Duration::from_secs(60), |r| {
+                r.current_presence(&station)
+                    .filter(|p| p.status == PresenceStatus::Online && Some(p.seq) > before)
+                    .map(|_| ())
+            })
+            .await;
+        if let Err(e) = result {
+            panic!("{e}\n--- agent log ---\n{}", self.agent_log());
+        }
+    }
+
+    fn presence_seq(&self) -> Option<u64> {
+        self.platform
+            .snapshot()
+            .current_presence(&self.station_id)
+            .map(|p| p.seq)
+    }
+
+    /// Starts the agent process without waiting for it.
+    pub fn spawn_agent(&mut self) {
         assert!(self.agent.is_none(), "the agent runs already");
         let config = self.write_config();
         self.starts += 1;

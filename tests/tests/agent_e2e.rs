@@ -12,8 +12,8 @@ use ukey_protocol::event::{ExecutionState, Step};
 use ukey_protocol::ids::{JobId, TokenSerial};
 use ukey_protocol::job::JobKind;
 use ukey_protocol::keys::KeyAlgorithm;
-use ukey_tests::station::{PRODUCTION_TIMEOUT, Station};
 use ukey_tests::require_tool;
+use ukey_tests::station::{PRODUCTION_TIMEOUT, Station};
 
 async fn dispatch_new(station: &Station, alg: KeyAlgorithm) -> JobId {
     let draft = JobDraft::new(JobKind::New, &station.station_id)
@@ -34,15 +34,25 @@ async fn succeeded(station: &Station, job: &JobId) -> TokenSerial {
         assert!(steps.contains(step), "no {step} event in {steps:?}");
     }
     let seqs: Vec<u64> = record.events().iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "sequence without gaps");
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "sequence without gaps"
+    );
     assert!(record.bound_certificates().is_some_and(|c| c.len() == 3));
-    record.token_serial().cloned().expect("the job names its token")
+    record
+        .token_serial()
+        .cloned()
+        .expect("the job names its token")
 }
 
 /// Checks a produced token from outside: three private keys with the required attributes
 /// and three certificates (pkcs11-tool), and the chain (openssl verify).
 fn check_from_outside(station: &Station, serial: &TokenSerial) {
-    let pin = station.platform.user_pin(serial).expect("the platform unsealed the user PIN");
+    let pin = station
+        .platform
+        .user_pin(serial)
+        .expect("the platform unsealed the user PIN");
     let run = |args: &[&str]| pkcs11_tool(station, args);
     let listing = run(&[
         "--token-label",
@@ -57,8 +67,16 @@ fn check_from_outside(station: &Station, serial: &TokenSerial) {
     assert_eq!(private_keys, 3, "{listing}");
     assert_eq!(certificates, 3, "{listing}");
     for block in listing.split("Private Key Object").skip(1) {
-        let access = block.lines().find(|l| l.trim_start().starts_with("Access:")).unwrap_or("");
-        for flag in ["sensitive", "always sensitive", "never extractable", "local"] {
+        let access = block
+            .lines()
+            .find(|l| l.trim_start().starts_with("Access:"))
+            .unwrap_or("");
+        for flag in [
+            "sensitive",
+            "always sensitive",
+            "never extractable",
+            "local",
+        ] {
             assert!(access.contains(flag), "private key lacks {flag}: {access}");
         }
     }
@@ -79,21 +97,41 @@ fn check_from_outside(station: &Station, serial: &TokenSerial) {
             "--output-file",
             der.to_str().unwrap(),
         ]);
+        let pem = dir.path().join(format!("{label}.pem"));
         let out = Command::new(require_tool("openssl"))
+            .args(["x509", "-inform", "DER", "-in"])
+            .arg(&der)
+            .arg("-out")
+            .arg(&pem)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl x509 {label}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = Command::new("openssl")
             .args(["verify", "-CAfile"])
             .arg(&ca)
-            .arg("-inform")
-            .arg("DER")
-            .arg(&der)
+            .arg(&pem)
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success() && text.contains(": OK"), "openssl verify {label}: {text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success() && text.contains(": OK"),
+            "openssl verify {label}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
 fn token_label(station: &Station, serial: &TokenSerial) -> String {
-    let job = station.platform.token(serial).expect("token record").job_id().clone();
+    let job = station
+        .platform
+        .token(serial)
+        .expect("token record")
+        .job_id()
+        .clone();
     job_label(station, &job)
 }
 
@@ -123,36 +161,58 @@ fn pkcs11_tool(station: &Station, args: &[&str]) -> String {
         .env(env_key, &env_value)
         .output()
         .unwrap();
-    assert!(out.status.success(), "pkcs11-tool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pkcs11-tool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn no_secrets_in(station: &Station, serial: &TokenSerial) {
     let log = station.agent_log();
     let pin = station.platform.user_pin(serial).unwrap();
-    assert!(!log.contains(pin.expose_secret()), "the user PIN appears in the agent's log");
-    if let Some(so) = station.platform.token(serial).and_then(|t| t.so_pin().cloned()) {
-        assert!(!log.contains(so.expose_secret()), "the SO PIN appears in the agent's log");
+    assert!(
+        !log.contains(pin.expose_secret()),
+        "the user PIN appears in the agent's log"
+    );
+    if let Some(so) = station
+        .platform
+        .token(serial)
+        .and_then(|t| t.so_pin().cloned())
+    {
+        assert!(
+            !log.contains(so.expose_secret()),
+            "the SO PIN appears in the agent's log"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_job_on_hsm_sim_p256() {
     let mut station = Station::sim(2).await;
-    station.start_agent();
+    station.start_agent().await;
     let job = dispatch_new(&station, KeyAlgorithm::P256).await;
     let inserted = station.insert_blank(0);
     let serial = succeeded(&station, &job).await;
-    assert_eq!(serial.as_str(), inserted, "the job ran on the token that was plugged in");
+    assert_eq!(
+        serial.as_str(),
+        inserted,
+        "the job ran on the token that was plugged in"
+    );
     check_from_outside(&station, &serial);
     no_secrets_in(&station, &serial);
-    assert_eq!(station.stop_agent().and_then(|s| s.code()), Some(0), "graceful stop");
+    assert_eq!(
+        station.stop_agent().and_then(|s| s.code()),
+        Some(0),
+        "graceful stop"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_job_on_softhsm_rsa2048() {
     let mut station = Station::softhsm().await;
-    station.start_agent();
+    station.start_agent().await;
     let job = dispatch_new(&station, KeyAlgorithm::Rsa2048).await;
     let serial = succeeded(&station, &job).await;
     check_from_outside(&station, &serial);
@@ -162,7 +222,7 @@ async fn new_job_on_softhsm_rsa2048() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_tokens_in_parallel_on_hsm_sim() {
     let mut station = Station::sim(8).await;
-    station.start_agent();
+    station.start_agent().await;
     let mut jobs = Vec::new();
     for _ in 0..8 {
         jobs.push(dispatch_new(&station, KeyAlgorithm::P256).await);
@@ -183,23 +243,41 @@ async fn eight_tokens_in_parallel_on_hsm_sim() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_for_another_key_is_refused_and_nothing_is_written() {
     let mut station = Station::sim(2).await;
-    station.start_agent();
-    station.platform.misbehave(Misbehaviour::CertificateForAnotherKey, Times::Once);
+    station.start_agent().await;
+    station
+        .platform
+        .misbehave(Misbehaviour::CertificateForAnotherKey, Times::Once);
     let job = dispatch_new(&station, KeyAlgorithm::P256).await;
     let serial = station.insert_blank(0);
     let record = station
         .platform
-        .wait_for(&job, |r| r.state().is_some_and(|s| s.is_terminal()), PRODUCTION_TIMEOUT)
+        .wait_for(
+            &job,
+            |r| r.state().is_some_and(|s| s.is_terminal()),
+            PRODUCTION_TIMEOUT,
+        )
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", station.agent_log()));
     let last = record.last_event().unwrap();
     assert_eq!(last.state, ExecutionState::Failed);
     assert_eq!(last.step, Step::VerifyCertificates);
-    assert_eq!(last.error.as_ref().unwrap().code.as_str(), "certificate-key-mismatch");
-    assert_eq!(record.token_serial().map(|s| s.as_str()), Some(serial.as_str()));
+    assert_eq!(
+        last.error.as_ref().unwrap().code.as_str(),
+        "certificate-key-mismatch"
+    );
+    assert_eq!(
+        record.token_serial().map(|s| s.as_str()),
+        Some(serial.as_str())
+    );
     let label = job_label(&station, &job);
-    let listing = pkcs11_tool(&station, &["--token-label", &label, "--list-objects", "--type", "cert"]);
-    assert!(!listing.contains("Certificate Object"), "no certificate was written: {listing}");
+    let listing = pkcs11_tool(
+        &station,
+        &["--token-label", &label, "--list-objects", "--type", "cert"],
+    );
+    assert!(
+        !listing.contains("Certificate Object"),
+        "no certificate was written: {listing}"
+    );
     // The desk goes on: the next job on the next token succeeds.
     let job2 = dispatch_new(&station, KeyAlgorithm::P256).await;
     station.insert_blank(1);
@@ -209,22 +287,43 @@ async fn certificate_for_another_key_is_refused_and_nothing_is_written() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_duplicate_jobs_are_handled() {
     let mut station = Station::sim(1).await;
-    station.start_agent();
-    station.platform.misbehave(Misbehaviour::ForgedSignature, Times::Once);
+    station.start_agent().await;
+    station
+        .platform
+        .misbehave(Misbehaviour::ForgedSignature, Times::Once);
     let forged = dispatch_new(&station, KeyAlgorithm::P256).await;
     let record = station
         .platform
         .wait_for_state(&forged, ExecutionState::Rejected, PRODUCTION_TIMEOUT)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", station.agent_log()));
-    assert_eq!(record.last_event().unwrap().error.as_ref().unwrap().code.as_str(), "bad-signature");
+    assert_eq!(
+        record
+            .last_event()
+            .unwrap()
+            .error
+            .as_ref()
+            .unwrap()
+            .code
+            .as_str(),
+        "bad-signature"
+    );
 
-    station.platform.misbehave(Misbehaviour::DuplicateJob, Times::Once);
+    station
+        .platform
+        .misbehave(Misbehaviour::DuplicateJob, Times::Once);
     let job = dispatch_new(&station, KeyAlgorithm::P256).await;
     station.insert_blank(0);
     let serial = succeeded(&station, &job).await;
     let record = station.platform.job_record(&job).unwrap();
-    let claims = record.events().iter().filter(|e| e.step == Step::Claim).count();
-    assert_eq!(claims, 1, "the duplicate delivery did not start a second run");
+    let claims = record
+        .events()
+        .iter()
+        .filter(|e| e.step == Step::Claim)
+        .count();
+    assert_eq!(
+        claims, 1,
+        "the duplicate delivery did not start a second run"
+    );
     check_from_outside(&station, &serial);
 }

@@ -47,6 +47,24 @@ enum Command {
         )]
         config: PathBuf,
     },
+    /// Shows the running agent at a glance: broker connection, outbox depth, queued and
+    /// running jobs, tokens and their states, panel.
+    ///
+    /// Reads the snapshot the agent refreshes in its state folder every few seconds. Exit
+    /// status 0 when the agent is running, 1 when it is not (or the snapshot is stale).
+    Status {
+        /// The configuration file (for the state folder).
+        #[arg(
+            long,
+            short,
+            value_name = "FILE",
+            default_value = "/etc/ukey-agent/agent.toml"
+        )]
+        config: PathBuf,
+        /// Print the snapshot as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Reads the configuration and reports every problem, each with its key; changes nothing.
     ///
     /// Exit status 0 when the configuration is valid, 3 when it is not.
@@ -67,6 +85,40 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(&config),
         Command::CheckConfig { config } => check_config(&config),
+        Command::Status { config, json } => status(&config, json),
+    }
+}
+
+fn status(path: &std::path::Path, json: bool) -> ExitCode {
+    use ukey_agent::status;
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("ukey-agent: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match status::read(&config.state_dir) {
+        Ok(snapshot) => {
+            let now = status::unix_now();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&snapshot).unwrap_or_default()
+                );
+            } else {
+                print!("{}", status::render(&snapshot, now));
+            }
+            if status::is_fresh(&snapshot, now) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("ukey-agent: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
-use serialport::SerialPort;
+use serialport::{SerialPort, TTYPort};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -79,13 +79,28 @@ pub(super) struct Driver {
 
 /// One open connection.
 struct Connection {
-    port: Box<dyn SerialPort>,
+    port: TTYPort,
     reader: LineReader,
     board: Option<BoardInfo>,
     last_heard: Instant,
     next_keepalive: Instant,
     ping: u16,
     bad_lines: u64,
+}
+
+impl Connection {
+    fn new(port: TTYPort, keepalive: Duration) -> Connection {
+        let now = Instant::now();
+        Connection {
+            port,
+            reader: LineReader::new(),
+            board: None,
+            last_heard: now,
+            next_keepalive: now + keepalive,
+            ping: 0,
+            bad_lines: 0,
+        }
+    }
 }
 
 impl Driver {
@@ -151,11 +166,13 @@ impl Driver {
         tracing::debug!(device = %device, "panel driver stopped");
     }
 
-    fn open(&self) -> Result<Box<dyn SerialPort>, serialport::Error> {
+    fn open(&self) -> Result<TTYPort, serialport::Error> {
         let path = self.config.device.to_string_lossy();
+        // Exclusive, so that nothing else (a modem manager probing ttyACM devices, a second
+        // agent) talks to the board at the same time.
         let port = serialport::new(path, self.config.baud)
             .timeout(READ_TIMEOUT)
-            .open()?;
+            .open_native()?;
         // Whatever the board said before we listened is stale (and may be half a line).
         let _ = port.clear(serialport::ClearBuffer::Input);
         Ok(port)
@@ -181,51 +198,52 @@ impl Driver {
         }
     }
 
-    /// Serves one open connection until it ends.
-    fn serve(&self, port: Box<dyn SerialPort>) -> End {
-        let now = Instant::now();
-        let mut conn = Connection {
-            port,
-            reader: LineReader::new(),
-            board: None,
-            last_heard: now,
-            next_keepalive: now + self.timings.keepalive,
-            ping: 0,
-            bad_lines: 0,
-        };
+    /// Serves one open connection until it ends, then releases the port.
+    fn serve(&self, port: TTYPort) -> End {
+        let mut conn = Connection::new(port, self.timings.keepalive);
+        let end = self.serve_connection(&mut conn);
+        // The exclusive flag belongs to the tty, not to our descriptor: it outlives our close
+        // whenever someone else holds the tty open (an emulator does), and would then make
+        // our own reopen fail with EBUSY. Clear it first; on a vanished device this fails
+        // harmlessly.
+        let _ = conn.port.set_exclusive(false);
+        end
+    }
+
+    fn serve_connection(&self, conn: &mut Connection) -> End {
         let lost = |conn: &Connection, reason: String| End::Lost {
             reason,
             identified: conn.board.is_some(),
         };
         if let Err(e) = write_line(
-            &mut conn,
+            conn,
             &HostLine::Hello {
                 version: PROTOCOL_VERSION,
             },
         ) {
-            return lost(&conn, format!("write failed: {e}"));
+            return lost(conn, format!("write failed: {e}"));
         }
         let mut buf = [0u8; 256];
         loop {
             if self.stopping() {
-                if let Some(board) = &conn.board {
-                    let off = HostLine::State(vec![Light::Off; usize::from(board.slots)]);
-                    if let Err(e) = write_line(&mut conn, &off) {
+                if let Some(slots) = conn.board.as_ref().map(|b| usize::from(b.slots)) {
+                    let off = HostLine::State(vec![Light::Off; slots]);
+                    if let Err(e) = write_line(conn, &off) {
                         tracing::debug!(error = %e, "panel: could not turn the lights off at shutdown");
                     }
                 }
                 return End::Shutdown;
             }
-            if let Err(e) = self.handle_commands(&mut conn) {
-                return lost(&conn, format!("write failed: {e}"));
+            if let Err(e) = self.handle_commands(conn) {
+                return lost(conn, format!("write failed: {e}"));
             }
             match conn.port.read(&mut buf) {
-                Ok(0) => return lost(&conn, "the device closed".into()),
+                Ok(0) => return lost(conn, "the device closed".into()),
                 Ok(n) => {
                     for line in conn.reader.push(&buf[..n]) {
                         let parsed = line.and_then(|l| BoardLine::parse(&l));
-                        if let Err(e) = self.handle_line(&mut conn, parsed) {
-                            return lost(&conn, format!("write failed: {e}"));
+                        if let Err(e) = self.handle_line(conn, parsed) {
+                            return lost(conn, format!("write failed: {e}"));
                         }
                     }
                 }
@@ -234,7 +252,7 @@ impl Driver {
                         e.kind(),
                         std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted
                     ) => {}
-                Err(e) => return lost(&conn, format!("read failed: {e}")),
+                Err(e) => return lost(conn, format!("read failed: {e}")),
             }
             let now = Instant::now();
             if now.duration_since(conn.last_heard) >= self.timings.dead_after {
@@ -256,8 +274,8 @@ impl Driver {
                         version: PROTOCOL_VERSION,
                     }
                 };
-                if let Err(e) = write_line(&mut conn, &line) {
-                    return lost(&conn, format!("write failed: {e}"));
+                if let Err(e) = write_line(conn, &line) {
+                    return lost(conn, format!("write failed: {e}"));
                 }
             }
         }

@@ -189,13 +189,14 @@ impl EmulatedPanel {
                 reason: format!("{} is not in 1..={MAX_SLOTS}", options.slots),
             });
         }
-        for (name, value) in [("panel model", &options.model), ("panel firmware", &options.firmware)] {
+        for (name, value) in [
+            ("panel model", &options.model),
+            ("panel firmware", &options.firmware),
+        ] {
             if !is_word(value) {
                 return Err(Error::InvalidSetting {
                     name,
-                    reason: format!(
-                        "{value:?} must be 1 to 32 of A-Z a-z 0-9 . _ + -"
-                    ),
+                    reason: format!("{value:?} must be 1 to 32 of A-Z a-z 0-9 . _ + -"),
                 });
             }
         }
@@ -412,7 +413,8 @@ enum Input {
 }
 
 /// The commands `hsm-sim panel` reads on stdin.
-const HELP: &str = "commands: retry N | ack N | reset | raw TEXT | garbage | silent on|off | lights | quit";
+const HELP: &str =
+    "commands: retry N | ack N | reset | raw TEXT | garbage | silent on|off | lights | quit";
 
 /// Runs `hsm-sim panel` until `quit` (or until killed): prints the device path, then one
 /// line per thing the board receives and the row of lights after every change; reads
@@ -478,7 +480,10 @@ pub fn run(args: PanelArgs) -> Result<String> {
                     say(&mut out, &format!("lights {}", panel.row()));
                 }
                 HostLine::Beep { slot, pattern } => {
-                    say(&mut out, &format!("beep slot {slot} {}", beep_text(pattern)));
+                    say(
+                        &mut out,
+                        &format!("beep slot {slot} {}", beep_text(pattern)),
+                    );
                 }
                 HostLine::Hello { .. } | HostLine::Ping(_) => {
                     say(&mut out, &format!("host {line}"));
@@ -487,14 +492,15 @@ pub fn run(args: PanelArgs) -> Result<String> {
             Input::Event(BoardEvent::Bad { line, error }) => {
                 say(&mut out, &format!("bad line {line:?}: {error}"));
             }
-            Input::Line(line) => {
-                match command(&panel, &line) {
-                    Ok(Some(text)) => say(&mut out, &text),
-                    Ok(None) => break,
-                    Err(e) => say(&mut out, &format!("error: {e}")),
-                }
-            }
-            Input::Eof => say(&mut out, "stdin closed; the board keeps running until killed"),
+            Input::Line(line) => match command(&panel, &line) {
+                Ok(Some(text)) => say(&mut out, &text),
+                Ok(None) => break,
+                Err(e) => say(&mut out, &format!("error: {e}")),
+            },
+            Input::Eof => say(
+                &mut out,
+                "stdin closed; the board keeps running until killed",
+            ),
         }
     }
     Ok(String::new())
@@ -536,7 +542,11 @@ fn command(panel: &EmulatedPanel, line: &str) -> Result<Option<String>> {
             format!("board reset; lights {}", panel.row())
         }
         "raw" => {
-            let text = line.trim_start().strip_prefix("raw").unwrap_or("").trim_start();
+            let text = line
+                .trim_start()
+                .strip_prefix("raw")
+                .unwrap_or("")
+                .trim_start();
             panel.send_raw(format!("{text}\n").as_bytes())?;
             format!("sent {text:?}")
         }

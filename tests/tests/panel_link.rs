@@ -145,12 +145,20 @@ async fn panel_handshake_lights_and_beeps_reach_the_board() {
     host_line_until(&events, "the agent's HELLO", |l| {
         *l == HostLine::Hello { version: 1 }
     });
-    lights_until(&board, &events, &[Light::Off, Light::Off, Light::Off, Light::Attention]);
+    lights_until(
+        &board,
+        &events,
+        &[Light::Off, Light::Off, Light::Off, Light::Attention],
+    );
 
     agent.handle.set(1, Light::Working).unwrap();
     agent.handle.set(2, Light::Failed).unwrap();
     agent.handle.set(3, Light::Done).unwrap();
-    lights_until(&board, &events, &[Light::Off, Light::Working, Light::Failed, Light::Done]);
+    lights_until(
+        &board,
+        &events,
+        &[Light::Off, Light::Working, Light::Failed, Light::Done],
+    );
 
     agent.handle.beep(2, BeepPattern::Double).unwrap();
     host_line_until(&events, "BEEP 2 double", |l| {
@@ -234,7 +242,11 @@ async fn panel_bad_lines_are_ignored_and_counted() {
 
     // The driver keeps working.
     agent.handle.set(1, Light::Working).unwrap();
-    lights_until(&board, &events, &[Light::Off, Light::Working, Light::Off, Light::Off]);
+    lights_until(
+        &board,
+        &events,
+        &[Light::Off, Light::Working, Light::Off, Light::Off],
+    );
 }
 
 #[tokio::test]
@@ -246,7 +258,11 @@ async fn panel_reconnects_to_a_new_board_at_the_same_path_and_resends_the_state(
     status_until(&agent.handle, "connected", |s| s.connected).await;
     agent.handle.set(0, Light::Done).unwrap();
     agent.handle.set(2, Light::Failed).unwrap();
-    lights_until(&first, &first_events, &[Light::Done, Light::Off, Light::Failed]);
+    lights_until(
+        &first,
+        &first_events,
+        &[Light::Done, Light::Off, Light::Failed],
+    );
 
     // The board goes away (USB unplugged): the pty closes and the symlink goes.
     drop(first);
@@ -287,7 +303,11 @@ async fn panel_absent_at_start_is_opened_when_it_appears() {
     .await;
     assert!(!status.connected);
     assert!(
-        status.last_error.as_deref().unwrap().contains("cannot open"),
+        status
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("cannot open"),
         "{status:?}"
     );
 
@@ -374,10 +394,7 @@ async fn panel_not_configured_is_a_no_op() {
     assert!(!status.connected);
     assert!(status.board.is_none());
     // The button channel stays open and quiet (a daemon's select! must not spin on it).
-    assert_eq!(
-        buttons.try_recv(),
-        Err(mpsc::error::TryRecvError::Empty)
-    );
+    assert_eq!(buttons.try_recv(), Err(mpsc::error::TryRecvError::Empty));
     assert!(matches!(
         handle.set(64, Light::Done),
         Err(PanelError::SlotOutOfRange { slot: 64 })

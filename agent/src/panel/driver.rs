@@ -198,16 +198,14 @@ impl Driver {
         }
     }
 
-    /// Serves one open connection until it ends, then releases the port.
+    /// Serves one open connection until it ends; dropping the port closes it.
+    ///
+    /// serialport clears the tty's exclusive flag when it closes the port. That matters:
+    /// the flag belongs to the tty, not to our descriptor, and someone else may hold the
+    /// tty open (the emulator does), in which case a stale flag would make our reopen fail.
     fn serve(&self, port: TTYPort) -> End {
         let mut conn = Connection::new(port, self.timings.keepalive);
-        let end = self.serve_connection(&mut conn);
-        // The exclusive flag belongs to the tty, not to our descriptor: it outlives our close
-        // whenever someone else holds the tty open (an emulator does), and would then make
-        // our own reopen fail with EBUSY. Clear it first; on a vanished device this fails
-        // harmlessly.
-        let _ = conn.port.set_exclusive(false);
-        end
+        self.serve_connection(&mut conn)
     }
 
     fn serve_connection(&self, conn: &mut Connection) -> End {

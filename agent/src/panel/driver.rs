@@ -255,7 +255,7 @@ impl Driver {
             let now = Instant::now();
             if now.duration_since(conn.last_heard) >= self.timings.dead_after {
                 return lost(
-                    &conn,
+                    conn,
                     format!(
                         "no answer from the board for {} ms",
                         self.timings.dead_after.as_millis()
@@ -392,4 +392,25 @@ fn write_line(conn: &mut Connection, line: &HostLine) -> std::io::Result<()> {
     // No flush: on a tty it is tcdrain, which has no timeout and would hang the driver on a
     // board that stopped reading. write(2) has no buffer of ours to flush anyway.
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_and_starts_over() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(100), Duration::from_secs(5));
+        let delays: Vec<_> = (0..8).map(|_| b.next()).collect();
+        assert_eq!(
+            delays,
+            [100, 200, 400, 800, 1600, 3200, 5000, 5000]
+                .map(ms)
+                .to_vec()
+        );
+        b.reset();
+        assert_eq!(b.next(), ms(100));
+    }
 }

@@ -285,3 +285,30 @@ impl PanelHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn the_example_panel_section_parses_with_its_default_baud() {
+        let config: PanelConfig =
+            toml::from_str("device = \"/dev/serial/by-id/usb-Vendor_UKP-8_0001-if00\"\n").unwrap();
+        assert_eq!(config.baud, 115_200);
+        assert!(toml::from_str::<PanelConfig>("device = \"/dev/x\"\nbuad = 9600\n").is_err());
+    }
+
+    #[test]
+    fn slots_are_checked_and_lights_remembered() {
+        let (handle, _buttons) = Panel::start(None, CancellationToken::new()).unwrap();
+        assert!(matches!(
+            handle.beep(MAX_SLOTS, BeepPattern::Short),
+            Err(PanelError::SlotOutOfRange { slot: MAX_SLOTS })
+        ));
+        assert_eq!(handle.light(5), Some(Light::Off));
+        handle.set(5, Light::Failed).unwrap();
+        assert_eq!(handle.light(5), Some(Light::Failed));
+        assert_eq!(handle.light(MAX_SLOTS), None);
+    }
+}

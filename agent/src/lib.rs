@@ -13,6 +13,7 @@ pub mod journal;
 pub mod link;
 pub mod logging;
 pub mod outbox;
+pub mod panel;
 pub mod profile;
 pub mod status;
 pub mod steps;

@@ -128,6 +128,8 @@ pub enum Command {
     },
     /// Show the virtual USB bus (usb.json).
     Usb,
+    /// Emulate the desk's indicator panel on a pty and print its lights live.
+    Panel(crate::panel::PanelArgs),
 }
 
 /// `hsm-sim rack …`.
@@ -391,5 +393,6 @@ pub fn run(cli: Cli) -> Result<String> {
                 .map(|s| s + "\n")
                 .map_err(|e| Error::Encode(e.to_string()))
         }
+        Command::Panel(args) => crate::panel::run(args),
     }
 }

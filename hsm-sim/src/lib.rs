@@ -6,6 +6,7 @@
 //! - `engine`: the per-process PKCS#11 semantics (sessions, login state, operations).
 //! - `pkcs11`: the C ABI (`C_GetFunctionList` and the functions behind it), the only
 //!   place with `unsafe`.
+//! - [`panel`]: the desk's indicator panel, emulated on a pseudo-terminal.
 //! - [`cli`]: the `hsm-sim` command line.
 //! - [`platform`]: the simulated platform (test CA, signed jobs, acknowledgements) that tests
 //!   and the demo run the agent against.
@@ -15,6 +16,7 @@
 pub mod cli;
 pub mod engine;
 mod error;
+pub mod panel;
 pub mod pkcs11;
 pub mod platform;
 pub mod rack;

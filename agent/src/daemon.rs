@@ -111,12 +111,16 @@ struct JobEntry {
     machine: JobMachine,
     pins: Option<Arc<Pins>>,
     csr: Option<CsrBundle>,
+    /// When the CSR bundle was last published: unanswered, it is published again.
+    csr_sent: Option<tokio::time::Instant>,
     certs: Option<CertBundle>,
     verified: Option<Arc<Vec<VerifiedCertificate>>>,
     /// The desk key of the token it works on.
     token: Option<TokenKey>,
     /// A step is running on the token.
     running: bool,
+    /// The step last started and when: its end's event carries the start time.
+    step_started: Option<(Step, OffsetDateTime)>,
     /// Generation per timer: a fired timer of an older generation is ignored.
     timers: BTreeMap<Timer, u64>,
 }
@@ -224,6 +228,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         config.broker.client_id(&config.station_id),
     );
     link_config.keep_alive = Duration::from_secs(config.broker.keep_alive_secs);
+    link_config.resend_after = Some(config.timeouts.resend());
     link_config.subscriptions = topics.station_subscriptions();
     link_config.presence_topic = topics.presence();
     link_config.birth_payload = encode(presence(PresenceStatus::Online))?;
@@ -274,6 +279,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let mut scan_tick = tokio::time::interval(scan_every);
     scan_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut scanning = false;
+    // CSR bundles are not in the outbox (the journal keeps them): re-sent from here.
+    let resend_every = daemon.config.timeouts.resend();
+    let mut resend_tick = tokio::time::interval(resend_every);
+    resend_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let watchdog = crate::systemd::watchdog_interval();
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     let grace = daemon.config.timeouts.shutdown_grace();
@@ -316,6 +325,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
                     daemon.scan();
                 }
             }
+            _ = resend_tick.tick() => daemon.resend_csrs(resend_every),
             _ = watchdog_tick.tick(), if watchdog.is_some() => {
                 crate::systemd::watchdog();
             }
@@ -439,9 +449,7 @@ impl Daemon {
             match entry.machine.state().clone() {
                 JobState::Queued => self.queue.push_back(id.clone()),
                 JobState::AwaitingCertificates { .. } => {
-                    if let Some(csr) = entry.csr.clone() {
-                        self.send_csr(&csr);
-                    }
+                    self.send_job_csr(&id);
                     self.arm(&id, Timer::Certificates);
                 }
                 JobState::Parked { .. } => self.arm(&id, Timer::TokenReturn),
@@ -806,6 +814,12 @@ impl Daemon {
     }
 
     fn event_from(&self, job_id: &JobId, report: &Report) -> StepEvent {
+        let started_at = self
+            .jobs
+            .get(job_id)
+            .and_then(|e| e.step_started)
+            .filter(|(step, _)| *step == report.step)
+            .map(|(_, at)| at);
         StepEvent {
             v: V1,
             event_id: report.event_id.clone(),
@@ -816,7 +830,7 @@ impl Daemon {
             token_serial: report.token_serial.clone(),
             error: report.error.clone(),
             data: report.data.clone(),
-            started_at: None,
+            started_at,
             at: now_utc(),
         }
     }
@@ -845,6 +859,34 @@ impl Daemon {
             })
             .await
             .map_err(DaemonError::Link)
+    }
+
+    /// Publishes `job_id`'s CSR bundle (the platform answers a repeated bundle the same way).
+    fn send_job_csr(&mut self, job_id: &JobId) {
+        let Some(entry) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        let Some(bundle) = entry.csr.clone() else {
+            return;
+        };
+        entry.csr_sent = Some(tokio::time::Instant::now());
+        self.send_csr(&bundle);
+    }
+
+    /// Publishes again the CSR bundles the platform has not answered within `after`: a
+    /// broker that lost the platform's session drops a bundle and still says PUBACK.
+    fn resend_csrs(&mut self, after: Duration) {
+        let due: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, e)| matches!(e.machine.state(), JobState::AwaitingCertificates { .. }))
+            .filter(|(_, e)| e.csr_sent.is_none_or(|t| t.elapsed() >= after))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for job_id in due {
+            tracing::info!(job = %job_id, "CSR bundle not answered yet: sending it again");
+            self.send_job_csr(&job_id);
+        }
     }
 
     fn send_csr(&self, bundle: &CsrBundle) {
@@ -1247,6 +1289,7 @@ impl Daemon {
             return;
         };
         entry.running = true;
+        entry.step_started = Some((step, now_utc()));
         tracing::info!(job = %job_id, step = %step, "step started");
         tokio::spawn(async move {
             let done = run_step(
@@ -1272,7 +1315,7 @@ impl Daemon {
                 job_id: job_id.clone(),
                 bundle: csr.clone(),
             })?;
-            self.send_csr(csr);
+            self.send_job_csr(&job_id);
         }
         let input = match done.outcome {
             Ok(output) => {
@@ -1301,7 +1344,14 @@ impl Daemon {
                 }
             }
         };
-        self.feed(&job_id, input).await
+        self.feed(&job_id, input).await?;
+        // The step's end is reported: later events (a timeout, the final ack) are not its end.
+        if let Some(entry) = self.jobs.get_mut(&job_id)
+            && entry.step_started.is_some_and(|(s, _)| s == done.step)
+        {
+            entry.step_started = None;
+        }
+        Ok(())
     }
 
     /// A blank SoftHSM2 slot got its serial at `initialize`: name the seat by it from now on.
@@ -1376,10 +1426,12 @@ impl JobEntry {
             machine,
             pins: None,
             csr: None,
+            csr_sent: None,
             certs: None,
             verified: None,
             token: None,
             running: false,
+            step_started: None,
             timers: BTreeMap::new(),
         }
     }

@@ -62,6 +62,8 @@ pub struct Timeouts {
     pub bind_ack_secs: u64,
     /// `shutdown_grace_secs`.
     pub shutdown_grace_secs: u64,
+    /// `resend_secs`.
+    pub resend_secs: u64,
 }
 
 impl Default for Timeouts {
@@ -71,6 +73,7 @@ impl Default for Timeouts {
             token_removed_secs: 60,
             bind_ack_secs: 60,
             shutdown_grace_secs: 10,
+            resend_secs: 60,
         }
     }
 }
@@ -217,7 +220,7 @@ impl Station {
              [usb]\nwatcher = \"none\"\n\
              {trust}platform_signing_key_id = {kid:?}\n\
              [timeouts]\ncertificates_secs = {cert}\ntoken_removed_secs = {removed}\n\
-             bind_ack_secs = {bind}\nshutdown_grace_secs = {grace}\n\
+             bind_ack_secs = {bind}\nshutdown_grace_secs = {grace}\nresend_secs = {resend}\n\
              {extra}",
             sid = self.station_id,
             state = self.state_dir().display().to_string(),
@@ -229,6 +232,7 @@ impl Station {
             removed = self.timeouts.token_removed_secs,
             bind = self.timeouts.bind_ack_secs,
             grace = self.timeouts.shutdown_grace_secs,
+            resend = self.timeouts.resend_secs,
             extra = self.extra_config,
         );
         let path = self.dir.path().join("agent.toml");

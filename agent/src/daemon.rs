@@ -7,12 +7,18 @@
 //! harmless at any point:
 //!
 //! 1. the [`JobMachine`] decides (pure);
-//! 2. the step events it reports go to the outbox (fsync'd);
-//! 3. the input is appended to the journal (fsync'd);
+//! 2. the input is appended to the journal (fsync'd);
+//! 3. the step events it reports go to the outbox (fsync'd);
 //! 4. only then are steps started, timers armed, tokens released.
 //!
 //! On start the journal is replayed through fresh machines, which rebuilds every job exactly
-//! (event ids included); jobs that were running resume when their token is seen again.
+//! (event ids included); the events of each job's last journaled record are pushed to the
+//! outbox again (a crash between 2 and 3 would lose them; one already there or acknowledged
+//! costs the platform a duplicate it drops by event id). Jobs that were running resume when
+//! their token is seen again. The journal comes first because an event id derives from the
+//! job's sequence number: an event published while its input was not journaled would, after a
+//! restart, share its id with a different event (a step run again may end otherwise), and the
+//! platform would drop the second as a duplicate.
 //! What this module does not do: decide the next step (the job machine), touch token
 //! objects itself (the steps module, on a worker), or speak MQTT (the link).
 
@@ -172,6 +178,8 @@ struct Daemon {
     inventory_dirty: bool,
     claiming: bool,
     timer_gen: u64,
+    /// A slot scan has completed since start: a token missing from `seats` is really away.
+    scanned: bool,
 }
 
 fn now_utc() -> OffsetDateTime {
@@ -260,6 +268,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         inventory_dirty: true,
         claiming: true,
         timer_gen: 0,
+        scanned: false,
     };
     daemon.replay().await?;
     crate::systemd::ready();
@@ -365,6 +374,8 @@ impl Daemon {
     /// Rebuilds every job from the journal, then compacts it.
     async fn replay(&mut self) -> Result<(), DaemonError> {
         let records = self.journal.replay()?;
+        // Per job, the reports of its last journaled record: pushed to the outbox again.
+        let mut last_reports: BTreeMap<JobId, Vec<Report>> = BTreeMap::new();
         for record in records {
             match record {
                 Record::Job { job_id, envelope } => {
@@ -373,7 +384,8 @@ impl Daemon {
                     let machine = JobMachine::new(job_id.clone(), doc.kind, doc.rekey);
                     let mut entry = JobEntry::new(Arc::new(doc), machine);
                     // The `queued` event was made at acceptance; replaying keeps the seq.
-                    let _ = entry.machine.accepted();
+                    let accepted = entry.machine.accepted();
+                    last_reports.insert(job_id.clone(), reports_of(vec![accepted]));
                     self.jobs.insert(job_id, entry);
                 }
                 Record::Pins { job_id, pins } => {
@@ -390,8 +402,13 @@ impl Daemon {
                         }
                         // Inputs were valid when journaled; an error here means the journal
                         // is from another version: log and go on with the rest.
-                        if let Err(e) = entry.machine.on(input) {
-                            tracing::warn!(error = %e, "journal input not applicable on replay");
+                        match entry.machine.on(input) {
+                            Ok(actions) => {
+                                last_reports.insert(job_id, reports_of(actions));
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "journal input not applicable on replay")
+                            }
                         }
                     }
                 }
@@ -404,6 +421,12 @@ impl Daemon {
                     self.nonces.insert(nonce.clone());
                     self.finished.insert(job_id, nonce);
                 }
+            }
+        }
+        for (job_id, reports) in last_reports {
+            for report in reports {
+                let event = self.event_from(&job_id, &report);
+                self.publish_event(&job_id, &event).await?;
             }
         }
         // Compact: finished jobs shrink to a `Done` record; unfinished ones keep everything.
@@ -757,7 +780,7 @@ impl Daemon {
 
     // ----- feeding the machines ---------------------------------------------------------
 
-    /// Feeds `input` to a job: outbox, journal, then the other actions.
+    /// Feeds `input` to a job: journal, outbox, then the other actions.
     async fn feed(&mut self, job_id: &JobId, input: Input) -> Result<(), DaemonError> {
         let Some(entry) = self.jobs.get_mut(job_id) else {
             return Ok(());
@@ -769,11 +792,11 @@ impl Daemon {
                 return Ok(());
             }
         };
-        self.perform_reports(job_id, &actions).await?;
         self.journal.append(&Record::Input {
             job_id: job_id.clone(),
             input,
         })?;
+        self.perform_reports(job_id, &actions).await?;
         for action in actions {
             match action {
                 Action::Report(_) => {}
@@ -996,6 +1019,7 @@ impl Daemon {
         &mut self,
         results: Vec<(usize, Result<Vec<PresentToken>, TokenError>)>,
     ) -> Result<(), DaemonError> {
+        self.scanned = true;
         let mut seen = BTreeSet::new();
         let mut scanned_modules = BTreeSet::new();
         for (module, result) in results {
@@ -1102,8 +1126,24 @@ impl Daemon {
     }
 
     /// Jobs whose token is present again: a parked job resumes; a job whose step was running
-    /// when the agent stopped runs it again.
+    /// when the agent stopped runs it again. A job whose step was running when the agent
+    /// stopped and whose token is away now parks (and fails if the token stays away).
     async fn resume_jobs_on_present_tokens(&mut self) -> Result<(), DaemonError> {
+        let away: Vec<(JobId, Step)> = self
+            .jobs
+            .iter()
+            .filter(|(_, e)| !e.running)
+            .filter(|(_, e)| e.token.as_ref().is_none_or(|k| !self.seats.contains_key(k)))
+            .filter_map(|(id, e)| match e.machine.state() {
+                JobState::Running { index, .. } => {
+                    e.machine.plan().get(*index).map(|step| (id.clone(), *step))
+                }
+                _ => None,
+            })
+            .collect();
+        for (job_id, step) in away {
+            self.execute(&job_id, step);
+        }
         let candidates: Vec<(JobId, TokenKey)> = self
             .jobs
             .iter()
@@ -1283,8 +1323,30 @@ impl Daemon {
         let tx = self.events.clone();
         let job_id = job_id.clone();
         let Some(worker) = worker else {
-            // The token is not here (pulled, or not seen yet after a restart): the step runs
-            // when it is. Parking is reported by the machine when a step meets a pulled token.
+            let away = self.scanned
+                && entry
+                    .token
+                    .as_ref()
+                    .is_none_or(|k| !self.seats.contains_key(k));
+            if away {
+                // Pulled while no step ran (e.g. while the platform issued): the step meets a
+                // pulled token, so the job parks, reports it and waits for the token's return.
+                tracing::info!(job = %job_id, step = %step, "the token is not plugged in: parking");
+                entry.running = true;
+                let done = StepDone {
+                    job_id,
+                    step,
+                    outcome: Err(StepFailure::Removed),
+                    verified: None,
+                    csr: None,
+                };
+                tokio::spawn(async move {
+                    let _ = tx.send(Event::StepDone(Box::new(done))).await;
+                });
+                return;
+            }
+            // The token is here but its worker is still opening, or it was not seen yet after
+            // a restart: the step runs when the worker is ready.
             tracing::info!(job = %job_id, step = %step, "waiting for the token");
             return;
         };
@@ -1435,6 +1497,17 @@ impl JobEntry {
             timers: BTreeMap::new(),
         }
     }
+}
+
+/// The step events among `actions`.
+fn reports_of(actions: Vec<Action>) -> Vec<Report> {
+    actions
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Report(report) => Some(*report),
+            _ => None,
+        })
+        .collect()
 }
 
 async fn ack(message: Incoming) {

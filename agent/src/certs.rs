@@ -564,6 +564,9 @@ fn check_chain(
     anchors: &TrustAnchors,
 ) -> Result<(), CertError> {
     let mut current = leaf;
+    // Each intermediate is used once: a self-signed root sent as "intermediate" (or any
+    // loop) would otherwise be followed to itself until the length limit.
+    let mut used = vec![false; intermediates.len()];
     for _ in 0..=MAX_CHAIN {
         let issuer_name = current.tbs_certificate().issuer();
         let issuer_text = issuer_name.to_string();
@@ -576,8 +579,9 @@ fn check_chain(
                 }
             }
         }
-        let next = intermediates.iter().find(|c| {
-            c.tbs_certificate().subject() == issuer_name
+        let next = intermediates.iter().enumerate().find(|(i, c)| {
+            !used[*i]
+                && c.tbs_certificate().subject() == issuer_name
                 && is_ca(c)
                 && match signed_by(current, c) {
                     Ok(()) => true,
@@ -588,7 +592,10 @@ fn check_chain(
                 }
         });
         match next {
-            Some(next) => current = next,
+            Some((i, next)) => {
+                used[i] = true;
+                current = next;
+            }
             None => {
                 return Err(match bad {
                     Some(reason) => CertError::BadSignature {
@@ -987,6 +994,28 @@ mod tests {
             check(KeyLabel::SealLegal, &der, &key, &chain, &elsewhere.anchors()),
             Err(CertError::UnknownIssuer { ref issuer, .. }) if issuer.contains("Root CA")
         ));
+        // The whole chain up to an untrusted self-signed root: unknown, not "too long".
+        let full = vec![sub.cert.to_der().unwrap(), root.cert.to_der().unwrap()];
+        assert!(matches!(
+            check(KeyLabel::SealLegal, &der, &key, &full, &elsewhere.anchors()),
+            Err(CertError::UnknownIssuer { ref issuer, .. }) if issuer.contains("Root CA")
+        ));
+    }
+
+    #[test]
+    fn a_self_signed_stranger_root_sent_as_chain_is_an_unknown_issuer() {
+        let ca = Ca::p256("Real CA");
+        let stranger = Ca::p256("Stranger CA");
+        let key = spki(p256_key().verifying_key());
+        let der = stranger.issue(KeyLabel::Encryption, &key);
+        let chain = vec![stranger.cert.to_der().unwrap()];
+        assert_eq!(
+            check(KeyLabel::Encryption, &der, &key, &chain, &ca.anchors()).unwrap_err(),
+            CertError::UnknownIssuer {
+                label: KeyLabel::Encryption,
+                issuer: "CN=Stranger CA,O=Test CA,C=CN".into(),
+            }
+        );
     }
 
     #[test]

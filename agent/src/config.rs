@@ -268,6 +268,11 @@ pub struct TimeoutConfig {
     /// How long shutdown waits for jobs to reach a safe step (default 30).
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_secs: u64,
+    /// How long the platform may stay silent before a step event it has not acknowledged, or
+    /// the CSR bundle it has not answered, is published again (default 60). A broker's PUBACK
+    /// proves nothing: a broker that lost the platform's session drops what it is sent.
+    #[serde(default = "default_resend")]
+    pub resend_secs: u64,
 }
 
 impl Default for TimeoutConfig {
@@ -278,6 +283,7 @@ impl Default for TimeoutConfig {
             bind_ack_secs: default_bind_timeout(),
             target_token_secs: default_target_wait(),
             shutdown_grace_secs: default_shutdown_grace(),
+            resend_secs: default_resend(),
         }
     }
 }
@@ -298,6 +304,10 @@ impl TimeoutConfig {
     /// [`TimeoutConfig::target_token_secs`] as a duration.
     pub fn target_token(&self) -> Duration {
         Duration::from_secs(self.target_token_secs)
+    }
+    /// [`TimeoutConfig::resend_secs`] as a duration.
+    pub fn resend(&self) -> Duration {
+        Duration::from_secs(self.resend_secs)
     }
     /// [`TimeoutConfig::shutdown_grace_secs`] as a duration.
     pub fn shutdown_grace(&self) -> Duration {
@@ -371,6 +381,9 @@ fn default_target_wait() -> u64 {
 }
 fn default_shutdown_grace() -> u64 {
     30
+}
+fn default_resend() -> u64 {
+    60
 }
 fn default_expiry_warning_days() -> u32 {
     30
@@ -616,6 +629,7 @@ impl Config {
             ("timeouts.token_removed_secs", t.token_removed_secs),
             ("timeouts.bind_ack_secs", t.bind_ack_secs),
             ("timeouts.target_token_secs", t.target_token_secs),
+            ("timeouts.resend_secs", t.resend_secs),
         ] {
             if value == 0 {
                 problem(key, "must be at least 1".into());
@@ -704,6 +718,7 @@ mod tests {
         assert_eq!(config.broker.port(), 8883, "TLS is on in the example");
         assert_eq!(config.pkcs11.scan_interval_ms, 500);
         assert_eq!(config.timeouts.certificates_secs, 600);
+        assert_eq!(config.timeouts.resend_secs, 60);
         assert_eq!(config.inventory.expiry_warning_days, 30);
         assert_eq!(config.models.len(), 1);
         assert_eq!(config.models[0].vendor_id, 0x096e);

@@ -7,12 +7,18 @@
 //! harmless at any point:
 //!
 //! 1. the [`JobMachine`] decides (pure);
-//! 2. the step events it reports go to the outbox (fsync'd);
-//! 3. the input is appended to the journal (fsync'd);
+//! 2. the input is appended to the journal (fsync'd);
+//! 3. the step events it reports go to the outbox (fsync'd);
 //! 4. only then are steps started, timers armed, tokens released.
 //!
 //! On start the journal is replayed through fresh machines, which rebuilds every job exactly
-//! (event ids included); jobs that were running resume when their token is seen again.
+//! (event ids included); the events of each job's last journaled record are pushed to the
+//! outbox again (a crash between 2 and 3 would lose them; one already there or acknowledged
+//! costs the platform a duplicate it drops by event id). Jobs that were running resume when
+//! their token is seen again. The journal comes first because an event id derives from the
+//! job's sequence number: an event published while its input was not journaled would, after a
+//! restart, share its id with a different event (a step run again may end otherwise), and the
+//! platform would drop the second as a duplicate.
 //! What this module does not do: decide the next step (the job machine), touch token
 //! objects itself (the steps module, on a worker), or speak MQTT (the link).
 
@@ -111,12 +117,16 @@ struct JobEntry {
     machine: JobMachine,
     pins: Option<Arc<Pins>>,
     csr: Option<CsrBundle>,
+    /// When the CSR bundle was last published: unanswered, it is published again.
+    csr_sent: Option<tokio::time::Instant>,
     certs: Option<CertBundle>,
     verified: Option<Arc<Vec<VerifiedCertificate>>>,
     /// The desk key of the token it works on.
     token: Option<TokenKey>,
     /// A step is running on the token.
     running: bool,
+    /// The step last started and when: its end's event carries the start time.
+    step_started: Option<(Step, OffsetDateTime)>,
     /// Generation per timer: a fired timer of an older generation is ignored.
     timers: BTreeMap<Timer, u64>,
 }
@@ -168,6 +178,8 @@ struct Daemon {
     inventory_dirty: bool,
     claiming: bool,
     timer_gen: u64,
+    /// A slot scan has completed since start: a token missing from `seats` is really away.
+    scanned: bool,
 }
 
 fn now_utc() -> OffsetDateTime {
@@ -224,6 +236,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         config.broker.client_id(&config.station_id),
     );
     link_config.keep_alive = Duration::from_secs(config.broker.keep_alive_secs);
+    link_config.resend_after = Some(config.timeouts.resend());
     link_config.subscriptions = topics.station_subscriptions();
     link_config.presence_topic = topics.presence();
     link_config.birth_payload = encode(presence(PresenceStatus::Online))?;
@@ -255,6 +268,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         inventory_dirty: true,
         claiming: true,
         timer_gen: 0,
+        scanned: false,
     };
     daemon.replay().await?;
     crate::systemd::ready();
@@ -274,6 +288,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let mut scan_tick = tokio::time::interval(scan_every);
     scan_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut scanning = false;
+    // CSR bundles are not in the outbox (the journal keeps them): re-sent from here.
+    let resend_every = daemon.config.timeouts.resend();
+    let mut resend_tick = tokio::time::interval(resend_every);
+    resend_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let watchdog = crate::systemd::watchdog_interval();
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     let grace = daemon.config.timeouts.shutdown_grace();
@@ -316,6 +334,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
                     daemon.scan();
                 }
             }
+            _ = resend_tick.tick() => daemon.resend_csrs(resend_every),
             _ = watchdog_tick.tick(), if watchdog.is_some() => {
                 crate::systemd::watchdog();
             }
@@ -355,6 +374,8 @@ impl Daemon {
     /// Rebuilds every job from the journal, then compacts it.
     async fn replay(&mut self) -> Result<(), DaemonError> {
         let records = self.journal.replay()?;
+        // Per job, the reports of its last journaled record: pushed to the outbox again.
+        let mut last_reports: BTreeMap<JobId, Vec<Report>> = BTreeMap::new();
         for record in records {
             match record {
                 Record::Job { job_id, envelope } => {
@@ -363,7 +384,8 @@ impl Daemon {
                     let machine = JobMachine::new(job_id.clone(), doc.kind, doc.rekey);
                     let mut entry = JobEntry::new(Arc::new(doc), machine);
                     // The `queued` event was made at acceptance; replaying keeps the seq.
-                    let _ = entry.machine.accepted();
+                    let accepted = entry.machine.accepted();
+                    last_reports.insert(job_id.clone(), reports_of(vec![accepted]));
                     self.jobs.insert(job_id, entry);
                 }
                 Record::Pins { job_id, pins } => {
@@ -380,8 +402,13 @@ impl Daemon {
                         }
                         // Inputs were valid when journaled; an error here means the journal
                         // is from another version: log and go on with the rest.
-                        if let Err(e) = entry.machine.on(input) {
-                            tracing::warn!(error = %e, "journal input not applicable on replay");
+                        match entry.machine.on(input) {
+                            Ok(actions) => {
+                                last_reports.insert(job_id, reports_of(actions));
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "journal input not applicable on replay")
+                            }
                         }
                     }
                 }
@@ -394,6 +421,12 @@ impl Daemon {
                     self.nonces.insert(nonce.clone());
                     self.finished.insert(job_id, nonce);
                 }
+            }
+        }
+        for (job_id, reports) in last_reports {
+            for report in reports {
+                let event = self.event_from(&job_id, &report);
+                self.publish_event(&job_id, &event).await?;
             }
         }
         // Compact: finished jobs shrink to a `Done` record; unfinished ones keep everything.
@@ -439,9 +472,7 @@ impl Daemon {
             match entry.machine.state().clone() {
                 JobState::Queued => self.queue.push_back(id.clone()),
                 JobState::AwaitingCertificates { .. } => {
-                    if let Some(csr) = entry.csr.clone() {
-                        self.send_csr(&csr);
-                    }
+                    self.send_job_csr(&id);
                     self.arm(&id, Timer::Certificates);
                 }
                 JobState::Parked { .. } => self.arm(&id, Timer::TokenReturn),
@@ -749,7 +780,7 @@ impl Daemon {
 
     // ----- feeding the machines ---------------------------------------------------------
 
-    /// Feeds `input` to a job: outbox, journal, then the other actions.
+    /// Feeds `input` to a job: journal, outbox, then the other actions.
     async fn feed(&mut self, job_id: &JobId, input: Input) -> Result<(), DaemonError> {
         let Some(entry) = self.jobs.get_mut(job_id) else {
             return Ok(());
@@ -761,11 +792,11 @@ impl Daemon {
                 return Ok(());
             }
         };
-        self.perform_reports(job_id, &actions).await?;
         self.journal.append(&Record::Input {
             job_id: job_id.clone(),
             input,
         })?;
+        self.perform_reports(job_id, &actions).await?;
         for action in actions {
             match action {
                 Action::Report(_) => {}
@@ -806,6 +837,12 @@ impl Daemon {
     }
 
     fn event_from(&self, job_id: &JobId, report: &Report) -> StepEvent {
+        let started_at = self
+            .jobs
+            .get(job_id)
+            .and_then(|e| e.step_started)
+            .filter(|(step, _)| *step == report.step)
+            .map(|(_, at)| at);
         StepEvent {
             v: V1,
             event_id: report.event_id.clone(),
@@ -816,7 +853,7 @@ impl Daemon {
             token_serial: report.token_serial.clone(),
             error: report.error.clone(),
             data: report.data.clone(),
-            started_at: None,
+            started_at,
             at: now_utc(),
         }
     }
@@ -845,6 +882,34 @@ impl Daemon {
             })
             .await
             .map_err(DaemonError::Link)
+    }
+
+    /// Publishes `job_id`'s CSR bundle (the platform answers a repeated bundle the same way).
+    fn send_job_csr(&mut self, job_id: &JobId) {
+        let Some(entry) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        let Some(bundle) = entry.csr.clone() else {
+            return;
+        };
+        entry.csr_sent = Some(tokio::time::Instant::now());
+        self.send_csr(&bundle);
+    }
+
+    /// Publishes again the CSR bundles the platform has not answered within `after`: a
+    /// broker that lost the platform's session drops a bundle and still says PUBACK.
+    fn resend_csrs(&mut self, after: Duration) {
+        let due: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, e)| matches!(e.machine.state(), JobState::AwaitingCertificates { .. }))
+            .filter(|(_, e)| e.csr_sent.is_none_or(|t| t.elapsed() >= after))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for job_id in due {
+            tracing::info!(job = %job_id, "CSR bundle not answered yet: sending it again");
+            self.send_job_csr(&job_id);
+        }
     }
 
     fn send_csr(&self, bundle: &CsrBundle) {
@@ -954,6 +1019,7 @@ impl Daemon {
         &mut self,
         results: Vec<(usize, Result<Vec<PresentToken>, TokenError>)>,
     ) -> Result<(), DaemonError> {
+        self.scanned = true;
         let mut seen = BTreeSet::new();
         let mut scanned_modules = BTreeSet::new();
         for (module, result) in results {
@@ -1060,8 +1126,24 @@ impl Daemon {
     }
 
     /// Jobs whose token is present again: a parked job resumes; a job whose step was running
-    /// when the agent stopped runs it again.
+    /// when the agent stopped runs it again. A job whose step was running when the agent
+    /// stopped and whose token is away now parks (and fails if the token stays away).
     async fn resume_jobs_on_present_tokens(&mut self) -> Result<(), DaemonError> {
+        let away: Vec<(JobId, Step)> = self
+            .jobs
+            .iter()
+            .filter(|(_, e)| !e.running)
+            .filter(|(_, e)| e.token.as_ref().is_none_or(|k| !self.seats.contains_key(k)))
+            .filter_map(|(id, e)| match e.machine.state() {
+                JobState::Running { index, .. } => {
+                    e.machine.plan().get(*index).map(|step| (id.clone(), *step))
+                }
+                _ => None,
+            })
+            .collect();
+        for (job_id, step) in away {
+            self.execute(&job_id, step);
+        }
         let candidates: Vec<(JobId, TokenKey)> = self
             .jobs
             .iter()
@@ -1241,12 +1323,35 @@ impl Daemon {
         let tx = self.events.clone();
         let job_id = job_id.clone();
         let Some(worker) = worker else {
-            // The token is not here (pulled, or not seen yet after a restart): the step runs
-            // when it is. Parking is reported by the machine when a step meets a pulled token.
+            let away = self.scanned
+                && entry
+                    .token
+                    .as_ref()
+                    .is_none_or(|k| !self.seats.contains_key(k));
+            if away {
+                // Pulled while no step ran (e.g. while the platform issued): the step meets a
+                // pulled token, so the job parks, reports it and waits for the token's return.
+                tracing::info!(job = %job_id, step = %step, "the token is not plugged in: parking");
+                entry.running = true;
+                let done = StepDone {
+                    job_id,
+                    step,
+                    outcome: Err(StepFailure::Removed),
+                    verified: None,
+                    csr: None,
+                };
+                tokio::spawn(async move {
+                    let _ = tx.send(Event::StepDone(Box::new(done))).await;
+                });
+                return;
+            }
+            // The token is here but its worker is still opening, or it was not seen yet after
+            // a restart: the step runs when the worker is ready.
             tracing::info!(job = %job_id, step = %step, "waiting for the token");
             return;
         };
         entry.running = true;
+        entry.step_started = Some((step, now_utc()));
         tracing::info!(job = %job_id, step = %step, "step started");
         tokio::spawn(async move {
             let done = run_step(
@@ -1272,7 +1377,7 @@ impl Daemon {
                 job_id: job_id.clone(),
                 bundle: csr.clone(),
             })?;
-            self.send_csr(csr);
+            self.send_job_csr(&job_id);
         }
         let input = match done.outcome {
             Ok(output) => {
@@ -1301,7 +1406,14 @@ impl Daemon {
                 }
             }
         };
-        self.feed(&job_id, input).await
+        self.feed(&job_id, input).await?;
+        // The step's end is reported: later events (a timeout, the final ack) are not its end.
+        if let Some(entry) = self.jobs.get_mut(&job_id)
+            && entry.step_started.is_some_and(|(s, _)| s == done.step)
+        {
+            entry.step_started = None;
+        }
+        Ok(())
     }
 
     /// A blank SoftHSM2 slot got its serial at `initialize`: name the seat by it from now on.
@@ -1376,13 +1488,26 @@ impl JobEntry {
             machine,
             pins: None,
             csr: None,
+            csr_sent: None,
             certs: None,
             verified: None,
             token: None,
             running: false,
+            step_started: None,
             timers: BTreeMap::new(),
         }
     }
+}
+
+/// The step events among `actions`.
+fn reports_of(actions: Vec<Action>) -> Vec<Report> {
+    actions
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Report(report) => Some(*report),
+            _ => None,
+        })
+        .collect()
 }
 
 async fn ack(message: Incoming) {

@@ -6,12 +6,15 @@
 //! touches a token, a file, a clock or the network, so every path through it is unit-tested.
 //!
 //! **Crash safety by replay.** The runner persists every input in the job journal before it
-//! performs the actions that input caused, and it pushes the input's step events to the outbox
-//! before it journals the input. After a crash, replaying the journaled inputs through a fresh
-//! machine rebuilds the exact state, including the per-job event sequence; event ids derive
-//! from (job id, sequence), so an event re-made after a crash has the id it had before and the
-//! outbox and the platform see it once. A step that was running when the agent died runs again:
-//! every step reconciles with what the token already holds (see the runner).
+//! pushes the input's step events to the outbox and performs the other actions. After a
+//! crash, replaying the journaled inputs through a fresh machine rebuilds the exact state,
+//! including the per-job event sequence; event ids derive from (job id, sequence), so an event
+//! re-made after a crash has the id it had before and the outbox and the platform see it once
+//! (the runner pushes the events of the last journaled input again, in case the crash came
+//! before they reached the outbox). An event is never published for an input the journal does
+//! not hold: a step run again after a crash may end differently, and its event would reuse the
+//! id. A step that was running when the agent died runs again: every step reconciles with what
+//! the token already holds (see the runner).
 //!
 //! **Which steps.** [`JobKind::plan`] lists them. The first is always `claim` (a token took the
 //! job); `request-certificates` is followed by a wait for the platform's certificates; the last

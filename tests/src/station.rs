@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use hsm_sim::rack::object::class_name;
+use hsm_sim::rack::token::Token;
+
 use hsm_sim::platform::{Platform, PlatformConfig, StationTrust};
 use hsm_sim::rack::{InsertOptions, Rack, RackConfig};
 use tempfile::TempDir;
@@ -38,8 +41,70 @@ pub struct Station {
     dir: TempDir,
     agent: Option<Child>,
     starts: usize,
-    /// Extra lines for the agent's configuration (e.g. shorter timeouts).
+    /// The trust files, written once: a restarted agent keeps its station key (its journal
+    /// is encrypted with a key derived from it, and the platform seals SO PINs to it).
+    trust: Option<StationTrust>,
+    /// Extra lines for the agent's configuration, appended at its end (inside `[timeouts]`
+    /// unless they open a table of their own).
     pub extra_config: String,
+    /// The agent's step timeouts.
+    pub timeouts: Timeouts,
+}
+
+/// The `[timeouts]` the agent is started with, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// `certificates_secs`.
+    pub certificates_secs: u64,
+    /// `token_removed_secs`.
+    pub token_removed_secs: u64,
+    /// `bind_ack_secs`.
+    pub bind_ack_secs: u64,
+    /// `shutdown_grace_secs`.
+    pub shutdown_grace_secs: u64,
+    /// `resend_secs`.
+    pub resend_secs: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            certificates_secs: 60,
+            token_removed_secs: 60,
+            bind_ack_secs: 60,
+            shutdown_grace_secs: 10,
+            resend_secs: 60,
+        }
+    }
+}
+
+/// How many objects of each class a token holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ObjectCount {
+    /// `CKO_PRIVATE_KEY` objects.
+    pub private_keys: usize,
+    /// `CKO_PUBLIC_KEY` objects.
+    pub public_keys: usize,
+    /// `CKO_CERTIFICATE` objects.
+    pub certificates: usize,
+    /// Objects of any other class.
+    pub other: usize,
+}
+
+impl ObjectCount {
+    /// Counts the objects of an hsm-sim token.
+    pub fn of(token: &Token) -> ObjectCount {
+        let mut count = ObjectCount::default();
+        for (_, object) in token.objects() {
+            match class_name(object.class()) {
+                "CKO_PRIVATE_KEY" => count.private_keys += 1,
+                "CKO_PUBLIC_KEY" => count.public_keys += 1,
+                "CKO_CERTIFICATE" => count.certificates += 1,
+                _ => count.other += 1,
+            }
+        }
+        count
+    }
 }
 
 impl Station {
@@ -83,7 +148,9 @@ impl Station {
             dir,
             agent: None,
             starts: 0,
+            trust: None,
             extra_config: String::new(),
+            timeouts: Timeouts::default(),
         }
     }
 
@@ -136,19 +203,24 @@ impl Station {
         self.dir.path().join("state")
     }
 
-    fn write_config(&self) -> PathBuf {
+    fn write_config(&mut self) -> PathBuf {
         let trust_dir = self.dir.path().join("trust");
-        let trust: StationTrust = self
-            .platform
-            .write_station_trust(&self.station_id, &trust_dir)
-            .unwrap_or_else(|e| panic!("station trust: {e}"));
+        let trust: StationTrust = match &self.trust {
+            Some(trust) => trust.clone(),
+            None => self
+                .platform
+                .write_station_trust(&self.station_id, &trust_dir)
+                .unwrap_or_else(|e| panic!("station trust: {e}")),
+        };
+        self.trust = Some(trust.clone());
         let text = format!(
             "station_id = \"{sid}\"\nstate_dir = {state:?}\n\
              [broker]\nhost = \"127.0.0.1\"\nport = {port}\nkeep_alive_secs = 5\n\
              [pkcs11]\ndefault_module = {module:?}\nscan_interval_ms = 50\n\
              [usb]\nwatcher = \"none\"\n\
              {trust}platform_signing_key_id = {kid:?}\n\
-             [timeouts]\ncertificates_secs = 60\ntoken_removed_secs = 60\nbind_ack_secs = 60\nshutdown_grace_secs = 10\n\
+             [timeouts]\ncertificates_secs = {cert}\ntoken_removed_secs = {removed}\n\
+             bind_ack_secs = {bind}\nshutdown_grace_secs = {grace}\nresend_secs = {resend}\n\
              {extra}",
             sid = self.station_id,
             state = self.state_dir().display().to_string(),
@@ -156,6 +228,11 @@ impl Station {
             module = self.module().display().to_string(),
             trust = trust.toml_section(),
             kid = trust.job_key_id,
+            cert = self.timeouts.certificates_secs,
+            removed = self.timeouts.token_removed_secs,
+            bind = self.timeouts.bind_ack_secs,
+            grace = self.timeouts.shutdown_grace_secs,
+            resend = self.timeouts.resend_secs,
             extra = self.extra_config,
         );
         let path = self.dir.path().join("agent.toml");
@@ -249,6 +326,88 @@ impl Station {
     /// The folder of this test's files.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The objects on hsm-sim token `serial`, by class, as the rack last committed them.
+    pub fn objects(&self, serial: &str) -> ObjectCount {
+        let token = self
+            .rack()
+            .token(serial)
+            .unwrap_or_else(|e| panic!("token {serial}: {e}"));
+        ObjectCount::of(&token)
+    }
+
+    /// Waits until hsm-sim token `serial` satisfies `f`, at most `timeout`. The rack has no
+    /// change notification, so its committed state is polled.
+    pub async fn wait_for_token(
+        &self,
+        serial: &str,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut(&Token) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Ok(token) = self.rack().token(serial)
+                && f(&token)
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "token {serial}: {what} did not happen within {timeout:?}\n--- agent log ---\n{}",
+                self.agent_log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until the agent's log (every run) contains `needle` `times` times or more, at
+    /// most `timeout`.
+    pub async fn wait_for_log(&self, needle: &str, times: usize, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let log = self.agent_log();
+            if log.matches(needle).count() >= times {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{needle:?} did not appear {times} time(s) in the agent's log within {timeout:?}\n--- agent log ---\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Runs a second `ukey-agent` with the running agent's configuration (same state folder)
+    /// and waits for it to exit, at most `timeout`. Returns its exit status and stderr, or
+    /// `None` when it was still running at the deadline (it is then killed).
+    pub async fn run_second_agent(
+        &self,
+        timeout: Duration,
+    ) -> Option<(std::process::ExitStatus, String)> {
+        let config = self.dir.path().join("agent.toml");
+        assert!(config.exists(), "start the first agent before the second");
+        let (key, value) = self.module_env();
+        let child = tokio::process::Command::new(crate::workspace_binary("ukey-agent"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env(key, value)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start a second ukey-agent: {e}"));
+        match tokio::time::timeout(timeout, child.wait_with_output()).await {
+            Ok(Ok(out)) => Some((
+                out.status,
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )),
+            Ok(Err(e)) => panic!("second ukey-agent: {e}"),
+            Err(_) => None,
+        }
     }
 }
 

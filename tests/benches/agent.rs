@@ -71,6 +71,8 @@ struct Run {
     window: Duration,
     /// The agent's CPU per second of wall time while idle.
     idle_rate: f64,
+    /// The machine's busy share while the agent idled (other users of a shared machine).
+    background_busy: f64,
     /// This process's CPU over the window (the simulated platform and its CA, the desk staff).
     bench_cpu: Duration,
     /// The whole machine's CPU over the window.
@@ -114,12 +116,12 @@ fn slot_series() -> Result<Vec<usize>> {
     }
 }
 
-/// Tokens made with `slots` busy: enough for every slot to make at least two
-/// (`UKEY_BENCH_TOKENS` overrides).
+/// Tokens made with `slots` busy: enough for every slot to make three, and at least 16 so
+/// that the CPU figures (1/100 s resolution) divide finely (`UKEY_BENCH_TOKENS` overrides).
 fn tokens_for(slots: usize) -> Result<usize> {
     match std::env::var("UKEY_BENCH_TOKENS") {
         Ok(n) => n.trim().parse().context("UKEY_BENCH_TOKENS"),
-        Err(_) => Ok((2 * slots).max(8)),
+        Err(_) => Ok((3 * slots).max(16)),
     }
 }
 
@@ -151,7 +153,7 @@ async fn bench() -> Result<()> {
     }
     let softhsm_tokens = match std::env::var("UKEY_BENCH_SOFTHSM_TOKENS") {
         Ok(n) => n.trim().parse().context("UKEY_BENCH_SOFTHSM_TOKENS")?,
-        Err(_) => 8,
+        Err(_) => 12,
     };
     let softhsm = run_softhsm(softhsm_tokens).await?;
     print_run(&softhsm, &softhsm_baseline);
@@ -183,14 +185,28 @@ fn agent_pid(station: &Station) -> Result<String> {
         .ok_or_else(|| anyhow!("the agent is not running"))
 }
 
-/// The agent's CPU per second of wall time while it has nothing to do.
-async fn idle_rate(pid: &str) -> Result<f64> {
-    let cpu0 = process_cpu(pid)?;
+/// What the agent and the machine do while the agent has nothing to do.
+struct Idle {
+    /// The agent's CPU seconds per wall second.
+    rate: f64,
+    /// The machine's busy share (other work on a shared machine shows here).
+    machine_busy: f64,
+}
+
+/// Watches the idle agent for [`IDLE_WINDOW`]. Its threads live throughout, so their
+/// nanosecond run times (`schedstat`) give a finer figure than the process's clock ticks.
+async fn idle(pid: &str) -> Result<Idle> {
+    let cpu0 = threads_cpu(pid)?;
+    let machine0 = machine_ticks()?;
     let t0 = Instant::now();
     // A measurement window, not synchronization: nothing waits for anything here.
     tokio::time::sleep(IDLE_WINDOW).await;
-    let cpu1 = process_cpu(pid)?;
-    Ok((cpu1 - cpu0).as_secs_f64() / t0.elapsed().as_secs_f64())
+    let cpu1 = threads_cpu(pid)?;
+    let machine1 = machine_ticks()?;
+    Ok(Idle {
+        rate: cpu1.saturating_sub(cpu0).as_secs_f64() / t0.elapsed().as_secs_f64(),
+        machine_busy: busy_share(machine0, machine1).busy,
+    })
 }
 
 /// CPU counters at the start of a run's window.
@@ -215,13 +231,7 @@ impl Window {
         let agent = process_cpu(pid)? - self.agent;
         let bench = process_cpu("self")? - self.bench;
         let window = self.at.elapsed();
-        let [busy1, iowait1, total1] = machine_ticks()?;
-        let [busy0, iowait0, total0] = self.machine;
-        let total = (total1 - total0).max(1) as f64;
-        let machine = MachineCpu {
-            busy: (busy1 - busy0) as f64 / total,
-            iowait: (iowait1 - iowait0) as f64 / total,
-        };
+        let machine = busy_share(self.machine, machine_ticks()?);
         Ok((agent, bench, window, machine))
     }
 }
@@ -231,7 +241,7 @@ async fn run_sim(slots: usize, tokens: usize) -> Result<Run> {
     let mut station = Station::sim(slots).await;
     station.start_agent().await;
     let pid = agent_pid(&station)?;
-    let idle = idle_rate(&pid).await?;
+    let idle = idle(&pid).await?;
     let window = Window::open(&pid)?;
 
     let mut jobs = Vec::with_capacity(tokens);
@@ -298,7 +308,8 @@ async fn run_sim(slots: usize, tokens: usize) -> Result<Run> {
         makespan: makespan(&events)?,
         agent_cpu,
         window,
-        idle_rate: idle,
+        idle_rate: idle.rate,
+        background_busy: idle.machine_busy,
         bench_cpu,
         machine,
         peak_rss_kib,
@@ -311,7 +322,7 @@ async fn run_softhsm(tokens: usize) -> Result<Run> {
     let mut station = Station::softhsm().await;
     station.start_agent().await;
     let pid = agent_pid(&station)?;
-    let idle = idle_rate(&pid).await?;
+    let idle = idle(&pid).await?;
     let window = Window::open(&pid)?;
     // SoftHSM2 always offers one blank slot: the agent takes the queue from it, and a new
     // blank slot appears as soon as the previous token is initialized.
@@ -338,7 +349,8 @@ async fn run_softhsm(tokens: usize) -> Result<Run> {
         makespan: makespan(&events)?,
         agent_cpu,
         window,
-        idle_rate: idle,
+        idle_rate: idle.rate,
+        background_busy: idle.machine_busy,
         bench_cpu,
         machine,
         peak_rss_kib,
@@ -735,6 +747,35 @@ struct MachineCpu {
     iowait: f64,
 }
 
+fn busy_share(from: [u64; 3], to: [u64; 3]) -> MachineCpu {
+    let [busy1, iowait1, total1] = to;
+    let [busy0, iowait0, total0] = from;
+    let total = total1.saturating_sub(total0).max(1) as f64;
+    MachineCpu {
+        busy: busy1.saturating_sub(busy0) as f64 / total,
+        iowait: iowait1.saturating_sub(iowait0) as f64 / total,
+    }
+}
+
+/// The sum of the run times (nanoseconds, `/proc/<pid>/task/*/schedstat`) of a process's
+/// living threads. Threads that ended are not counted: use it only over windows in which
+/// no thread ends.
+fn threads_cpu(pid: &str) -> Result<Duration> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = task?.path().join("schedstat");
+        // A thread may end between listing and reading.
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            total += text
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Ok(Duration::from_nanos(total))
+}
+
 /// `[busy, iowait, total]` ticks of all cores from `/proc/stat`.
 fn machine_ticks() -> Result<[u64; 3]> {
     let stat = std::fs::read_to_string("/proc/stat")?;
@@ -806,7 +847,7 @@ fn tokens_per_sec(run: &Run) -> f64 {
 fn print_run(run: &Run, baseline: &Baseline) {
     let own = own_cpu(run, baseline);
     println!(
-        "{:<8} slots {:>2}  tokens {:>2}  {:>6.2} tokens/s  makespan {:>6.2} s  agent CPU {:>6.1} ms/token (own {:>5.2} ms)  machine busy {:>3.0}%  peak RSS {:.1} MiB",
+        "{:<8} slots {:>2}  tokens {:>2}  {:>6.2} tokens/s  makespan {:>6.2} s  agent CPU {:>6.1} ms/token (own {:>5.2} ms)  machine busy {:>3.0}% (idle before: {:.0}%)  peak RSS {:.1} MiB",
         run.module,
         run.slots,
         run.tokens,
@@ -815,6 +856,7 @@ fn print_run(run: &Run, baseline: &Baseline) {
         ms(own.gross),
         own.own,
         run.machine.busy * 100.0,
+        run.background_busy * 100.0,
         run.peak_rss_kib as f64 / 1024.0,
     );
 }
@@ -825,7 +867,7 @@ fn print_series(runs: &[Run]) {
         "target: grows with the number of busy slots until the module or the CPU is the limit"
     );
     println!(
-        "{:>5} {:>6} {:>9} {:>9} {:>8} {:>11} {:>11} {:>9} {:>9}",
+        "{:>5} {:>6} {:>9} {:>9} {:>8} {:>11} {:>11} {:>9} {:>9} {:>9}",
         "slots",
         "tokens",
         "tokens/s",
@@ -834,13 +876,14 @@ fn print_series(runs: &[Run]) {
         "agent cores",
         "bench cores",
         "machine",
-        "iowait"
+        "iowait",
+        "before"
     );
     let base = runs.first().map(tokens_per_sec).unwrap_or(1.0);
     for run in runs {
         let window = run.window.as_secs_f64();
         println!(
-            "{:>5} {:>6} {:>9.2} {:>8.2}x {:>7.2}s {:>11.2} {:>11.2} {:>8.0}% {:>8.0}%",
+            "{:>5} {:>6} {:>9.2} {:>8.2}x {:>7.2}s {:>11.2} {:>11.2} {:>8.0}% {:>8.0}% {:>8.0}%",
             run.slots,
             run.tokens,
             tokens_per_sec(run),
@@ -850,6 +893,7 @@ fn print_series(runs: &[Run]) {
             run.bench_cpu.as_secs_f64() / window,
             run.machine.busy * 100.0,
             run.machine.iowait * 100.0,
+            run.background_busy * 100.0,
         );
     }
     let best = runs
@@ -865,13 +909,16 @@ fn print_series(runs: &[Run]) {
             if cpu_bound {
                 "the CPU is the limit"
             } else {
-                "CPU left over: the module (its writes) is the limit"
+                "CPU left over: waits limit it — the module's serialized, fsync'd writes or \
+                 the platform's round trips"
             }
         );
     }
     println!(
         "agent cores / bench cores: CPU seconds per wall second of the agent process and of this \
-         process (simulated platform with its CA, Mosquitto not included); machine: all cores."
+         process (simulated platform with its CA; Mosquitto not included); machine: all cores \
+         busy during the run; iowait: all cores waiting for the disk; before: all cores busy \
+         while the agent idled before the run (other work on a shared machine)."
     );
     println!();
 }

@@ -265,20 +265,35 @@ async fn run_sim(slots: usize, tokens: usize) -> Result<Run> {
         plugged += 1;
     }
     let mut done: BTreeSet<JobId> = BTreeSet::new();
+    // Serials of finished tokens: a finished token must never take another job.
+    let mut produced: BTreeSet<String> = BTreeSet::new();
     while done.len() < tokens {
         let finished = station
             .platform
             .wait_until("a job to finish", PRODUCTION_TIMEOUT, |r| {
-                let ended: Vec<_> = jobs
+                let open = jobs
                     .iter()
                     .filter(|j| !done.contains(*j))
-                    .filter_map(|j| r.job(j))
-                    .filter(|j| j.state().is_some_and(ExecutionState::is_terminal))
-                    .map(|j| (j.job_id().clone(), j.state(), j.token_serial().cloned()))
-                    .collect();
-                (!ended.is_empty()).then_some(ended)
+                    .filter_map(|j| r.job(j));
+                let mut ended = Vec::new();
+                for job in open {
+                    let serial = job.token_serial().map(|s| s.as_str().to_owned());
+                    if let Some(serial) = serial.as_ref().filter(|s| produced.contains(*s)) {
+                        return Some(Err(anyhow!(
+                            "the finished token {serial} claimed another job ({}): \
+                             the agent took it for blank",
+                            job.job_id()
+                        )));
+                    }
+                    if job.state().is_some_and(ExecutionState::is_terminal) {
+                        ended.push((job.job_id().clone(), job.state(), serial));
+                    }
+                }
+                (!ended.is_empty()).then_some(Ok(ended))
             })
             .await
+            .map_err(anyhow::Error::from)
+            .and_then(|found| found)
             .map_err(|e| anyhow!("{e}\n--- agent log ---\n{}", station.agent_log()))?;
         for (job, state, serial) in finished {
             if state != Some(ExecutionState::Succeeded) {
@@ -288,13 +303,15 @@ async fn run_sim(slots: usize, tokens: usize) -> Result<Run> {
                 );
             }
             done.insert(job);
-            if let Some(slot) = serial.and_then(|s| slot_of.remove(s.as_str())) {
+            let Some(serial) = serial else { continue };
+            if let Some(slot) = slot_of.remove(&serial) {
                 station.rack().remove(slot)?;
                 if plugged < tokens {
                     slot_of.insert(station.insert_blank(slot), slot);
                     plugged += 1;
                 }
             }
+            produced.insert(serial);
         }
     }
     let (agent_cpu, bench_cpu, window, machine) = window.close(&pid)?;

@@ -917,18 +917,24 @@ fn print_series(runs: &[Run]) {
         .iter()
         .max_by(|a, b| tokens_per_sec(a).total_cmp(&tokens_per_sec(b)));
     if let Some(best) = best {
-        let cpu_bound = best.machine.busy >= 0.85;
+        let why = if best.background_busy >= 0.5 {
+            format!(
+                "the machine was already {:.0}% busy before the run (other work on a shared \
+                 machine): the series is bounded by the CPU left over",
+                best.background_busy * 100.0
+            )
+        } else if best.machine.busy >= 0.85 {
+            "the CPU is the limit".to_owned()
+        } else {
+            "CPU left over: waits limit it — the module's serialized, fsync'd writes or the \
+             platform's round trips"
+                .to_owned()
+        };
         println!(
-            "peak {:.2} tokens/s at {} slots; there the machine's CPU was {:.0}% busy ({}).",
+            "peak {:.2} tokens/s at {} slots; there the machine's CPU was {:.0}% busy ({why}).",
             tokens_per_sec(best),
             best.slots,
             best.machine.busy * 100.0,
-            if cpu_bound {
-                "the CPU is the limit"
-            } else {
-                "CPU left over: waits limit it — the module's serialized, fsync'd writes or \
-                 the platform's round trips"
-            }
         );
     }
     println!(

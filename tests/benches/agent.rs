@@ -18,7 +18,8 @@
 //!   same program, started as a child with `baseline`, does a token's PKCS#11 work straight
 //!   through cryptoki (init + PIN, 3 key generations with read-backs, 3 CSR signatures,
 //!   3 certificate writes, the self-test) and reports its own CPU time.
-//! - **Peak memory**: the agent's `VmHWM` (`/proc/<pid>/status`) after the 16-slot run.
+//! - **Peak memory**: the agent's `VmHWM` (`/proc/<pid>/status`) after each run; the target
+//!   is for 16 busy slots.
 //!
 //! It does not measure RSA, realistic hsm-sim latency (the demo's figures do), or anything
 //! over TLS.
@@ -60,7 +61,7 @@ const IDLE_WINDOW: Duration = Duration::from_millis(1500);
 struct Run {
     /// `hsm-sim` or `SoftHSM2`.
     module: &'static str,
-    /// Slots busy at once (SoftHSM2: whatever it offers).
+    /// Slots busy at once (SoftHSM2: the most tokens between claim and success at one time).
     slots: usize,
     tokens: usize,
     /// First `claim` to last `succeeded`, by the agent's clock.

@@ -27,29 +27,43 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// The cargo profile folder these tests were built with: `debug` for tests (the `test`
+/// profile inherits `dev`), `release` for the benchmark (the `bench` profile inherits
+/// `release`), so a release benchmark runs the release agent and module.
+pub fn profile_dir_name() -> &'static str {
+    if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    }
+}
+
 /// The cargo target folder of the profile these tests were built with.
 pub fn target_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("CARGO_TARGET_DIR") {
-        let dir = PathBuf::from(dir);
-        let dir = if dir.is_absolute() {
-            dir
-        } else {
-            workspace_root().join(dir)
-        };
-        return dir.join("debug");
-    }
-    workspace_root().join("target").join("debug")
+    let root = match std::env::var("CARGO_TARGET_DIR") {
+        Ok(dir) if PathBuf::from(&dir).is_absolute() => PathBuf::from(dir),
+        Ok(dir) => workspace_root().join(dir),
+        Err(_) => workspace_root().join("target"),
+    };
+    root.join(profile_dir_name())
 }
 
 /// A binary or library this workspace builds, by file name (`ukey-agent`, `libhsm_sim.so`).
 ///
-/// Panics when it has not been built: `cargo build --workspace` (run by `scripts/test`) makes it.
+/// Panics when it has not been built: `cargo build --workspace` (run by `scripts/test`) makes
+/// the debug ones, `cargo build --release -p ukey-agent -p hsm-sim` (run by `scripts/bench`)
+/// the release ones.
 pub fn workspace_binary(name: &str) -> PathBuf {
     let path = target_dir().join(name);
     assert!(
         path.exists(),
-        "{} is missing: run `cargo build --workspace` first (scripts/test does)",
-        path.display()
+        "{} is missing: run `cargo build --workspace{}` first (scripts/test and scripts/bench do)",
+        path.display(),
+        if cfg!(debug_assertions) {
+            ""
+        } else {
+            " --release"
+        }
     );
     path
 }

@@ -316,6 +316,11 @@ impl Station {
         child.wait().ok()
     }
 
+    /// The agent process's id while it runs (for reading its `/proc` figures).
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
+    }
+
     /// Whether the agent process is still running.
     pub fn agent_running(&mut self) -> bool {
         self.agent

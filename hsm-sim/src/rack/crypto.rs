@@ -161,9 +161,21 @@ pub fn ec_point_der(raw: &[u8]) -> Vec<u8> {
 }
 
 /// Accepts a peer's public point as raw SEC1 bytes or wrapped in a DER OCTET STRING.
+///
+/// Told apart by length: a wrapped P-256 point holds exactly a compressed (33 bytes,
+/// `02`/`03`) or uncompressed (65 bytes, `04`) point. A raw uncompressed point whose x
+/// coordinate happens to start with `3f` also begins `04 3f` and must stay raw.
 pub fn unwrap_ec_point(bytes: &[u8]) -> &[u8] {
     match bytes {
-        [0x04, len, rest @ ..] if usize::from(*len) == rest.len() && rest.len() >= 33 => rest,
+        [0x04, len, rest @ ..]
+            if usize::from(*len) == rest.len()
+                && matches!(
+                    (rest.len(), rest.first()),
+                    (33, Some(0x02 | 0x03)) | (65, Some(0x04))
+                ) =>
+        {
+            rest
+        }
         _ => bytes,
     }
 }
@@ -430,5 +442,19 @@ mod tests {
         let ba = ecdh(&b, &pa).unwrap();
         assert_eq!(ab.as_slice(), ba.as_slice());
         assert_eq!(ab.len(), 32);
+    }
+
+    #[test]
+    fn raw_point_that_looks_wrapped_stays_raw() {
+        // 1 in 256 raw points is `04 3f …`: a length byte that fits the rest (63 bytes).
+        let (a, pa) = generate_p256();
+        let (b, pb) = std::iter::repeat_with(generate_p256)
+            .take(20_000)
+            .find(|(_, p)| p[1] == 0x3f)
+            .expect("a point whose x starts with 3f");
+        assert_eq!(unwrap_ec_point(&pb), pb.as_slice());
+        let ab = ecdh(&a, &pb).unwrap();
+        assert_eq!(ab.as_slice(), ecdh(&b, &pa).unwrap().as_slice());
+        assert_eq!(unwrap_ec_point(&ec_point_der(&pb)), pb.as_slice());
     }
 }

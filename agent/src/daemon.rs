@@ -1107,6 +1107,7 @@ impl Daemon {
         match result {
             Ok(obs) => {
                 seat.state = classify(&obs, SystemTime::now(), warning);
+                seat.present = obs.present.clone();
                 seat.certificates = obs
                     .certificates
                     .iter()
@@ -1535,6 +1536,20 @@ fn observe_token(
     present: PresentToken,
     revoked: bool,
 ) -> Result<Observation, TokenError> {
+    // What the last scan saw may be stale (a token just initialized still looks blank in it):
+    // read the token's flags again before classifying, so a finished token is never taken
+    // for a blank one.
+    let present = if present.serial.is_empty() {
+        present
+    } else {
+        module
+            .find_by_serial(&present.serial)?
+            .ok_or_else(|| TokenError::Removed {
+                serial: Some(present.serial.clone()),
+                slot: present.slot,
+                function: "C_GetTokenInfo".into(),
+            })?
+    };
     if present.is_blank() {
         return Ok(Observation {
             present,

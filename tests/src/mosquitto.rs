@@ -64,6 +64,7 @@ impl Mosquitto {
              persistence_location {loc}/\n\
              autosave_interval 1\n\
              max_queued_messages 100000\n\
+             set_tcp_nodelay true\n\
              log_dest file {log}\n\
              log_type error\nlog_type warning\nlog_type notice\n",
             port = self.port,

@@ -217,7 +217,11 @@ impl Platform {
             .set_keep_alive(Duration::from_secs(10))
             .set_clean_session(false)
             .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
-        let (client, eventloop) = AsyncClient::new(options, 64);
+        let (client, mut eventloop) = AsyncClient::new(options, 64);
+        // No Nagle delay on small request/answer packets (see the agent's link).
+        let mut network = eventloop.network_options();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
         let (subscribed, mut subscribed_rx) = watch::channel(None);
         let shared = Arc::new(Shared {
             keys,

@@ -128,6 +128,9 @@ pub enum Command {
     },
     /// Show the virtual USB bus (usb.json).
     Usb,
+    /// Run a whole production desk (broker, platform, rack, agent) and watch blank Ukeys
+    /// become finished ones.
+    Demo(crate::demo::DemoArgs),
 }
 
 /// `hsm-sim rack …`.
@@ -216,8 +219,17 @@ fn parse_hex16(s: &str) -> std::result::Result<u16, String> {
 
 /// Runs a parsed command; returns what to print.
 pub fn run(cli: Cli) -> Result<String> {
+    let command = match cli.command {
+        // The demo decides where its rack lives (a temporary folder unless --dir is given)
+        // and prints as it goes.
+        Command::Demo(args) => {
+            crate::demo::run(args, cli.dir).map_err(|e| Error::Demo(Box::new(e)))?;
+            return Ok(String::new());
+        }
+        command => command,
+    };
     let dir = cli.dir.unwrap_or_else(rack::default_dir);
-    match cli.command {
+    match command {
         Command::Rack(RackCommand::Init {
             slots,
             latency,
@@ -385,6 +397,7 @@ pub fn run(cli: Cli) -> Result<String> {
             Rack::open(&dir)?.wipe(&serial)?;
             Ok(format!("token {serial} wiped to blank\n"))
         }
+        Command::Demo(_) => unreachable!("handled above"),
         Command::Usb => {
             let bus = crate::usb::attached(&dir)?;
             serde_json::to_string_pretty(&bus)

@@ -218,9 +218,7 @@ fn status_of(job: Option<&JobRecord>, waiting: &str) -> Status {
     match event.state {
         ExecutionState::Queued => Status::Working("queued".to_owned()),
         ExecutionState::InProgress => match &event.data {
-            Some(StepData::Parked { reason }) => {
-                Status::Working(format!("parked ({reason})"))
-            }
+            Some(StepData::Parked { reason }) => Status::Working(format!("parked ({reason})")),
             _ if event.step == Step::RequestCertificates => {
                 Status::Working("request-certificates".to_owned())
             }
@@ -394,8 +392,8 @@ impl<'a> Desk<'a> {
     }
 
     async fn dispatch(&self) -> Result<JobId, DemoError> {
-        let draft = JobDraft::new(JobKind::New, &self.plan.station)?
-            .with_algorithm(self.plan.algorithm);
+        let draft =
+            JobDraft::new(JobKind::New, &self.plan.station)?.with_algorithm(self.plan.algorithm);
         Ok(self.platform.dispatch_draft(&draft).await?)
     }
 
@@ -482,10 +480,11 @@ impl<'a> Desk<'a> {
             if matches!(self.seats[i].pull, Pull::Pulled(_)) {
                 status = Status::Working("token pulled out".to_owned());
             }
-            let serial = self.seats[i]
-                .serial
-                .clone()
-                .or_else(|| job.as_ref().and_then(|j| j.token_serial()).map(|s| s.to_string()));
+            let serial = self.seats[i].serial.clone().or_else(|| {
+                job.as_ref()
+                    .and_then(|j| j.token_serial())
+                    .map(|s| s.to_string())
+            });
             self.progress.update(
                 i,
                 &SeatLine {
@@ -545,12 +544,8 @@ impl<'a> Desk<'a> {
             Pull::Armed => {
                 if rack.serial_in(i)?.is_none() {
                     self.seats[i].pull = Pull::Pulled(Instant::now());
-                    let step = job
-                        .and_then(JobRecord::last_event)
-                        .map(|e| e.step.as_str())
-                        .unwrap_or("?");
                     self.progress.note(&self.progress.yellow(&format!(
-                        "slot {i}  {serial}  fault: token pulled out during {step}"
+                        "slot {i}  {serial}  fault: the token was pulled out mid-job (2nd key pair generation)"
                     )));
                     self.faults.push(FaultResult {
                         kind: FaultKind::TokenPulled,
@@ -558,7 +553,7 @@ impl<'a> Desk<'a> {
                         job_id: job.map(|j| j.job_id().clone()),
                         caught: false,
                         recovered: false,
-                        detail: format!("pulled out of slot {i} during {step}"),
+                        detail: format!("pulled out of slot {i} by its 2nd C_GenerateKeyPair call"),
                     });
                     self.seats[i].pull_fault = Some(self.faults.len() - 1);
                 }
@@ -588,10 +583,15 @@ impl<'a> Desk<'a> {
                             "no parked event seen; the desk plugged the token back into slot {i}"
                         ),
                     };
-                    self.progress.note(&self.progress.yellow(&format!(
-                        "slot {i}  {serial}  caught: {text}"
-                    )));
-                    if let Some(f) = self.seats[i].pull_fault.and_then(|n| self.faults.get_mut(n)) {
+                    self.progress.note(
+                        &self
+                            .progress
+                            .yellow(&format!("slot {i}  {serial}  caught: {text}")),
+                    );
+                    if let Some(f) = self.seats[i]
+                        .pull_fault
+                        .and_then(|n| self.faults.get_mut(n))
+                    {
                         f.caught = parked.is_some();
                         f.job_id = job.map(|j| j.job_id().clone()).or(f.job_id.clone());
                         f.detail = format!("{}; {text}", f.detail);
@@ -626,14 +626,18 @@ impl<'a> Desk<'a> {
             },
         )?;
         let next = self.dispatch().await?;
+        let code = error_code(job).unwrap_or(KEY_MISMATCH).to_owned();
+        self.progress.note(&self.progress.yellow(&format!(
+            "slot {i}  {serial}  caught: job {} refused the certificates ({code}), nothing written; \
+             the desk wiped the token and plugged it back in; new job {next}",
+            job.job_id()
+        )));
         let text = format!(
             "the agent refused the certificates of job {} ({reason}); nothing was written. \
-             The desk wiped the token, plugged it back into slot {i}, and the platform dispatched job {next}",
+             The desk wiped the token (hsm-sim wipe), plugged it back into slot {i}, and the \
+             platform dispatched job {next}",
             job.job_id()
         );
-        self.progress.note(&self.progress.yellow(&format!(
-            "slot {i}  {serial}  caught: {text}"
-        )));
         self.faults.push(FaultResult {
             kind: FaultKind::CertificateForAnotherKey,
             serial,
@@ -651,10 +655,11 @@ impl<'a> Desk<'a> {
     /// Records a finished token, takes it out of the rack and frees the line.
     fn finish_seat(&mut self, i: usize, job: Option<JobRecord>, outcome: Outcome) {
         let seat = &self.seats[i];
-        let serial = seat
-            .serial
-            .clone()
-            .or_else(|| job.as_ref().and_then(|j| j.token_serial()).map(|s| s.to_string()));
+        let serial = seat.serial.clone().or_else(|| {
+            job.as_ref()
+                .and_then(|j| j.token_serial())
+                .map(|s| s.to_string())
+        });
         let serial = serial.and_then(|s| TokenSerial::new(s).ok());
         let duration = job.as_ref().and_then(job_duration);
         let name = self.position_name(i);

@@ -12,9 +12,7 @@ use crate::platform::PlatformError;
 #[non_exhaustive]
 pub enum DemoError {
     /// The PKCS#11 module is not where the demo looks for it.
-    #[error(
-        "the PKCS#11 module {path} does not exist: {hint}"
-    )]
+    #[error("the PKCS#11 module {path} does not exist: {hint}")]
     ModuleMissing {
         /// Where it was looked for.
         path: PathBuf,

@@ -204,8 +204,8 @@ fn init_logging(path: &Path) -> Result<(), DemoError> {
     let file = std::fs::File::create(path).map_err(|e| DemoError::folder(path, e))?;
     let base = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
     // rumqttd logs every connection at info: keep the broker quiet.
-    let filter = tracing_subscriber::EnvFilter::try_new(format!("{base},rumqttd=error"))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=error"));
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("{base},rumqttd=off"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
     // Another subscriber may be installed already (the caller's): then logs go there.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -483,7 +483,10 @@ fn keep_for_log(temp: Option<tempfile::TempDir>, log: &Path, quiet: bool) {
     if let Some(t) = temp {
         let _ = t.keep();
         if !quiet {
-            eprintln!("hsm-sim: demo: the agent's log is kept in {}", log.display());
+            eprintln!(
+                "hsm-sim: demo: the agent's log is kept in {}",
+                log.display()
+            );
         }
     } else if !quiet {
         eprintln!("hsm-sim: demo: the agent's log is {}", log.display());
@@ -507,11 +510,16 @@ async fn produce(
                 .await
                 .map_err(|e| DemoError::Broker(e.to_string()))??;
             let port = b.port();
-            ("127.0.0.1".to_owned(), port, format!("embedded 127.0.0.1:{port}"))
+            (
+                "127.0.0.1".to_owned(),
+                port,
+                format!("embedded 127.0.0.1:{port}"),
+            )
         }
     };
     let station = StationId::new(STATION).map_err(|e| DemoError::Agent(e.to_string()))?;
-    let platform = Platform::start(PlatformConfig::new(host.clone(), port, station.clone())).await?;
+    let platform =
+        Platform::start(PlatformConfig::new(host.clone(), port, station.clone())).await?;
     let trust = platform.write_station_trust(&station, &files.join("trust"))?;
     let config_path = files.join("agent.toml");
     let text = AgentFile {
@@ -524,8 +532,7 @@ async fn produce(
     }
     .text();
     std::fs::write(&config_path, text).map_err(|e| DemoError::folder(&config_path, e))?;
-    let config =
-        Config::load_checked(&config_path).map_err(|e| DemoError::Agent(e.to_string()))?;
+    let config = Config::load_checked(&config_path).map_err(|e| DemoError::Agent(e.to_string()))?;
 
     let shutdown = CancellationToken::new();
     let mut agent = tokio::spawn(ukey_agent::daemon::run(config, shutdown.clone()));
@@ -615,7 +622,11 @@ fn header(
             plan.latency.name()
         )
     } else {
-        format!("{} jobs on the blank tokens of {}", plan.tokens, module.display())
+        format!(
+            "{} jobs on the blank tokens of {}",
+            plan.tokens,
+            module.display()
+        )
     };
     format!(
         "ukey-station demo: {tokens}, {} keys{}\n  broker {broker}, simulated platform with a test CA, agent online after {:.2} s",
@@ -709,18 +720,14 @@ fn summarize(
     let requested = args.tokens as usize;
     let produced_n = tokens.iter().filter(|t| t.state == "succeeded").count();
     let verified = tokens.iter().filter(|t| t.verified).count();
-    let faults_ok = !args.faults
-        || (faults.len() == 2 && faults.iter().all(|f| f.caught && f.recovered));
+    let faults_ok =
+        !args.faults || (faults.len() == 2 && faults.iter().all(|f| f.caught && f.recovered));
     let ok = produced.run.aborted.is_none()
         && produced_n == requested
         && verified == requested
         && faults_ok;
     // The platform's view must agree: no protocol problem in any job.
-    let problems: usize = produced
-        .records
-        .jobs()
-        .map(|j| j.problems().len())
-        .sum();
+    let problems: usize = produced.records.jobs().map(|j| j.problems().len()).sum();
     let ok = ok && problems == 0;
     Summary {
         ok,

@@ -171,9 +171,16 @@ impl Summary {
     /// The summary as a text table (no PINs); `paint` colours a verdict (`ok`, text).
     pub(crate) fn to_text(&self, paint: &dyn Fn(bool, &str) -> String) -> String {
         let mut out = String::new();
+        let slot_width = self
+            .tokens
+            .iter()
+            .filter_map(|t| t.slot.map(|s| s.to_string().len()))
+            .max()
+            .unwrap_or(0)
+            .max(4);
         out += &format!(
             "\n{}  {}  {}  {}  {:>8}  {}\n",
-            pad("SLOT", 4),
+            pad("SLOT", slot_width),
             pad("TOKEN", 16),
             pad("JOB", 18),
             pad("COMPANY", 26),
@@ -188,7 +195,10 @@ impl Summary {
             };
             out += &format!(
                 "{}  {}  {}  {}  {:>8}  {}\n",
-                pad(&t.slot.map(|s| s.to_string()).unwrap_or_else(|| "-".into()), 4),
+                pad(
+                    &t.slot.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                    slot_width
+                ),
                 pad(t.serial.as_deref().unwrap_or("-"), 16),
                 pad(t.job_id.as_deref().unwrap_or("-"), 18),
                 pad(t.company.as_deref().unwrap_or("-"), 26),

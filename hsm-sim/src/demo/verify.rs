@@ -152,7 +152,9 @@ fn check_token(pkcs11: &Pkcs11, slot: Option<Slot>, t: &Expectation) -> Check {
         Some(pin) => {
             let pin = SecretString::from(pin.expose_secret().to_owned());
             if let Err(e) = session.login(UserType::User, Some(&pin)) {
-                check.problems.push(format!("C_Login with the user PIN: {e}"));
+                check
+                    .problems
+                    .push(format!("C_Login with the user PIN: {e}"));
             }
         }
     }
@@ -167,7 +169,11 @@ fn check_token(pkcs11: &Pkcs11, slot: Option<Slot>, t: &Expectation) -> Check {
 struct Attrs(Vec<Attribute>);
 
 impl Attrs {
-    fn read(session: &Session, handle: ObjectHandle, types: &[AttributeType]) -> Result<Attrs, String> {
+    fn read(
+        session: &Session,
+        handle: ObjectHandle,
+        types: &[AttributeType],
+    ) -> Result<Attrs, String> {
         session
             .get_attributes(handle, types)
             .map(Attrs)
@@ -225,7 +231,11 @@ const PRIVATE_FLAGS: [(AttributeType, bool, &str); 5] = [
     (AttributeType::Extractable, false, "CKA_EXTRACTABLE"),
     (AttributeType::Local, true, "CKA_LOCAL"),
     (AttributeType::AlwaysSensitive, true, "CKA_ALWAYS_SENSITIVE"),
-    (AttributeType::NeverExtractable, true, "CKA_NEVER_EXTRACTABLE"),
+    (
+        AttributeType::NeverExtractable,
+        true,
+        "CKA_NEVER_EXTRACTABLE",
+    ),
 ];
 
 fn check_objects(session: &Session, t: &Expectation, check: &mut Check) -> Result<(), String> {
@@ -247,7 +257,11 @@ fn check_objects(session: &Session, t: &Expectation, check: &mut Check) -> Resul
     let certs = objects(
         session,
         ObjectClass::CERTIFICATE,
-        &[AttributeType::Label, AttributeType::Id, AttributeType::Value],
+        &[
+            AttributeType::Label,
+            AttributeType::Id,
+            AttributeType::Value,
+        ],
     )?;
     check.private_keys = private.len();
     check.certificates = certs
@@ -347,7 +361,8 @@ fn strip_zeros(b: &[u8]) -> &[u8] {
 
 /// Whether the certificate `der` certifies the public key object `pubkey`.
 fn same_key(der: &[u8], pubkey: &Attrs) -> Result<(), String> {
-    let cert = Certificate::from_der(der).map_err(|e| format!("certificate does not parse: {e}"))?;
+    let cert =
+        Certificate::from_der(der).map_err(|e| format!("certificate does not parse: {e}"))?;
     let spki = cert.tbs_certificate().subject_public_key_info();
     let bits = spki.subject_public_key.raw_bytes();
     match spki.algorithm.oid {
@@ -382,7 +397,11 @@ fn same_key(der: &[u8], pubkey: &Attrs) -> Result<(), String> {
                 return Err("the certificate certifies another RSA key than the token's".to_owned());
             }
         }
-        other => return Err(format!("the certificate's key algorithm {other} is unexpected")),
+        other => {
+            return Err(format!(
+                "the certificate's key algorithm {other} is unexpected"
+            ));
+        }
     }
     Ok(())
 }

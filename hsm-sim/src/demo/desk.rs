@@ -473,7 +473,7 @@ impl<'a> Desk<'a> {
                 self.watch_pull(i, rack, job.as_ref())?;
             }
             let waiting = match self.tokens {
-                Tokens::Rack(_) => "plugged in, waiting for a job",
+                Tokens::Rack(_) => "waiting for a job",
                 Tokens::Module => "waiting for a blank token",
             };
             let mut status = status_of(job.as_ref(), waiting);

@@ -394,8 +394,8 @@ pub fn run(args: DemoArgs, dir: Option<PathBuf>) -> Result<(), DemoError> {
         .collect();
     if progress.is_on() && !expectations.is_empty() {
         progress.note(&format!(
-            "verifying {} token(s) through PKCS#11 ...",
-            expectations.len()
+            "verifying {} through PKCS#11 ...",
+            plural(expectations.len(), "token")
         ));
     }
     let checks = verify_all(&module, rack.as_ref(), args.slots as usize, &expectations)?;
@@ -616,15 +616,15 @@ fn header(
 ) -> String {
     let tokens = if rack {
         format!(
-            "{} blank tokens, rack of {} slots, latency {}",
-            plan.tokens,
-            plan.slots,
+            "{}, rack of {}, latency {}",
+            plural(plan.tokens, "blank token"),
+            plural(plan.slots, "slot"),
             plan.latency.name()
         )
     } else {
         format!(
-            "{} jobs on the blank tokens of {}",
-            plan.tokens,
+            "{} on the blank tokens of {}",
+            plural(plan.tokens, "job"),
             module.display()
         )
     };
@@ -634,6 +634,15 @@ fn header(
         if args.faults { ", scripted faults" } else { "" },
         setup.as_secs_f64()
     )
+}
+
+/// `1 slot`, `4 slots`.
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("{n} {word}")
+    } else {
+        format!("{n} {word}s")
+    }
 }
 
 fn summarize(

@@ -405,3 +405,78 @@ fn same_key(der: &[u8], pubkey: &Attrs) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::platform::{CaAlgorithm, Issue, TestCa};
+    use p256::elliptic_curve::Generate;
+    use spki::{EncodePublicKey, SubjectPublicKeyInfoOwned};
+    use std::time::SystemTime;
+    use ukey_agent::profile::SubjectData;
+
+    fn spki(key: &p256::ecdsa::SigningKey) -> SubjectPublicKeyInfoOwned {
+        let der = key.verifying_key().to_public_key_der().unwrap();
+        SubjectPublicKeyInfoOwned::from_der(der.as_bytes()).unwrap()
+    }
+
+    fn certificate_for(key: &p256::ecdsa::SigningKey) -> Vec<u8> {
+        let ca = TestCa::generate(CaAlgorithm::P256, "verify test CA").unwrap();
+        let subject = SubjectData {
+            company_name: "北京示例科技有限公司".into(),
+            credit_code: "91110108MA01ABCD2X".into(),
+            legal_representative: "张三".into(),
+        };
+        let (not_before, not_after) = Issue::window(SystemTime::now(), 30);
+        ca.issue(&Issue {
+            label: KeyLabel::SealOfficial,
+            subject: &subject,
+            subject_override: None,
+            public_key: &spki(key),
+            not_before,
+            not_after,
+        })
+        .unwrap()
+    }
+
+    fn ec_public_key(key: &p256::ecdsa::SigningKey, wrapped: bool) -> Attrs {
+        let point = key.verifying_key().to_sec1_point(false).as_bytes().to_vec();
+        let point = if wrapped {
+            [vec![0x04, 0x41], point].concat()
+        } else {
+            point
+        };
+        Attrs(vec![
+            Attribute::EcPoint(point),
+            Attribute::EcParams(P256_PARAMS.to_vec()),
+        ])
+    }
+
+    #[test]
+    fn a_certificate_matches_only_its_own_key() {
+        let key = p256::ecdsa::SigningKey::generate_from_rng(&mut rand::rng());
+        let other = p256::ecdsa::SigningKey::generate_from_rng(&mut rand::rng());
+        let der = certificate_for(&key);
+        // Both encodings of CKA_EC_POINT are accepted.
+        same_key(&der, &ec_public_key(&key, true)).unwrap();
+        same_key(&der, &ec_public_key(&key, false)).unwrap();
+        let wrong = same_key(&der, &ec_public_key(&other, true)).unwrap_err();
+        assert!(wrong.contains("another EC key"), "{wrong}");
+        let missing = same_key(&der, &Attrs(Vec::new())).unwrap_err();
+        assert!(missing.contains("CKA_EC_POINT"), "{missing}");
+        let garbage = same_key(b"not a certificate", &ec_public_key(&key, true)).unwrap_err();
+        assert!(garbage.contains("does not parse"), "{garbage}");
+    }
+
+    #[test]
+    fn unreadable_flags_are_absent_not_false() {
+        let attrs = Attrs(vec![
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+        ]);
+        assert_eq!(attrs.flag(AttributeType::Sensitive), Some(true));
+        assert_eq!(attrs.flag(AttributeType::Extractable), Some(false));
+        assert_eq!(attrs.flag(AttributeType::Local), None);
+    }
+}

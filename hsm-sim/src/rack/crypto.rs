@@ -161,9 +161,17 @@ pub fn ec_point_der(raw: &[u8]) -> Vec<u8> {
 }
 
 /// Accepts a peer's public point as raw SEC1 bytes or wrapped in a DER OCTET STRING.
+///
+/// Only a wrapped P-256 point (33 or 65 bytes inside) is unwrapped: a raw uncompressed point
+/// also starts with `04`, and its next byte (the first of x) equals the remaining length
+/// (63) for one key in 256.
 pub fn unwrap_ec_point(bytes: &[u8]) -> &[u8] {
     match bytes {
-        [0x04, len, rest @ ..] if usize::from(*len) == rest.len() && rest.len() >= 33 => rest,
+        [0x04, len, rest @ ..]
+            if usize::from(*len) == rest.len() && matches!(rest.len(), 33 | 65) =>
+        {
+            rest
+        }
         _ => bytes,
     }
 }
@@ -374,6 +382,17 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use p256::ecdsa::signature::hazmat::PrehashVerifier;
+
+    #[test]
+    fn a_raw_point_whose_x_starts_with_its_remaining_length_stays_whole() {
+        let mut raw = vec![0x04, 63];
+        raw.extend([0xAB; 63]);
+        assert_eq!(unwrap_ec_point(&raw), raw.as_slice());
+        let mut point = vec![0x04];
+        point.extend([0x5A; 64]);
+        assert_eq!(unwrap_ec_point(&ec_point_der(&point)), point.as_slice());
+        assert_eq!(unwrap_ec_point(&point), point.as_slice());
+    }
 
     #[test]
     fn ecdsa_raw_signature_verifies() {

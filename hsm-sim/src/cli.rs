@@ -130,6 +130,12 @@ pub enum Command {
     Usb,
     /// Run a whole production desk (broker, platform, rack, agent) and watch blank Ukeys
     /// become finished ones.
+    ///
+    /// Everything runs in this process: an embedded MQTT broker, the simulated platform, a
+    /// virtual rack and the agent. Every produced token is checked again through PKCS#11 at
+    /// the end; the exit status is 0 only if every token was produced and verified. The rack
+    /// lives in --dir (or $HSM_SIM_DIR) when given, so its tokens stay inspectable, else in a
+    /// temporary folder that is removed.
     Demo(crate::demo::DemoArgs),
 }
 

@@ -545,7 +545,7 @@ impl<'a> Desk<'a> {
                 if rack.serial_in(i)?.is_none() {
                     self.seats[i].pull = Pull::Pulled(Instant::now());
                     self.progress.note(&self.progress.yellow(&format!(
-                        "slot {i}  {serial}  fault: the token was pulled out mid-job (2nd key pair generation)"
+                        "slot {i}   {serial}  fault: the token was pulled out mid-job (2nd key pair generation)"
                     )));
                     self.faults.push(FaultResult {
                         kind: FaultKind::TokenPulled,
@@ -586,7 +586,7 @@ impl<'a> Desk<'a> {
                     self.progress.note(
                         &self
                             .progress
-                            .yellow(&format!("slot {i}  {serial}  caught: {text}")),
+                            .yellow(&format!("slot {i}   {serial}  caught: {text}")),
                     );
                     if let Some(f) = self.seats[i]
                         .pull_fault
@@ -628,7 +628,7 @@ impl<'a> Desk<'a> {
         let next = self.dispatch().await?;
         let code = error_code(job).unwrap_or(KEY_MISMATCH).to_owned();
         self.progress.note(&self.progress.yellow(&format!(
-            "slot {i}  {serial}  caught: job {} refused the certificates ({code}), nothing written; \
+            "slot {i}   {serial}  caught: job {} refused the certificates ({code}), nothing written; \
              the desk wiped the token and plugged it back in; new job {next}",
             job.job_id()
         )));

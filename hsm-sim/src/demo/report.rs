@@ -207,12 +207,11 @@ impl Summary {
             );
             for c in &t.certificates {
                 out += &format!(
-                    "      {}  CN={}\n      {}  serial {}  not after {}\n      {}  SHA-256 {}\n",
+                    "      {}  {}  not after {}  serial {}\n      {}  SHA-256 {}\n",
                     pad(&c.label, 13),
-                    c.subject_cn,
-                    pad("", 13),
-                    c.serial,
+                    pad(&format!("CN={}", c.subject_cn), 29),
                     c.not_after.get(..10).unwrap_or(&c.not_after),
+                    c.serial,
                     pad("", 13),
                     c.sha256
                 );
@@ -239,9 +238,10 @@ impl Summary {
             }
         }
         out += &format!(
-            "\nVerification: each token reopened through PKCS#11 ({}), logged in with the user PIN\n\
-             the platform unsealed: 3 private keys (sensitive, not extractable, local, always\n\
-             sensitive, never extractable), 3 certificates each certifying the token's own key.\n",
+            "\nVerification: every token reopened through PKCS#11 ({}),\n  \
+             logged in with the user PIN the platform unsealed: 3 private keys (sensitive, not\n  \
+             extractable, local, always sensitive, never extractable) and 3 certificates, each\n  \
+             certifying the token's own key and equal to the one the platform issued.\n",
             self.module
         );
         let slowest = self

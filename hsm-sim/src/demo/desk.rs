@@ -566,7 +566,7 @@ impl<'a> Desk<'a> {
                     })
                 });
                 // The agent parks the job at once; a short grace covers a lost event.
-                if parked.is_some() || at.elapsed() > Duration::from_secs(5) {
+                if parked.is_some() || at.elapsed() > Duration::from_secs(15) {
                     rack.insert(
                         i,
                         InsertOptions {

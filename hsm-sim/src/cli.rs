@@ -130,6 +130,15 @@ pub enum Command {
     Usb,
     /// Emulate the desk's indicator panel on a pty and print its lights live.
     Panel(crate::panel::PanelArgs),
+    /// Run a whole production desk (broker, platform, rack, agent) and watch blank Ukeys
+    /// become finished ones.
+    ///
+    /// Everything runs in this process: an embedded MQTT broker, the simulated platform, a
+    /// virtual rack and the agent. Every produced token is checked again through PKCS#11 at
+    /// the end; the exit status is 0 only if every token was produced and verified. The rack
+    /// lives in --dir (or $HSM_SIM_DIR) when given, so its tokens stay inspectable, else in a
+    /// temporary folder that is removed.
+    Demo(crate::demo::DemoArgs),
 }
 
 /// `hsm-sim rack …`.
@@ -218,8 +227,17 @@ fn parse_hex16(s: &str) -> std::result::Result<u16, String> {
 
 /// Runs a parsed command; returns what to print.
 pub fn run(cli: Cli) -> Result<String> {
+    let command = match cli.command {
+        // The demo decides where its rack lives (a temporary folder unless --dir is given)
+        // and prints as it goes.
+        Command::Demo(args) => {
+            crate::demo::run(args, cli.dir).map_err(|e| Error::Demo(Box::new(e)))?;
+            return Ok(String::new());
+        }
+        command => command,
+    };
     let dir = cli.dir.unwrap_or_else(rack::default_dir);
-    match cli.command {
+    match command {
         Command::Rack(RackCommand::Init {
             slots,
             latency,
@@ -387,6 +405,7 @@ pub fn run(cli: Cli) -> Result<String> {
             Rack::open(&dir)?.wipe(&serial)?;
             Ok(format!("token {serial} wiped to blank\n"))
         }
+        Command::Demo(_) => unreachable!("handled above"),
         Command::Usb => {
             let bus = crate::usb::attached(&dir)?;
             serde_json::to_string_pretty(&bus)

@@ -134,6 +134,9 @@ pub enum Error {
         /// Which limit was hit.
         reason: String,
     },
+    /// `hsm-sim demo` did not run, or not every token was produced and verified.
+    #[error("demo: {0}")]
+    Demo(#[from] Box<crate::demo::DemoError>),
 }
 
 impl Error {

@@ -8,12 +8,15 @@
 //!   place with `unsafe`.
 //! - [`panel`]: the desk's indicator panel, emulated on a pseudo-terminal.
 //! - [`cli`]: the `hsm-sim` command line.
+//! - [`demo`]: `hsm-sim demo`, a whole production desk (broker, platform, rack, agent) in one
+//!   process.
 //! - [`platform`]: the simulated platform (test CA, signed jobs, acknowledgements) that tests
 //!   and the demo run the agent against.
 //!
 //! It is a simulator: key material is stored in plain files. Never put real secrets in it.
 
 pub mod cli;
+pub mod demo;
 pub mod engine;
 mod error;
 pub mod panel;

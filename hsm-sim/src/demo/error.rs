@@ -1,0 +1,70 @@
+//! The demo's error type: what can stop `hsm-sim demo` before or while it runs a desk.
+//!
+//! A token that fails is not an error here: it is a result, reported in the summary (and
+//! the run ends with [`DemoError::Incomplete`]).
+
+use std::path::PathBuf;
+
+use crate::platform::PlatformError;
+
+/// Why the demo could not run, or did not produce every token.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DemoError {
+    /// The PKCS#11 module is not where the demo looks for it.
+    #[error("the PKCS#11 module {path} does not exist: {hint}")]
+    ModuleMissing {
+        /// Where it was looked for.
+        path: PathBuf,
+        /// How to get it.
+        hint: &'static str,
+    },
+    /// The demo's folder cannot be used.
+    #[error("{path}: {reason}")]
+    Folder {
+        /// The folder or file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The embedded MQTT broker did not start.
+    #[error("embedded MQTT broker: {0}")]
+    Broker(String),
+    /// The simulated platform failed.
+    #[error("simulated platform: {0}")]
+    Platform(#[from] PlatformError),
+    /// The virtual rack failed.
+    #[error("virtual rack: {0}")]
+    Rack(#[from] crate::Error),
+    /// The agent could not start or stopped with an error.
+    #[error("agent: {0}")]
+    Agent(String),
+    /// The verification pass could not reach the module at all.
+    #[error("verification through {module}: {reason}")]
+    Verify {
+        /// The module.
+        module: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The async runtime did not start.
+    #[error("async runtime: {0}")]
+    Runtime(String),
+    /// Not every token was produced and verified (the summary says which and why).
+    #[error("{verified} of {requested} tokens produced and verified")]
+    Incomplete {
+        /// Tokens asked for.
+        requested: usize,
+        /// Tokens produced and verified.
+        verified: usize,
+    },
+}
+
+impl DemoError {
+    pub(crate) fn folder(path: impl Into<PathBuf>, reason: impl std::fmt::Display) -> DemoError {
+        DemoError::Folder {
+            path: path.into(),
+            reason: reason.to_string(),
+        }
+    }
+}

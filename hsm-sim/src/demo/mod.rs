@@ -1,0 +1,761 @@
+//! `hsm-sim demo`: a whole production desk in one process — an embedded MQTT broker
+//! (rumqttd), the simulated platform with its test CA, a virtual rack, and the agent, run
+//! with the same code and configuration path as `ukey-agent run` (a TOML file loaded with
+//! `Config::load_checked`, then `daemon::run`). The demo plays the desk staff ([`desk`]),
+//! shows live progress ([`progress`]), then stops the agent, reopens every produced token
+//! through PKCS#11 to check it ([`verify`]) and prints a summary ([`report`]).
+//!
+//! The agent loads `libhsm_sim.so` by path, from the folder of the running `hsm-sim` binary
+//! (cargo builds both into `target/<profile>/`), or the module given with `--module`.
+//!
+//! Files: with `--dir D` the rack's state is `D` itself (inspect it afterwards with
+//! `HSM_SIM_DIR=D pkcs11-tool …` or `hsm-sim --dir D list`) and the demo's own files (agent
+//! configuration, state, trust files, log) are in `D/demo`; without it everything lives in a
+//! temporary folder that is removed at the end (kept when the run fails, for its log).
+//!
+//! It is a simulation end to end: never point it at a real platform or real tokens.
+
+mod broker;
+mod desk;
+mod error;
+mod progress;
+mod report;
+mod verify;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use secrecy::{ExposeSecret, SecretString};
+use tokio_util::sync::CancellationToken;
+use ukey_agent::config::Config;
+use ukey_protocol::{KeyAlgorithm, KeyLabel, PresenceStatus, StationId};
+
+pub use error::DemoError;
+
+use crate::platform::{Platform, PlatformConfig, Records, StationTrust};
+use crate::rack::latency::Profile;
+use crate::rack::{DIR_ENV, InsertOptions, Rack, RackConfig};
+use desk::{Desk, DeskPlan, DeskRun, Outcome, Tokens};
+use progress::{Progress, ProgressKind};
+use report::{CertSummary, FaultSummary, Summary, TokenSummary, ms};
+use verify::{Check, Expectation};
+
+/// The file name of hsm-sim's PKCS#11 module next to the binary.
+pub const MODULE_FILE: &str = "libhsm_sim.so";
+
+/// The station id of the demo's desk.
+const STATION: &str = "demo-desk";
+
+/// The folder inside the demo's folder that holds the demo's own files.
+const FILES: &str = "demo";
+
+/// How long the agent may take to connect and announce itself.
+const AGENT_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Key algorithm of the demo's jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Alg {
+    /// ECDSA/ECDH on P-256.
+    P256,
+    /// RSA-2048.
+    Rsa2048,
+    /// RSA-3072.
+    Rsa3072,
+}
+
+impl Alg {
+    fn algorithm(self) -> KeyAlgorithm {
+        match self {
+            Alg::P256 => KeyAlgorithm::P256,
+            Alg::Rsa2048 => KeyAlgorithm::Rsa2048,
+            Alg::Rsa3072 => KeyAlgorithm::Rsa3072,
+        }
+    }
+}
+
+/// Latency of the virtual tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Latency {
+    /// No added latency: as fast as the computer.
+    Instant,
+    /// Timings of a real USB token (e.g. 3 s per RSA-2048 key pair; see `hsm-sim latency`).
+    Realistic,
+}
+
+impl Latency {
+    fn profile(self) -> Profile {
+        match self {
+            Latency::Instant => Profile::Instant,
+            Latency::Realistic => Profile::Realistic,
+        }
+    }
+}
+
+/// An external broker's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddr {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+fn parse_broker(s: &str) -> Result<BrokerAddr, String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not HOST:PORT"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{s:?} has no host (expected HOST:PORT)"));
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{port:?} is not a TCP port (1-65535)"))?;
+    if port == 0 {
+        return Err("port 0 is not a TCP port (1-65535)".to_owned());
+    }
+    Ok(BrokerAddr {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+/// `hsm-sim demo`: run a whole production desk and watch blank Ukeys become finished ones.
+///
+/// Starts an embedded MQTT broker, the simulated platform (test CA), a virtual rack and the
+/// agent in this process; plugs in blank tokens as slots free up, one `new` job per token;
+/// shows live progress; then checks every produced token again through PKCS#11 and prints a
+/// summary. Exit status 0 only if every token was produced and verified. With --dir D the
+/// tokens stay in D (HSM_SIM_DIR=D pkcs11-tool --module …/libhsm_sim.so -L).
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Tokens to make.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub tokens: u32,
+    /// Slots of the virtual rack (tokens are plugged in as slots free up).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub slots: u32,
+    /// Key algorithm of the three key pairs.
+    #[arg(long, value_enum, default_value_t = Alg::P256)]
+    pub alg: Alg,
+    /// Latency of the virtual tokens.
+    #[arg(long, value_enum, default_value_t = Latency::Instant)]
+    pub latency: Latency,
+    /// Another PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so): its blank tokens take
+    /// the jobs and no rack is driven.
+    #[arg(long, value_name = "PATH")]
+    pub module: Option<PathBuf>,
+    /// An external MQTT broker (e.g. Mosquitto) instead of the embedded one.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_broker)]
+    pub broker: Option<BrokerAddr>,
+    /// Print the summary as JSON on stdout (with each token's user PIN), no progress.
+    #[arg(long)]
+    pub json: bool,
+    /// Scripted faults: one token is pulled out mid-job and plugged back in, and the platform
+    /// once certifies a wrong key; both are caught and recovered.
+    #[arg(long, conflicts_with = "module")]
+    pub faults: bool,
+}
+
+/// The module next to the running binary.
+fn module_next_to_binary() -> Result<PathBuf, DemoError> {
+    let exe = std::env::current_exe().map_err(|e| DemoError::folder("the running binary", e))?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| DemoError::folder(&exe, "has no folder"))?;
+    Ok(dir.join(MODULE_FILE))
+}
+
+/// Points this process's hsm-sim module at the rack in `dir` (it reads `HSM_SIM_DIR` at
+/// `C_Initialize`).
+#[allow(unsafe_code)]
+fn point_module_at(dir: &Path) {
+    // SAFETY: `set_var` is unsound only while another thread reads or writes the
+    // environment. `run` calls this first thing, from the main thread, before it starts any
+    // thread (no runtime, broker, platform or agent exists yet); `run`'s documentation makes
+    // that a requirement for callers.
+    unsafe { std::env::set_var(DIR_ENV, dir) };
+}
+
+/// Prepares the demo's folder: the rack in `root` (rack mode) and `root/demo` for the rest.
+fn prepare(root: &Path, rack: Option<&RackConfig>) -> Result<Option<Rack>, DemoError> {
+    let files = root.join(FILES);
+    let had_rack = root.join("rack.json").exists();
+    if had_rack && rack.is_some() && !files.exists() {
+        return Err(DemoError::folder(
+            root,
+            "already holds a rack that the demo did not make (from --dir or $HSM_SIM_DIR); \
+             give the demo another --dir",
+        ));
+    }
+    if files.exists() {
+        // A previous demo's files: its journal would bring back its jobs.
+        std::fs::remove_dir_all(&files).map_err(|e| DemoError::folder(&files, e))?;
+    }
+    std::fs::create_dir_all(&files).map_err(|e| DemoError::folder(&files, e))?;
+    match rack {
+        None => Ok(None),
+        Some(config) => Ok(Some(Rack::init(root, config.clone(), had_rack)?)),
+    }
+}
+
+fn init_logging(path: &Path) -> Result<(), DemoError> {
+    let file = std::fs::File::create(path).map_err(|e| DemoError::folder(path, e))?;
+    let base = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+    // rumqttd logs every connection at info: keep the broker quiet.
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("{base},rumqttd=off"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
+    // Another subscriber may be installed already (the caller's): then logs go there.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .try_init();
+    Ok(())
+}
+
+/// A TOML basic string.
+fn toml_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out += "\\\"",
+            '\\' => out += "\\\\",
+            c if c.is_control() => out += &format!("\\u{:04X}", u32::from(c)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// What the agent's configuration file says.
+struct AgentFile<'a> {
+    files: &'a Path,
+    host: &'a str,
+    port: u16,
+    module: &'a Path,
+    sim_dir: Option<&'a Path>,
+    trust: &'a StationTrust,
+}
+
+impl AgentFile<'_> {
+    /// The TOML text, in the shape of `agent/ukey-agent.example.toml`.
+    fn text(&self) -> String {
+        let path = |p: &Path| toml_str(&p.display().to_string());
+        let usb = match self.sim_dir {
+            Some(dir) => format!("watcher = \"sim\"\nsim_dir = {}\n", path(dir)),
+            None => "watcher = \"none\"\n".to_owned(),
+        };
+        format!(
+            "# Written by `hsm-sim demo`: the agent of the demo's desk.\n\
+             station_id = {station}\n\
+             state_dir = {state}\n\n\
+             [broker]\nhost = {host}\nport = {port}\nkeep_alive_secs = 10\n\n\
+             [pkcs11]\ndefault_module = {module}\nscan_interval_ms = 50\n\n\
+             [usb]\n{usb}\n\
+             {trust}platform_signing_key_id = {kid}\n\n\
+             [timeouts]\ncertificates_secs = 120\ntoken_removed_secs = 120\n\
+             bind_ack_secs = 120\nshutdown_grace_secs = 10\n",
+            station = toml_str(STATION),
+            state = path(&self.files.join("agent-state")),
+            host = toml_str(self.host),
+            port = self.port,
+            module = path(self.module),
+            trust = self.trust.toml_section(),
+            kid = toml_str(&self.trust.job_key_id),
+        )
+    }
+}
+
+/// What the async part hands back.
+struct Produced {
+    run: DeskRun,
+    records: Records,
+    pins: Vec<(String, SecretString)>,
+    broker: String,
+    setup: Duration,
+    agent_error: Option<String>,
+}
+
+/// Runs the demo. Prints the summary (text, or JSON with `--json`) on stdout and progress on
+/// stderr; returns [`DemoError::Incomplete`] when not every token was produced and verified.
+///
+/// Must be called before the process starts any thread: it sets `HSM_SIM_DIR` for the
+/// PKCS#11 module (the binary's `main` calls it right after parsing the command line).
+pub fn run(args: DemoArgs, dir: Option<PathBuf>) -> Result<(), DemoError> {
+    let started = Instant::now();
+    let rack_mode = args.module.is_none();
+    let module = match &args.module {
+        Some(path) => path.clone(),
+        None => module_next_to_binary()?,
+    };
+    if !module.exists() {
+        return Err(DemoError::ModuleMissing {
+            path: module,
+            hint: if rack_mode {
+                "it is built with the hsm-sim binary (`cargo build -p hsm-sim`, or \
+                 `cargo run --release -p hsm-sim -- demo`); run the hsm-sim binary from \
+                 its cargo target folder"
+            } else {
+                "give the path of an installed PKCS#11 module to --module"
+            },
+        });
+    }
+    let (root, temp) = match dir {
+        Some(d) => (d, None),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("hsm-sim-demo-")
+                .tempdir()
+                .map_err(|e| DemoError::folder(std::env::temp_dir(), e))?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    if rack_mode {
+        point_module_at(&root);
+    }
+    let rack_config = RackConfig {
+        slots: args.slots as usize,
+        latency: Some(args.latency.profile()),
+        ..Default::default()
+    };
+    let rack = prepare(&root, rack_mode.then_some(&rack_config))?;
+    let files = root.join(FILES);
+    let log = files.join("agent.log");
+    init_logging(&log)?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("demo")
+        .build()
+        .map_err(|e| DemoError::Runtime(e.to_string()))?;
+    let progress = Progress::new(
+        if args.json {
+            ProgressKind::Off
+        } else {
+            ProgressKind::Auto
+        },
+        if rack_mode {
+            args.slots as usize
+        } else {
+            args.tokens as usize
+        },
+    );
+    let produced = runtime.block_on(produce(
+        &args,
+        &root,
+        &files,
+        &module,
+        rack.as_ref(),
+        &progress,
+        started,
+    ));
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    let produced = match produced {
+        Ok(p) => p,
+        Err(e) => {
+            keep_for_log(temp, &log, args.json);
+            return Err(e);
+        }
+    };
+
+    // The verification pass, with the agent stopped.
+    let expectations: Vec<Expectation> = produced
+        .run
+        .results
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Succeeded))
+        .filter_map(|r| {
+            let serial = r.serial.as_ref()?.to_string();
+            let user_pin = produced
+                .pins
+                .iter()
+                .find(|(s, _)| *s == serial)
+                .map(|(_, p)| p.clone());
+            let issued = r
+                .job
+                .as_ref()
+                .and_then(|j| j.issued())
+                .map(|certs| {
+                    certs
+                        .iter()
+                        .map(|c| (c.label, c.certificate.as_bytes().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            Some(Expectation {
+                serial,
+                user_pin,
+                issued,
+            })
+        })
+        .collect();
+    if progress.is_on() && !expectations.is_empty() {
+        progress.note(&format!(
+            "verifying {} through PKCS#11 ...",
+            plural(expectations.len(), "token")
+        ));
+    }
+    let checks = verify_all(&module, rack.as_ref(), args.slots as usize, &expectations)?;
+
+    let summary = summarize(
+        &args,
+        &produced,
+        &checks,
+        &module,
+        temp.is_none().then_some(&root),
+    );
+    if args.json {
+        print!("{}", summary.to_json());
+    } else {
+        let paint = |ok: bool, text: &str| {
+            if ok {
+                progress.green(text)
+            } else {
+                progress.red(text)
+            }
+        };
+        print!("{}", summary.to_text(&paint));
+        if temp.is_none() && rack_mode && !args.json {
+            println!(
+                "\nThe tokens stay in {dir}:\n  HSM_SIM_DIR={dir} pkcs11-tool --module {module} -L\n  \
+                 hsm-sim --dir {dir} list\nThe agent's configuration, state and log are in {files}.",
+                dir = root.display(),
+                module = module.display(),
+                files = files.display()
+            );
+        }
+    }
+    if summary.ok {
+        Ok(())
+    } else {
+        if let Some(e) = &produced.agent_error {
+            eprintln!("hsm-sim: demo: the agent stopped with an error: {e}");
+        }
+        keep_for_log(temp, &log, args.json);
+        Err(DemoError::Incomplete {
+            requested: summary.tokens_requested,
+            verified: summary.tokens_verified,
+        })
+    }
+}
+
+/// The verification pass. On the rack the desk plugs the produced tokens back in, as many
+/// at a time as there are slots (the last ones stay plugged in, for pkcs11-tool).
+fn verify_all(
+    module: &Path,
+    rack: Option<&Rack>,
+    slots: usize,
+    expectations: &[Expectation],
+) -> Result<Vec<Check>, DemoError> {
+    let verifier = verify::Verifier::open(module)?;
+    let mut checks = Vec::new();
+    match rack {
+        None => checks = verifier.check(expectations)?,
+        Some(rack) => {
+            for batch in expectations.chunks(slots.max(1)) {
+                for slot in 0..slots {
+                    if rack.serial_in(slot)?.is_some() {
+                        rack.remove(slot)?;
+                    }
+                }
+                for (slot, t) in batch.iter().enumerate() {
+                    rack.insert(
+                        slot,
+                        InsertOptions {
+                            serial: Some(t.serial.clone()),
+                            ..Default::default()
+                        },
+                    )?;
+                }
+                checks.extend(verifier.check(batch)?);
+            }
+        }
+    }
+    verifier.close();
+    Ok(checks)
+}
+
+/// A failed run keeps its temporary folder, for the agent's log.
+fn keep_for_log(temp: Option<tempfile::TempDir>, log: &Path, quiet: bool) {
+    if let Some(t) = temp {
+        let _ = t.keep();
+        if !quiet {
+            eprintln!(
+                "hsm-sim: demo: the agent's log is kept in {}",
+                log.display()
+            );
+        }
+    } else if !quiet {
+        eprintln!("hsm-sim: demo: the agent's log is {}", log.display());
+    }
+}
+
+/// Broker, platform, agent, desk; then the agent and the platform stop.
+async fn produce(
+    args: &DemoArgs,
+    root: &Path,
+    files: &Path,
+    module: &Path,
+    rack: Option<&Rack>,
+    progress: &Progress,
+    started: Instant,
+) -> Result<Produced, DemoError> {
+    let (host, port, broker) = match &args.broker {
+        Some(b) => (b.host.clone(), b.port, format!("{}:{}", b.host, b.port)),
+        None => {
+            let b = tokio::task::spawn_blocking(broker::EmbeddedBroker::start)
+                .await
+                .map_err(|e| DemoError::Broker(e.to_string()))??;
+            let port = b.port();
+            (
+                "127.0.0.1".to_owned(),
+                port,
+                format!("embedded 127.0.0.1:{port}"),
+            )
+        }
+    };
+    let station = StationId::new(STATION).map_err(|e| DemoError::Agent(e.to_string()))?;
+    let platform =
+        Platform::start(PlatformConfig::new(host.clone(), port, station.clone())).await?;
+    let trust = platform.write_station_trust(&station, &files.join("trust"))?;
+    let config_path = files.join("agent.toml");
+    let text = AgentFile {
+        files,
+        host: &host,
+        port,
+        module,
+        sim_dir: rack.map(|_| root),
+        trust: &trust,
+    }
+    .text();
+    std::fs::write(&config_path, text).map_err(|e| DemoError::folder(&config_path, e))?;
+    let config = Config::load_checked(&config_path).map_err(|e| DemoError::Agent(e.to_string()))?;
+
+    let shutdown = CancellationToken::new();
+    let mut agent = tokio::spawn(ukey_agent::daemon::run(config, shutdown.clone()));
+    let online = platform.wait_until("the agent's birth message", AGENT_START_TIMEOUT, |r| {
+        r.current_presence(&station)
+            .filter(|p| p.status == PresenceStatus::Online)
+            .map(|_| ())
+    });
+    tokio::select! {
+        waited = online => waited?,
+        ended = &mut agent => {
+            let why = match ended {
+                Ok(Ok(())) => "it stopped before it was online".to_owned(),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            return Err(DemoError::Agent(why));
+        }
+    }
+    let setup = started.elapsed();
+
+    let plan = DeskPlan {
+        tokens: args.tokens as usize,
+        slots: args.slots as usize,
+        algorithm: args.alg.algorithm(),
+        latency: args.latency.profile(),
+        faults: args.faults,
+        station: station.clone(),
+    };
+    progress.note(&header(args, &plan, module, &broker, rack.is_some(), setup));
+    let interrupt = CancellationToken::new();
+    let on_signal = interrupt.clone();
+    let signals = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            on_signal.cancel();
+        }
+    });
+    let tokens = match rack {
+        Some(r) => Tokens::Rack(r),
+        None => Tokens::Module,
+    };
+    let run = Desk::new(&platform, tokens, plan, progress)
+        .run(|| !agent.is_finished(), interrupt)
+        .await;
+    signals.abort();
+    progress.finish();
+
+    // The agent stops as `ukey-agent run` does on SIGTERM.
+    shutdown.cancel();
+    let agent_error = match agent.await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(e) => Some(e.to_string()),
+    };
+    let run = run?;
+    let records = platform.snapshot();
+    let pins = run
+        .results
+        .iter()
+        .filter_map(|r| r.serial.as_ref())
+        .filter_map(|s| platform.user_pin(s).map(|p| (s.to_string(), p)))
+        .collect();
+    platform.shutdown().await;
+    Ok(Produced {
+        run,
+        records,
+        pins,
+        broker,
+        setup,
+        agent_error,
+    })
+}
+
+fn header(
+    args: &DemoArgs,
+    plan: &DeskPlan,
+    module: &Path,
+    broker: &str,
+    rack: bool,
+    setup: Duration,
+) -> String {
+    let tokens = if rack {
+        format!(
+            "{}, rack of {}, latency {}",
+            plural(plan.tokens, "blank token"),
+            plural(plan.slots, "slot"),
+            plan.latency.name()
+        )
+    } else {
+        format!(
+            "{} on the blank tokens of {}",
+            plural(plan.tokens, "job"),
+            module.display()
+        )
+    };
+    format!(
+        "ukey-station demo: {tokens}, {} keys{}\n  broker {broker}, simulated platform with a test CA, agent online after {:.2} s",
+        plan.algorithm.as_str(),
+        if args.faults { ", scripted faults" } else { "" },
+        setup.as_secs_f64()
+    )
+}
+
+/// `1 slot`, `4 slots`.
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("{n} {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+fn summarize(
+    args: &DemoArgs,
+    produced: &Produced,
+    checks: &[Check],
+    module: &Path,
+    kept: Option<&PathBuf>,
+) -> Summary {
+    let rack_mode = args.module.is_none();
+    let mut tokens = Vec::new();
+    for r in &produced.run.results {
+        let serial = r.serial.as_ref().map(ToString::to_string);
+        let check = serial
+            .as_ref()
+            .and_then(|s| checks.iter().find(|c| c.serial == *s));
+        let doc = r.job.as_ref().and_then(|j| j.document());
+        let mut certificates: Vec<CertSummary> = Vec::new();
+        for label in KeyLabel::ALL {
+            let on_token = check.and_then(|c| {
+                c.certificates
+                    .iter()
+                    .find(|(l, _)| l == label.as_str())
+                    .map(|(_, der)| der.clone())
+            });
+            let issued = r.job.as_ref().and_then(|j| j.issued()).and_then(|certs| {
+                certs
+                    .iter()
+                    .find(|c| c.label == label)
+                    .map(|c| c.certificate.as_bytes().to_vec())
+            });
+            if let Some(der) = on_token.or(issued) {
+                certificates.push(CertSummary::of(label.as_str(), &der));
+            }
+        }
+        let (state, error) = match &r.outcome {
+            Outcome::Succeeded => ("succeeded", None),
+            Outcome::Failed(why) => ("failed", Some(why.clone())),
+        };
+        let verified = matches!(r.outcome, Outcome::Succeeded) && check.is_some_and(Check::ok);
+        let mut problems = check.map(|c| c.problems.clone()).unwrap_or_default();
+        if matches!(r.outcome, Outcome::Succeeded) && check.is_none() {
+            problems.push("not checked".to_owned());
+        }
+        tokens.push(TokenSummary {
+            slot: if rack_mode {
+                Some(r.position as u64)
+            } else {
+                check.and_then(|c| c.slot)
+            },
+            serial: serial.clone(),
+            job_id: r.job.as_ref().map(|j| j.job_id().to_string()),
+            company: doc.map(|d| d.enterprise.name.clone()),
+            credit_code: doc.map(|d| d.enterprise.credit_code.to_string()),
+            order_number: doc.map(|d| d.order_number.clone()),
+            state,
+            error,
+            duration_ms: r.duration.map(ms),
+            user_pin: serial.as_ref().and_then(|s| {
+                produced
+                    .pins
+                    .iter()
+                    .find(|(p, _)| p == s)
+                    .map(|(_, pin)| pin.expose_secret().to_owned())
+            }),
+            certificates,
+            verified,
+            verification_problems: problems,
+        });
+    }
+    let faults: Vec<FaultSummary> = produced
+        .run
+        .faults
+        .iter()
+        .map(|f| FaultSummary {
+            fault: f.kind.as_str(),
+            serial: f.serial.clone(),
+            job_id: f.job_id.as_ref().map(ToString::to_string),
+            caught: f.caught,
+            recovered: f.recovered,
+            detail: f.detail.clone(),
+        })
+        .collect();
+    let requested = args.tokens as usize;
+    let produced_n = tokens.iter().filter(|t| t.state == "succeeded").count();
+    let verified = tokens.iter().filter(|t| t.verified).count();
+    let faults_ok =
+        !args.faults || (faults.len() == 2 && faults.iter().all(|f| f.caught && f.recovered));
+    let ok = produced.run.aborted.is_none()
+        && produced_n == requested
+        && verified == requested
+        && faults_ok;
+    // The platform's view must agree: no protocol problem in any job.
+    let problems: usize = produced.records.jobs().map(|j| j.problems().len()).sum();
+    let ok = ok && problems == 0;
+    Summary {
+        ok,
+        tokens_requested: requested,
+        tokens_produced: produced_n,
+        tokens_verified: verified,
+        algorithm: args.alg.algorithm().as_str(),
+        latency: rack_mode.then(|| args.latency.profile().name()),
+        slots: rack_mode.then_some(args.slots as usize),
+        module: module.display().to_string(),
+        broker: produced.broker.clone(),
+        dir: kept.map(|d| d.display().to_string()),
+        setup_ms: ms(produced.setup),
+        makespan_ms: ms(produced.run.makespan),
+        slowest_token_ms: tokens.iter().filter_map(|t| t.duration_ms).max(),
+        aborted: produced.run.aborted.clone().or_else(|| {
+            (problems > 0).then(|| format!("the platform saw {problems} protocol problem(s)"))
+        }),
+        tokens,
+        faults,
+    }
+}

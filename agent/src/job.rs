@@ -404,11 +404,7 @@ impl JobMachine {
                     step,
                     ExecutionState::Canceled,
                     serial,
-                    Some(StepError {
-                        code: code("canceled"),
-                        message: truncate(&format!("canceled by the platform: {reason}")),
-                        retryable: false,
-                    }),
+                    Some(canceled(&reason)),
                 ));
                 Ok(actions)
             }
@@ -443,11 +439,7 @@ impl JobMachine {
                         step,
                         ExecutionState::Canceled,
                         serial,
-                        Some(StepError {
-                            code: code("canceled"),
-                            message: truncate(&format!("canceled by the platform: {reason}")),
-                            retryable: false,
-                        }),
+                        Some(canceled(&reason)),
                     ));
                 } else if index + 1 == self.plan.len() {
                     self.state = JobState::AwaitingFinalAck { serial, event_id };
@@ -479,11 +471,7 @@ impl JobMachine {
                         step,
                         ExecutionState::Canceled,
                         serial,
-                        Some(StepError {
-                            code: code("canceled"),
-                            message: truncate(&format!("canceled by the platform: {reason}")),
-                            retryable: false,
-                        }),
+                        Some(canceled(&reason)),
                     ));
                 }
                 let report = self.report(
@@ -637,6 +625,15 @@ fn disarm_for(state: &JobState) -> Vec<Action> {
         JobState::Parked { .. } => vec![Action::Disarm(Timer::TokenReturn)],
         JobState::AwaitingFinalAck { .. } => vec![Action::Disarm(Timer::FinalAck)],
         _ => Vec::new(),
+    }
+}
+
+/// The error of a job the platform canceled.
+fn canceled(reason: &str) -> StepError {
+    StepError {
+        code: code("canceled"),
+        message: truncate(&format!("canceled by the platform: {reason}")),
+        retryable: false,
     }
 }
 

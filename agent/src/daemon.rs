@@ -37,7 +37,9 @@ use ukey_protocol::bundle::{CertBundle, CertOutcome, CertResponse, CsrBundle};
 use ukey_protocol::cancel::Cancel;
 use ukey_protocol::event::{ExecutionState, Step, StepData, StepError, StepEvent};
 use ukey_protocol::ids::{ErrorCode, EventId, JobId, Nonce, StationId, TokenSerial};
-use ukey_protocol::inventory::{CertificateExpiry, Inventory, SlotInfo, TokenInfo, TokenState};
+use ukey_protocol::inventory::{
+    CertificateExpiry, DeskAlert, Inventory, SlotInfo, TokenInfo, TokenState,
+};
 use ukey_protocol::job::{JobDocument, JobKind};
 use ukey_protocol::keys::KeyLabel;
 use ukey_protocol::presence::{Presence, PresenceStatus};
@@ -193,7 +195,10 @@ struct Daemon {
     /// USB arrivals (token serial → port, deadline) whose PKCS#11 slot has not appeared yet.
     usb_pending: BTreeMap<String, (String, tokio::time::Instant)>,
     /// USB devices present but not accessible (port → reason), shown by `status`.
-    usb_problems: BTreeMap<String, String>,
+    usb_problems: BTreeMap<String, (&'static str, String)>,
+    /// PKCS#11 modules that could not be loaded (path, reason): reported, not fatal, so the
+    /// other models keep working.
+    module_problems: Vec<(PathBuf, String)>,
 }
 
 fn now_utc() -> OffsetDateTime {
@@ -227,11 +232,29 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             paths.push(model.module.clone());
         }
     }
+    let mut module_problems = Vec::new();
     for path in paths {
-        let module = tokio::task::spawn_blocking(move || Module::load(&path))
+        let shown = path.clone();
+        match tokio::task::spawn_blocking(move || Module::load(&path))
             .await
-            .map_err(|e| DaemonError::Config(e.to_string()))??;
-        modules.push(module);
+            .map_err(|e| DaemonError::Config(e.to_string()))?
+        {
+            Ok(module) => modules.push(module),
+            Err(e) => {
+                tracing::error!(module = %shown.display(), error = %e, "PKCS#11 module cannot be loaded: its tokens will not be served");
+                module_problems.push((shown, e.to_string()));
+            }
+        }
+    }
+    if modules.is_empty() {
+        return Err(DaemonError::Config(format!(
+            "no PKCS#11 module could be loaded: {}",
+            module_problems
+                .iter()
+                .map(|(p, e)| format!("{}: {e}", p.display()))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )));
     }
 
     let presence_seq = next_presence_seq(&state_dir)?;
@@ -290,6 +313,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         lit: BTreeSet::new(),
         usb_pending: BTreeMap::new(),
         usb_problems: BTreeMap::new(),
+        module_problems,
     };
     daemon.replay().await?;
     crate::systemd::ready();
@@ -1039,8 +1063,16 @@ impl Daemon {
                 tracing::error!(port = %device.port_path, id = %device.id(), %reason, "Ukey present but not accessible");
                 self.usb_problems.insert(
                     device.port_path.clone(),
-                    format!("{} at USB port {}: {reason}", device.id(), device.port_path),
+                    (
+                        "usb-not-accessible",
+                        format!(
+                            "Ukey {} at USB port {}: {reason}",
+                            device.id(),
+                            device.port_path
+                        ),
+                    ),
                 );
+                self.inventory_dirty = true;
             }
         }
     }
@@ -1049,6 +1081,8 @@ impl Daemon {
     fn check_usb_arrivals(&mut self) {
         let now = tokio::time::Instant::now();
         let seats = &self.seats;
+        let problems = &mut self.usb_problems;
+        let mut changed = false;
         self.usb_pending.retain(|serial, (port, deadline)| {
             if let Some(seat) = seats.get(&TokenKey::Serial(serial.clone())) {
                 tracing::info!(%serial, %port, slot = seat.present.slot, "USB arrival matched to its PKCS#11 slot");
@@ -1060,10 +1094,21 @@ impl Daemon {
                     %port,
                     "Ukey is on USB but no PKCS#11 slot shows it: is its model's module configured and working?"
                 );
+                problems.insert(
+                    port.clone(),
+                    (
+                        "no-slot-for-token",
+                        format!("Ukey {serial} at USB port {port} shows no PKCS#11 slot: check its model's module"),
+                    ),
+                );
+                changed = true;
                 return false;
             }
             true
         });
+        if changed {
+            self.inventory_dirty = true;
+        }
     }
 
     // ----- the panel and the status snapshot ------------------------------------------------
@@ -1159,7 +1204,7 @@ impl Daemon {
                 job_id: seat.job.as_ref().map(ToString::to_string),
             })
             .collect();
-        for problem in self.usb_problems.values() {
+        for (_, problem) in self.usb_problems.values() {
             tokens.push(TokenLine {
                 token: problem.clone(),
                 slot: u64::MAX,
@@ -1690,7 +1735,9 @@ impl Daemon {
             slots.push(SlotInfo { slot, token });
         }
         slots.truncate(ukey_protocol::inventory::MAX_SLOTS);
+        let alerts = self.alerts();
         let inventory = Inventory {
+            alerts,
             v: V1,
             station_id: self.station.clone(),
             seq: self.inventory_seq,
@@ -1705,6 +1752,35 @@ impl Daemon {
             }
             Err(e) => tracing::warn!(error = %e, "inventory cannot be encoded"),
         }
+    }
+}
+
+impl Daemon {
+    /// Desk problems that are not a token's state, for the inventory.
+    fn alerts(&self) -> Vec<DeskAlert> {
+        let mut alerts = Vec::new();
+        for (path, reason) in &self.module_problems {
+            alerts.push(DeskAlert {
+                code: code("module-missing"),
+                port: None,
+                message: format!(
+                    "PKCS#11 module {} cannot be loaded: {reason}",
+                    path.display()
+                )
+                .chars()
+                .take(512)
+                .collect(),
+            });
+        }
+        for (port, (code_str, message)) in &self.usb_problems {
+            alerts.push(DeskAlert {
+                code: code(code_str),
+                port: Some(port.chars().take(64).collect()),
+                message: message.chars().take(512).collect(),
+            });
+        }
+        alerts.truncate(ukey_protocol::inventory::MAX_ALERTS);
+        alerts
     }
 }
 

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 
 use crate::codec::{Message, V1, check_len, check_text, check_utc, rfc3339};
 use crate::error::{Problem, ProtocolError};
-use crate::ids::{JobId, StationId, TokenSerial};
+use crate::ids::{ErrorCode, JobId, StationId, TokenSerial};
 use crate::keys::KeyLabel;
 
 /// Most slots in one station's rack.
@@ -119,6 +119,26 @@ pub struct Inventory {
     pub at: OffsetDateTime,
     /// Every slot of the rack, each index once.
     pub slots: Vec<SlotInfo>,
+    /// Problems at the desk that are not a token's state: a Ukey present on USB but not
+    /// accessible (udev rules), a Ukey whose model's PKCS#11 module is missing or shows no
+    /// slot for it. Empty (and left out of the JSON) when all is well.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<DeskAlert>,
+}
+
+/// Most alerts in one inventory.
+pub const MAX_ALERTS: usize = 16;
+
+/// A problem at the desk, for the platform's operators.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeskAlert {
+    /// Machine-readable, e.g. `usb-not-accessible`, `module-missing`, `no-slot-for-token`.
+    pub code: ErrorCode,
+    /// The USB port (`1-1.3`) or device it concerns, if any (1-64 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+    /// What is wrong and what to check (1-512 characters).
+    pub message: String,
 }
 
 impl Message for Inventory {
@@ -129,6 +149,14 @@ impl Message for Inventory {
         self.station_id.check("station_id")?;
         check_utc("at", &self.at)?;
         check_len("slots", &self.slots, MAX_SLOTS)?;
+        check_len("alerts", &self.alerts, MAX_ALERTS)?;
+        for (i, a) in self.alerts.iter().enumerate() {
+            a.code.check(&format!("alerts[{i}].code"))?;
+            if let Some(port) = &a.port {
+                check_text(&format!("alerts[{i}].port"), port, 64)?;
+            }
+            check_text(&format!("alerts[{i}].message"), &a.message, 512)?;
+        }
         for (i, s) in self.slots.iter().enumerate() {
             let path = format!("slots[{i}]");
             if self.slots[..i].iter().any(|o| o.slot == s.slot) {
@@ -156,5 +184,42 @@ impl Message for Inventory {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn inventory(alerts: Vec<DeskAlert>) -> Inventory {
+        Inventory {
+            v: V1,
+            station_id: StationId::new("desk-01").unwrap(),
+            seq: 1,
+            at: time::macros::datetime!(2025-03-01 08:00:00 UTC),
+            slots: vec![],
+            alerts,
+        }
+    }
+
+    #[test]
+    fn alerts_are_left_out_when_empty_and_checked_when_present() {
+        let quiet = inventory(vec![]).encode().unwrap();
+        assert!(!String::from_utf8(quiet).unwrap().contains("alerts"));
+        let alert = DeskAlert {
+            code: ErrorCode::new("usb-not-accessible").unwrap(),
+            port: Some("1-1.3".into()),
+            message: "Ukey 096e:0702 at USB port 1-1.3: present but not accessible".into(),
+        };
+        let loud = inventory(vec![alert.clone()]);
+        let back = Inventory::decode(&loud.encode().unwrap()).unwrap();
+        assert_eq!(back.alerts, vec![alert.clone()]);
+        let empty_message = inventory(vec![DeskAlert {
+            message: String::new(),
+            ..alert
+        }]);
+        let err = empty_message.encode().unwrap_err().to_string();
+        assert!(err.contains("alerts[0].message"), "{err}");
     }
 }

@@ -291,6 +291,7 @@ prop_compose! {
                     }).collect(),
                 }),
             }).collect(),
+            alerts: vec![],
         }
     }
 }

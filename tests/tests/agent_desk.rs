@@ -96,3 +96,36 @@ async fn panel_lights_and_status_follow_the_desk() {
         "{code:?} {text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_model_module_is_reported_and_the_desk_keeps_working() {
+    let mut station = Station::sim(1).await;
+    let broken = station.dir().join("broken-ukey.so");
+    std::fs::write(&broken, "not a shared library").unwrap();
+    station.extra_config = format!(
+        "[[models]]\nname = \"Broken K9\"\nvendor_id = 0x1234\nproduct_id = 0x5678\nmodule = {:?}\n",
+        broken.display().to_string()
+    );
+    station.start_agent().await;
+    let draft = JobDraft::new(JobKind::New, &station.station_id).unwrap();
+    let job = station.platform.dispatch_draft(&draft).await.unwrap();
+    station.insert_blank(0);
+    station
+        .platform
+        .wait_for_state(&job, ExecutionState::Succeeded, PRODUCTION_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", station.agent_log()));
+    let station_id = station.station_id.clone();
+    let alert = station
+        .platform
+        .wait_until("a module-missing alert in the inventory", WAIT, |r| {
+            r.current_inventory(&station_id)?
+                .alerts
+                .iter()
+                .find(|a| a.code.as_str() == "module-missing")
+                .cloned()
+        })
+        .await
+        .unwrap();
+    assert!(alert.message.contains("broken-ukey.so"), "{alert:?}");
+}

@@ -446,6 +446,7 @@ async fn presence_and_inventory_are_recorded() {
                 token: None,
             },
         ],
+        alerts: vec![],
     };
     station
         .publish(station.topics.inventory(), inventory.encode().unwrap())

@@ -384,6 +384,7 @@ pub fn sample_inventory() -> Inventory {
                 token: None,
             },
         ],
+        alerts: vec![],
     }
 }
 

@@ -42,6 +42,13 @@ pub struct UsbDevice {
     pub manufacturer: String,
     /// Product string.
     pub product: String,
+    /// Whether the host may open the device; `false` simulates missing udev rules.
+    #[serde(default = "yes")]
+    pub accessible: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The whole bus.

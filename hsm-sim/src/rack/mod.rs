@@ -72,6 +72,14 @@ pub struct Inserted {
     pub serial: String,
     /// Increasing number of the insertion.
     pub insertion: u64,
+    /// The host may open the USB device (false simulates missing udev rules: the device is
+    /// on the bus but "present, not accessible"). Set with [`Rack::set_usb_access`].
+    #[serde(default = "accessible_by_default")]
+    pub usb_accessible: bool,
+}
+
+fn accessible_by_default() -> bool {
+    true
 }
 
 /// `rack.json`.
@@ -374,6 +382,7 @@ impl Rack {
                     serial: t.serial().to_string(),
                     manufacturer: t.manufacturer().to_string(),
                     product: t.model().to_string(),
+                    accessible: ins.usb_accessible,
                 });
             }
         }
@@ -444,6 +453,7 @@ impl Rack {
         rack.slots[slot] = Some(Inserted {
             serial: serial.clone(),
             insertion: rack.next_insertion,
+            usb_accessible: true,
         });
         rack.next_insertion += 1;
         rack.generation += 1;
@@ -468,6 +478,23 @@ impl Rack {
         rack.generation += 1;
         self.commit_rack(&rack)?;
         Ok(ins.serial)
+    }
+
+    /// Simulates USB permissions of the device in `slot`: `false` makes it appear on the
+    /// virtual bus as present but not accessible (what missing udev rules do to a real Ukey).
+    pub fn set_usb_access(&self, slot: usize, accessible: bool) -> Result<()> {
+        let _lock = DirLock::acquire(&self.dir)?;
+        let mut rack = (*self.require()?).clone();
+        let slots = rack.slots.len();
+        let entry = rack
+            .slots
+            .get_mut(slot)
+            .ok_or(Error::SlotOutOfRange { slot, slots })?
+            .as_mut()
+            .ok_or(Error::SlotEmpty { slot })?;
+        entry.usb_accessible = accessible;
+        rack.generation += 1;
+        self.commit_rack(&rack)
     }
 
     fn token_in(&self, slot: usize) -> Result<String> {

@@ -470,7 +470,13 @@ impl Daemon {
                 continue;
             };
             match entry.machine.state().clone() {
-                JobState::Queued => self.queue.push_back(id.clone()),
+                JobState::Queued => {
+                    if entry.machine.is_targeted() {
+                        // The wait restarts with the agent: the platform's job expiry bounds it.
+                        self.arm(&id, Timer::TargetToken);
+                    }
+                    self.queue.push_back(id.clone());
+                }
                 JobState::AwaitingCertificates { .. } => {
                     self.send_job_csr(&id);
                     self.arm(&id, Timer::Certificates);
@@ -620,7 +626,7 @@ impl Daemon {
                 return Ok(());
             }
         };
-        if !matches!(doc.kind, JobKind::New | JobKind::Replace) {
+        if !kind_supported(&doc) {
             let reason = format!(
                 "job kind {} is not supported by this agent version",
                 doc.kind
@@ -651,8 +657,12 @@ impl Daemon {
         ack(message).await;
         tracing::info!(job = %job_id, kind = %doc.kind, order = %doc.order_number, "job accepted");
         self.nonces.insert(doc.nonce.clone());
+        let targeted = machine.is_targeted();
         self.jobs
             .insert(job_id.clone(), JobEntry::new(Arc::new(doc), machine));
+        if targeted {
+            self.arm(&job_id, Timer::TargetToken);
+        }
         self.queue.push_back(job_id);
         self.try_claim_all().await
     }
@@ -936,6 +946,7 @@ impl Daemon {
             Timer::Certificates => t.certificates(),
             Timer::TokenReturn => t.token_removed(),
             Timer::FinalAck => t.bind_ack(),
+            Timer::TargetToken => t.target_token(),
         }
     }
 
@@ -1239,54 +1250,93 @@ impl Daemon {
         Ok(())
     }
 
-    /// Blank tokens take the oldest queued `new`/`replace` jobs.
+    /// Blank tokens take the oldest queued `new`/`replace` jobs; a targeted job (`renew`,
+    /// `change`, `unlock`) takes only the token whose serial it names, once that is plugged
+    /// in and free. A job waiting for its token does not hold up the jobs behind it.
     async fn try_claim_all(&mut self) -> Result<(), DaemonError> {
         if !self.claiming {
             return Ok(());
         }
-        loop {
-            let Some(job_id) = self.queue.front().cloned() else {
-                return Ok(());
-            };
-            if !self.jobs.contains_key(&job_id) {
-                self.queue.pop_front();
+        self.queue.retain(|id| self.jobs.contains_key(id));
+        let mut i = 0;
+        while i < self.queue.len() {
+            let job_id = self.queue[i].clone();
+            let Some(entry) = self.jobs.get(&job_id) else {
+                i += 1;
                 continue;
-            }
-            let free = self
-                .seats
-                .iter()
-                .find(|(_, s)| {
-                    s.job.is_none() && s.state == TokenState::Blank && s.present.is_blank()
-                })
-                .map(|(k, _)| k.clone());
-            let Some(key) = free else { return Ok(()) };
-            self.queue.pop_front();
+            };
+            let free = match &entry.doc.target_token_serial {
+                Some(target) => {
+                    let key = TokenKey::Serial(target.to_string());
+                    self.seats
+                        .get(&key)
+                        .filter(|s| s.job.is_none() && !s.present.is_blank())
+                        .map(|_| key)
+                }
+                None => self
+                    .seats
+                    .iter()
+                    .find(|(_, s)| {
+                        s.job.is_none() && s.state == TokenState::Blank && s.present.is_blank()
+                    })
+                    .map(|(k, _)| k.clone()),
+            };
+            let Some(key) = free else {
+                i += 1;
+                continue;
+            };
+            self.queue.remove(i);
+            self.claim(job_id, key)?;
+        }
+        Ok(())
+    }
+
+    /// Gives `key`'s token to `job_id`: PINs for jobs that set them, journaled (sealed)
+    /// before any token write that uses them; then the token's worker starts.
+    fn claim(&mut self, job_id: JobId, key: TokenKey) -> Result<(), DaemonError> {
+        let Some(entry) = self.jobs.get(&job_id) else {
+            return Ok(());
+        };
+        let sets_pins = entry.machine.plan().contains(&Step::Initialize);
+        let doc = Arc::clone(&entry.doc);
+        if sets_pins {
             let (min, max) = self
                 .seats
                 .get(&key)
                 .map(|s| (s.present.min_pin_len, s.present.max_pin_len))
                 .unwrap_or((6, 16));
-            let pins = Pins::generate(min, max)?;
+            let mut pins = Pins::generate(min, max)?;
+            if doc.so_pin.is_some() {
+                // Re-keying a named token: C_InitToken needs its current SO PIN, which stays.
+                match steps::job_so_pin(&doc, &self.trust.station_key) {
+                    Ok(so) => pins.so = so,
+                    Err(e) => {
+                        tracing::warn!(job = %job_id, error = ?e, "the job's SO PIN does not open");
+                    }
+                }
+            }
             let sealed = pins
                 .seal(&self.trust.station_key.recipient(), &job_id)
                 .map_err(DaemonError::Journal)?;
-            // The PINs are journaled (sealed) before any token write that uses them.
             self.journal.append(&Record::Pins {
                 job_id: job_id.clone(),
                 pins: sealed,
             })?;
             if let Some(entry) = self.jobs.get_mut(&job_id) {
                 entry.pins = Some(Arc::new(pins));
-                entry.token = Some(key.clone());
             }
-            if let Some(seat) = self.seats.get_mut(&key) {
-                seat.job = Some(job_id.clone());
-                seat.state = TokenState::InProduction;
-            }
-            self.inventory_dirty = true;
-            tracing::info!(job = %job_id, token = %key, "blank token claims job");
-            self.start_worker(key);
         }
+        if let Some(entry) = self.jobs.get_mut(&job_id) {
+            entry.token = Some(key.clone());
+        }
+        if let Some(seat) = self.seats.get_mut(&key) {
+            seat.job = Some(job_id.clone());
+            seat.state = TokenState::InProduction;
+        }
+        self.inventory_dirty = true;
+        tracing::info!(job = %job_id, kind = %doc.kind, token = %key, "token claims job");
+        self.start_worker(key);
+        Ok(())
     }
 
     fn release(&mut self, job_id: &JobId) {
@@ -1583,6 +1633,20 @@ fn observe_token(
     })
 }
 
+/// Whether the job keeps the token's keys and PINs (`renew`, `change` without rekey): its
+/// certificates are requested with renewal requests and written without a user login.
+fn keeps_keys(doc: &JobDocument) -> bool {
+    matches!(doc.kind, JobKind::Renew) || (doc.kind == JobKind::Change && !doc.rekey)
+}
+
+/// The job kinds this agent version runs.
+fn kind_supported(doc: &JobDocument) -> bool {
+    match doc.kind {
+        JobKind::New | JobKind::Replace | JobKind::Unlock | JobKind::Renew => true,
+        JobKind::Change => !doc.rekey,
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_step(
     step: Step,
@@ -1642,9 +1706,16 @@ async fn run_step(
             ),
         },
         Step::RequestCertificates => match (pins, serial) {
-            (Some(pins), Some(serial)) => {
+            (pins, Some(serial)) if pins.is_some() || keeps_keys(&doc) => {
                 let result = worker
-                    .call(move |token| Ok(steps::request_certificates(token, &doc, &pins, &serial)))
+                    .call(move |token| {
+                        Ok(match pins {
+                            Some(pins) if !keeps_keys(&doc) => {
+                                steps::request_certificates(token, &doc, &pins, &serial)
+                            }
+                            _ => steps::request_renewal(token, &doc, &serial),
+                        })
+                    })
                     .await;
                 match result {
                     Ok(Ok(bundle)) => match bundle.encode() {
@@ -1680,14 +1751,14 @@ async fn run_step(
                             },
                         };
                         if install {
-                            let Some(pins) = pins else {
+                            if pins.is_none() && !keeps_keys(&doc) {
                                 return Ok(Err(StepFailure::Failed(StepError {
                                     code: code("internal"),
                                     message: "PINs missing for step install".into(),
                                     retryable: true,
                                 })));
-                            };
-                            if let Err(f) = steps::install(token, &pins, &verified) {
+                            }
+                            if let Err(f) = steps::install(token, pins.as_deref(), &verified) {
                                 return Ok(Err(f));
                             }
                         }
@@ -1713,11 +1784,12 @@ async fn run_step(
             ),
         },
         Step::Bind => match (pins, verified) {
-            (Some(pins), Some(verified)) => {
-                steps::bind_report(&job_id, &verified, &pins, &trust.platform_seal)
+            (pins, _) if pins.is_none() && !keeps_keys(&doc) => Err(missing("PINs")),
+            (pins, Some(verified)) => {
+                steps::bind_report(&job_id, &verified, pins.as_deref(), &trust.platform_seal)
                     .map(|report| StepOutput::Data(StepData::Bind(report)))
             }
-            (Some(pins), None) => {
+            (pins, None) => {
                 // After a restart: verify again (read-only) to rebuild the fingerprints.
                 match certs {
                     None => Err(missing("certificates")),
@@ -1728,7 +1800,7 @@ async fn run_step(
                             .await;
                         match result {
                             Ok(Ok(v)) => {
-                                let report = steps::bind_report(&job_id, &v, &pins, &trust.platform_seal);
+                                let report = steps::bind_report(&job_id, &v, pins.as_deref(), &trust.platform_seal);
                                 done.verified = Some(Arc::new(v));
                                 report.map(|r| StepOutput::Data(StepData::Bind(r)))
                             }
@@ -1738,7 +1810,35 @@ async fn run_step(
                     }
                 }
             }
-            _ => Err(missing("PINs")),
+        },
+        Step::ResetPin => {
+            let trust = Arc::clone(&trust);
+            flatten(
+                worker
+                    .call(move |token| {
+                        Ok(steps::reset_pin(token, &doc, &trust.station_key, &trust.platform_seal)
+                            .map(StepOutput::Data))
+                    })
+                    .await,
+            )
+        }
+        Step::ReadKeys => flatten(
+            worker
+                .call(move |token| Ok(steps::read_keys(token, &doc).map(|()| StepOutput::Done)))
+                .await,
+        ),
+        Step::RemoveOldCertificates => match certs {
+            None => Err(missing("certificates")),
+            Some(bundle) => flatten(
+                worker
+                    .call(move |token| {
+                        Ok(steps::remove_old_certificates(token, &bundle).map(|removed| {
+                            tracing::info!(job = %job_id, removed, "old certificates removed");
+                            StepOutput::Done
+                        }))
+                    })
+                    .await,
+            ),
         },
         other => Err(StepFailure::Failed(StepError {
             code: code("step-unsupported"),

@@ -1,0 +1,238 @@
+//! The rest of a Ukey's life, end to end: `unlock`, `renew`, `change` and what a token says
+//! when it is plugged in. Real Mosquitto, the simulated platform, hsm-sim and the real
+//! `ukey-agent` binary; tokens are checked again from outside (pkcs11-tool, openssl).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+use hsm_sim::platform::JobDraft;
+use hsm_sim::rack::token::Who;
+use secrecy::{ExposeSecret, SecretString};
+use ukey_protocol::event::{ExecutionState, Step};
+use ukey_protocol::ids::{JobId, TokenSerial};
+use ukey_protocol::job::JobKind;
+use ukey_protocol::keys::KeyAlgorithm;
+use ukey_tests::require_tool;
+use ukey_tests::station::{PRODUCTION_TIMEOUT, Station};
+
+/// Runs a `new` job on a blank token plugged into `slot`; returns the job's draft (its
+/// order is the order of later jobs on the token) and the token's serial.
+async fn produce(station: &Station, slot: usize, alg: KeyAlgorithm) -> (JobDraft, TokenSerial) {
+    let draft = JobDraft::new(JobKind::New, &station.station_id)
+        .unwrap()
+        .with_algorithm(alg);
+    let job = station.platform.dispatch_draft(&draft).await.unwrap();
+    let inserted = station.insert_blank(slot);
+    let record = station
+        .platform
+        .wait_for_state(&job, ExecutionState::Succeeded, PRODUCTION_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n--- agent log ---\n{}", station.agent_log()));
+    let serial = record.token_serial().cloned().unwrap();
+    assert_eq!(serial.as_str(), inserted);
+    (draft, serial)
+}
+
+/// Dispatches a job of `kind` naming `serial`, for the order of `made`.
+async fn dispatch_targeted(
+    station: &Station,
+    kind: JobKind,
+    made: &JobDraft,
+    serial: &TokenSerial,
+) -> JobId {
+    let draft = JobDraft::new(kind, &station.station_id)
+        .unwrap()
+        .with_algorithm(made.algorithm)
+        .with_order(made.order.clone())
+        .with_target(serial.clone());
+    station.platform.dispatch_draft(&draft).await.unwrap()
+}
+
+/// Waits for a job's terminal event; returns it.
+async fn finished(station: &Station, job: &JobId) -> ukey_protocol::event::StepEvent {
+    let record = station
+        .platform
+        .wait_for(
+            job,
+            |r| r.state().is_some_and(|s| s.is_terminal()),
+            PRODUCTION_TIMEOUT,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n--- agent log ---\n{}", station.agent_log()));
+    assert!(
+        record.problems().is_empty(),
+        "platform saw problems: {:?}",
+        record.problems()
+    );
+    record.last_event().cloned().unwrap()
+}
+
+/// Pulls the token in `slot`, changes it as the customer would elsewhere, plugs it in again.
+fn away_and_back(
+    station: &Station,
+    slot: usize,
+    serial: &TokenSerial,
+    f: impl FnOnce(&mut hsm_sim::rack::token::Token),
+) {
+    station.rack().remove(slot).unwrap();
+    station.rack().modify_token(serial.as_str(), f).unwrap();
+    station.reinsert(slot, serial.as_str());
+}
+
+/// Wrong PINs until `who`'s PIN is locked.
+fn lock(token: &mut hsm_sim::rack::token::Token, who: Who) {
+    while token.retries(who).0 > 0 {
+        let _ = token.verify_pin(who, b"not-the-pin-0");
+    }
+}
+
+fn pkcs11_tool(station: &Station, args: &[&str]) -> (bool, String) {
+    let (env_key, env_value) = station.module_env();
+    let out = Command::new(require_tool("pkcs11-tool"))
+        .arg("--module")
+        .arg(station.module())
+        .args(args)
+        .env(env_key, &env_value)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The token's label as the rack holds it.
+fn label_of(station: &Station, serial: &TokenSerial) -> String {
+    station
+        .rack()
+        .token(serial.as_str())
+        .unwrap()
+        .label()
+        .trim_end()
+        .to_owned()
+}
+
+/// Logs in with `pin` through pkcs11-tool and counts the private keys it then sees.
+fn private_keys_seen_with(station: &Station, serial: &TokenSerial, pin: &SecretString) -> usize {
+    let label = label_of(station, serial);
+    let (ok, out) = pkcs11_tool(
+        station,
+        &[
+            "--token-label",
+            &label,
+            "--login",
+            "--pin",
+            pin.expose_secret(),
+            "--list-objects",
+            "--type",
+            "privkey",
+        ],
+    );
+    assert!(ok, "pkcs11-tool login: {out}");
+    out.matches("Private Key Object").count()
+}
+
+fn no_pin_in_log(station: &Station, pin: &SecretString) {
+    assert!(
+        !station.agent_log().contains(pin.expose_secret()),
+        "a PIN appears in the agent's log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlock_resets_a_locked_user_pin() {
+    let mut station = Station::sim(2).await;
+    station.start_agent().await;
+    let (made, serial) = produce(&station, 0, KeyAlgorithm::P256).await;
+    let old_pin = station.platform.user_pin(&serial).unwrap();
+
+    away_and_back(&station, 0, &serial, |t| lock(t, Who::User));
+    let (ok, out) = pkcs11_tool(
+        &station,
+        &[
+            "--token-label",
+            &label_of(&station, &serial),
+            "--login",
+            "--pin",
+            old_pin.expose_secret(),
+            "--list-objects",
+        ],
+    );
+    assert!(
+        !ok || !out.contains("Private Key Object"),
+        "the user PIN is locked: {out}"
+    );
+
+    let job = dispatch_targeted(&station, JobKind::Unlock, &made, &serial).await;
+    let last = finished(&station, &job).await;
+    assert_eq!(
+        last.state,
+        ExecutionState::Succeeded,
+        "{last:?}\n{}",
+        station.agent_log()
+    );
+    assert_eq!(last.step, Step::ResetPin);
+    let record = station.platform.job_record(&job).unwrap();
+    assert!(record.has_step(Step::Claim));
+    assert_eq!(record.token_serial(), Some(&serial));
+
+    let new_pin = station.platform.user_pin(&serial).unwrap();
+    assert_ne!(new_pin.expose_secret(), old_pin.expose_secret());
+    let token = station.rack().token(serial.as_str()).unwrap();
+    let (left, max) = token.retries(Who::User);
+    assert_eq!(left, max, "the retry counter is full again");
+    assert_eq!(private_keys_seen_with(&station, &serial, &new_pin), 3);
+    no_pin_in_log(&station, &new_pin);
+    if let Some(so) = station
+        .platform
+        .token(&serial)
+        .and_then(|t| t.so_pin().cloned())
+    {
+        no_pin_in_log(&station, &so);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlock_with_a_locked_so_pin_touches_nothing_and_a_missing_token_times_out() {
+    let mut station = Station::sim(3).await;
+    station.extra_config = "target_token_secs = 4\n".into();
+    station.start_agent().await;
+    let (made, serial) = produce(&station, 0, KeyAlgorithm::P256).await;
+
+    away_and_back(&station, 0, &serial, |t| {
+        lock(t, Who::User);
+        lock(t, Who::So);
+    });
+    let before = station.objects(serial.as_str());
+    let job = dispatch_targeted(&station, JobKind::Unlock, &made, &serial).await;
+    let last = finished(&station, &job).await;
+    assert_eq!(last.state, ExecutionState::Failed, "{last:?}");
+    assert_eq!(last.step, Step::ResetPin);
+    let error = last.error.unwrap();
+    assert_eq!(error.code.as_str(), "so-pin-locked");
+    assert!(!error.retryable);
+    let token = station.rack().token(serial.as_str()).unwrap();
+    assert_eq!(token.retries(Who::User).0, 0, "the user PIN stays locked");
+    assert_eq!(token.retries(Who::So).0, 0);
+    assert_eq!(
+        station.objects(serial.as_str()),
+        before,
+        "no object touched"
+    );
+
+    // The named token is away; a blank token plugged in meanwhile is not taken for it.
+    station.rack().remove(0).unwrap();
+    let blank = station.insert_blank(1);
+    let job = dispatch_targeted(&station, JobKind::Unlock, &made, &serial).await;
+    let last = finished(&station, &job).await;
+    assert_eq!(last.state, ExecutionState::TimedOut, "{last:?}");
+    assert_eq!(last.error.unwrap().code.as_str(), "target-token-timeout");
+    let record = station.platform.job_record(&job).unwrap();
+    assert!(!record.has_step(Step::ResetPin));
+    let other = station.rack().token(&blank).unwrap();
+    assert!(!other.is_initialized(), "the blank token was left alone");
+}

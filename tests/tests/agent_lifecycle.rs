@@ -6,6 +6,8 @@
 use std::process::Command;
 
 use hsm_sim::platform::JobDraft;
+use hsm_sim::rack::LatencyChange;
+use hsm_sim::rack::latency::Op;
 use hsm_sim::rack::token::Who;
 use secrecy::{ExposeSecret, SecretString};
 use ukey_protocol::event::{ExecutionState, Step};
@@ -13,7 +15,7 @@ use ukey_protocol::ids::{JobId, TokenSerial};
 use ukey_protocol::job::JobKind;
 use ukey_protocol::keys::KeyAlgorithm;
 use ukey_tests::require_tool;
-use ukey_tests::station::{PRODUCTION_TIMEOUT, Station};
+use ukey_tests::station::{ObjectCount, PRODUCTION_TIMEOUT, Station};
 
 /// Runs a `new` job on a blank token plugged into `slot`; returns the job's draft (its
 /// order is the order of later jobs on the token) and the token's serial.
@@ -235,4 +237,295 @@ async fn unlock_with_a_locked_so_pin_touches_nothing_and_a_missing_token_times_o
     assert!(!record.has_step(Step::ResetPin));
     let other = station.rack().token(&blank).unwrap();
     assert!(!other.is_initialized(), "the blank token was left alone");
+}
+
+/// Reads `label`'s certificate(s) from the token into `dir` as PEM (pkcs11-tool, openssl);
+/// with several, the one pkcs11-tool finds first.
+fn read_certificate(
+    station: &Station,
+    serial: &TokenSerial,
+    label: &str,
+    dir: &std::path::Path,
+    name: &str,
+) -> std::path::PathBuf {
+    let der = dir.join(format!("{name}.der"));
+    let (ok, out) = pkcs11_tool(
+        station,
+        &[
+            "--token-label",
+            &label_of(station, serial),
+            "--read-object",
+            "--type",
+            "cert",
+            "--label",
+            label,
+            "--output-file",
+            der.to_str().unwrap(),
+        ],
+    );
+    assert!(ok && der.exists(), "read {label} certificate: {out}");
+    let pem = dir.join(format!("{name}.pem"));
+    openssl(&[
+        "x509",
+        "-inform",
+        "DER",
+        "-in",
+        der.to_str().unwrap(),
+        "-out",
+        pem.to_str().unwrap(),
+    ]);
+    pem
+}
+
+fn openssl(args: &[&str]) -> String {
+    let out = Command::new(require_tool("openssl"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The SHA-256 of a certificate's public key (DER SPKI), via openssl.
+fn key_fingerprint(pem: &std::path::Path) -> String {
+    let dir = pem.parent().unwrap();
+    let key = dir.join("key.pem");
+    openssl(&[
+        "x509",
+        "-in",
+        pem.to_str().unwrap(),
+        "-pubkey",
+        "-noout",
+        "-out",
+        key.to_str().unwrap(),
+    ]);
+    openssl(&[
+        "pkey",
+        "-pubin",
+        "-in",
+        key.to_str().unwrap(),
+        "-outform",
+        "DER",
+        "-out",
+        dir.join("key.der").to_str().unwrap(),
+    ]);
+    openssl(&[
+        "dgst",
+        "-sha256",
+        "-r",
+        dir.join("key.der").to_str().unwrap(),
+    ])
+    .split_whitespace()
+    .next()
+    .unwrap()
+    .to_owned()
+}
+
+fn serial_of(pem: &std::path::Path) -> String {
+    openssl(&["x509", "-in", pem.to_str().unwrap(), "-serial", "-noout"])
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renew_keeps_the_keys_and_survives_a_crash_between_write_and_delete() {
+    let mut station = Station::sim(1).await;
+    station.start_agent().await;
+    let (made, serial) = produce(&station, 0, KeyAlgorithm::Rsa2048).await;
+    let pin = station.platform.user_pin(&serial).unwrap();
+    let bound_before = station
+        .platform
+        .token(&serial)
+        .unwrap()
+        .certificates()
+        .to_vec();
+
+    // A bid document encrypted to the encryption certificate before the renewal.
+    let dir = tempfile::tempdir().unwrap();
+    let old = read_certificate(&station, &serial, "encryption", dir.path(), "old");
+    let old_fingerprint = key_fingerprint(&old);
+    let old_serial = serial_of(&old);
+    let document = dir.path().join("bid.txt");
+    std::fs::write(&document, b"sealed bid: 1,234,567.89 CNY").unwrap();
+    let encrypted = dir.path().join("bid.enc");
+    openssl(&[
+        "pkeyutl",
+        "-encrypt",
+        "-certin",
+        "-inkey",
+        old.to_str().unwrap(),
+        "-in",
+        document.to_str().unwrap(),
+        "-out",
+        encrypted.to_str().unwrap(),
+    ]);
+
+    // Deleting is slow on this token: the agent dies after writing the new certificates and
+    // before the old ones are gone.
+    station
+        .rack()
+        .set_latency(Some(0), LatencyChange::Op(Op::Destroy, 3000))
+        .unwrap();
+    let job = dispatch_targeted(&station, JobKind::Renew, &made, &serial).await;
+    station
+        .wait_for_token(
+            serial.as_str(),
+            "new certificates written",
+            PRODUCTION_TIMEOUT,
+            |t| ObjectCount::of(t).certificates == 6,
+        )
+        .await;
+    station.kill_agent();
+    assert_eq!(station.objects(serial.as_str()).certificates, 6);
+    station
+        .rack()
+        .set_latency(Some(0), LatencyChange::ClearOp(Op::Destroy))
+        .unwrap();
+    station.start_agent().await;
+    let last = finished(&station, &job).await;
+    assert_eq!(
+        last.state,
+        ExecutionState::Succeeded,
+        "{last:?}\n{}",
+        station.agent_log()
+    );
+    let record = station.platform.job_record(&job).unwrap();
+    for step in JobKind::Renew.plan(false) {
+        assert!(record.has_step(*step), "no {step} event");
+    }
+    assert!(!record.has_step(Step::Initialize) && !record.has_step(Step::GenerateKeys));
+
+    let count = station.objects(serial.as_str());
+    assert_eq!(
+        count.certificates, 3,
+        "one certificate per label after the restart"
+    );
+    assert_eq!((count.private_keys, count.public_keys), (3, 3));
+
+    let new = read_certificate(&station, &serial, "encryption", dir.path(), "new");
+    assert_ne!(serial_of(&new), old_serial, "a new certificate");
+    assert_eq!(key_fingerprint(&new), old_fingerprint, "for the same key");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, station.platform.ca().certificate_pem().unwrap()).unwrap();
+    assert!(
+        openssl(&[
+            "verify",
+            "-CAfile",
+            ca.to_str().unwrap(),
+            new.to_str().unwrap()
+        ])
+        .contains(": OK")
+    );
+
+    // The document encrypted before decrypts on the token after.
+    let decrypted = dir.path().join("bid.dec");
+    let (ok, out) = pkcs11_tool(
+        &station,
+        &[
+            "--token-label",
+            &label_of(&station, &serial),
+            "--login",
+            "--pin",
+            pin.expose_secret(),
+            "--decrypt",
+            "--mechanism",
+            "RSA-PKCS",
+            // pkcs11-tool picks the decryption key by CKA_ID (the encryption pair's is 03).
+            "--id",
+            "03",
+            "--input-file",
+            encrypted.to_str().unwrap(),
+            "--output-file",
+            decrypted.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "decrypt: {out}");
+    assert_eq!(
+        std::fs::read(&decrypted).unwrap(),
+        std::fs::read(&document).unwrap()
+    );
+
+    // The platform bound the new certificates; the PINs stay what they were.
+    let bound_after = station
+        .platform
+        .token(&serial)
+        .unwrap()
+        .certificates()
+        .to_vec();
+    assert_eq!(bound_after.len(), 3);
+    for fp in &bound_after {
+        assert!(!bound_before.contains(fp), "{fp:?} was re-bound unchanged");
+    }
+    assert_eq!(
+        station.platform.user_pin(&serial).unwrap().expose_secret(),
+        pin.expose_secret()
+    );
+    no_pin_in_log(&station, &pin);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_without_rekey_puts_the_new_name_on_the_same_keys() {
+    let mut station = Station::sim(1).await;
+    station.start_agent().await;
+    let (made, serial) = produce(&station, 0, KeyAlgorithm::P256).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut before = Vec::new();
+    for label in ["seal-official", "seal-legal", "encryption"] {
+        let pem = read_certificate(
+            &station,
+            &serial,
+            label,
+            dir.path(),
+            &format!("old-{label}"),
+        );
+        before.push((key_fingerprint(&pem), serial_of(&pem)));
+    }
+
+    let renamed = made.order.renamed().unwrap();
+    let new_name = renamed.enterprise.name.clone();
+    assert_ne!(new_name, made.order.enterprise.name);
+    let draft = JobDraft::new(JobKind::Change, &station.station_id)
+        .unwrap()
+        .with_order(renamed)
+        .with_target(serial.clone());
+    let job = station.platform.dispatch_draft(&draft).await.unwrap();
+    let last = finished(&station, &job).await;
+    assert_eq!(
+        last.state,
+        ExecutionState::Succeeded,
+        "{last:?}\n{}",
+        station.agent_log()
+    );
+    assert_eq!(station.objects(serial.as_str()).certificates, 3);
+    for (i, label) in ["seal-official", "seal-legal", "encryption"]
+        .iter()
+        .enumerate()
+    {
+        let pem = read_certificate(
+            &station,
+            &serial,
+            label,
+            dir.path(),
+            &format!("new-{label}"),
+        );
+        assert_eq!(key_fingerprint(&pem), before[i].0, "{label}: same key");
+        assert_ne!(serial_of(&pem), before[i].1, "{label}: new certificate");
+        let subject = openssl(&[
+            "x509",
+            "-in",
+            pem.to_str().unwrap(),
+            "-noout",
+            "-subject",
+            "-nameopt",
+            "utf8,sep_comma_plus",
+        ]);
+        assert!(
+            subject.contains(&new_name),
+            "{label}: {subject} lacks {new_name}"
+        );
+    }
 }

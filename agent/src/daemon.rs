@@ -626,16 +626,6 @@ impl Daemon {
                 return Ok(());
             }
         };
-        if !kind_supported(&doc) {
-            let reason = format!(
-                "job kind {} is not supported by this agent version",
-                doc.kind
-            );
-            self.reject(&doc.job_id, &envelope, "kind-unsupported", &reason)
-                .await?;
-            ack(message).await;
-            return Ok(());
-        }
         let envelope_bytes = envelope
             .encode()
             .map_err(|e| DaemonError::Journal(e.to_string()))?;
@@ -1308,11 +1298,9 @@ impl Daemon {
             let mut pins = Pins::generate(min, max)?;
             if doc.so_pin.is_some() {
                 // Re-keying a named token: C_InitToken needs its current SO PIN, which stays.
-                match steps::job_so_pin(&doc, &self.trust.station_key) {
-                    Ok(so) => pins.so = so,
-                    Err(e) => {
-                        tracing::warn!(job = %job_id, error = ?e, "the job's SO PIN does not open");
-                    }
+                // One that does not open fails the `initialize` step, which reads it again.
+                if let Ok(so) = steps::job_so_pin(&doc, &self.trust.station_key) {
+                    pins.so = so;
                 }
             }
             let sealed = pins
@@ -1639,14 +1627,6 @@ fn keeps_keys(doc: &JobDocument) -> bool {
     matches!(doc.kind, JobKind::Renew) || (doc.kind == JobKind::Change && !doc.rekey)
 }
 
-/// The job kinds this agent version runs.
-fn kind_supported(doc: &JobDocument) -> bool {
-    match doc.kind {
-        JobKind::New | JobKind::Replace | JobKind::Unlock | JobKind::Renew => true,
-        JobKind::Change => !doc.rekey,
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn run_step(
     step: Step,
@@ -1683,7 +1663,7 @@ async fn run_step(
             Some(pins) => flatten(
                 worker
                     .call(move |token| {
-                        Ok(steps::initialize(token, &doc, &pins).and_then(|()| {
+                        Ok(steps::initialize(token, &doc, &pins, &trust.station_key).and_then(|()| {
                             let serial = token.serial().and_then(|s| TokenSerial::new(s).ok());
                             serial
                                 .map(|serial| StepOutput::Initialized { serial })

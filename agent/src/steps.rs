@@ -210,17 +210,55 @@ pub fn subject_data(job: &JobDocument) -> SubjectData {
 ///
 /// On a blank token. On a token that already carries this job's label (the agent died during
 /// this step or the next), the job names the token through its journal, so it is wiped and
-/// initialized again with the same journaled SO PIN (invariant 2).
-pub fn initialize(token: &mut Token, job: &JobDocument, pins: &Pins) -> Result<(), StepFailure> {
+/// initialized again with the same journaled SO PIN (invariant 2). A `change` job with rekey
+/// names its token by serial and carries the token's SO PIN: that token is wiped and
+/// initialized again with that same SO PIN (read from the job, not from `pins`, so a PIN that
+/// does not open never costs an SO retry).
+pub fn initialize(
+    token: &mut Token,
+    job: &JobDocument,
+    pins: &Pins,
+    station_key: &UnsealKey,
+) -> Result<(), StepFailure> {
     let label = token_label(job);
     let present = token.info()?;
-    let authorization = if present.is_blank() {
-        Authorization::BlankOnly
+    let named = job
+        .target_token_serial
+        .as_ref()
+        .filter(|_| job.rekey && job.so_pin.is_some())
+        .map(|s| s.as_str().trim());
+    let (authorization, so) = if let Some(serial) = named {
+        if present.serial.trim() != serial {
+            return Err(TokenError::WrongToken {
+                expected: serial.to_owned(),
+                found: Some(present.serial.clone()),
+            }
+            .into());
+        }
+        if present.flags.so_pin_locked {
+            return Err(StepFailure::Failed(step_error(
+                "so-pin-locked",
+                format!("the SO PIN of token {serial} is locked: it cannot be re-keyed"),
+                false,
+            )));
+        }
+        let so = job_so_pin(job, station_key)?;
+        (
+            Authorization::NamedByJob {
+                serial: serial.to_owned(),
+            },
+            so,
+        )
+    } else if present.is_blank() {
+        (Authorization::BlankOnly, pins.so.clone())
     } else if present.label == label && !present.serial.is_empty() {
         tracing::info!(job = %job.job_id, serial = %present.serial, "re-initializing the token this job had started");
-        Authorization::NamedByJob {
-            serial: present.serial.clone(),
-        }
+        (
+            Authorization::NamedByJob {
+                serial: present.serial.clone(),
+            },
+            pins.so.clone(),
+        )
     } else {
         return Err(TokenError::NotBlank {
             serial: token.serial().map(str::to_owned),
@@ -228,8 +266,10 @@ pub fn initialize(token: &mut Token, job: &JobDocument, pins: &Pins) -> Result<(
         }
         .into());
     };
-    token.init_token(&pins.so, &label, &authorization)?;
-    token.init_user_pin(&pins.so, &pins.user)?;
+    token
+        .init_token(&so, &label, &authorization)
+        .map_err(so_failure)?;
+    token.init_user_pin(&so, &pins.user).map_err(so_failure)?;
     Ok(())
 }
 

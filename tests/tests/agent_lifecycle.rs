@@ -529,3 +529,60 @@ async fn change_without_rekey_puts_the_new_name_on_the_same_keys() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_with_rekey_makes_new_keys_on_the_same_token() {
+    let mut station = Station::sim(1).await;
+    station.start_agent().await;
+    let (made, serial) = produce(&station, 0, KeyAlgorithm::P256).await;
+    let old_pin = station.platform.user_pin(&serial).unwrap();
+    let so = station
+        .platform
+        .token(&serial)
+        .unwrap()
+        .so_pin()
+        .cloned()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let old = read_certificate(&station, &serial, "encryption", dir.path(), "old");
+    let old_fingerprint = key_fingerprint(&old);
+
+    let draft = JobDraft::new(JobKind::Change, &station.station_id)
+        .unwrap()
+        .with_order(made.order.renamed().unwrap())
+        .with_target(serial.clone())
+        .with_rekey();
+    let job = station.platform.dispatch_draft(&draft).await.unwrap();
+    let last = finished(&station, &job).await;
+    assert_eq!(
+        last.state,
+        ExecutionState::Succeeded,
+        "{last:?}\n{}",
+        station.agent_log()
+    );
+    let record = station.platform.job_record(&job).unwrap();
+    for step in JobKind::Change.plan(true) {
+        assert!(record.has_step(*step), "no {step} event");
+    }
+    assert_eq!(record.token_serial(), Some(&serial), "the serial is kept");
+
+    let count = station.objects(serial.as_str());
+    assert_eq!(
+        (count.private_keys, count.public_keys, count.certificates),
+        (3, 3, 3)
+    );
+    let new = read_certificate(&station, &serial, "encryption", dir.path(), "new");
+    assert_ne!(key_fingerprint(&new), old_fingerprint, "new keys");
+    let new_pin = station.platform.user_pin(&serial).unwrap();
+    assert_ne!(new_pin.expose_secret(), old_pin.expose_secret());
+    assert_eq!(private_keys_seen_with(&station, &serial, &new_pin), 3);
+    let token = station.platform.token(&serial).unwrap();
+    assert_eq!(token.job_id(), &job, "the token is bound to the change job");
+    assert_eq!(
+        token.so_pin().unwrap().expose_secret(),
+        so.expose_secret(),
+        "the SO PIN stays"
+    );
+    no_pin_in_log(&station, &new_pin);
+    no_pin_in_log(&station, &so);
+}

@@ -102,6 +102,9 @@ enum Record {
     Input { job_id: JobId, input: Input },
     /// The CSR bundle sent for a job (re-sent after a restart).
     Csr { job_id: JobId, bundle: CsrBundle },
+    /// An accepted `replace` job names this lost token: plugged in here, it shows as
+    /// `revoked` and no job runs on it. Kept through compaction.
+    Revoked { serial: TokenSerial },
     /// Compaction summary of a finished job: enough to recognise a redelivery.
     Done {
         job_id: JobId,
@@ -139,12 +142,15 @@ struct Seat {
     certificates: Vec<CertificateExpiry>,
     job: Option<JobId>,
     worker: Option<Arc<TokenWorker>>,
+    /// Number of the latest observation started: an older one that ends later (it may have
+    /// read the token before a job initialized it) is dropped.
+    observation: u64,
 }
 
 /// What the daemon's loop reacts to, besides MQTT messages.
 enum Event {
     Scanned(Vec<(usize, Result<Vec<PresentToken>, TokenError>)>),
-    Observed(TokenKey, Result<Observation, TokenError>),
+    Observed(TokenKey, u64, Result<Observation, TokenError>),
     StepDone(Box<StepDone>),
     TimerFired(JobId, Timer, u64),
     WorkerReady(TokenKey, Result<Arc<TokenWorker>, TokenError>),
@@ -173,6 +179,8 @@ struct Daemon {
     finished: BTreeMap<JobId, Nonce>,
     nonces: BTreeSet<Nonce>,
     seats: BTreeMap<TokenKey, Seat>,
+    /// Lost tokens named by accepted `replace` jobs (journaled).
+    revoked: BTreeSet<String>,
     events: mpsc::Sender<Event>,
     inventory_seq: u64,
     inventory_dirty: bool,
@@ -263,6 +271,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         finished: BTreeMap::new(),
         nonces: BTreeSet::new(),
         seats: BTreeMap::new(),
+        revoked: BTreeSet::new(),
         events: events_tx,
         inventory_seq: u64::try_from(now_utc().unix_timestamp()).unwrap_or(0) * 1000,
         inventory_dirty: true,
@@ -421,6 +430,9 @@ impl Daemon {
                     self.nonces.insert(nonce.clone());
                     self.finished.insert(job_id, nonce);
                 }
+                Record::Revoked { serial } => {
+                    self.revoked.insert(serial.as_str().trim().to_owned());
+                }
             }
         }
         for (job_id, reports) in last_reports {
@@ -452,6 +464,7 @@ impl Daemon {
         for record in old {
             let keep_it = match &record {
                 Record::Done { expires_at, .. } => *expires_at > now,
+                Record::Revoked { .. } => true,
                 Record::Job { job_id, .. }
                 | Record::Pins { job_id, .. }
                 | Record::Input { job_id, .. }
@@ -644,6 +657,14 @@ impl Daemon {
             job_id: job_id.clone(),
             envelope: sealed,
         })?;
+        if let Some(old) = &doc.old_token_serial
+            && self.revoked.insert(old.as_str().trim().to_owned())
+        {
+            self.journal.append(&Record::Revoked {
+                serial: old.clone(),
+            })?;
+            self.mark_revoked(old.as_str().trim());
+        }
         ack(message).await;
         tracing::info!(job = %job_id, kind = %doc.kind, order = %doc.order_number, "job accepted");
         self.nonces.insert(doc.nonce.clone());
@@ -995,8 +1016,8 @@ impl Daemon {
     async fn on_event(&mut self, event: Event) -> Result<(), DaemonError> {
         match event {
             Event::Scanned(results) => self.on_scan(results).await,
-            Event::Observed(key, result) => {
-                self.on_observed(key, result);
+            Event::Observed(key, number, result) => {
+                self.on_observed(key, number, result);
                 self.try_claim_all().await
             }
             Event::WorkerReady(key, result) => self.on_worker(key, result).await,
@@ -1059,6 +1080,7 @@ impl Daemon {
                                 certificates: Vec::new(),
                                 job: None,
                                 worker: None,
+                                observation: 0,
                             },
                         );
                         self.inventory_dirty = true;
@@ -1085,26 +1107,34 @@ impl Daemon {
     }
 
     /// Reads a token's objects (public ones, no PIN) to classify it.
-    fn observe(&self, key: TokenKey) {
-        let Some(seat) = self.seats.get(&key) else {
+    fn observe(&mut self, key: TokenKey) {
+        let revoked = key
+            .serial()
+            .is_some_and(|s| self.revoked.contains(s.trim()));
+        let Some(seat) = self.seats.get_mut(&key) else {
             return;
         };
         let module = self.modules[seat.module].clone();
         let present = seat.present.clone();
-        let revoked = false;
+        seat.observation += 1;
+        let number = seat.observation;
         let tx = self.events.clone();
         tokio::task::spawn_blocking(move || {
             let result = observe_token(&module, present, revoked);
-            let _ = tx.blocking_send(Event::Observed(key, result));
+            let _ = tx.blocking_send(Event::Observed(key, number, result));
         });
     }
 
-    fn on_observed(&mut self, key: TokenKey, result: Result<Observation, TokenError>) {
+    fn on_observed(&mut self, key: TokenKey, number: u64, result: Result<Observation, TokenError>) {
         let warning =
             Duration::from_secs(u64::from(self.config.inventory.expiry_warning_days) * 86_400);
         let Some(seat) = self.seats.get_mut(&key) else {
             return;
         };
+        if number != seat.observation || seat.job.is_some() {
+            // Superseded, or the token went to a job meanwhile: what it read may be stale.
+            return;
+        }
         match result {
             Ok(obs) => {
                 seat.state = classify(&obs, SystemTime::now(), warning);
@@ -1260,14 +1290,21 @@ impl Daemon {
                     let key = TokenKey::Serial(target.to_string());
                     self.seats
                         .get(&key)
-                        .filter(|s| s.job.is_none() && !s.present.is_blank())
+                        .filter(|s| {
+                            s.job.is_none()
+                                && !s.present.is_blank()
+                                && !self.revoked.contains(target.as_str().trim())
+                        })
                         .map(|_| key)
                 }
                 None => self
                     .seats
                     .iter()
-                    .find(|(_, s)| {
-                        s.job.is_none() && s.state == TokenState::Blank && s.present.is_blank()
+                    .find(|(k, s)| {
+                        s.job.is_none()
+                            && s.state == TokenState::Blank
+                            && s.present.is_blank()
+                            && !k.serial().is_some_and(|k| self.revoked.contains(k.trim()))
                     })
                     .map(|(k, _)| k.clone()),
             };
@@ -1325,6 +1362,15 @@ impl Daemon {
         tracing::info!(job = %job_id, kind = %doc.kind, token = %key, "token claims job");
         self.start_worker(key);
         Ok(())
+    }
+
+    /// A token just named lost by a `replace` job: if it is at the desk and idle, it is
+    /// classified again (and shows as revoked).
+    fn mark_revoked(&mut self, serial: &str) {
+        let key = TokenKey::Serial(serial.to_owned());
+        if self.seats.get(&key).is_some_and(|s| s.job.is_none()) {
+            self.observe(key);
+        }
     }
 
     fn release(&mut self, job_id: &JobId) {

@@ -12,8 +12,10 @@ use hsm_sim::rack::token::Who;
 use secrecy::{ExposeSecret, SecretString};
 use ukey_protocol::event::{ExecutionState, Step};
 use ukey_protocol::ids::{JobId, TokenSerial};
+use ukey_protocol::inventory::TokenState;
 use ukey_protocol::job::JobKind;
 use ukey_protocol::keys::KeyAlgorithm;
+use ukey_protocol::keys::KeyLabel;
 use ukey_tests::require_tool;
 use ukey_tests::station::{ObjectCount, PRODUCTION_TIMEOUT, Station};
 
@@ -69,14 +71,33 @@ async fn finished(station: &Station, job: &JobId) -> ukey_protocol::event::StepE
     record.last_event().cloned().unwrap()
 }
 
-/// Pulls the token in `slot`, changes it as the customer would elsewhere, plugs it in again.
-fn away_and_back(
+/// Pulls the token in `slot`, changes it as the customer would elsewhere, and plugs it in
+/// again once the desk has seen it leave (a re-plug between two scans goes unnoticed).
+async fn away_and_back(
     station: &Station,
     slot: usize,
     serial: &TokenSerial,
     f: impl FnOnce(&mut hsm_sim::rack::token::Token),
 ) {
     station.rack().remove(slot).unwrap();
+    let station_id = station.station_id.clone();
+    station
+        .platform
+        .wait_until(
+            "the token to leave the inventory",
+            PRODUCTION_TIMEOUT,
+            |r| {
+                let inventory = r.current_inventory(&station_id)?;
+                (!inventory
+                    .slots
+                    .iter()
+                    .filter_map(|s| s.token.as_ref())
+                    .any(|t| &t.serial == serial))
+                .then_some(())
+            },
+        )
+        .await
+        .unwrap();
     station.rack().modify_token(serial.as_str(), f).unwrap();
     station.reinsert(slot, serial.as_str());
 }
@@ -152,7 +173,7 @@ async fn unlock_resets_a_locked_user_pin() {
     let (made, serial) = produce(&station, 0, KeyAlgorithm::P256).await;
     let old_pin = station.platform.user_pin(&serial).unwrap();
 
-    away_and_back(&station, 0, &serial, |t| lock(t, Who::User));
+    away_and_back(&station, 0, &serial, |t| lock(t, Who::User)).await;
     let (ok, out) = pkcs11_tool(
         &station,
         &[
@@ -208,7 +229,8 @@ async fn unlock_with_a_locked_so_pin_touches_nothing_and_a_missing_token_times_o
     away_and_back(&station, 0, &serial, |t| {
         lock(t, Who::User);
         lock(t, Who::So);
-    });
+    })
+    .await;
     let before = station.objects(serial.as_str());
     let job = dispatch_targeted(&station, JobKind::Unlock, &made, &serial).await;
     let last = finished(&station, &job).await;
@@ -585,4 +607,187 @@ async fn change_with_rekey_makes_new_keys_on_the_same_token() {
     );
     no_pin_in_log(&station, &new_pin);
     no_pin_in_log(&station, &so);
+}
+
+/// Re-issues every certificate on `token` with a validity that ended yesterday (same key,
+/// same subject, same CA), as time would.
+fn expire_certificates(
+    token: &mut hsm_sim::rack::token::Token,
+    ca: &hsm_sim::platform::TestCa,
+    subject: &ukey_agent::profile::SubjectData,
+) {
+    use der::{Decode, Encode};
+    use hsm_sim::rack::object::class_name;
+    // CKA_LABEL and CKA_VALUE (PKCS#11 attribute type numbers).
+    const CKA_LABEL: u64 = 0x03;
+    const CKA_VALUE: u64 = 0x11;
+    let handles: Vec<u64> = token
+        .objects()
+        .filter(|(_, o)| class_name(o.class()) == "CKO_CERTIFICATE")
+        .map(|(h, _)| h)
+        .collect();
+    let now = std::time::SystemTime::now();
+    let day = std::time::Duration::from_secs(86_400);
+    for h in handles {
+        let object = token.object_mut(h).unwrap();
+        let label = std::str::from_utf8(object.get(CKA_LABEL).unwrap()).unwrap();
+        let label: KeyLabel =
+            serde_json::from_value(serde_json::Value::String(label.to_owned())).unwrap();
+        let old = x509_cert::Certificate::from_der(object.get(CKA_VALUE).unwrap()).unwrap();
+        let issued = ca
+            .issue(&hsm_sim::platform::Issue {
+                label,
+                subject,
+                subject_override: Some(old.tbs_certificate().subject().clone()),
+                public_key: old.tbs_certificate().subject_public_key_info(),
+                not_before: now - day * 30,
+                not_after: now - day,
+            })
+            .unwrap();
+        assert!(old.to_der().unwrap() != issued);
+        object.set(CKA_VALUE, issued);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inventory_tells_each_tokens_state_on_insertion() {
+    let mut station = Station::sim(10).await;
+    station.start_agent().await;
+    let (_, active) = produce(&station, 0, KeyAlgorithm::P256).await;
+
+    let draft = JobDraft::new(JobKind::New, &station.station_id)
+        .unwrap()
+        .with_validity_days(10);
+    let job = station.platform.dispatch_draft(&draft).await.unwrap();
+    let expiring = TokenSerial::new(station.insert_blank(1)).unwrap();
+    station
+        .platform
+        .wait_for_state(&job, ExecutionState::Succeeded, PRODUCTION_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n--- agent log ---\n{}", station.agent_log()));
+
+    let (made, expired) = produce(&station, 2, KeyAlgorithm::P256).await;
+    let subject = ukey_agent::steps::subject_data(&build_document(&station, &made));
+    let ca = station.platform.ca();
+    away_and_back(&station, 2, &expired, |t| {
+        expire_certificates(t, ca, &subject)
+    })
+    .await;
+
+    let (_, locked_user) = produce(&station, 3, KeyAlgorithm::P256).await;
+    away_and_back(&station, 3, &locked_user, |t| lock(t, Who::User)).await;
+    let (_, locked_so) = produce(&station, 4, KeyAlgorithm::P256).await;
+    away_and_back(&station, 4, &locked_so, |t| lock(t, Who::So)).await;
+
+    // A lost token, replaced by a new one in the same slot, comes back to the desk.
+    let (_, lost) = produce(&station, 5, KeyAlgorithm::P256).await;
+    station.rack().remove(5).unwrap();
+    let draft = JobDraft::new(JobKind::Replace, &station.station_id)
+        .unwrap()
+        .with_old_token(lost.clone());
+    let job = station.platform.dispatch_draft(&draft).await.unwrap();
+    station.insert_blank(5);
+    station
+        .platform
+        .wait_for_state(&job, ExecutionState::Succeeded, PRODUCTION_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n--- agent log ---\n{}", station.agent_log()));
+    let lost_objects = station.objects(lost.as_str());
+    station.reinsert(6, lost.as_str());
+
+    let unfinished = TokenSerial::new(station.insert_blank(7)).unwrap();
+    away_and_back(&station, 7, &unfinished, |t| {
+        t.init_token(b"12345678", "UKEY ORD-UNFINISHED").unwrap()
+    })
+    .await;
+    let foreign = TokenSerial::new(station.insert_blank(8)).unwrap();
+    away_and_back(&station, 8, &foreign, |t| {
+        t.init_token(b"12345678", "bank token").unwrap()
+    })
+    .await;
+    let blank = TokenSerial::new(station.insert_blank(9)).unwrap();
+
+    let expected = [
+        (&active, TokenState::Active),
+        (&expiring, TokenState::Expiring),
+        (&expired, TokenState::Expired),
+        (&locked_user, TokenState::LockedUser),
+        (&locked_so, TokenState::LockedSo),
+        (&lost, TokenState::Revoked),
+        (&unfinished, TokenState::InProduction),
+        (&foreign, TokenState::Foreign),
+        (&blank, TokenState::Blank),
+    ];
+    let station_id = station.station_id.clone();
+    let inventory = station
+        .platform
+        .wait_until(
+            "every token's state in the inventory",
+            PRODUCTION_TIMEOUT,
+            |r| {
+                let inventory = r.current_inventory(&station_id)?;
+                let state = |serial: &TokenSerial| {
+                    inventory
+                        .slots
+                        .iter()
+                        .filter_map(|s| s.token.as_ref())
+                        .find(|t| &t.serial == serial)
+                        .map(|t| t.state)
+                };
+                expected
+                    .iter()
+                    .all(|(serial, want)| state(serial) == Some(*want))
+                    .then(|| inventory.clone())
+            },
+        )
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}\nlast inventory: {:#?}\n--- agent log ---\n{}",
+                station.platform.snapshot().current_inventory(&station_id),
+                station.agent_log()
+            )
+        });
+    let info = |serial: &TokenSerial| {
+        inventory
+            .slots
+            .iter()
+            .filter_map(|s| s.token.as_ref())
+            .find(|t| &t.serial == serial)
+            .unwrap()
+            .clone()
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let active = info(&active);
+    assert_eq!(active.certificates.len(), 3, "each certificate's not-after");
+    for c in &active.certificates {
+        assert!(c.not_after > now + time::Duration::days(300), "{c:?}");
+    }
+    assert!(
+        info(&expiring)
+            .certificates
+            .iter()
+            .all(|c| c.not_after < now + time::Duration::days(11))
+    );
+    assert!(
+        info(&expired)
+            .certificates
+            .iter()
+            .all(|c| c.not_after < now)
+    );
+    assert!(
+        info(&lost).job_id.is_none(),
+        "no job runs on the revoked token"
+    );
+    assert_eq!(
+        station.objects(lost.as_str()),
+        lost_objects,
+        "the revoked token is untouched"
+    );
+}
+
+/// The job document the platform made for `draft`'s order (subject data for re-issuing).
+fn build_document(station: &Station, draft: &JobDraft) -> ukey_protocol::job::JobDocument {
+    let job = station.platform.job(draft).unwrap();
+    job.document
 }

@@ -52,6 +52,8 @@ use crate::job::{Action, Input, JobMachine, JobState, Report, StepOutput, Timer}
 use crate::journal::{Journal, StoreError};
 use crate::link::{Incoming, Link, LinkConfig, LinkError, LinkHandle, TlsFiles};
 use crate::outbox::{Outbox, OutboxEntry};
+use crate::panel::{ButtonAction, ButtonPress, Light, Panel, PanelHandle};
+use crate::status::{RunningJob, Snapshot, TokenLine};
 use crate::steps::{self, Pins, SealedPins, StepFailure};
 use crate::token::{Module, PresentToken, Token, TokenError};
 use crate::trust::{Sealed, TrustError, TrustMaterial};
@@ -145,6 +147,10 @@ struct Seat {
     /// Number of the latest observation started: an older one that ends later (it may have
     /// read the token before a job initialized it) is dropped.
     observation: u64,
+    /// How the last job on this token ended (for the panel light).
+    outcome: Option<ExecutionState>,
+    /// The operator pressed the slot's acknowledge button since.
+    acknowledged: bool,
 }
 
 /// What the daemon's loop reacts to, besides MQTT messages.
@@ -188,6 +194,14 @@ struct Daemon {
     timer_gen: u64,
     /// A slot scan has completed since start: a token missing from `seats` is really away.
     scanned: bool,
+    /// The desk's indicator panel (a no-op handle without one).
+    panel: PanelHandle,
+    /// Panel slots lit last time, to turn the lights of emptied slots off.
+    lit: BTreeSet<usize>,
+    /// USB arrivals (token serial → port, deadline) whose PKCS#11 slot has not appeared yet.
+    usb_pending: BTreeMap<String, (String, tokio::time::Instant)>,
+    /// USB devices present but not accessible (port → reason), shown by `status`.
+    usb_problems: BTreeMap<String, String>,
 }
 
 fn now_utc() -> OffsetDateTime {
@@ -258,6 +272,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let (link, mut incoming) = Link::start(link_config, outbox, link_shutdown.clone())?;
 
     let (events_tx, mut events_rx) = mpsc::channel::<Event>(256);
+    let panel_shutdown = CancellationToken::new();
+    let (panel, mut presses) = Panel::start(config.panel.as_ref(), panel_shutdown.clone())
+        .map_err(|e| DaemonError::Config(format!("panel: {e}")))?;
     let mut daemon = Daemon {
         config,
         trust,
@@ -278,6 +295,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         claiming: true,
         timer_gen: 0,
         scanned: false,
+        panel,
+        lit: BTreeSet::new(),
+        usb_pending: BTreeMap::new(),
+        usb_problems: BTreeMap::new(),
     };
     daemon.replay().await?;
     crate::systemd::ready();
@@ -305,6 +326,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     let grace = daemon.config.timeouts.shutdown_grace();
     let mut stop_deadline: Option<tokio::time::Instant> = None;
+    let mut status_tick = tokio::time::interval(crate::status::REFRESH);
+    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         if stop_deadline.is_some() && !daemon.jobs.values().any(|j| j.running) {
@@ -347,14 +370,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
             _ = watchdog_tick.tick(), if watchdog.is_some() => {
                 crate::systemd::watchdog();
             }
+            Some(press) = presses.recv() => daemon.on_press(press),
+            _ = status_tick.tick() => {
+                daemon.check_usb_arrivals();
+                daemon.write_status();
+            }
         }
         if daemon.inventory_dirty {
             daemon.publish_inventory();
         }
+        daemon.update_lights();
     }
     usb_stop.cancel();
+    let mut last = daemon.snapshot();
+    last.running = false;
+    if let Err(e) = crate::status::write(&daemon.config.state_dir, &last) {
+        tracing::warn!(error = %e, "status snapshot not written");
+    }
     link_shutdown.cancel();
+    panel_shutdown.cancel();
     daemon.link.stopped().await;
+    daemon.panel.stopped().await;
     tracing::info!("agent stopped");
     Ok(())
 }
@@ -837,6 +873,10 @@ impl Daemon {
                 _ => ExecutionState::Failed,
             };
             tracing::info!(job = %job_id, state = %state, "job finished");
+            if let Some(seat) = entry.token.as_ref().and_then(|k| self.seats.get_mut(k)) {
+                seat.outcome = Some(state);
+                seat.acknowledged = false;
+            }
             self.finished
                 .insert(job_id.clone(), entry.doc.nonce.clone());
         }
@@ -999,18 +1039,202 @@ impl Daemon {
         });
     }
 
+    /// A USB arrival starts a wait for its PKCS#11 slot (matched by serial, invariant 1);
+    /// the slot scan that the arrival triggers, or a later one, ends it.
     fn on_usb(&mut self, event: UsbEvent) {
         match event {
             UsbEvent::Arrived(d) => {
-                tracing::info!(port = %d.port_path, id = %d.id(), serial = ?d.serial, "Ukey plugged in")
+                tracing::info!(port = %d.port_path, id = %d.id(), serial = ?d.serial, "Ukey plugged in");
+                self.usb_problems.remove(&d.port_path);
+                if let Some(serial) = d.serial.filter(|s| !s.is_empty()) {
+                    let deadline = tokio::time::Instant::now()
+                        + Duration::from_secs(self.config.usb.arrival_timeout_secs);
+                    self.usb_pending.insert(serial, (d.port_path, deadline));
+                }
             }
             UsbEvent::Left(d) => {
-                tracing::info!(port = %d.port_path, id = %d.id(), "Ukey pulled out")
+                tracing::info!(port = %d.port_path, id = %d.id(), "Ukey pulled out");
+                self.usb_problems.remove(&d.port_path);
+                self.usb_pending.retain(|_, (port, _)| *port != d.port_path);
             }
             UsbEvent::Inaccessible { device, reason } => {
                 tracing::error!(port = %device.port_path, id = %device.id(), %reason, "Ukey present but not accessible");
+                self.usb_problems.insert(
+                    device.port_path.clone(),
+                    format!("{} at USB port {}: {reason}", device.id(), device.port_path),
+                );
             }
         }
+    }
+
+    /// Ends the waits of USB arrivals whose slot appeared, and reports those that ran out.
+    fn check_usb_arrivals(&mut self) {
+        let now = tokio::time::Instant::now();
+        let seats = &self.seats;
+        self.usb_pending.retain(|serial, (port, deadline)| {
+            if let Some(seat) = seats.get(&TokenKey::Serial(serial.clone())) {
+                tracing::info!(%serial, %port, slot = seat.present.slot, "USB arrival matched to its PKCS#11 slot");
+                return false;
+            }
+            if *deadline <= now {
+                tracing::error!(
+                    %serial,
+                    %port,
+                    "Ukey is on USB but no PKCS#11 slot shows it: is its model's module configured and working?"
+                );
+                return false;
+            }
+            true
+        });
+    }
+
+    // ----- the panel and the status snapshot ------------------------------------------------
+
+    /// The panel position of a token: its PKCS#11 slot id (the rack position for hsm-sim).
+    fn panel_slot(seat: &Seat) -> Option<usize> {
+        usize::try_from(seat.present.slot)
+            .ok()
+            .filter(|s| *s < crate::panel::MAX_SLOTS)
+    }
+
+    fn update_lights(&mut self) {
+        let mut lit = BTreeSet::new();
+        for seat in self.seats.values() {
+            let Some(slot) = Self::panel_slot(seat) else {
+                continue;
+            };
+            let light = crate::desk::light(
+                seat.state,
+                seat.job.is_some(),
+                seat.outcome,
+                seat.acknowledged,
+            );
+            let _ = self.panel.set(slot, light);
+            lit.insert(slot);
+        }
+        for gone in self.lit.difference(&lit) {
+            let _ = self.panel.set(*gone, Light::Off);
+        }
+        self.lit = lit;
+    }
+
+    /// Acknowledge clears a slot's done/failed/attention light; retry reads the token again
+    /// (a token whose job failed may be taken by a new job once the platform sends one).
+    fn on_press(&mut self, press: ButtonPress) {
+        let slot = usize::from(press.slot);
+        let key = self
+            .seats
+            .iter()
+            .find(|(_, s)| Self::panel_slot(s) == Some(slot))
+            .map(|(k, _)| k.clone());
+        let Some(key) = key else {
+            tracing::info!(slot, "button pressed on an empty slot");
+            return;
+        };
+        tracing::info!(slot, token = %key, action = ?press.action, "panel button");
+        match press.action {
+            ButtonAction::Ack => {
+                if let Some(seat) = self.seats.get_mut(&key) {
+                    seat.acknowledged = true;
+                }
+            }
+            ButtonAction::Retry => {
+                if let Some(seat) = self.seats.get_mut(&key) {
+                    seat.outcome = None;
+                    seat.acknowledged = false;
+                }
+                self.observe(key);
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let broker = match &*self.link.state().borrow() {
+            crate::link::LinkState::Connected { .. } => "connected".to_owned(),
+            crate::link::LinkState::Connecting => "connecting".to_owned(),
+            crate::link::LinkState::Down { last_error, .. } => format!("down: {last_error}"),
+            crate::link::LinkState::Stopped => "stopped".to_owned(),
+        };
+        let panel = self.panel.status();
+        let panel = match (&panel.device, panel.connected, &panel.board) {
+            (None, _, _) => "none".to_owned(),
+            (Some(_), true, Some(board)) => format!(
+                "connected ({}, {} slots, firmware {})",
+                board.model, board.slots, board.firmware
+            ),
+            (Some(device), _, _) => format!(
+                "disconnected ({}){}",
+                device.display(),
+                panel
+                    .last_error
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ),
+        };
+        let mut tokens: Vec<TokenLine> = self
+            .seats
+            .iter()
+            .map(|(key, seat)| TokenLine {
+                token: key.to_string(),
+                slot: seat.present.slot,
+                state: seat.state.as_str().to_owned(),
+                job_id: seat.job.as_ref().map(ToString::to_string),
+            })
+            .collect();
+        for problem in self.usb_problems.values() {
+            tokens.push(TokenLine {
+                token: problem.clone(),
+                slot: u64::MAX,
+                state: "not-accessible".into(),
+                job_id: None,
+            });
+        }
+        Snapshot {
+            at_unix: crate::status::unix_now(),
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            station_id: self.station.to_string(),
+            broker,
+            outbox_depth: self.link.outbox_depth(),
+            outbox_oldest_secs: self.link.outbox_oldest_age().map(|d| d.as_secs()),
+            queued_jobs: self.queue.iter().map(ToString::to_string).collect(),
+            running_jobs: self
+                .jobs
+                .iter()
+                .filter(|(_, e)| e.machine.holds_token())
+                .map(|(id, e)| RunningJob {
+                    job_id: id.to_string(),
+                    kind: e.doc.kind.to_string(),
+                    token: e.machine.serial().map(ToString::to_string),
+                    doing: match e.machine.state() {
+                        JobState::AwaitingCertificates { .. } => "waiting for certificates".into(),
+                        JobState::Parked { .. } => "parked: token pulled out".into(),
+                        JobState::AwaitingFinalAck { .. } => {
+                            "waiting for the platform's acknowledgement".into()
+                        }
+                        _ => e
+                            .machine
+                            .current_step()
+                            .map(|s| s.as_str().to_owned())
+                            .unwrap_or_default(),
+                    },
+                })
+                .collect(),
+            tokens,
+            panel,
+            running: true,
+        }
+    }
+
+    /// Writes the status snapshot off the runtime's threads.
+    fn write_status(&self) {
+        let snapshot = self.snapshot();
+        let dir = self.config.state_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = crate::status::write(&dir, &snapshot) {
+                tracing::warn!(error = %e, "status snapshot not written");
+            }
+        });
     }
 
     async fn on_event(&mut self, event: Event) -> Result<(), DaemonError> {
@@ -1081,6 +1305,8 @@ impl Daemon {
                                 job: None,
                                 worker: None,
                                 observation: 0,
+                                outcome: None,
+                                acknowledged: false,
                             },
                         );
                         self.inventory_dirty = true;

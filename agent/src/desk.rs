@@ -10,6 +10,9 @@ use std::time::{Duration, SystemTime};
 use ukey_protocol::inventory::TokenState;
 use ukey_protocol::keys::KeyLabel;
 
+use ukey_protocol::event::ExecutionState;
+
+use crate::panel::Light;
 use crate::steps::LABEL_PREFIX;
 use crate::token::PresentToken;
 
@@ -107,6 +110,46 @@ pub fn classify(obs: &Observation, now: SystemTime, warning: Duration) -> TokenS
     }
 }
 
+/// The panel light of a token's slot: what the desk staff must do there.
+///
+/// `working` while a job runs (do not pull); `done` after a job succeeded (take it out);
+/// `failed` after a job failed; `attention` for a token the desk will not work on (foreign,
+/// locked, revoked, damaged, expired, or ours but unfinished with no job); dark otherwise or
+/// once the operator acknowledged it with the slot's button.
+pub fn light(
+    state: TokenState,
+    has_job: bool,
+    outcome: Option<ExecutionState>,
+    acknowledged: bool,
+) -> Light {
+    if has_job {
+        return Light::Working;
+    }
+    if acknowledged {
+        return Light::Off;
+    }
+    match outcome {
+        Some(ExecutionState::Succeeded) => return Light::Done,
+        Some(
+            ExecutionState::Failed
+            | ExecutionState::TimedOut
+            | ExecutionState::Canceled
+            | ExecutionState::Rejected,
+        ) => return Light::Failed,
+        _ => {}
+    }
+    match state {
+        TokenState::Blank | TokenState::Active | TokenState::Expiring => Light::Off,
+        TokenState::InProduction
+        | TokenState::Expired
+        | TokenState::LockedUser
+        | TokenState::LockedSo
+        | TokenState::Revoked
+        | TokenState::Foreign
+        | TokenState::Damaged => Light::Attention,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -187,6 +230,38 @@ mod tests {
             TokenState::Revoked,
             "a wiped lost token stays revoked"
         );
+    }
+
+    #[test]
+    fn lights_tell_the_staff_what_to_do() {
+        assert_eq!(
+            light(TokenState::InProduction, true, None, false),
+            Light::Working
+        );
+        assert_eq!(
+            light(
+                TokenState::Active,
+                false,
+                Some(ExecutionState::Succeeded),
+                false
+            ),
+            Light::Done
+        );
+        assert_eq!(
+            light(
+                TokenState::InProduction,
+                false,
+                Some(ExecutionState::Failed),
+                false
+            ),
+            Light::Failed
+        );
+        assert_eq!(
+            light(TokenState::Foreign, false, None, false),
+            Light::Attention
+        );
+        assert_eq!(light(TokenState::Foreign, false, None, true), Light::Off);
+        assert_eq!(light(TokenState::Blank, false, None, false), Light::Off);
     }
 
     #[test]

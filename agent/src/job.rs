@@ -416,11 +416,7 @@ impl JobMachine {
                     step,
                     ExecutionState::Canceled,
                     serial,
-                    Some(StepError {
-                        code: code("canceled"),
-                        message: truncate(&format!("canceled by the platform: {reason}")),
-                        retryable: false,
-                    }),
+                    Some(canceled(&reason)),
                 ));
                 Ok(actions)
             }
@@ -474,11 +470,7 @@ impl JobMachine {
                         step,
                         ExecutionState::Canceled,
                         serial,
-                        Some(StepError {
-                            code: code("canceled"),
-                            message: truncate(&format!("canceled by the platform: {reason}")),
-                            retryable: false,
-                        }),
+                        Some(canceled(&reason)),
                     ));
                 } else if index + 1 == self.plan.len() {
                     self.state = JobState::AwaitingFinalAck { serial, event_id };
@@ -510,11 +502,7 @@ impl JobMachine {
                         step,
                         ExecutionState::Canceled,
                         serial,
-                        Some(StepError {
-                            code: code("canceled"),
-                            message: truncate(&format!("canceled by the platform: {reason}")),
-                            retryable: false,
-                        }),
+                        Some(canceled(&reason)),
                     ));
                 }
                 let report = self.report(
@@ -669,6 +657,15 @@ fn disarm_for(state: &JobState) -> Vec<Action> {
         JobState::Parked { .. } => vec![Action::Disarm(Timer::TokenReturn)],
         JobState::AwaitingFinalAck { .. } => vec![Action::Disarm(Timer::FinalAck)],
         _ => Vec::new(),
+    }
+}
+
+/// The error of a job the platform canceled.
+fn canceled(reason: &str) -> StepError {
+    StepError {
+        code: code("canceled"),
+        message: truncate(&format!("canceled by the platform: {reason}")),
+        retryable: false,
     }
 }
 

@@ -44,6 +44,13 @@ pub struct Snapshot {
     pub tokens: Vec<TokenLine>,
     /// The indicator panel: `none`, `connected <model>`, `disconnected: <reason>`.
     pub panel: String,
+    /// False in the last snapshot a stopping agent writes.
+    #[serde(default = "yes")]
+    pub running: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One job in progress.
@@ -138,7 +145,7 @@ pub fn unix_now() -> u64 {
 
 /// Whether the snapshot is recent enough to describe a running agent.
 pub fn is_fresh(snapshot: &Snapshot, now_unix: u64) -> bool {
-    now_unix.saturating_sub(snapshot.at_unix) <= STALE_AFTER.as_secs()
+    snapshot.running && now_unix.saturating_sub(snapshot.at_unix) <= STALE_AFTER.as_secs()
 }
 
 /// The operator's view, as plain text.
@@ -149,6 +156,11 @@ pub fn render(s: &Snapshot, now_unix: u64) -> String {
         out.push_str(&format!(
             "ukey-agent {} (pid {}), station {}\n",
             s.version, s.pid, s.station_id
+        ));
+    } else if !s.running {
+        out.push_str(&format!(
+            "ukey-agent NOT RUNNING: stopped {age} s ago (pid {}, station {})\n",
+            s.pid, s.station_id
         ));
     } else {
         out.push_str(&format!(
@@ -221,6 +233,7 @@ mod tests {
                 job_id: Some("J-1".into()),
             }],
             panel: "none".into(),
+            running: true,
         }
     }
 
@@ -237,6 +250,12 @@ mod tests {
         assert!(text.contains("in-production"), "{text}");
         assert!(!text.contains("NOT RUNNING"));
         assert!(render(&back, 1000 + 60).contains("NOT RUNNING"));
+        let stopped = Snapshot {
+            running: false,
+            ..back
+        };
+        assert!(!is_fresh(&stopped, 1001));
+        assert!(render(&stopped, 1001).contains("NOT RUNNING: stopped"));
     }
 
     #[test]

@@ -1,0 +1,98 @@
+//! What the desk staff and the operator see: the indicator panel's lights follow the slot
+//! table, and `ukey-agent status` shows the desk at a glance.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use hsm_sim::panel::{BoardEvent, EmulatedPanel, PanelOptions};
+use hsm_sim::platform::JobDraft;
+use ukey_agent::panel::{ButtonAction, Light};
+use ukey_protocol::event::ExecutionState;
+use ukey_protocol::job::JobKind;
+use ukey_tests::station::{PRODUCTION_TIMEOUT, Station};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Waits until the board shows `light` in `slot`, reading its events as they come.
+fn light_until(board: &EmulatedPanel, events: &Receiver<BoardEvent>, slot: usize, light: Light) {
+    let deadline = Instant::now() + WAIT;
+    while board.lights().get(slot) != Some(&light) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            events.recv_timeout(left).is_ok(),
+            "slot {slot} never showed {light:?}; the board shows {:?}",
+            board.lights()
+        );
+    }
+}
+
+fn status(station: &Station) -> (Option<i32>, String) {
+    let out = Command::new(ukey_tests::workspace_binary("ukey-agent"))
+        .args(["status", "--config"])
+        .arg(station.dir().join("agent.toml"))
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panel_lights_and_status_follow_the_desk() {
+    let mut station = Station::sim(2).await;
+    let link = station.dir().join("panel");
+    let (board, events) = EmulatedPanel::start(PanelOptions {
+        slots: 2,
+        link: Some(link.clone()),
+        ..PanelOptions::default()
+    })
+    .unwrap();
+    station.extra_config = format!("[panel]\ndevice = {:?}\n", link.display().to_string());
+    station.start_agent().await;
+
+    let draft = JobDraft::new(JobKind::New, &station.station_id).unwrap();
+    let job = station.platform.dispatch_draft(&draft).await.unwrap();
+    station.insert_blank(1);
+    station
+        .platform
+        .wait_for_state(&job, ExecutionState::Succeeded, PRODUCTION_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", station.agent_log()));
+    // A finished token: "take it out".
+    light_until(&board, &events, 1, Light::Done);
+    assert_eq!(board.lights()[0], Light::Off, "the empty slot stays dark");
+
+    // The operator acknowledges: the light goes out.
+    board.press(1, ButtonAction::Ack).unwrap();
+    light_until(&board, &events, 1, Light::Off);
+
+    // `status` shows the station, the broker, the token and its state.
+    let deadline = Instant::now() + WAIT;
+    let (code, text) = loop {
+        let (code, text) = status(&station);
+        if code == Some(0) && text.contains("active") || Instant::now() > deadline {
+            break (code, text);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("station desk-test"), "{text}");
+    assert!(text.contains("broker:  connected"), "{text}");
+    assert!(text.contains("active"), "{text}");
+    assert!(text.contains("panel:   connected"), "{text}");
+
+    // Stopped: `status` says so and exits 1.
+    assert_eq!(station.stop_agent().and_then(|s| s.code()), Some(0));
+    let (code, text) = status(&station);
+    assert!(
+        code == Some(1) || text.contains("NOT RUNNING"),
+        "{code:?} {text}"
+    );
+}

@@ -791,3 +791,133 @@ fn build_document(station: &Station, draft: &JobDraft) -> ukey_protocol::job::Jo
     let job = station.platform.job(draft).unwrap();
     job.document
 }
+
+/// The token label the agent writes for an order: `UKEY ` and the order number, 32 bytes at
+/// most.
+fn label_for(draft: &JobDraft) -> String {
+    let mut label = String::from("UKEY ");
+    for c in draft.order.order_number.chars() {
+        if label.len() + c.len_utf8() > 32 {
+            break;
+        }
+        label.push(c);
+    }
+    label
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renew_and_unlock_on_softhsm() {
+    let mut station = Station::softhsm().await;
+    station.start_agent().await;
+    let made = JobDraft::new(JobKind::New, &station.station_id).unwrap();
+    let job = station.platform.dispatch_draft(&made).await.unwrap();
+    let record = station
+        .platform
+        .wait_for_state(&job, ExecutionState::Succeeded, PRODUCTION_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n--- agent log ---\n{}", station.agent_log()));
+    let serial = record.token_serial().cloned().unwrap();
+    let label = label_for(&made);
+    let certificates = |station: &Station| {
+        let (ok, out) = pkcs11_tool(
+            station,
+            &["--token-label", &label, "--list-objects", "--type", "cert"],
+        );
+        assert!(ok, "{out}");
+        out
+    };
+    let before = certificates(&station);
+    assert_eq!(before.matches("Certificate Object").count(), 3, "{before}");
+
+    // SoftHSM2 writes the renewed certificates (public objects) without a user login.
+    let renew = dispatch_targeted(&station, JobKind::Renew, &made, &serial).await;
+    let last = finished(&station, &renew).await;
+    assert_eq!(
+        last.state,
+        ExecutionState::Succeeded,
+        "{last:?}\n{}",
+        station.agent_log()
+    );
+    let after = certificates(&station);
+    assert_eq!(after.matches("Certificate Object").count(), 3, "{after}");
+    assert_ne!(before, after, "new certificate objects");
+
+    // SoftHSM2 never locks a PIN, but the SO still sets a new one.
+    let old_pin = station.platform.user_pin(&serial).unwrap();
+    let unlock = dispatch_targeted(&station, JobKind::Unlock, &made, &serial).await;
+    let last = finished(&station, &unlock).await;
+    assert_eq!(
+        last.state,
+        ExecutionState::Succeeded,
+        "{last:?}\n{}",
+        station.agent_log()
+    );
+    let new_pin = station.platform.user_pin(&serial).unwrap();
+    assert_ne!(new_pin.expose_secret(), old_pin.expose_secret());
+    let (ok, out) = pkcs11_tool(
+        &station,
+        &[
+            "--token-label",
+            &label,
+            "--login",
+            "--pin",
+            new_pin.expose_secret(),
+            "--list-objects",
+            "--type",
+            "privkey",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert_eq!(out.matches("Private Key Object").count(), 3, "{out}");
+    no_pin_in_log(&station, &new_pin);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_with_rekey_survives_a_crash_after_the_token_was_wiped() {
+    let mut station = Station::sim(1).await;
+    station.start_agent().await;
+    let (made, serial) = produce(&station, 0, KeyAlgorithm::P256).await;
+    let dir = tempfile::tempdir().unwrap();
+    let old = read_certificate(&station, &serial, "seal-official", dir.path(), "old");
+    let old_fingerprint = key_fingerprint(&old);
+
+    // Key generation is slow: the agent dies after `initialize` wiped the token.
+    station
+        .rack()
+        .set_latency(Some(0), LatencyChange::Op(Op::KeygenP256, 3000))
+        .unwrap();
+    let draft = JobDraft::new(JobKind::Change, &station.station_id)
+        .unwrap()
+        .with_order(made.order.renamed().unwrap())
+        .with_target(serial.clone())
+        .with_rekey();
+    let job = station.platform.dispatch_draft(&draft).await.unwrap();
+    station
+        .platform
+        .wait_for(&job, |r| r.has_step(Step::Initialize), PRODUCTION_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n--- agent log ---\n{}", station.agent_log()));
+    station.kill_agent();
+    assert_eq!(station.objects(serial.as_str()).certificates, 0, "wiped");
+    station
+        .rack()
+        .set_latency(Some(0), LatencyChange::ClearOp(Op::KeygenP256))
+        .unwrap();
+    station.start_agent().await;
+    let last = finished(&station, &job).await;
+    assert_eq!(
+        last.state,
+        ExecutionState::Succeeded,
+        "{last:?}\n{}",
+        station.agent_log()
+    );
+    let count = station.objects(serial.as_str());
+    assert_eq!(
+        (count.private_keys, count.public_keys, count.certificates),
+        (3, 3, 3)
+    );
+    let new = read_certificate(&station, &serial, "seal-official", dir.path(), "new");
+    assert_ne!(key_fingerprint(&new), old_fingerprint);
+    let pin = station.platform.user_pin(&serial).unwrap();
+    assert_eq!(private_keys_seen_with(&station, &serial, &pin), 3);
+}

@@ -106,6 +106,9 @@ enum Record {
     Input { job_id: JobId, input: Input },
     /// The CSR bundle sent for a job (re-sent after a restart).
     Csr { job_id: JobId, bundle: CsrBundle },
+    /// An accepted `replace` job names this lost token: plugged in here, it shows as
+    /// `revoked` and no job runs on it. Kept through compaction.
+    Revoked { serial: TokenSerial },
     /// Compaction summary of a finished job: enough to recognise a redelivery.
     Done {
         job_id: JobId,
@@ -143,6 +146,9 @@ struct Seat {
     certificates: Vec<CertificateExpiry>,
     job: Option<JobId>,
     worker: Option<Arc<TokenWorker>>,
+    /// Number of the latest observation started: an older one that ends later (it may have
+    /// read the token before a job initialized it) is dropped.
+    observation: u64,
     /// How the last job on this token ended (for the panel light).
     outcome: Option<ExecutionState>,
     /// The operator pressed the slot's acknowledge button since.
@@ -152,7 +158,7 @@ struct Seat {
 /// What the daemon's loop reacts to, besides MQTT messages.
 enum Event {
     Scanned(Vec<(usize, Result<Vec<PresentToken>, TokenError>)>),
-    Observed(TokenKey, Result<Observation, TokenError>),
+    Observed(TokenKey, u64, Result<Observation, TokenError>),
     StepDone(Box<StepDone>),
     TimerFired(JobId, Timer, u64),
     WorkerReady(TokenKey, Result<Arc<TokenWorker>, TokenError>),
@@ -181,6 +187,8 @@ struct Daemon {
     finished: BTreeMap<JobId, Nonce>,
     nonces: BTreeSet<Nonce>,
     seats: BTreeMap<TokenKey, Seat>,
+    /// Lost tokens named by accepted `replace` jobs (journaled).
+    revoked: BTreeSet<String>,
     events: mpsc::Sender<Event>,
     inventory_seq: u64,
     inventory_dirty: bool,
@@ -303,6 +311,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         finished: BTreeMap::new(),
         nonces: BTreeSet::new(),
         seats: BTreeMap::new(),
+        revoked: BTreeSet::new(),
         events: events_tx,
         inventory_seq: u64::try_from(now_utc().unix_timestamp()).unwrap_or(0) * 1000,
         inventory_dirty: true,
@@ -481,6 +490,9 @@ impl Daemon {
                     self.nonces.insert(nonce.clone());
                     self.finished.insert(job_id, nonce);
                 }
+                Record::Revoked { serial } => {
+                    self.revoked.insert(serial.as_str().trim().to_owned());
+                }
             }
         }
         for (job_id, reports) in last_reports {
@@ -512,6 +524,7 @@ impl Daemon {
         for record in old {
             let keep_it = match &record {
                 Record::Done { expires_at, .. } => *expires_at > now,
+                Record::Revoked { .. } => true,
                 Record::Job { job_id, .. }
                 | Record::Pins { job_id, .. }
                 | Record::Input { job_id, .. }
@@ -530,7 +543,13 @@ impl Daemon {
                 continue;
             };
             match entry.machine.state().clone() {
-                JobState::Queued => self.queue.push_back(id.clone()),
+                JobState::Queued => {
+                    if entry.machine.is_targeted() {
+                        // The wait restarts with the agent: the platform's job expiry bounds it.
+                        self.arm(&id, Timer::TargetToken);
+                    }
+                    self.queue.push_back(id.clone());
+                }
                 JobState::AwaitingCertificates { .. } => {
                     self.send_job_csr(&id);
                     self.arm(&id, Timer::Certificates);
@@ -680,16 +699,6 @@ impl Daemon {
                 return Ok(());
             }
         };
-        if !matches!(doc.kind, JobKind::New | JobKind::Replace) {
-            let reason = format!(
-                "job kind {} is not supported by this agent version",
-                doc.kind
-            );
-            self.reject(&doc.job_id, &envelope, "kind-unsupported", &reason)
-                .await?;
-            ack(message).await;
-            return Ok(());
-        }
         let envelope_bytes = envelope
             .encode()
             .map_err(|e| DaemonError::Journal(e.to_string()))?;
@@ -708,11 +717,23 @@ impl Daemon {
             job_id: job_id.clone(),
             envelope: sealed,
         })?;
+        if let Some(old) = &doc.old_token_serial
+            && self.revoked.insert(old.as_str().trim().to_owned())
+        {
+            self.journal.append(&Record::Revoked {
+                serial: old.clone(),
+            })?;
+            self.mark_revoked(old.as_str().trim());
+        }
         ack(message).await;
         tracing::info!(job = %job_id, kind = %doc.kind, order = %doc.order_number, "job accepted");
         self.nonces.insert(doc.nonce.clone());
+        let targeted = machine.is_targeted();
         self.jobs
             .insert(job_id.clone(), JobEntry::new(Arc::new(doc), machine));
+        if targeted {
+            self.arm(&job_id, Timer::TargetToken);
+        }
         self.queue.push_back(job_id);
         self.try_claim_all().await
     }
@@ -1000,6 +1021,7 @@ impl Daemon {
             Timer::Certificates => t.certificates(),
             Timer::TokenReturn => t.token_removed(),
             Timer::FinalAck => t.bind_ack(),
+            Timer::TargetToken => t.target_token(),
         }
     }
 
@@ -1263,8 +1285,8 @@ impl Daemon {
     async fn on_event(&mut self, event: Event) -> Result<(), DaemonError> {
         match event {
             Event::Scanned(results) => self.on_scan(results).await,
-            Event::Observed(key, result) => {
-                self.on_observed(key, result);
+            Event::Observed(key, number, result) => {
+                self.on_observed(key, number, result);
                 self.try_claim_all().await
             }
             Event::WorkerReady(key, result) => self.on_worker(key, result).await,
@@ -1327,6 +1349,7 @@ impl Daemon {
                                 certificates: Vec::new(),
                                 job: None,
                                 worker: None,
+                                observation: 0,
                                 outcome: None,
                                 acknowledged: false,
                             },
@@ -1355,26 +1378,34 @@ impl Daemon {
     }
 
     /// Reads a token's objects (public ones, no PIN) to classify it.
-    fn observe(&self, key: TokenKey) {
-        let Some(seat) = self.seats.get(&key) else {
+    fn observe(&mut self, key: TokenKey) {
+        let revoked = key
+            .serial()
+            .is_some_and(|s| self.revoked.contains(s.trim()));
+        let Some(seat) = self.seats.get_mut(&key) else {
             return;
         };
         let module = self.modules[seat.module].clone();
         let present = seat.present.clone();
-        let revoked = false;
+        seat.observation += 1;
+        let number = seat.observation;
         let tx = self.events.clone();
         tokio::task::spawn_blocking(move || {
             let result = observe_token(&module, present, revoked);
-            let _ = tx.blocking_send(Event::Observed(key, result));
+            let _ = tx.blocking_send(Event::Observed(key, number, result));
         });
     }
 
-    fn on_observed(&mut self, key: TokenKey, result: Result<Observation, TokenError>) {
+    fn on_observed(&mut self, key: TokenKey, number: u64, result: Result<Observation, TokenError>) {
         let warning =
             Duration::from_secs(u64::from(self.config.inventory.expiry_warning_days) * 86_400);
         let Some(seat) = self.seats.get_mut(&key) else {
             return;
         };
+        if number != seat.observation || seat.job.is_some() {
+            // Superseded, or the token went to a job meanwhile: what it read may be stale.
+            return;
+        }
         match result {
             Ok(obs) => {
                 seat.state = classify(&obs, SystemTime::now(), warning);
@@ -1510,53 +1541,106 @@ impl Daemon {
         Ok(())
     }
 
-    /// Blank tokens take the oldest queued `new`/`replace` jobs.
+    /// Blank tokens take the oldest queued `new`/`replace` jobs; a targeted job (`renew`,
+    /// `change`, `unlock`) takes only the token whose serial it names, once that is plugged
+    /// in and free. A job waiting for its token does not hold up the jobs behind it.
     async fn try_claim_all(&mut self) -> Result<(), DaemonError> {
         if !self.claiming {
             return Ok(());
         }
-        loop {
-            let Some(job_id) = self.queue.front().cloned() else {
-                return Ok(());
-            };
-            if !self.jobs.contains_key(&job_id) {
-                self.queue.pop_front();
+        self.queue.retain(|id| self.jobs.contains_key(id));
+        let mut i = 0;
+        while i < self.queue.len() {
+            let job_id = self.queue[i].clone();
+            let Some(entry) = self.jobs.get(&job_id) else {
+                i += 1;
                 continue;
-            }
-            let free = self
-                .seats
-                .iter()
-                .find(|(_, s)| {
-                    s.job.is_none() && s.state == TokenState::Blank && s.present.is_blank()
-                })
-                .map(|(k, _)| k.clone());
-            let Some(key) = free else { return Ok(()) };
-            self.queue.pop_front();
+            };
+            let free = match &entry.doc.target_token_serial {
+                Some(target) => {
+                    let key = TokenKey::Serial(target.to_string());
+                    self.seats
+                        .get(&key)
+                        .filter(|s| {
+                            s.job.is_none()
+                                && !s.present.is_blank()
+                                && !self.revoked.contains(target.as_str().trim())
+                        })
+                        .map(|_| key)
+                }
+                None => self
+                    .seats
+                    .iter()
+                    .find(|(k, s)| {
+                        s.job.is_none()
+                            && s.state == TokenState::Blank
+                            && s.present.is_blank()
+                            && !k.serial().is_some_and(|k| self.revoked.contains(k.trim()))
+                    })
+                    .map(|(k, _)| k.clone()),
+            };
+            let Some(key) = free else {
+                i += 1;
+                continue;
+            };
+            self.queue.remove(i);
+            self.claim(job_id, key)?;
+        }
+        Ok(())
+    }
+
+    /// Gives `key`'s token to `job_id`: PINs for jobs that set them, journaled (sealed)
+    /// before any token write that uses them; then the token's worker starts.
+    fn claim(&mut self, job_id: JobId, key: TokenKey) -> Result<(), DaemonError> {
+        let Some(entry) = self.jobs.get(&job_id) else {
+            return Ok(());
+        };
+        let sets_pins = entry.machine.plan().contains(&Step::Initialize);
+        let doc = Arc::clone(&entry.doc);
+        if sets_pins {
             let (min, max) = self
                 .seats
                 .get(&key)
                 .map(|s| (s.present.min_pin_len, s.present.max_pin_len))
                 .unwrap_or((6, 16));
-            let pins = Pins::generate(min, max)?;
+            let mut pins = Pins::generate(min, max)?;
+            if doc.so_pin.is_some() {
+                // Re-keying a named token: C_InitToken needs its current SO PIN, which stays.
+                // One that does not open fails the `initialize` step, which reads it again.
+                if let Ok(so) = steps::job_so_pin(&doc, &self.trust.station_key) {
+                    pins.so = so;
+                }
+            }
             let sealed = pins
                 .seal(&self.trust.station_key.recipient(), &job_id)
                 .map_err(DaemonError::Journal)?;
-            // The PINs are journaled (sealed) before any token write that uses them.
             self.journal.append(&Record::Pins {
                 job_id: job_id.clone(),
                 pins: sealed,
             })?;
             if let Some(entry) = self.jobs.get_mut(&job_id) {
                 entry.pins = Some(Arc::new(pins));
-                entry.token = Some(key.clone());
             }
-            if let Some(seat) = self.seats.get_mut(&key) {
-                seat.job = Some(job_id.clone());
-                seat.state = TokenState::InProduction;
-            }
-            self.inventory_dirty = true;
-            tracing::info!(job = %job_id, token = %key, "blank token claims job");
-            self.start_worker(key);
+        }
+        if let Some(entry) = self.jobs.get_mut(&job_id) {
+            entry.token = Some(key.clone());
+        }
+        if let Some(seat) = self.seats.get_mut(&key) {
+            seat.job = Some(job_id.clone());
+            seat.state = TokenState::InProduction;
+        }
+        self.inventory_dirty = true;
+        tracing::info!(job = %job_id, kind = %doc.kind, token = %key, "token claims job");
+        self.start_worker(key);
+        Ok(())
+    }
+
+    /// A token just named lost by a `replace` job: if it is at the desk and idle, it is
+    /// classified again (and shows as revoked).
+    fn mark_revoked(&mut self, serial: &str) {
+        let key = TokenKey::Serial(serial.to_owned());
+        if self.seats.get(&key).is_some_and(|s| s.job.is_none()) {
+            self.observe(key);
         }
     }
 
@@ -1885,6 +1969,12 @@ fn observe_token(
     })
 }
 
+/// Whether the job keeps the token's keys and PINs (`renew`, `change` without rekey): its
+/// certificates are requested with renewal requests and written without a user login.
+fn keeps_keys(doc: &JobDocument) -> bool {
+    matches!(doc.kind, JobKind::Renew) || (doc.kind == JobKind::Change && !doc.rekey)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_step(
     step: Step,
@@ -1921,7 +2011,7 @@ async fn run_step(
             Some(pins) => flatten(
                 worker
                     .call(move |token| {
-                        Ok(steps::initialize(token, &doc, &pins).and_then(|()| {
+                        Ok(steps::initialize(token, &doc, &pins, &trust.station_key).and_then(|()| {
                             let serial = token.serial().and_then(|s| TokenSerial::new(s).ok());
                             serial
                                 .map(|serial| StepOutput::Initialized { serial })
@@ -1944,9 +2034,16 @@ async fn run_step(
             ),
         },
         Step::RequestCertificates => match (pins, serial) {
-            (Some(pins), Some(serial)) => {
+            (pins, Some(serial)) if pins.is_some() || keeps_keys(&doc) => {
                 let result = worker
-                    .call(move |token| Ok(steps::request_certificates(token, &doc, &pins, &serial)))
+                    .call(move |token| {
+                        Ok(match pins {
+                            Some(pins) if !keeps_keys(&doc) => {
+                                steps::request_certificates(token, &doc, &pins, &serial)
+                            }
+                            _ => steps::request_renewal(token, &doc, &serial),
+                        })
+                    })
                     .await;
                 match result {
                     Ok(Ok(bundle)) => match bundle.encode() {
@@ -1982,14 +2079,14 @@ async fn run_step(
                             },
                         };
                         if install {
-                            let Some(pins) = pins else {
+                            if pins.is_none() && !keeps_keys(&doc) {
                                 return Ok(Err(StepFailure::Failed(StepError {
                                     code: code("internal"),
                                     message: "PINs missing for step install".into(),
                                     retryable: true,
                                 })));
-                            };
-                            if let Err(f) = steps::install(token, &pins, &verified) {
+                            }
+                            if let Err(f) = steps::install(token, pins.as_deref(), &verified) {
                                 return Ok(Err(f));
                             }
                         }
@@ -2015,11 +2112,12 @@ async fn run_step(
             ),
         },
         Step::Bind => match (pins, verified) {
-            (Some(pins), Some(verified)) => {
-                steps::bind_report(&job_id, &verified, &pins, &trust.platform_seal)
+            (pins, _) if pins.is_none() && !keeps_keys(&doc) => Err(missing("PINs")),
+            (pins, Some(verified)) => {
+                steps::bind_report(&job_id, &verified, pins.as_deref(), &trust.platform_seal)
                     .map(|report| StepOutput::Data(StepData::Bind(report)))
             }
-            (Some(pins), None) => {
+            (pins, None) => {
                 // After a restart: verify again (read-only) to rebuild the fingerprints.
                 match certs {
                     None => Err(missing("certificates")),
@@ -2030,7 +2128,7 @@ async fn run_step(
                             .await;
                         match result {
                             Ok(Ok(v)) => {
-                                let report = steps::bind_report(&job_id, &v, &pins, &trust.platform_seal);
+                                let report = steps::bind_report(&job_id, &v, pins.as_deref(), &trust.platform_seal);
                                 done.verified = Some(Arc::new(v));
                                 report.map(|r| StepOutput::Data(StepData::Bind(r)))
                             }
@@ -2040,7 +2138,35 @@ async fn run_step(
                     }
                 }
             }
-            _ => Err(missing("PINs")),
+        },
+        Step::ResetPin => {
+            let trust = Arc::clone(&trust);
+            flatten(
+                worker
+                    .call(move |token| {
+                        Ok(steps::reset_pin(token, &doc, &trust.station_key, &trust.platform_seal)
+                            .map(StepOutput::Data))
+                    })
+                    .await,
+            )
+        }
+        Step::ReadKeys => flatten(
+            worker
+                .call(move |token| Ok(steps::read_keys(token, &doc).map(|()| StepOutput::Done)))
+                .await,
+        ),
+        Step::RemoveOldCertificates => match certs {
+            None => Err(missing("certificates")),
+            Some(bundle) => flatten(
+                worker
+                    .call(move |token| {
+                        Ok(steps::remove_old_certificates(token, &bundle).map(|removed| {
+                            tracing::info!(job = %job_id, removed, "old certificates removed");
+                            StepOutput::Done
+                        }))
+                    })
+                    .await,
+            ),
         },
         other => Err(StepFailure::Failed(StepError {
             code: code("step-unsupported"),

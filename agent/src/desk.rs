@@ -79,14 +79,15 @@ pub struct Observation {
 /// `warning` makes an active token `expiring`.
 pub fn classify(obs: &Observation, now: SystemTime, warning: Duration) -> TokenState {
     let flags = &obs.present.flags;
+    // A lost token stays revoked even wiped: the desk never produces on it again.
+    if obs.revoked && !flags.so_pin_locked {
+        return TokenState::Revoked;
+    }
     if obs.present.is_blank() {
         return TokenState::Blank;
     }
     if flags.so_pin_locked {
         return TokenState::LockedSo;
-    }
-    if obs.revoked {
-        return TokenState::Revoked;
     }
     if !obs.present.label.starts_with(LABEL_PREFIX.trim_end()) {
         return TokenState::Foreign;
@@ -223,6 +224,12 @@ mod tests {
         let mut revoked = obs("UKEY ORD-1", Some(365));
         revoked.revoked = true;
         assert_eq!(classify(&revoked, now, month), TokenState::Revoked);
+        revoked.present.flags.initialized = false;
+        assert_eq!(
+            classify(&revoked, now, month),
+            TokenState::Revoked,
+            "a wiped lost token stays revoked"
+        );
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub enum Timer {
     TokenReturn,
     /// The platform's acknowledgement of the final step's event.
     FinalAck,
+    /// The token a targeted job (`renew`, `change`, `unlock`) names to be plugged in.
+    TargetToken,
 }
 
 /// What a successful step produced that the platform must hear about.
@@ -232,6 +234,8 @@ pub struct JobError {
 pub struct JobMachine {
     job_id: JobId,
     plan: &'static [Step],
+    /// The job waits for the token it names rather than for any blank token.
+    targeted: bool,
     state: JobState,
     seq: u64,
     /// The platform asked to cancel while a step ran: the step finishes (a token write is
@@ -257,6 +261,7 @@ pub const ERROR_CODES: &[&str] = &[
     "certificates-timeout",
     "final-ack-timeout",
     "token-return-timeout",
+    "target-token-timeout",
     "canceled",
 ];
 
@@ -266,10 +271,17 @@ impl JobMachine {
         JobMachine {
             job_id,
             plan: kind.plan(rekey),
+            targeted: !kind.takes_blank_token(),
             state: JobState::Queued,
             seq: 0,
             cancel_requested: None,
         }
+    }
+
+    /// Whether the job waits for the token it names (`renew`, `change`, `unlock`): the
+    /// runner arms [`Timer::TargetToken`] while it is queued.
+    pub fn is_targeted(&self) -> bool {
+        self.targeted
     }
 
     /// The job's id.
@@ -418,9 +430,28 @@ impl JobMachine {
                     None,
                 );
                 let mut actions = vec![Action::Report(Box::new(claim))];
+                if self.targeted {
+                    actions.push(Action::Disarm(Timer::TargetToken));
+                }
                 actions.extend(self.start(serial, 1));
                 Ok(actions)
             }
+
+            (
+                JobState::Queued,
+                Input::TimedOut {
+                    timer: Timer::TargetToken,
+                },
+            ) => Ok(self.finish(
+                Step::Claim,
+                ExecutionState::TimedOut,
+                None,
+                Some(StepError {
+                    code: code("target-token-timeout"),
+                    message: "the token the job names was not plugged in in time".into(),
+                    retryable: true,
+                }),
+            )),
 
             (JobState::Running { serial, index }, Input::StepSucceeded { step, output })
                 if self.plan.get(index) == Some(&step) =>
@@ -586,7 +617,7 @@ impl JobMachine {
 
             (state, input) => {
                 let expected = match &state {
-                    JobState::Queued => "claimed or cancel".to_owned(),
+                    JobState::Queued => "claimed, cancel or the target-token timer".to_owned(),
                     JobState::Running { index, .. } => format!(
                         "the outcome of step {}",
                         self.plan.get(*index).map_or("?", |s| s.as_str())
@@ -621,6 +652,7 @@ impl JobMachine {
 
 fn disarm_for(state: &JobState) -> Vec<Action> {
     match state {
+        JobState::Queued => vec![Action::Disarm(Timer::TargetToken)],
         JobState::AwaitingCertificates { .. } => vec![Action::Disarm(Timer::Certificates)],
         JobState::Parked { .. } => vec![Action::Disarm(Timer::TokenReturn)],
         JobState::AwaitingFinalAck { .. } => vec![Action::Disarm(Timer::FinalAck)],
@@ -903,6 +935,51 @@ mod tests {
         let a = m.on(Input::Cancel { reason: "x".into() }).unwrap();
         assert_eq!(a[0], Action::Disarm(Timer::Certificates));
         assert_eq!(m.state(), &JobState::Finished(ExecutionState::Canceled));
+    }
+
+    #[test]
+    fn targeted_job_waits_for_its_token_then_times_out() {
+        let mut m = job(JobKind::Unlock);
+        assert!(m.is_targeted());
+        assert!(!job(JobKind::New).is_targeted());
+        m.accepted();
+        let a = m
+            .on(Input::TimedOut {
+                timer: Timer::TargetToken,
+            })
+            .unwrap();
+        assert_eq!(reports(&a), vec![(Step::Claim, ExecutionState::TimedOut)]);
+        assert!(!a.contains(&Action::Release), "no token was held");
+        assert_eq!(m.state(), &JobState::Finished(ExecutionState::TimedOut));
+
+        let mut m = job(JobKind::Unlock);
+        m.accepted();
+        let a = m
+            .on(Input::Claimed {
+                serial: Some(serial()),
+            })
+            .unwrap();
+        assert!(a.contains(&Action::Disarm(Timer::TargetToken)));
+        assert_eq!(executes(&a), vec![Step::ResetPin]);
+        assert!(
+            m.on(Input::TimedOut {
+                timer: Timer::TargetToken
+            })
+            .is_err(),
+            "a claimed job ignores a late target timer"
+        );
+        let a = m
+            .on(Input::StepSucceeded {
+                step: Step::ResetPin,
+                output: StepOutput::Done,
+            })
+            .unwrap();
+        assert!(a.contains(&Action::Arm(Timer::FinalAck)));
+        let a = m.on(Input::FinalAcknowledged).unwrap();
+        assert_eq!(
+            reports(&a),
+            vec![(Step::ResetPin, ExecutionState::Succeeded)]
+        );
     }
 
     #[test]

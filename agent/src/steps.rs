@@ -15,7 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use spki::SubjectPublicKeyInfoOwned;
 use spki::der::Encode;
 use ukey_protocol::bundle::{CertBundle, CertificateRequest, CsrBundle};
-use ukey_protocol::event::{BindReport, CertFingerprint, StepError};
+use ukey_protocol::event::{BindReport, CertFingerprint, StepData, StepError};
 use ukey_protocol::ids::{ErrorCode, JobId, TokenSerial};
 use ukey_protocol::job::JobDocument;
 use ukey_protocol::keys::KeyLabel;
@@ -26,7 +26,7 @@ use crate::certs::{
     CertError, Expected, TrustAnchors, ValidityPolicy, VerifiedCertificate, verify_certificate,
 };
 use crate::profile::SubjectData;
-use crate::token::{Authorization, KeySelfTest, Token, TokenError};
+use crate::token::{Authorization, KeySelfTest, PinOwner, Token, TokenError};
 
 /// The prefix of the token label the agent writes; a token whose label starts with it was
 /// personalized by a ukey-station desk.
@@ -210,17 +210,55 @@ pub fn subject_data(job: &JobDocument) -> SubjectData {
 ///
 /// On a blank token. On a token that already carries this job's label (the agent died during
 /// this step or the next), the job names the token through its journal, so it is wiped and
-/// initialized again with the same journaled SO PIN (invariant 2).
-pub fn initialize(token: &mut Token, job: &JobDocument, pins: &Pins) -> Result<(), StepFailure> {
+/// initialized again with the same journaled SO PIN (invariant 2). A `change` job with rekey
+/// names its token by serial and carries the token's SO PIN: that token is wiped and
+/// initialized again with that same SO PIN (read from the job, not from `pins`, so a PIN that
+/// does not open never costs an SO retry).
+pub fn initialize(
+    token: &mut Token,
+    job: &JobDocument,
+    pins: &Pins,
+    station_key: &UnsealKey,
+) -> Result<(), StepFailure> {
     let label = token_label(job);
     let present = token.info()?;
-    let authorization = if present.is_blank() {
-        Authorization::BlankOnly
+    let named = job
+        .target_token_serial
+        .as_ref()
+        .filter(|_| job.rekey && job.so_pin.is_some())
+        .map(|s| s.as_str().trim());
+    let (authorization, so) = if let Some(serial) = named {
+        if present.serial.trim() != serial {
+            return Err(TokenError::WrongToken {
+                expected: serial.to_owned(),
+                found: Some(present.serial.clone()),
+            }
+            .into());
+        }
+        if present.flags.so_pin_locked {
+            return Err(StepFailure::Failed(step_error(
+                "so-pin-locked",
+                format!("the SO PIN of token {serial} is locked: it cannot be re-keyed"),
+                false,
+            )));
+        }
+        let so = job_so_pin(job, station_key)?;
+        (
+            Authorization::NamedByJob {
+                serial: serial.to_owned(),
+            },
+            so,
+        )
+    } else if present.is_blank() {
+        (Authorization::BlankOnly, pins.so.clone())
     } else if present.label == label && !present.serial.is_empty() {
         tracing::info!(job = %job.job_id, serial = %present.serial, "re-initializing the token this job had started");
-        Authorization::NamedByJob {
-            serial: present.serial.clone(),
-        }
+        (
+            Authorization::NamedByJob {
+                serial: present.serial.clone(),
+            },
+            pins.so.clone(),
+        )
     } else {
         return Err(TokenError::NotBlank {
             serial: token.serial().map(str::to_owned),
@@ -228,8 +266,10 @@ pub fn initialize(token: &mut Token, job: &JobDocument, pins: &Pins) -> Result<(
         }
         .into());
     };
-    token.init_token(&pins.so, &label, &authorization)?;
-    token.init_user_pin(&pins.so, &pins.user)?;
+    token
+        .init_token(&so, &label, &authorization)
+        .map_err(so_failure)?;
+    token.init_user_pin(&so, &pins.user).map_err(so_failure)?;
     Ok(())
 }
 
@@ -351,12 +391,18 @@ pub fn verify_certificates(
 }
 
 /// Step `install`: writes the verified certificates that are not on the token yet.
+///
+/// With `pins` (production) the user logs in first. Without (`renew`, `change` without
+/// rekey: the station has no user PIN) the certificates are written as the public objects
+/// they are, in a read/write session without login, which PKCS#11 allows.
 pub fn install(
     token: &mut Token,
-    pins: &Pins,
+    pins: Option<&Pins>,
     certs: &[VerifiedCertificate],
 ) -> Result<usize, StepFailure> {
-    token.login_user(&pins.user)?;
+    if let Some(pins) = pins {
+        token.login_user(&pins.user)?;
+    }
     let mut written = 0;
     for cert in certs {
         if token.install_certificate(cert)? {
@@ -379,14 +425,18 @@ pub fn activate(token: &mut Token, pins: &Pins) -> Result<Vec<KeySelfTest>, Step
 
 /// Step `bind`: what the platform binds to the order — each certificate's serial and
 /// fingerprint, and the PINs sealed to the platform.
+///
+/// Without `pins` (the job set none: `renew`, `change` without rekey) the report carries
+/// only the certificates.
 pub fn bind_report(
     job_id: &JobId,
     certs: &[VerifiedCertificate],
-    pins: &Pins,
+    pins: Option<&Pins>,
     platform: &SealRecipient,
 ) -> Result<BindReport, StepFailure> {
     let sealed = pins
-        .seal(platform, job_id)
+        .map(|pins| pins.seal(platform, job_id))
+        .transpose()
         .map_err(|e| StepFailure::Failed(step_error("seal-failed", e, false)))?;
     let mut certificates = Vec::with_capacity(certs.len());
     for cert in certs {
@@ -402,11 +452,188 @@ pub fn bind_report(
             sha256: hex::encode(cert.fingerprint_sha256()),
         });
     }
+    let (so_pin, user_pin) = match sealed {
+        Some(sealed) => (Some(sealed.so), Some(sealed.user)),
+        None => (None, None),
+    };
     Ok(BindReport {
         certificates,
-        so_pin: Some(sealed.so),
-        user_pin: Some(sealed.user),
+        so_pin,
+        user_pin,
     })
+}
+
+/// The SO PIN a job carries (`unlock`, `change` with rekey), opened with the station's key.
+pub fn job_so_pin(job: &JobDocument, station_key: &UnsealKey) -> Result<SecretString, StepFailure> {
+    let sealed = job.so_pin.as_ref().ok_or_else(|| {
+        StepFailure::Failed(step_error(
+            "so-pin-missing",
+            format!("job {} carries no SO PIN", job.job_id),
+            false,
+        ))
+    })?;
+    sealed
+        .unseal_pin(station_key, &job.so_pin_context())
+        .map_err(|e| {
+            StepFailure::Failed(step_error(
+                "so-pin-unseal",
+                format!("the job's SO PIN does not open with this station's key: {e}"),
+                false,
+            ))
+        })
+}
+
+/// Step `reset-pin` (`unlock`): the SO logs in with the PIN the job carries and sets a fresh
+/// random user PIN, which also resets the user PIN's retry counter. Returns the new PIN
+/// sealed to the platform (context `job/{jid}/user-pin`).
+///
+/// A locked SO PIN is reported as `so-pin-locked` before any login is tried, and nothing on
+/// the token changes. Run again after a crash, the step simply sets another fresh PIN: only
+/// the PIN of the reported event counts.
+pub fn reset_pin(
+    token: &mut Token,
+    job: &JobDocument,
+    station_key: &UnsealKey,
+    platform: &SealRecipient,
+) -> Result<StepData, StepFailure> {
+    let present = token.info()?;
+    if present.flags.so_pin_locked {
+        return Err(StepFailure::Failed(step_error(
+            "so-pin-locked",
+            format!(
+                "the SO PIN of token {} is locked: the user PIN cannot be reset at the desk",
+                present.serial
+            ),
+            false,
+        )));
+    }
+    let so = job_so_pin(job, station_key)?;
+    let fresh = Pins::generate(present.min_pin_len, present.max_pin_len)?;
+    token
+        .set_user_pin_as_so(&so, &fresh.user)
+        .map_err(so_failure)?;
+    let user_pin = seal(
+        platform,
+        &SealContext::for_job(&job.job_id, SealPurpose::UserPin),
+        fresh.user.expose_secret().as_bytes(),
+    )
+    .map_err(|e| StepFailure::Failed(step_error("seal-failed", e.to_string(), false)))?;
+    Ok(StepData::PinReset { user_pin })
+}
+
+/// Maps an SO login failure to codes that say whose PIN it was.
+fn so_failure(e: TokenError) -> StepFailure {
+    match &e {
+        TokenError::PinLocked {
+            owner: PinOwner::SecurityOfficer,
+            ..
+        } => StepFailure::Failed(step_error("so-pin-locked", e.to_string(), false)),
+        TokenError::WrongPin {
+            owner: PinOwner::SecurityOfficer,
+            ..
+        } => StepFailure::Failed(step_error("wrong-so-pin", e.to_string(), false)),
+        _ => StepFailure::from(e),
+    }
+}
+
+/// Step `read-keys` (`renew`, `change` without rekey): every label's public key and current
+/// certificate are on the token (public objects, no PIN), and each key is of the algorithm
+/// the job describes.
+pub fn read_keys(token: &Token, job: &JobDocument) -> Result<(), StepFailure> {
+    for label in KeyLabel::ALL {
+        let key = token.public_key(label)?;
+        let Some(alg) = job.key_spec(label) else {
+            return Err(StepFailure::Failed(step_error(
+                "job-key-spec",
+                format!("the job has no key spec for {label}"),
+                false,
+            )));
+        };
+        if crate::certs::key_algorithm(&key) != Some(alg) {
+            return Err(StepFailure::Failed(step_error(
+                "token-key-mismatch",
+                format!("the {label} key on the token is not the job's {alg}"),
+                false,
+            )));
+        }
+        if token.certificate(label)?.is_none() {
+            return Err(StepFailure::Failed(step_error(
+                "certificate-missing-on-token",
+                format!("the token has no {label} certificate to renew"),
+                false,
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Step `request-certificates` for the jobs that keep the keys: per label the current
+/// certificate (the one that expires last) and the public key, both read without a PIN.
+pub fn request_renewal(
+    token: &Token,
+    job: &JobDocument,
+    serial: &TokenSerial,
+) -> Result<CsrBundle, StepFailure> {
+    let mut requests = Vec::with_capacity(3);
+    for label in KeyLabel::ALL {
+        let current = token.certificate(label)?.ok_or_else(|| {
+            StepFailure::Failed(step_error(
+                "certificate-missing-on-token",
+                format!("the token has no {label} certificate to renew"),
+                false,
+            ))
+        })?;
+        let key = spki_der(&token.public_key(label)?)?;
+        requests.push(CertificateRequest {
+            label,
+            csr: None,
+            current_certificate: Some(Base64Bytes::new(current)),
+            public_key: Some(Base64Bytes::new(key)),
+        });
+    }
+    Ok(CsrBundle {
+        v: V1,
+        job_id: job.job_id.clone(),
+        token_serial: serial.clone(),
+        requests,
+    })
+}
+
+/// Step `remove-old-certificates`: per label, every certificate object other than the new
+/// one in `bundle` is deleted — but only once the new one is on the token, so a token is
+/// never left without a certificate. Run again after a crash, it finishes what is left.
+/// Returns how many were removed.
+pub fn remove_old_certificates(token: &Token, bundle: &CertBundle) -> Result<usize, StepFailure> {
+    let mut removed = 0;
+    for label in KeyLabel::ALL {
+        let Some(new) = bundle.certificates.iter().find(|c| c.label == label) else {
+            return Err(StepFailure::Failed(step_error(
+                "certificate-missing",
+                format!("the platform sent no certificate for {label}"),
+                false,
+            )));
+        };
+        let on_token = token.certificates(label)?;
+        if !on_token
+            .iter()
+            .any(|der| der.as_slice() == new.certificate.as_bytes())
+        {
+            return Err(StepFailure::Failed(step_error(
+                "certificate-not-installed",
+                format!("the new {label} certificate is not on the token; the old one stays"),
+                true,
+            )));
+        }
+        for der in on_token
+            .iter()
+            .filter(|der| der.as_slice() != new.certificate.as_bytes())
+        {
+            if token.remove_certificate(label, der)? {
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// DER of a public key, for journaling.

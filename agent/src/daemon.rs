@@ -1069,7 +1069,9 @@ impl Daemon {
         match event {
             UsbEvent::Arrived(d) => {
                 tracing::info!(port = %d.port_path, id = %d.id(), serial = ?d.serial, "Ukey plugged in");
-                self.usb_problems.remove(&d.port_path);
+                if self.usb_problems.remove(&d.port_path).is_some() {
+                    self.inventory_dirty = true;
+                }
                 if let Some(serial) = d.serial.filter(|s| !s.is_empty()) {
                     let deadline = tokio::time::Instant::now()
                         + Duration::from_secs(self.config.usb.arrival_timeout_secs);
@@ -1078,7 +1080,9 @@ impl Daemon {
             }
             UsbEvent::Left(d) => {
                 tracing::info!(port = %d.port_path, id = %d.id(), "Ukey pulled out");
-                self.usb_problems.remove(&d.port_path);
+                if self.usb_problems.remove(&d.port_path).is_some() {
+                    self.inventory_dirty = true;
+                }
                 self.usb_pending.retain(|_, (port, _)| *port != d.port_path);
             }
             UsbEvent::Inaccessible { device, reason } => {

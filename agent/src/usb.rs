@@ -31,6 +31,9 @@ pub struct UsbDevice {
     pub product_id: u16,
     /// The iSerialNumber string, when it could be read. Ukeys report their token serial here.
     pub serial: Option<String>,
+    /// Whether the agent may open the device; a device it may not open is reported as
+    /// [`UsbEvent::Inaccessible`], not as an arrival.
+    pub accessible: bool,
 }
 
 impl UsbDevice {
@@ -178,7 +181,7 @@ where
                     last_error = None;
                     now.retain(|d| self.filter.matches(d.vendor_id, d.product_id));
                     now.sort();
-                    for event in diff(&attached, &now) {
+                    for event in diff(&attached, &now).into_iter().map(access_checked) {
                         if events.blocking_send(event).is_err() {
                             return Ok(());
                         }
@@ -197,6 +200,21 @@ where
             wait_cancelled(&stop, self.interval);
         }
         Ok(())
+    }
+}
+
+/// What the desk is told when a device it may not open arrives.
+const NOT_ACCESSIBLE: &str =
+    "present but not accessible (check the udev rules and the agent's group)";
+
+/// An arrival of a device the agent may not open becomes [`UsbEvent::Inaccessible`].
+fn access_checked(event: UsbEvent) -> UsbEvent {
+    match event {
+        UsbEvent::Arrived(device) if !device.accessible => UsbEvent::Inaccessible {
+            device,
+            reason: NOT_ACCESSIBLE.into(),
+        },
+        other => other,
     }
 }
 
@@ -228,6 +246,11 @@ pub fn read_sim_bus(dir: &std::path::Path) -> Result<Vec<UsbDevice>, String> {
         product_id: u16,
         #[serde(default)]
         serial: Option<String>,
+        #[serde(default = "yes")]
+        accessible: bool,
+    }
+    fn yes() -> bool {
+        true
     }
     let path = dir.join("usb.json");
     let text = match std::fs::read_to_string(&path) {
@@ -244,6 +267,7 @@ pub fn read_sim_bus(dir: &std::path::Path) -> Result<Vec<UsbDevice>, String> {
             vendor_id: d.vendor_id,
             product_id: d.product_id,
             serial: d.serial,
+            accessible: d.accessible,
         })
         .collect())
 }
@@ -290,6 +314,7 @@ fn describe<T: rusb::UsbContext>(
         vendor_id: desc.vendor_id(),
         product_id: desc.product_id(),
         serial: None,
+        accessible: true,
     };
     match device.open() {
         Ok(handle) => {
@@ -299,11 +324,14 @@ fn describe<T: rusb::UsbContext>(
                 .map(|s| s.trim().to_owned());
             Some(Ok(dev))
         }
-        Err(rusb::Error::Access) => Some(Err((
-            dev,
-            "present but not accessible (check the udev rules and the agent's group)".into(),
-        ))),
-        Err(e) => Some(Err((dev, format!("cannot open: {e}")))),
+        Err(rusb::Error::Access) => {
+            dev.accessible = false;
+            Some(Err((dev, NOT_ACCESSIBLE.into())))
+        }
+        Err(e) => {
+            dev.accessible = false;
+            Some(Err((dev, format!("cannot open: {e}"))))
+        }
     }
 }
 
@@ -402,6 +430,7 @@ mod tests {
 
     fn dev(port: &str, serial: &str) -> UsbDevice {
         UsbDevice {
+            accessible: true,
             port_path: port.into(),
             vendor_id: 0x096e,
             product_id: 0x0702,
@@ -444,8 +473,36 @@ mod tests {
         assert_eq!(devices[0].port_path, "1-1.2");
         assert_eq!(devices[0].id(), "5553:4b01");
         assert_eq!(devices[0].serial.as_deref(), Some("3F2A9C0B7D1E4A56"));
+        assert!(
+            devices[0].accessible,
+            "accessible unless the bus says otherwise"
+        );
+        std::fs::write(
+            dir.path().join("usb.json"),
+            r#"{"devices":[{"port_path":"1-1.2","vendor_id":1,"product_id":2,"accessible":false}]}"#,
+        )
+        .unwrap();
+        assert!(!read_sim_bus(dir.path()).unwrap()[0].accessible);
         std::fs::write(dir.path().join("usb.json"), "{").unwrap();
         assert!(read_sim_bus(dir.path()).is_err());
+    }
+
+    #[test]
+    fn a_device_without_access_is_reported_as_such() {
+        let mut d = dev("1-2", "B");
+        d.accessible = false;
+        match access_checked(UsbEvent::Arrived(d.clone())) {
+            UsbEvent::Inaccessible { device, reason } => {
+                assert_eq!(device, d);
+                assert!(reason.contains("udev rules"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let ok = dev("1-1", "A");
+        assert_eq!(
+            access_checked(UsbEvent::Arrived(ok.clone())),
+            UsbEvent::Arrived(ok)
+        );
     }
 
     #[test]
@@ -472,6 +529,7 @@ mod tests {
                 dev("1-1", "A"),
                 dev("1-2", "B"),
                 UsbDevice {
+                    accessible: true,
                     port_path: "1-3".into(),
                     vendor_id: 0x1234,
                     product_id: 1,

@@ -47,6 +47,8 @@ pub struct Station {
     /// Extra lines for the agent's configuration, appended at its end (inside `[timeouts]`
     /// unless they open a table of their own).
     pub extra_config: String,
+    /// Watch hsm-sim's virtual USB bus (`[usb] watcher = "sim"`) instead of slot scans only.
+    pub usb_sim: bool,
     /// The agent's step timeouts.
     pub timeouts: Timeouts,
 }
@@ -150,6 +152,7 @@ impl Station {
             starts: 0,
             trust: None,
             extra_config: String::new(),
+            usb_sim: false,
             timeouts: Timeouts::default(),
         }
     }
@@ -217,7 +220,7 @@ impl Station {
             "station_id = \"{sid}\"\nstate_dir = {state:?}\n\
              [broker]\nhost = \"127.0.0.1\"\nport = {port}\nkeep_alive_secs = 5\n\
              [pkcs11]\ndefault_module = {module:?}\nscan_interval_ms = 50\n\
-             [usb]\nwatcher = \"none\"\n\
+             {usb}\
              {trust}platform_signing_key_id = {kid:?}\n\
              [timeouts]\ncertificates_secs = {cert}\ntoken_removed_secs = {removed}\n\
              bind_ack_secs = {bind}\nshutdown_grace_secs = {grace}\nresend_secs = {resend}\n\
@@ -234,6 +237,7 @@ impl Station {
             grace = self.timeouts.shutdown_grace_secs,
             resend = self.timeouts.resend_secs,
             extra = self.extra_config,
+            usb = self.usb_section(),
         );
         let path = self.dir.path().join("agent.toml");
         std::fs::write(&path, text).unwrap_or_else(|e| panic!("agent.toml: {e}"));
@@ -264,6 +268,17 @@ impl Station {
             .snapshot()
             .current_presence(&self.station_id)
             .map(|p| p.seq)
+    }
+
+    /// The `[usb]` table: hsm-sim's bus (with its devices' model configured) or no watcher.
+    fn usb_section(&self) -> String {
+        match (&self.tokens, self.usb_sim) {
+            (Tokens::Sim { rack }, true) => format!(
+                "[usb]\nwatcher = \"sim\"\nsim_dir = {:?}\narrival_timeout_secs = 5\n",
+                rack.dir().display().to_string()
+            ),
+            _ => "[usb]\nwatcher = \"none\"\n".to_owned(),
+        }
     }
 
     /// Starts the agent process without waiting for it.

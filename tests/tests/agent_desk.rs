@@ -129,3 +129,44 @@ async fn a_broken_model_module_is_reported_and_the_desk_keeps_working() {
         .unwrap();
     assert!(alert.message.contains("broken-ukey.so"), "{alert:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ukey_without_usb_access_is_reported_apart_from_absence() {
+    let mut station = Station::sim(2).await;
+    station.usb_sim = true;
+    // The sim's tokens are USB 5553:4b01: a configured model, served by the sim's module.
+    station.extra_config = format!(
+        "[[models]]\nname = \"Ukey-Sim\"\nvendor_id = 0x5553\nproduct_id = 0x4b01\nmodule = {:?}\n",
+        ukey_tests::hsm_sim_module().display().to_string()
+    );
+    station.start_agent().await;
+    station.insert_blank(1);
+    station.rack().set_usb_access(1, false).unwrap();
+    let port = hsm_sim::rack::port_path(1);
+    let station_id = station.station_id.clone();
+    let alert = station
+        .platform
+        .wait_until("a usb-not-accessible alert", WAIT, |r| {
+            r.current_inventory(&station_id)?
+                .alerts
+                .iter()
+                .find(|a| a.code.as_str() == "usb-not-accessible")
+                .cloned()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", station.agent_log()));
+    assert_eq!(alert.port.as_deref(), Some(port.as_str()));
+    assert!(alert.message.contains("udev rules"), "{alert:?}");
+
+    // Access restored (the operator fixed the rules and re-plugged): the alert goes away.
+    station.rack().set_usb_access(1, true).unwrap();
+    station
+        .platform
+        .wait_until("the alert to clear", WAIT, |r| {
+            r.current_inventory(&station_id)
+                .filter(|i| i.alerts.is_empty())
+                .map(|_| ())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", station.agent_log()));
+}

@@ -153,6 +153,8 @@ struct Seat {
     outcome: Option<ExecutionState>,
     /// The operator pressed the slot's acknowledge button since.
     acknowledged: bool,
+    /// A worker is being opened for this token (one `Token` per physical token).
+    opening: bool,
 }
 
 /// What the daemon's loop reacts to, besides MQTT messages.
@@ -760,7 +762,7 @@ impl Daemon {
             token_serial: None,
             error: Some(StepError {
                 code: code(code_str),
-                message: reason.chars().take(512).collect(),
+                message: ukey_protocol::fit_text(reason, 512),
                 retryable: false,
             }),
             data: None,
@@ -901,6 +903,14 @@ impl Daemon {
                 seat.outcome = Some(state);
                 seat.acknowledged = false;
             }
+            // A job that ended before its claim took effect (canceled, timed out) had no
+            // `Release`: free whatever token still names it.
+            for seat in self.seats.values_mut() {
+                if seat.job.as_ref() == Some(job_id) {
+                    seat.job = None;
+                    self.inventory_dirty = true;
+                }
+            }
             self.finished
                 .insert(job_id.clone(), entry.doc.nonce.clone());
         }
@@ -956,9 +966,22 @@ impl Daemon {
             error = event.error.as_ref().map(|e| e.code.as_str()).unwrap_or(""),
             "step event"
         );
-        let payload = event
-            .encode()
-            .map_err(|e| DaemonError::Journal(format!("step event: {e}")))?;
+        let payload = match event.encode() {
+            Ok(payload) => payload,
+            Err(e) => {
+                // An event the protocol refuses must not stop the desk (and, re-made from the
+                // journal, stop it again after every restart): send it without its details.
+                tracing::error!(job = %job_id, seq = event.seq, error = %e, "step event refused by the protocol; sent without details");
+                let mut plain = event.clone();
+                plain.data = None;
+                if let Some(err) = plain.error.as_mut() {
+                    err.message = ukey_protocol::fit_text(&err.message, 512);
+                }
+                plain
+                    .encode()
+                    .map_err(|e| DaemonError::Journal(format!("step event: {e}")))?
+            }
+        };
         self.link
             .publish_event(OutboxEntry {
                 event_id: event.event_id.to_string(),
@@ -1356,6 +1379,7 @@ impl Daemon {
                                 observation: 0,
                                 outcome: None,
                                 acknowledged: false,
+                                opening: false,
                             },
                         );
                         self.inventory_dirty = true;
@@ -1389,6 +1413,11 @@ impl Daemon {
         let Some(seat) = self.seats.get_mut(&key) else {
             return;
         };
+        if seat.job.is_some() {
+            // A job works on it: its session must be the only one (C_InitToken refuses to
+            // run beside another), and the job's end observes it again.
+            return;
+        }
         let module = self.modules[seat.module].clone();
         let present = seat.present.clone();
         seat.observation += 1;
@@ -1489,9 +1518,13 @@ impl Daemon {
     }
 
     fn start_worker(&mut self, key: TokenKey) {
-        let Some(seat) = self.seats.get(&key) else {
+        let Some(seat) = self.seats.get_mut(&key) else {
             return;
         };
+        if seat.opening {
+            return;
+        }
+        seat.opening = true;
         let module = self.modules[seat.module].clone();
         let present = seat.present.clone();
         let tx = self.events.clone();
@@ -1509,12 +1542,15 @@ impl Daemon {
         result: Result<Arc<TokenWorker>, TokenError>,
     ) -> Result<(), DaemonError> {
         let Some(seat) = self.seats.get_mut(&key) else {
+            self.requeue_unclaimed(&key);
             return Ok(());
         };
+        seat.opening = false;
         match result {
             Ok(worker) => seat.worker = Some(worker),
             Err(e) => {
                 tracing::warn!(token = %key, error = %e, "cannot open the token");
+                self.requeue_unclaimed(&key);
                 return Ok(());
             }
         }
@@ -1523,6 +1559,10 @@ impl Daemon {
         };
         let state = self.jobs.get(&job_id).map(|e| e.machine.state().clone());
         match state {
+            Some(JobState::Queued) if !self.claiming => {
+                // Stopping: the claim is not started; the job is queued again after restart.
+                self.requeue_unclaimed(&key);
+            }
             Some(JobState::Queued) => {
                 let serial = key.serial().and_then(|s| TokenSerial::new(s).ok());
                 if let Some(entry) = self.jobs.get_mut(&job_id) {
@@ -1543,6 +1583,32 @@ impl Daemon {
             _ => {}
         }
         Ok(())
+    }
+
+    /// A job given to `key` whose claim could not start (the token could not be opened or is
+    /// gone) goes back to the front of the queue, and the token is free again.
+    fn requeue_unclaimed(&mut self, key: &TokenKey) {
+        let job_id = self
+            .jobs
+            .iter()
+            .find(|(_, e)| {
+                e.token.as_ref() == Some(key) && matches!(e.machine.state(), JobState::Queued)
+            })
+            .map(|(id, _)| id.clone());
+        let Some(job_id) = job_id else { return };
+        if let Some(entry) = self.jobs.get_mut(&job_id) {
+            entry.token = None;
+        }
+        if let Some(seat) = self.seats.get_mut(key)
+            && seat.job.as_ref() == Some(&job_id)
+        {
+            seat.job = None;
+        }
+        if !self.queue.contains(&job_id) {
+            self.queue.push_front(job_id.clone());
+        }
+        self.inventory_dirty = true;
+        tracing::info!(job = %job_id, token = %key, "claim not started; the job waits for a token again");
     }
 
     /// Blank tokens take the oldest queued `new`/`replace` jobs; a targeted job (`renew`,
@@ -1667,6 +1733,12 @@ impl Daemon {
             return;
         };
         if entry.running {
+            return;
+        }
+        if !self.claiming {
+            // Stopping: a step that has not started is not started now (it runs after the
+            // restart, from the journal); running steps finish.
+            tracing::info!(job = %job_id, step = %step, "not started: the agent is stopping");
             return;
         }
         let worker = entry
@@ -1851,20 +1923,20 @@ impl Daemon {
             alerts.push(DeskAlert {
                 code: code("module-missing"),
                 port: None,
-                message: format!(
-                    "PKCS#11 module {} cannot be loaded: {reason}",
-                    path.display()
-                )
-                .chars()
-                .take(512)
-                .collect(),
+                message: ukey_protocol::fit_text(
+                    &format!(
+                        "PKCS#11 module {} cannot be loaded: {reason}",
+                        path.display()
+                    ),
+                    512,
+                ),
             });
         }
         for (port, (code_str, message)) in &self.usb_problems {
             alerts.push(DeskAlert {
                 code: code(code_str),
-                port: Some(port.chars().take(64).collect()),
-                message: message.chars().take(512).collect(),
+                port: Some(ukey_protocol::fit_text(port, 64)),
+                message: ukey_protocol::fit_text(message, 512),
             });
         }
         alerts.truncate(ukey_protocol::inventory::MAX_ALERTS);
@@ -2058,7 +2130,7 @@ async fn run_step(
                         }
                         Err(e) => Err(StepFailure::Failed(StepError {
                             code: code("csr-encoding"),
-                            message: e.to_string(),
+                            message: ukey_protocol::fit_text(&e.to_string(), 512),
                             retryable: false,
                         })),
                     },

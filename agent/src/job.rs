@@ -671,7 +671,7 @@ fn canceled(reason: &str) -> StepError {
 
 /// Event messages are at most 512 characters.
 fn truncate(s: &str) -> String {
-    s.chars().take(512).collect()
+    ukey_protocol::fit_text(s, 512)
 }
 
 #[cfg(test)]

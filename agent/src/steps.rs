@@ -89,8 +89,17 @@ fn random_text(len: usize, alphabet: &[u8]) -> Result<SecretString, TokenError> 
 impl Pins {
     /// Fresh PINs from the OS's CSPRNG: an 8-digit user PIN (what a customer can type) and
     /// a 16-character SO PIN, both clamped to the token's PIN length bounds.
+    /// Bounds a token reports that make no sense (0, or absurdly large) are tamed: PINs are
+    /// never shorter than 6 nor longer than 64 characters.
     pub fn generate(min_len: usize, max_len: usize) -> Result<Pins, TokenError> {
-        let clamp = |want: usize| want.clamp(min_len.max(1), max_len.max(min_len.max(1)));
+        let lo = min_len.clamp(6, 64);
+        // A maximum of 0 says nothing (some modules report it): no bound beyond ours.
+        let hi = if max_len == 0 {
+            64
+        } else {
+            max_len.clamp(lo, 64)
+        };
+        let clamp = |want: usize| want.clamp(lo, hi);
         Ok(Pins {
             so: random_text(clamp(16), SO_ALPHABET)?,
             user: random_text(clamp(8), DIGITS)?,
@@ -142,7 +151,7 @@ fn error_code(code: &'static str) -> ErrorCode {
 fn step_error(code: &'static str, message: impl Into<String>, retryable: bool) -> StepError {
     StepError {
         code: error_code(code),
-        message: message.into().chars().take(512).collect(),
+        message: ukey_protocol::fit_text(&message.into(), 512),
         retryable,
     }
 }
@@ -659,6 +668,11 @@ mod tests {
         assert_eq!(short.so.expose_secret().len(), 6);
         let long = Pins::generate(10, 12).unwrap();
         assert_eq!(long.user.expose_secret().len(), 10);
+        let nonsense = Pins::generate(0, 0).unwrap();
+        assert_eq!(nonsense.user.expose_secret().len(), 8);
+        assert_eq!(nonsense.so.expose_secret().len(), 16);
+        let huge = Pins::generate(usize::MAX, usize::MAX).unwrap();
+        assert_eq!(huge.so.expose_secret().len(), 64);
         assert_eq!(format!("{a:?}"), "Pins(<secret>)");
     }
 

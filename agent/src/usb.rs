@@ -108,7 +108,8 @@ pub trait UsbWatcher: Send + 'static {
     ) -> Result<(), UsbError>;
 }
 
-/// Runs a watcher on a dedicated, named thread.
+/// Runs a watcher on a dedicated, named thread. A watcher that stops with an error (no USB,
+/// hot-plug registration refused) logs it: the desk then relies on slot scans alone.
 pub fn spawn(
     watcher: Box<dyn UsbWatcher>,
     events: mpsc::Sender<UsbEvent>,
@@ -116,7 +117,13 @@ pub fn spawn(
 ) -> std::io::Result<std::thread::JoinHandle<Result<(), UsbError>>> {
     std::thread::Builder::new()
         .name("usb-watcher".into())
-        .spawn(move || watcher.run(events, stop))
+        .spawn(move || {
+            let result = watcher.run(events, stop);
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "USB watcher stopped: tokens are found by slot scans only");
+            }
+            result
+        })
 }
 
 /// The events that turn the attached set `before` into `after` (pure).

@@ -239,10 +239,54 @@ pub(crate) fn check_text(path: &str, s: &str, max: usize) -> Result<(), Protocol
     Ok(())
 }
 
+/// Makes `s` acceptable free text for a field of at most `max` characters (see
+/// [`check_text`]'s rules): control characters become spaces, the text is cut to `max`
+/// characters and trimmed, and an empty result becomes `-`. For texts a station builds from
+/// things it does not control (error messages, the platform's own reasons).
+pub fn fit_text(s: &str, max: usize) -> String {
+    let cleaned: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(max.max(1))
+        .collect();
+    let trimmed = cleaned.trim();
+    if trimmed.is_empty() {
+        "-".to_owned()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
 /// Checks a list's length: at most `max` entries.
 pub(crate) fn check_len<T>(path: &str, list: &[T], max: usize) -> Result<(), ProtocolError> {
     if list.len() > max {
         return Err(ProtocolError::invalid(path, Problem::TooLong { max }));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod fit_tests {
+    use super::*;
+
+    #[test]
+    fn fitted_text_always_passes_the_check() {
+        let long = "x".repeat(600);
+        for (input, max) in [
+            ("", 10),
+            ("   ", 10),
+            ("a\nb\tc", 10),
+            ("word ", 5),
+            (long.as_str(), 512),
+            (" 前后 ", 3),
+            ("reason ending in a space at the cut", 28),
+        ] {
+            let fitted = fit_text(input, max);
+            assert!(
+                check_text("f", &fitted, max).is_ok(),
+                "{input:?} -> {fitted:?}"
+            );
+        }
+        assert_eq!(fit_text("a\nb", 10), "a b");
+    }
 }

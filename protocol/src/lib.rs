@@ -36,7 +36,7 @@ pub use bundle::{
     IssuedCertificate,
 };
 pub use cancel::Cancel;
-pub use codec::{Base64Bytes, MAX_MESSAGE_BYTES, Message, PROTOCOL_VERSION, V1};
+pub use codec::{Base64Bytes, MAX_MESSAGE_BYTES, Message, PROTOCOL_VERSION, V1, fit_text};
 pub use error::{Problem, ProtocolError, TopicProblem};
 pub use event::{
     BindReport, CertFingerprint, ExecutionState, Step, StepData, StepError, StepEvent,

@@ -1272,11 +1272,11 @@ impl LifecycleSummary {
             }
         }
         out += &format!(
-            "\nVerification: {} reopened through PKCS#11 ({}) with the user PIN the platform\n  \
-             unsealed last: 3 private keys with the required attributes and the 3 certificates\n  \
-             the platform issued last, each certifying the token's own key.\n",
+            "\nVerification through PKCS#11 ({}):\n  {} reopened with the user PIN the platform \
+             unsealed last: 3 private keys\n  with the required attributes and the 3 certificates \
+             the platform issued last, each\n  certifying the token's own key.\n",
+            self.module,
             plural(self.tokens.len(), "token"),
-            self.module
         );
         out += &format!(
             "\n{} of 6 phases as expected in {:.2} s; start-up {:.2} s.\n",

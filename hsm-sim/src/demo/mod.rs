@@ -3,7 +3,8 @@
 //! with the same code and configuration path as `ukey-agent run` (a TOML file loaded with
 //! `Config::load_checked`, then `daemon::run`). The demo plays the desk staff ([`desk`]),
 //! shows live progress ([`progress`]), then stops the agent, reopens every produced token
-//! through PKCS#11 to check it ([`verify`]) and prints a summary ([`report`]).
+//! through PKCS#11 to check it ([`verify`]) and prints a summary ([`report`]). With
+//! `--scenario lifecycle` the same desk plays one token's life instead ([`lifecycle`]).
 //!
 //! The agent loads `libhsm_sim.so` by path, from the folder of the running `hsm-sim` binary
 //! (cargo builds both into `target/<profile>/`), or the module given with `--module`.

@@ -50,6 +50,14 @@ pub enum DemoError {
     /// The async runtime did not start.
     #[error("async runtime: {0}")]
     Runtime(String),
+    /// The demo's own PKCS#11 context (the lifecycle's keypad) could not reach the module.
+    #[error("the demo's own PKCS#11 context on {module}: {reason}")]
+    Keypad {
+        /// The module.
+        module: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// Options that do not go with the chosen scenario.
     #[error("{0}")]
     Scenario(String),

@@ -233,7 +233,7 @@ struct Attempt {
 
 impl Keypad {
     fn open(module: &Path) -> Result<Keypad, DemoError> {
-        let fail = |reason: String| DemoError::Verify {
+        let fail = |reason: String| DemoError::Keypad {
             module: module.to_path_buf(),
             reason,
         };

@@ -256,3 +256,274 @@ fn bad_option_values_are_refused_clearly() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("/nonexistent/libnothing.so"), "{stderr}");
 }
+
+/// The certificates of one phase in a lifecycle token's history: (serial, key fingerprint)
+/// by label.
+fn phase_certs(token: &Value, phase: &str) -> Vec<(String, String, String)> {
+    let entry = token["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["phase"] == phase)
+        .unwrap_or_else(|| panic!("no {phase} in {token:#}"));
+    let certs: Vec<(String, String, String)> = entry["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let fp = c["public_key_sha256"].as_str().unwrap().to_owned();
+            assert_eq!(fp.len(), 64, "{c:#}");
+            (
+                c["label"].as_str().unwrap().to_owned(),
+                c["serial"].as_str().unwrap().to_owned(),
+                fp,
+            )
+        })
+        .collect();
+    let labels: Vec<&str> = certs.iter().map(|c| c.0.as_str()).collect();
+    assert_eq!(
+        labels,
+        ["seal-official", "seal-legal", "encryption"],
+        "{phase}"
+    );
+    certs
+}
+
+/// Runs pkcs11-tool on the lifecycle's kept rack, on the token with `serial`.
+fn pkcs11_tool_on(rack: &Path, serial: &str, args: &[&str]) -> (bool, String) {
+    let label = hsm_sim::rack::Rack::open(rack)
+        .unwrap()
+        .token(serial)
+        .unwrap()
+        .label()
+        .trim_end()
+        .to_owned();
+    let out = Command::new(require_tool("pkcs11-tool"))
+        .arg("--module")
+        .arg(workspace_binary("libhsm_sim.so"))
+        .args(["--token-label", &label])
+        .args(args)
+        .env("HSM_SIM_DIR", rack)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn openssl(args: &[&str]) -> Vec<u8> {
+    let out = Command::new(require_tool("openssl"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[test]
+fn demo_lifecycle_scenario() {
+    // Options it does not take are refused before anything starts.
+    let out = demo(&["--scenario", "birthday"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("possible values: production, lifecycle")
+    );
+    let out = demo(&["--scenario", "lifecycle", "--faults", "--json"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--scenario lifecycle runs on the virtual rack")
+    );
+    assert!(out.stdout.is_empty());
+
+    let dir = tempfile::tempdir().unwrap();
+    let rack = dir.path().join("rack");
+    let out = demo(
+        &[
+            "--scenario",
+            "lifecycle",
+            "--json",
+            "--dir",
+            rack.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let s = summary(&out);
+    assert_eq!(s["ok"], true, "{s:#}");
+    assert_eq!(s["scenario"], "lifecycle");
+    assert_eq!(s["dir"], rack.to_str().unwrap());
+
+    // The phases, in order, each as expected; every one but the lock has a job.
+    let phases = s["phases"].as_array().unwrap();
+    let names: Vec<&str> = phases
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["new", "renew", "change", "lock", "unlock", "replace"],
+        "{s:#}"
+    );
+    let mut jobs = BTreeSet::new();
+    for p in phases {
+        assert_eq!(p["ok"], true, "{p:#}");
+        assert!(p["problems"].as_array().unwrap().is_empty(), "{p:#}");
+        if p["phase"] == "lock" {
+            assert_eq!(p["job_id"], Value::Null);
+            assert_eq!(p["outcome"], "locked-user", "{p:#}");
+            assert!(p["wrong_pins"].as_u64().unwrap() >= 1, "{p:#}");
+        } else {
+            assert_eq!(p["outcome"], "succeeded", "{p:#}");
+            jobs.insert(p["job_id"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(jobs.len(), 5, "one job per phase but the lock");
+    let phase = |name: &str| phases.iter().find(|p| p["phase"] == name).unwrap();
+
+    let tokens = s["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 2, "{s:#}");
+    let (old, replacement) = (&tokens[0], &tokens[1]);
+    assert_eq!(old["role"], "original");
+    assert_eq!(replacement["role"], "replacement");
+    let old_serial = old["serial"].as_str().unwrap();
+    for p in ["new", "renew", "change", "lock", "unlock"] {
+        assert_eq!(phase(p)["token_serial"], old_serial, "{p}");
+    }
+
+    // Renew keeps the keys and gets new certificate serials; so does the change, whose
+    // certificates carry the new company name.
+    let made = phase_certs(old, "new");
+    let renewed = phase_certs(old, "renew");
+    let changed = phase_certs(old, "change");
+    for (before, after) in [(&made, &renewed), (&renewed, &changed)] {
+        for (b, a) in before.iter().zip(after.iter()) {
+            assert_eq!(a.2, b.2, "{}: the same key", a.0);
+            assert_ne!(a.1, b.1, "{}: a new certificate", a.0);
+        }
+    }
+    let new_name = phase("change")["company"].as_str().unwrap();
+    assert_ne!(phase("new")["company"], new_name);
+    let change_entry = old["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["phase"] == "change")
+        .unwrap();
+    assert_eq!(change_entry["certificates"][0]["subject_cn"], new_name);
+    // Nothing but the PIN changes from the change to the unlock.
+    assert_eq!(phase_certs(old, "unlock"), changed);
+
+    // The PIN: kept by renew and change, reset by unlock.
+    let pin_after = |p: &str| {
+        old["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["phase"] == p)
+            .unwrap()["user_pin"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let first_pin = pin_after("new");
+    assert_eq!(pin_after("renew"), first_pin);
+    assert_eq!(pin_after("change"), first_pin);
+    assert_eq!(pin_after("lock"), first_pin);
+    let final_pin = pin_after("unlock");
+    assert_ne!(final_pin, first_pin, "unlock set a new user PIN");
+    assert_eq!(old["user_pin"], final_pin.as_str());
+
+    // The lost token is revoked; its replacement is another token with keys of its own.
+    assert_eq!(old["inventory_state"], "revoked", "{old:#}");
+    assert_eq!(replacement["inventory_state"], "active", "{replacement:#}");
+    assert_eq!(phase("replace")["token_serial"], replacement["serial"]);
+    assert_ne!(replacement["serial"], old["serial"]);
+    let fresh = phase_certs(replacement, "replace");
+    for (f, c) in fresh.iter().zip(changed.iter()) {
+        assert_ne!(f.2, c.2, "{}: new key on the replacement", f.0);
+    }
+    for t in tokens {
+        assert_eq!(t["verified"], true, "{t:#}");
+        assert!(t["verification_problems"].as_array().unwrap().is_empty());
+    }
+
+    // From outside, on the kept rack: the PIN from before the lock is refused, the PIN the
+    // unlock set logs in (pkcs11-tool), and the fingerprint in the summary is the one
+    // openssl computes from the certificate on the token.
+    let (ok, text) = pkcs11_tool_on(
+        &rack,
+        old_serial,
+        &["--login", "--pin", &first_pin, "--list-objects"],
+    );
+    assert!(
+        !ok || !text.contains("Private Key Object"),
+        "the old PIN logs in: {text}"
+    );
+    let (ok, text) = pkcs11_tool_on(
+        &rack,
+        old_serial,
+        &[
+            "--login",
+            "--pin",
+            &final_pin,
+            "--list-objects",
+            "--type",
+            "privkey",
+        ],
+    );
+    assert!(ok, "the final PIN: {text}");
+    assert_eq!(text.matches("Private Key Object").count(), 3, "{text}");
+    let der = dir.path().join("encryption.der");
+    let (ok, text) = pkcs11_tool_on(
+        &rack,
+        old_serial,
+        &[
+            "--read-object",
+            "--type",
+            "cert",
+            "--label",
+            "encryption",
+            "--output-file",
+            der.to_str().unwrap(),
+        ],
+    );
+    assert!(ok && der.exists(), "{text}");
+    let pem = openssl(&[
+        "x509",
+        "-inform",
+        "DER",
+        "-in",
+        der.to_str().unwrap(),
+        "-pubkey",
+        "-noout",
+    ]);
+    let key_pem = dir.path().join("key.pem");
+    std::fs::write(&key_pem, pem).unwrap();
+    let key_der = dir.path().join("key.der");
+    openssl(&[
+        "pkey",
+        "-pubin",
+        "-in",
+        key_pem.to_str().unwrap(),
+        "-outform",
+        "DER",
+        "-out",
+        key_der.to_str().unwrap(),
+    ]);
+    let digest = openssl(&["dgst", "-sha256", "-r", key_der.to_str().unwrap()]);
+    let digest = String::from_utf8_lossy(&digest);
+    assert_eq!(
+        digest.split_whitespace().next().unwrap(),
+        changed[2].2,
+        "the summary's fingerprint of the encryption key"
+    );
+}

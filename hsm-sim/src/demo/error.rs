@@ -50,6 +50,23 @@ pub enum DemoError {
     /// The async runtime did not start.
     #[error("async runtime: {0}")]
     Runtime(String),
+    /// The demo's own PKCS#11 context (the lifecycle's keypad) could not reach the module.
+    #[error("the demo's own PKCS#11 context on {module}: {reason}")]
+    Keypad {
+        /// The module.
+        module: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Options that do not go with the chosen scenario.
+    #[error("{0}")]
+    Scenario(String),
+    /// Not every phase of `--scenario lifecycle` ended as expected (the summary says which).
+    #[error("{phases_ok} of 6 lifecycle phases ended as expected")]
+    Lifecycle {
+        /// Phases that ended as expected.
+        phases_ok: usize,
+    },
     /// Not every token was produced and verified (the summary says which and why).
     #[error("{verified} of {requested} tokens produced and verified")]
     Incomplete {

@@ -3,7 +3,8 @@
 //! with the same code and configuration path as `ukey-agent run` (a TOML file loaded with
 //! `Config::load_checked`, then `daemon::run`). The demo plays the desk staff ([`desk`]),
 //! shows live progress ([`progress`]), then stops the agent, reopens every produced token
-//! through PKCS#11 to check it ([`verify`]) and prints a summary ([`report`]).
+//! through PKCS#11 to check it ([`verify`]) and prints a summary ([`report`]). With
+//! `--scenario lifecycle` the same desk plays one token's life instead ([`lifecycle`]).
 //!
 //! The agent loads `libhsm_sim.so` by path, from the folder of the running `hsm-sim` binary
 //! (cargo builds both into `target/<profile>/`), or the module given with `--module`.
@@ -18,6 +19,7 @@
 mod broker;
 mod desk;
 mod error;
+mod lifecycle;
 mod progress;
 mod report;
 mod verify;
@@ -92,6 +94,16 @@ impl Latency {
     }
 }
 
+/// What the demo plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Blank tokens become finished ones, one `new` job each.
+    Production,
+    /// One token's life: new, renew, change, a user PIN typed wrong until it locks, unlock,
+    /// then loss and a replacement; on a rack of 2 slots (--tokens and --slots do not apply).
+    Lifecycle,
+}
+
 /// An external broker's address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerAddr {
@@ -130,6 +142,9 @@ fn parse_broker(s: &str) -> Result<BrokerAddr, String> {
 /// tokens stay in D (HSM_SIM_DIR=D pkcs11-tool --module …/libhsm_sim.so -L).
 #[derive(Debug, Args)]
 pub struct DemoArgs {
+    /// What to play.
+    #[arg(long, value_enum, default_value_t = Scenario::Production)]
+    pub scenario: Scenario,
     /// Tokens to make.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub tokens: u32,
@@ -286,6 +301,14 @@ struct Produced {
 /// PKCS#11 module (the binary's `main` calls it right after parsing the command line).
 pub fn run(args: DemoArgs, dir: Option<PathBuf>) -> Result<(), DemoError> {
     let started = Instant::now();
+    let lifecycle = args.scenario == Scenario::Lifecycle;
+    if lifecycle && (args.module.is_some() || args.faults) {
+        return Err(DemoError::Scenario(
+            "--scenario lifecycle runs on the virtual rack (another module cannot lock a PIN) \
+             and has no --faults"
+                .to_owned(),
+        ));
+    }
     let rack_mode = args.module.is_none();
     let module = match &args.module {
         Some(path) => path.clone(),
@@ -317,7 +340,11 @@ pub fn run(args: DemoArgs, dir: Option<PathBuf>) -> Result<(), DemoError> {
         point_module_at(&root);
     }
     let rack_config = RackConfig {
-        slots: args.slots as usize,
+        slots: if lifecycle {
+            lifecycle::SLOTS
+        } else {
+            args.slots as usize
+        },
         latency: Some(args.latency.profile()),
         ..Default::default()
     };
@@ -337,12 +364,19 @@ pub fn run(args: DemoArgs, dir: Option<PathBuf>) -> Result<(), DemoError> {
         } else {
             ProgressKind::Auto
         },
-        if rack_mode {
+        if lifecycle {
+            0
+        } else if rack_mode {
             args.slots as usize
         } else {
             args.tokens as usize
         },
     );
+    if let (true, Some(rack)) = (lifecycle, rack.as_ref()) {
+        return run_lifecycle(
+            &args, &root, temp, &module, rack, &runtime, &progress, started,
+        );
+    }
     let produced = runtime.block_on(produce(
         &args,
         &root,
@@ -442,6 +476,110 @@ pub fn run(args: DemoArgs, dir: Option<PathBuf>) -> Result<(), DemoError> {
     }
 }
 
+/// `--scenario lifecycle`: plays the story, verifies its tokens, prints the summary.
+#[allow(clippy::too_many_arguments)]
+fn run_lifecycle(
+    args: &DemoArgs,
+    root: &Path,
+    temp: Option<tempfile::TempDir>,
+    module: &Path,
+    rack: &Rack,
+    runtime: &tokio::runtime::Runtime,
+    progress: &Progress,
+    started: Instant,
+) -> Result<(), DemoError> {
+    let files = root.join(FILES);
+    let log = files.join("agent.log");
+    let plan = lifecycle::Plan {
+        algorithm: args.alg.algorithm(),
+        latency: args.latency.profile(),
+    };
+    let played = runtime.block_on(async {
+        let mut station = start_station(
+            args.broker.as_ref(),
+            root,
+            &files,
+            module,
+            Some(rack),
+            started,
+        )
+        .await?;
+        progress.note(&format!(
+            "ukey-station demo, lifecycle scenario: one token's life on a rack of {} slots, \
+             latency {}, {} keys\n  broker {}, simulated platform with a test CA, agent online \
+             after {:.2} s",
+            lifecycle::SLOTS,
+            plan.latency.name(),
+            plan.algorithm.as_str(),
+            station.broker,
+            station.setup.as_secs_f64()
+        ));
+        let played = lifecycle::play(&mut station, rack, module, &plan, progress).await;
+        let broker = station.broker.clone();
+        let setup = station.setup;
+        station.platform.shutdown().await;
+        played.map(|(story, agent_error)| (story, agent_error, broker, setup))
+    });
+    let (story, agent_error, broker, setup) = match played {
+        Ok(p) => p,
+        Err(e) => {
+            keep_for_log(temp, &log, args.json);
+            return Err(e);
+        }
+    };
+    if progress.is_on() && !story.tokens.is_empty() {
+        progress.note(&format!(
+            "verifying {} through PKCS#11 ...",
+            plural(story.tokens.len(), "token")
+        ));
+    }
+    let checks = lifecycle::verify(module, &story)?;
+    let kept = temp.is_none().then(|| root.to_path_buf());
+    let summary = lifecycle::summarize(
+        story,
+        &checks,
+        &lifecycle::Context {
+            plan: &plan,
+            module,
+            broker,
+            dir: kept.as_ref(),
+            setup,
+        },
+    );
+    if args.json {
+        print!("{}", summary.to_json());
+    } else {
+        let paint = |ok: bool, text: &str| {
+            if ok {
+                progress.green(text)
+            } else {
+                progress.red(text)
+            }
+        };
+        print!("{}", summary.to_text(&paint));
+        if temp.is_none() {
+            println!(
+                "\nThe tokens stay in {dir}:\n  HSM_SIM_DIR={dir} pkcs11-tool --module {module} -L\n  \
+                 hsm-sim --dir {dir} list\nThe agent's configuration, state and log are in {files}.",
+                dir = root.display(),
+                module = module.display(),
+                files = files.display()
+            );
+        }
+    }
+    if summary.ok {
+        Ok(())
+    } else {
+        if let Some(e) = &agent_error {
+            eprintln!("hsm-sim: demo: the agent stopped with an error: {e}");
+        }
+        keep_for_log(temp, &log, args.json);
+        Err(DemoError::Lifecycle {
+            phases_ok: summary.phases.iter().filter(|p| p.ok).count(),
+        })
+    }
+}
+
 /// The verification pass. On the rack the desk plugs the produced tokens back in, as many
 /// at a time as there are slots (the last ones stay plugged in, for pkcs11-tool).
 fn verify_all(
@@ -493,17 +631,46 @@ fn keep_for_log(temp: Option<tempfile::TempDir>, log: &Path, quiet: bool) {
     }
 }
 
-/// Broker, platform, agent, desk; then the agent and the platform stop.
-async fn produce(
-    args: &DemoArgs,
+/// The running parts of the demo's desk: broker, platform and agent.
+pub(crate) struct Station {
+    /// The simulated platform.
+    pub(crate) platform: Platform,
+    /// The desk's station id.
+    pub(crate) station: StationId,
+    /// The agent's task.
+    pub(crate) agent: tokio::task::JoinHandle<Result<(), ukey_agent::daemon::DaemonError>>,
+    /// Stops the agent as SIGTERM does.
+    pub(crate) shutdown: CancellationToken,
+    /// `embedded 127.0.0.1:PORT` or the external broker.
+    pub(crate) broker: String,
+    /// From the start of the command until the agent was online.
+    pub(crate) setup: Duration,
+}
+
+impl Station {
+    /// Stops the agent (as `ukey-agent run` does on SIGTERM); returns its error, if any.
+    pub(crate) async fn stop_agent(&mut self) -> Option<String> {
+        self.shutdown.cancel();
+        match (&mut self.agent).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        }
+    }
+}
+
+/// Starts the broker (unless external), the platform and the agent, with the agent's
+/// configuration written to a file and loaded as `ukey-agent run` loads it; returns once
+/// the agent is online.
+pub(crate) async fn start_station(
+    broker_addr: Option<&BrokerAddr>,
     root: &Path,
     files: &Path,
     module: &Path,
     rack: Option<&Rack>,
-    progress: &Progress,
     started: Instant,
-) -> Result<Produced, DemoError> {
-    let (host, port, broker) = match &args.broker {
+) -> Result<Station, DemoError> {
+    let (host, port, broker) = match broker_addr {
         Some(b) => (b.host.clone(), b.port, format!("{}:{}", b.host, b.port)),
         None => {
             let b = tokio::task::spawn_blocking(broker::EmbeddedBroker::start)
@@ -552,7 +719,34 @@ async fn produce(
             return Err(DemoError::Agent(why));
         }
     }
-    let setup = started.elapsed();
+    Ok(Station {
+        platform,
+        station,
+        agent,
+        shutdown,
+        broker,
+        setup: started.elapsed(),
+    })
+}
+
+/// Broker, platform, agent, desk; then the agent and the platform stop.
+async fn produce(
+    args: &DemoArgs,
+    root: &Path,
+    files: &Path,
+    module: &Path,
+    rack: Option<&Rack>,
+    progress: &Progress,
+    started: Instant,
+) -> Result<Produced, DemoError> {
+    let Station {
+        platform,
+        station,
+        agent,
+        shutdown,
+        broker,
+        setup,
+    } = start_station(args.broker.as_ref(), root, files, module, rack, started).await?;
 
     let plan = DeskPlan {
         tokens: args.tokens as usize,

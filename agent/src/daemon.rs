@@ -737,6 +737,8 @@ impl Daemon {
             self.arm(&job_id, Timer::TargetToken);
         }
         self.queue.push_back(job_id);
+        // A waiting targeted job may make a token already plugged in the wrong one.
+        self.inventory_dirty = true;
         self.try_claim_all().await
     }
 
@@ -1175,12 +1177,16 @@ impl Daemon {
             let Some(slot) = Self::panel_slot(seat) else {
                 continue;
             };
-            let light = crate::desk::light(
-                seat.state,
-                seat.job.is_some(),
-                seat.outcome,
-                seat.acknowledged,
-            );
+            let light = if self.wrong_token(seat).is_some() && !seat.acknowledged {
+                Light::Attention
+            } else {
+                crate::desk::light(
+                    seat.state,
+                    seat.job.is_some(),
+                    seat.outcome,
+                    seat.acknowledged,
+                )
+            };
             let _ = self.panel.set(slot, light);
             lit.insert(slot);
         }
@@ -1459,6 +1465,37 @@ impl Daemon {
             }
         }
         self.inventory_dirty = true;
+        if let Some(seat) = self.seats.get(&key)
+            && let Some((job, wanted)) = self.wrong_token(seat)
+        {
+            tracing::warn!(token = %key, %job, wanted = %wanted, "not the token the waiting job names: left untouched");
+        }
+    }
+
+    /// When `seat` holds an initialized token that no job works on while a targeted job
+    /// waits for another serial, the staff probably plugged in the wrong Ukey: the job and
+    /// the serial it waits for. The token is never touched for it.
+    fn wrong_token(&self, seat: &Seat) -> Option<(JobId, TokenSerial)> {
+        // A token this agent just finished (or failed) shows that outcome instead.
+        if seat.job.is_some()
+            || seat.outcome.is_some()
+            || seat.present.is_blank()
+            || seat.present.serial.is_empty()
+        {
+            return None;
+        }
+        let serial = seat.present.serial.trim();
+        let mut waiting = self.queue.iter().filter_map(|id| {
+            let target = self.jobs.get(id)?.doc.target_token_serial.clone()?;
+            Some((id.clone(), target))
+        });
+        let first = waiting.next()?;
+        if first.1.as_str().trim() == serial
+            || waiting.any(|(_, target)| target.as_str().trim() == serial)
+        {
+            return None;
+        }
+        Some(first)
     }
 
     /// Jobs whose token is present again: a parked job resumes; a job whose step was running
@@ -1931,6 +1968,20 @@ impl Daemon {
                     512,
                 ),
             });
+        }
+        for (key, seat) in &self.seats {
+            if let Some((job, wanted)) = self.wrong_token(seat) {
+                alerts.push(DeskAlert {
+                    code: code("wrong-token"),
+                    port: None,
+                    message: ukey_protocol::fit_text(
+                        &format!(
+                            "token {key} is not the one job {job} waits for ({wanted}); it is left untouched"
+                        ),
+                        512,
+                    ),
+                });
+            }
         }
         for (port, (code_str, message)) in &self.usb_problems {
             alerts.push(DeskAlert {

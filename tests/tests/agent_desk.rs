@@ -170,3 +170,83 @@ async fn a_ukey_without_usb_access_is_reported_apart_from_absence() {
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", station.agent_log()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_targeted_job_meeting_the_wrong_token_says_so_and_touches_nothing() {
+    let mut station = Station::sim(2).await;
+    station.start_agent().await;
+    // A finished Ukey.
+    let job = station
+        .platform
+        .dispatch_draft(&JobDraft::new(JobKind::New, &station.station_id).unwrap())
+        .await
+        .unwrap();
+    let serial = station.insert_blank(0);
+    station
+        .platform
+        .wait_for_state(&job, ExecutionState::Succeeded, PRODUCTION_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", station.agent_log()));
+    let station_id = station.station_id.clone();
+    // The staff pull it out; the platform then asks to renew another token.
+    station.rack().remove(0).unwrap();
+    station
+        .platform
+        .wait_until("the token to leave the inventory", WAIT, |r| {
+            let inv = r.current_inventory(&station_id)?;
+            (!inv.slots.iter().any(|s| {
+                s.token
+                    .as_ref()
+                    .is_some_and(|t| t.serial.as_str() == serial)
+            }))
+            .then_some(())
+        })
+        .await
+        .unwrap();
+    let other = ukey_protocol::ids::TokenSerial::new("0123456789ABCDEF").unwrap();
+    let renew = station
+        .platform
+        .dispatch_draft(
+            &JobDraft::new(JobKind::Renew, &station.station_id)
+                .unwrap()
+                .with_target(other.clone()),
+        )
+        .await
+        .unwrap();
+    // They plug the finished Ukey in again: the desk says it is the wrong one.
+    station.reinsert(0, &serial);
+    let alert = station
+        .platform
+        .wait_until("a wrong-token alert", WAIT, |r| {
+            r.current_inventory(&station_id)?
+                .alerts
+                .iter()
+                .find(|a| a.code.as_str() == "wrong-token")
+                .cloned()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", station.agent_log()));
+    assert!(alert.message.contains(&serial), "{alert:?}");
+    assert!(alert.message.contains(other.as_str()), "{alert:?}");
+    // Untouched: classified active, no job on it, and the renew job still waits.
+    let token = station
+        .platform
+        .wait_until("the token to show as active", WAIT, |r| {
+            r.current_inventory(&station_id)?
+                .slots
+                .iter()
+                .find_map(|s| s.token.as_ref().filter(|t| t.serial.as_str() == serial))
+                .filter(|t| t.state == ukey_protocol::inventory::TokenState::Active)
+                .cloned()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", station.agent_log()));
+    assert!(token.job_id.is_none(), "{token:?}");
+    let record = station.platform.job_record(&renew).unwrap();
+    assert!(
+        record
+            .events()
+            .iter()
+            .all(|e| e.step != ukey_protocol::event::Step::Claim)
+    );
+}

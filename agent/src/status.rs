@@ -112,7 +112,10 @@ pub enum StatusError {
 /// Writes `snapshot` atomically (temporary file, then rename) into `dir`.
 pub fn write(dir: &Path, snapshot: &Snapshot) -> Result<(), StatusError> {
     let path = dir.join(STATUS_FILE);
-    let tmp = dir.join(format!("{STATUS_FILE}.tmp"));
+    // One temporary file per write: two writes in flight never share (and tear) one.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!("{STATUS_FILE}.{}.{n}.tmp", std::process::id()));
     let text = serde_json::to_vec_pretty(snapshot).map_err(|e| StatusError::Invalid {
         path: path.clone(),
         reason: e.to_string(),

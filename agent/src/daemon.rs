@@ -204,6 +204,8 @@ struct Daemon {
     lit: BTreeSet<usize>,
     /// USB arrivals (token serial → port, deadline) whose PKCS#11 slot has not appeared yet.
     usb_pending: BTreeMap<String, (String, tokio::time::Instant)>,
+    /// Token serial → USB (vendor, product), from USB arrivals: which model a token is.
+    usb_ids: BTreeMap<String, (u16, u16)>,
     /// USB devices present but not accessible (port → reason), shown by `status`.
     usb_problems: BTreeMap<String, (&'static str, String)>,
     /// PKCS#11 modules that could not be loaded (path, reason): reported, not fatal, so the
@@ -324,6 +326,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         lit: BTreeSet::new(),
         usb_pending: BTreeMap::new(),
         usb_problems: BTreeMap::new(),
+        usb_ids: BTreeMap::new(),
         module_problems,
     };
     daemon.replay().await?;
@@ -1097,6 +1100,10 @@ impl Daemon {
                 if self.usb_problems.remove(&d.port_path).is_some() {
                     self.inventory_dirty = true;
                 }
+                if let Some(serial) = d.serial.as_ref().filter(|s| !s.is_empty()) {
+                    self.usb_ids
+                        .insert(serial.clone(), (d.vendor_id, d.product_id));
+                }
                 if let Some(serial) = d.serial.filter(|s| !s.is_empty()) {
                     let deadline = tokio::time::Instant::now()
                         + Duration::from_secs(self.config.usb.arrival_timeout_secs);
@@ -1472,6 +1479,15 @@ impl Daemon {
         }
     }
 
+    /// The configured model of the token with this serial, if USB reported it.
+    fn model_of(&self, serial: &str) -> Option<&crate::config::ModelConfig> {
+        let (vendor, product) = self.usb_ids.get(serial.trim())?;
+        self.config
+            .models
+            .iter()
+            .find(|m| m.vendor_id == *vendor && m.product_id == *product)
+    }
+
     /// When `seat` holds an initialized token that no job works on while a targeted job
     /// waits for another serial, the staff probably plugged in the wrong Ukey: the job and
     /// the serial it waits for. The token is never touched for it.
@@ -1705,11 +1721,20 @@ impl Daemon {
         let sets_pins = entry.machine.plan().contains(&Step::Initialize);
         let doc = Arc::clone(&entry.doc);
         if sets_pins {
-            let (min, max) = self
+            let (mut min, mut max) = self
                 .seats
                 .get(&key)
                 .map(|s| (s.present.min_pin_len, s.present.max_pin_len))
                 .unwrap_or((6, 16));
+            // The model's PIN policy (from the configuration), where USB told us the model.
+            if let Some(model) = key.serial().and_then(|s| self.model_of(s)) {
+                min = min.max(model.pin_min);
+                max = if max == 0 {
+                    model.pin_max
+                } else {
+                    max.min(model.pin_max)
+                };
+            }
             let mut pins = Pins::generate(min, max)?;
             if doc.so_pin.is_some() {
                 // Re-keying a named token: C_InitToken needs its current SO PIN, which stays.

@@ -250,3 +250,35 @@ async fn a_targeted_job_meeting_the_wrong_token_says_so_and_touches_nothing() {
             .all(|e| e.step != ukey_protocol::event::Step::Claim)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_models_pin_policy_shapes_the_pins() {
+    use secrecy::ExposeSecret;
+    let mut station = Station::sim(1).await;
+    station.usb_sim = true;
+    station.extra_config = format!(
+        "[[models]]\nname = \"Ukey-Sim\"\nvendor_id = 0x5553\nproduct_id = 0x4b01\nmodule = {:?}\npin_min = 12\npin_max = 12\n",
+        ukey_tests::hsm_sim_module().display().to_string()
+    );
+    station.start_agent().await;
+    let serial = station.insert_blank(0);
+    // The USB arrival (which tells the model) is seen before the job arrives.
+    station.wait_for_log("Ukey plugged in", 1, WAIT).await;
+    let job = station
+        .platform
+        .dispatch_draft(&JobDraft::new(JobKind::New, &station.station_id).unwrap())
+        .await
+        .unwrap();
+    station
+        .platform
+        .wait_for_state(&job, ExecutionState::Succeeded, PRODUCTION_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", station.agent_log()));
+    let serial = ukey_protocol::ids::TokenSerial::new(serial).unwrap();
+    let pin = station.platform.user_pin(&serial).unwrap();
+    assert_eq!(
+        pin.expose_secret().len(),
+        12,
+        "the model asks for 12-character PINs"
+    );
+}

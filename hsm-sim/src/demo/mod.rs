@@ -252,6 +252,7 @@ struct AgentFile<'a> {
     port: u16,
     module: &'a Path,
     sim_dir: Option<&'a Path>,
+    panel: Option<&'a Path>,
     trust: &'a StationTrust,
 }
 
@@ -272,7 +273,7 @@ impl AgentFile<'_> {
              [usb]\n{usb}\n\
              {trust}platform_signing_key_id = {kid}\n\n\
              [timeouts]\ncertificates_secs = 120\ntoken_removed_secs = 120\n\
-             bind_ack_secs = 120\nshutdown_grace_secs = 10\n",
+             bind_ack_secs = 120\nshutdown_grace_secs = 10\n{panel}",
             station = toml_str(STATION),
             state = path(&self.files.join("agent-state")),
             host = toml_str(self.host),
@@ -280,12 +281,17 @@ impl AgentFile<'_> {
             module = path(self.module),
             trust = self.trust.toml_section(),
             kid = toml_str(&self.trust.job_key_id),
+            panel = self
+                .panel
+                .map(|p| format!("\n[panel]\ndevice = {}\n", path(p)))
+                .unwrap_or_default(),
         )
     }
 }
 
 /// What the async part hands back.
 struct Produced {
+    panel_row: Option<String>,
     run: DeskRun,
     records: Records,
     pins: Vec<(String, SecretString)>,
@@ -645,6 +651,8 @@ pub(crate) struct Station {
     pub(crate) broker: String,
     /// From the start of the command until the agent was online.
     pub(crate) setup: Duration,
+    /// The desk's indicator panel, emulated on a pseudo-terminal (with a rack only).
+    pub(crate) panel: Option<crate::panel::EmulatedPanel>,
 }
 
 impl Station {
@@ -689,12 +697,28 @@ pub(crate) async fn start_station(
         Platform::start(PlatformConfig::new(host.clone(), port, station.clone())).await?;
     let trust = platform.write_station_trust(&station, &files.join("trust"))?;
     let config_path = files.join("agent.toml");
+    // The rack's indicator panel, emulated on a pty: the agent drives its lights.
+    let panel = match rack {
+        Some(r) => {
+            let slots = u8::try_from(r.slot_count().unwrap_or(4).clamp(1, 64)).unwrap_or(4);
+            let (panel, _events) = crate::panel::EmulatedPanel::start(crate::panel::PanelOptions {
+                slots,
+                link: Some(files.join("panel")),
+                ..Default::default()
+            })
+            .map_err(|e| DemoError::Agent(format!("indicator panel: {e}")))?;
+            Some(panel)
+        }
+        None => None,
+    };
+    let panel_link = panel.as_ref().map(|_| files.join("panel"));
     let text = AgentFile {
         files,
         host: &host,
         port,
         module,
         sim_dir: rack.map(|_| root),
+        panel: panel_link.as_deref(),
         trust: &trust,
     }
     .text();
@@ -726,6 +750,7 @@ pub(crate) async fn start_station(
         shutdown,
         broker,
         setup: started.elapsed(),
+        panel,
     })
 }
 
@@ -746,6 +771,7 @@ async fn produce(
         shutdown,
         broker,
         setup,
+        panel,
     } = start_station(args.broker.as_ref(), root, files, module, rack, started).await?;
 
     let plan = DeskPlan {
@@ -773,6 +799,9 @@ async fn produce(
         .await;
     signals.abort();
     progress.finish();
+    // What the desk staff see on the rack's lights at the end (before the agent stops and
+    // turns them off).
+    let panel_row = panel.as_ref().map(|p| p.row());
 
     // The agent stops as `ukey-agent run` does on SIGTERM.
     shutdown.cancel();
@@ -791,6 +820,7 @@ async fn produce(
         .collect();
     platform.shutdown().await;
     Ok(Produced {
+        panel_row,
         run,
         records,
         pins,
@@ -951,5 +981,6 @@ fn summarize(
         }),
         tokens,
         faults,
+        panel: produced.panel_row.clone(),
     }
 }

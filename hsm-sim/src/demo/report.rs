@@ -149,6 +149,8 @@ pub(crate) struct Summary {
     pub(crate) tokens: Vec<TokenSummary>,
     /// The scripted faults (`--faults`).
     pub(crate) faults: Vec<FaultSummary>,
+    /// The rack's indicator panel at the end of the run (emulated on a pty), if any.
+    pub(crate) panel: Option<String>,
 }
 
 /// Milliseconds, saturating.
@@ -244,6 +246,11 @@ impl Summary {
              certifying the token's own key and equal to the one the platform issued.\n",
             self.module
         );
+        if let Some(row) = &self.panel {
+            out += &format!(
+                "\nIndicator panel (emulated on a pseudo-terminal, driven by the agent): {row}\n"
+            );
+        }
         let slowest = self
             .slowest_token_ms
             .map(|m| format!(", slowest token {}", secs(m)))

@@ -455,6 +455,13 @@ impl Daemon {
                 Record::Job { job_id, envelope } => {
                     let doc = self.open_job(&job_id, &envelope)?;
                     self.nonces.insert(doc.nonce.clone());
+                    // The lost token of a replacement stays revoked even if its own record
+                    // never reached the journal.
+                    if doc.kind == JobKind::Replace
+                        && let Some(old) = &doc.old_token_serial
+                    {
+                        self.revoked.insert(old.as_str().trim().to_owned());
+                    }
                     let machine = JobMachine::new(job_id.clone(), doc.kind, doc.rekey);
                     let mut entry = JobEntry::new(Arc::new(doc), machine);
                     // The `queued` event was made at acceptance; replaying keeps the seq.
@@ -671,6 +678,10 @@ impl Daemon {
                 .unwrap_or(false);
             if same {
                 tracing::info!(job = %unverified.job_id, "duplicate delivery of a known job ignored");
+            } else if let Err(e) = envelope.verify(&self.trust.keyring, &self.station, now_utc()) {
+                // Only the platform may speak on a real job's topic: an unverifiable message
+                // that reuses a known job id is logged, never reported as that job's event.
+                tracing::warn!(job = %unverified.job_id, error = %e, "unverifiable message reusing a known job id ignored");
             } else {
                 self.reject(
                     &unverified.job_id,

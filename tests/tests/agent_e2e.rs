@@ -327,3 +327,45 @@ async fn forged_and_duplicate_jobs_are_handled() {
     );
     check_from_outside(&station, &serial);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_message_reusing_a_live_job_id_never_speaks_for_that_job() {
+    let mut station = Station::sim(1).await;
+    station.start_agent().await;
+    let draft = JobDraft::new(JobKind::New, &station.station_id).unwrap();
+    let job = station.platform.dispatch_draft(&draft).await.unwrap();
+    station
+        .platform
+        .wait_for_state(&job, ExecutionState::Queued, PRODUCTION_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", station.agent_log()));
+    // Someone without the platform's key sends a job under the same id.
+    station
+        .platform
+        .misbehave(Misbehaviour::ForgedSignature, Times::Once);
+    // (The same order, so the simulated platform's own record of the job stays right.)
+    let forged = draft.clone().with_job_id(job.clone());
+    station.platform.dispatch_draft(&forged).await.unwrap();
+    station
+        .wait_for_log(
+            "unverifiable message reusing a known job id ignored",
+            1,
+            PRODUCTION_TIMEOUT,
+        )
+        .await;
+    station.insert_blank(0);
+    succeeded(&station, &job).await;
+    let record = station.platform.job_record(&job).unwrap();
+    assert!(
+        record
+            .events()
+            .iter()
+            .all(|e| e.state != ExecutionState::Rejected),
+        "no rejection was reported on the real job: {:?}",
+        record
+            .events()
+            .iter()
+            .map(|e| (e.seq, e.state))
+            .collect::<Vec<_>>()
+    );
+}

@@ -36,7 +36,7 @@ use ukey_protocol::ack::Ack;
 use ukey_protocol::bundle::{CertBundle, CertOutcome, CertResponse, CsrBundle};
 use ukey_protocol::cancel::Cancel;
 use ukey_protocol::event::{ExecutionState, Step, StepData, StepError, StepEvent};
-use ukey_protocol::ids::{ErrorCode, EventId, JobId, Nonce, StationId, TokenSerial};
+use ukey_protocol::ids::{EventId, JobId, Nonce, StationId, TokenSerial};
 use ukey_protocol::inventory::{
     CertificateExpiry, DeskAlert, Inventory, SlotInfo, TokenInfo, TokenState,
 };
@@ -50,7 +50,7 @@ use ukey_protocol::{Message, V1};
 use crate::certs::VerifiedCertificate;
 use crate::config::{Config, UsbWatcherKind};
 use crate::desk::{Observation, TokenKey, classify};
-use crate::job::{Action, Input, JobMachine, JobState, Report, StepOutput, Timer};
+use crate::job::{Action, Input, JobMachine, JobState, Report, StepOutput, Timer, code};
 use crate::journal::{Journal, StoreError};
 use crate::link::{Incoming, Link, LinkConfig, LinkError, LinkHandle, TlsFiles};
 use crate::outbox::{Outbox, OutboxEntry};
@@ -215,10 +215,6 @@ struct Daemon {
 
 fn now_utc() -> OffsetDateTime {
     OffsetDateTime::now_utc()
-}
-
-fn code(s: &'static str) -> ErrorCode {
-    ErrorCode::new(s).unwrap_or_else(|_| unreachable!("error code literals are valid"))
 }
 
 /// Starts the daemon and runs it until `shutdown` is cancelled; then stops claiming, lets
@@ -1566,15 +1562,7 @@ impl Daemon {
                     self.start_worker(key);
                 }
                 JobState::Parked { .. } => self.feed(&job_id, Input::TokenReturned).await?,
-                JobState::Running { index, .. } => {
-                    if let Some(step) = self
-                        .jobs
-                        .get(&job_id)
-                        .and_then(|e| e.machine.plan().get(index).copied())
-                    {
-                        self.execute(&job_id, step);
-                    }
-                }
+                JobState::Running { .. } => self.execute_current(&job_id),
                 _ => {}
             }
         }
@@ -1635,15 +1623,7 @@ impl Daemon {
                 self.feed(&job_id, Input::Claimed { serial }).await?;
             }
             Some(JobState::Parked { .. }) => self.feed(&job_id, Input::TokenReturned).await?,
-            Some(JobState::Running { index, .. }) => {
-                if let Some(step) = self
-                    .jobs
-                    .get(&job_id)
-                    .and_then(|e| e.machine.plan().get(index).copied())
-                {
-                    self.execute(&job_id, step);
-                }
-            }
+            Some(JobState::Running { .. }) => self.execute_current(&job_id),
             _ => {}
         }
         Ok(())
@@ -1800,6 +1780,17 @@ impl Daemon {
     }
 
     // ----- steps ----------------------------------------------------------------------------
+
+    /// Runs (again) the step a running job is at: after a restart, or once its token is back.
+    fn execute_current(&mut self, job_id: &JobId) {
+        let step = self.jobs.get(job_id).and_then(|e| match e.machine.state() {
+            JobState::Running { index, .. } => e.machine.plan().get(*index).copied(),
+            _ => None,
+        });
+        if let Some(step) = step {
+            self.execute(job_id, step);
+        }
+    }
 
     fn execute(&mut self, job_id: &JobId, step: Step) {
         let Some(entry) = self.jobs.get_mut(job_id) else {

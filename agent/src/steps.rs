@@ -16,7 +16,7 @@ use spki::SubjectPublicKeyInfoOwned;
 use spki::der::Encode;
 use ukey_protocol::bundle::{CertBundle, CertificateRequest, CsrBundle};
 use ukey_protocol::event::{BindReport, CertFingerprint, StepData, StepError};
-use ukey_protocol::ids::{ErrorCode, JobId, TokenSerial};
+use ukey_protocol::ids::{JobId, TokenSerial};
 use ukey_protocol::job::JobDocument;
 use ukey_protocol::keys::KeyLabel;
 use ukey_protocol::seal::{SealContext, SealPurpose, SealRecipient, SealedSecret, UnsealKey, seal};
@@ -144,13 +144,9 @@ pub enum StepFailure {
     Failed(StepError),
 }
 
-fn error_code(code: &'static str) -> ErrorCode {
-    ErrorCode::new(code).unwrap_or_else(|_| unreachable!("error code literals are valid"))
-}
-
 fn step_error(code: &'static str, message: impl Into<String>, retryable: bool) -> StepError {
     StepError {
-        code: error_code(code),
+        code: crate::job::code(code),
         message: ukey_protocol::fit_text(&message.into(), 512),
         retryable,
     }

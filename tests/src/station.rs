@@ -157,6 +157,21 @@ impl Station {
         }
     }
 
+    /// The platform dispatches a `new` job for a made-up company, keys of `alg`.
+    pub async fn dispatch_new(
+        &self,
+        alg: ukey_protocol::keys::KeyAlgorithm,
+    ) -> ukey_protocol::ids::JobId {
+        let draft =
+            hsm_sim::platform::JobDraft::new(ukey_protocol::job::JobKind::New, &self.station_id)
+                .unwrap_or_else(|e| panic!("job draft: {e}"))
+                .with_algorithm(alg);
+        self.platform
+            .dispatch_draft(&draft)
+            .await
+            .unwrap_or_else(|e| panic!("dispatch: {e}"))
+    }
+
     /// The hsm-sim rack (panics on a SoftHSM2 desk).
     pub fn rack(&self) -> &Rack {
         match &self.tokens {

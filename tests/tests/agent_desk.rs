@@ -11,6 +11,7 @@ use hsm_sim::platform::JobDraft;
 use ukey_agent::panel::{ButtonAction, Light};
 use ukey_protocol::event::ExecutionState;
 use ukey_protocol::job::JobKind;
+use ukey_protocol::keys::KeyAlgorithm;
 use ukey_tests::station::{PRODUCTION_TIMEOUT, Station};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -57,8 +58,7 @@ async fn panel_lights_and_status_follow_the_desk() {
     station.extra_config = format!("[panel]\ndevice = {:?}\n", link.display().to_string());
     station.start_agent().await;
 
-    let draft = JobDraft::new(JobKind::New, &station.station_id).unwrap();
-    let job = station.platform.dispatch_draft(&draft).await.unwrap();
+    let job = station.dispatch_new(KeyAlgorithm::P256).await;
     station.insert_blank(1);
     station
         .platform
@@ -107,8 +107,7 @@ async fn a_broken_model_module_is_reported_and_the_desk_keeps_working() {
         broken.display().to_string()
     );
     station.start_agent().await;
-    let draft = JobDraft::new(JobKind::New, &station.station_id).unwrap();
-    let job = station.platform.dispatch_draft(&draft).await.unwrap();
+    let job = station.dispatch_new(KeyAlgorithm::P256).await;
     station.insert_blank(0);
     station
         .platform
@@ -176,11 +175,7 @@ async fn a_targeted_job_meeting_the_wrong_token_says_so_and_touches_nothing() {
     let mut station = Station::sim(2).await;
     station.start_agent().await;
     // A finished Ukey.
-    let job = station
-        .platform
-        .dispatch_draft(&JobDraft::new(JobKind::New, &station.station_id).unwrap())
-        .await
-        .unwrap();
+    let job = station.dispatch_new(KeyAlgorithm::P256).await;
     let serial = station.insert_blank(0);
     station
         .platform
@@ -264,11 +259,7 @@ async fn the_models_pin_policy_shapes_the_pins() {
     let serial = station.insert_blank(0);
     // The USB arrival (which tells the model) is seen before the job arrives.
     station.wait_for_log("Ukey plugged in", 1, WAIT).await;
-    let job = station
-        .platform
-        .dispatch_draft(&JobDraft::new(JobKind::New, &station.station_id).unwrap())
-        .await
-        .unwrap();
+    let job = station.dispatch_new(KeyAlgorithm::P256).await;
     station
         .platform
         .wait_for_state(&job, ExecutionState::Succeeded, PRODUCTION_TIMEOUT)

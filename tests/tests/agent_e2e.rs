@@ -15,13 +15,6 @@ use ukey_protocol::keys::KeyAlgorithm;
 use ukey_tests::require_tool;
 use ukey_tests::station::{PRODUCTION_TIMEOUT, Station};
 
-async fn dispatch_new(station: &Station, alg: KeyAlgorithm) -> JobId {
-    let draft = JobDraft::new(JobKind::New, &station.station_id)
-        .unwrap()
-        .with_algorithm(alg);
-    station.platform.dispatch_draft(&draft).await.unwrap()
-}
-
 async fn succeeded(station: &Station, job: &JobId) -> TokenSerial {
     let record = station
         .platform
@@ -192,7 +185,7 @@ fn no_secrets_in(station: &Station, serial: &TokenSerial) {
 async fn new_job_on_hsm_sim_p256() {
     let mut station = Station::sim(2).await;
     station.start_agent().await;
-    let job = dispatch_new(&station, KeyAlgorithm::P256).await;
+    let job = station.dispatch_new(KeyAlgorithm::P256).await;
     let inserted = station.insert_blank(0);
     let serial = succeeded(&station, &job).await;
     assert_eq!(
@@ -213,7 +206,7 @@ async fn new_job_on_hsm_sim_p256() {
 async fn new_job_on_softhsm_rsa2048() {
     let mut station = Station::softhsm().await;
     station.start_agent().await;
-    let job = dispatch_new(&station, KeyAlgorithm::Rsa2048).await;
+    let job = station.dispatch_new(KeyAlgorithm::Rsa2048).await;
     let serial = succeeded(&station, &job).await;
     check_from_outside(&station, &serial);
     no_secrets_in(&station, &serial);
@@ -225,7 +218,7 @@ async fn eight_tokens_in_parallel_on_hsm_sim() {
     station.start_agent().await;
     let mut jobs = Vec::new();
     for _ in 0..8 {
-        jobs.push(dispatch_new(&station, KeyAlgorithm::P256).await);
+        jobs.push(station.dispatch_new(KeyAlgorithm::P256).await);
     }
     for slot in 0..8 {
         station.insert_blank(slot);
@@ -247,7 +240,7 @@ async fn certificate_for_another_key_is_refused_and_nothing_is_written() {
     station
         .platform
         .misbehave(Misbehaviour::CertificateForAnotherKey, Times::Once);
-    let job = dispatch_new(&station, KeyAlgorithm::P256).await;
+    let job = station.dispatch_new(KeyAlgorithm::P256).await;
     let serial = station.insert_blank(0);
     let record = station
         .platform
@@ -279,7 +272,7 @@ async fn certificate_for_another_key_is_refused_and_nothing_is_written() {
         "no certificate was written: {listing}"
     );
     // The desk goes on: the next job on the next token succeeds.
-    let job2 = dispatch_new(&station, KeyAlgorithm::P256).await;
+    let job2 = station.dispatch_new(KeyAlgorithm::P256).await;
     station.insert_blank(1);
     succeeded(&station, &job2).await;
 }
@@ -291,7 +284,7 @@ async fn forged_and_duplicate_jobs_are_handled() {
     station
         .platform
         .misbehave(Misbehaviour::ForgedSignature, Times::Once);
-    let forged = dispatch_new(&station, KeyAlgorithm::P256).await;
+    let forged = station.dispatch_new(KeyAlgorithm::P256).await;
     let record = station
         .platform
         .wait_for_state(&forged, ExecutionState::Rejected, PRODUCTION_TIMEOUT)
@@ -312,7 +305,7 @@ async fn forged_and_duplicate_jobs_are_handled() {
     station
         .platform
         .misbehave(Misbehaviour::DuplicateJob, Times::Once);
-    let job = dispatch_new(&station, KeyAlgorithm::P256).await;
+    let job = station.dispatch_new(KeyAlgorithm::P256).await;
     station.insert_blank(0);
     let serial = succeeded(&station, &job).await;
     let record = station.platform.job_record(&job).unwrap();

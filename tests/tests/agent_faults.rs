@@ -26,13 +26,6 @@ const FINISHED: ObjectCount = ObjectCount {
     other: 0,
 };
 
-async fn dispatch_new(station: &Station) -> JobId {
-    let draft = JobDraft::new(JobKind::New, &station.station_id)
-        .unwrap()
-        .with_algorithm(KeyAlgorithm::P256);
-    station.platform.dispatch_draft(&draft).await.unwrap()
-}
-
 fn fail_with_log(station: &Station, e: impl std::fmt::Display) -> ! {
     panic!("{e}\n--- agent log ---\n{}", station.agent_log())
 }
@@ -160,7 +153,7 @@ async fn refused(
 
     // The healthy job first, so that the armed misbehaviour cannot hit it; its certificate
     // writes are slow, so it is still at work while the other job fails.
-    let healthy = dispatch_new(&station).await;
+    let healthy = station.dispatch_new(KeyAlgorithm::P256).await;
     let healthy_serial = station.insert_blank(1);
     station
         .rack()
@@ -169,7 +162,7 @@ async fn refused(
     wait_job(&station, &healthy, |r| !r.cert_responses().is_empty()).await;
 
     station.platform.misbehave(misbehaviour, Times::Once);
-    let job = dispatch_new(&station).await;
+    let job = station.dispatch_new(KeyAlgorithm::P256).await;
     let serial = station.insert_blank(0);
     let record = wait_end(&station, &job).await;
     assert_eq!(record.misbehaviours(), &[misbehaviour]);
@@ -287,7 +280,7 @@ async fn silence_on_acks_resends_and_counts_each_event_once() {
     station
         .platform
         .misbehave(Misbehaviour::SilenceAcks, Times::Always);
-    let job = dispatch_new(&station).await;
+    let job = station.dispatch_new(KeyAlgorithm::P256).await;
     station.insert_blank(0);
     // Bound, and the unacknowledged events were sent again.
     let record = wait_job(&station, &job, |r| {
@@ -327,7 +320,7 @@ async fn killed_during_initialize_between_init_token_and_init_pin() {
         .set_latency(None, LatencyChange::Op(Op::InitPin, 1500))
         .unwrap();
     station.start_agent().await;
-    let job = dispatch_new(&station).await;
+    let job = station.dispatch_new(KeyAlgorithm::P256).await;
     let serial = station.insert_blank(0);
     // C_InitToken done (the token carries the job's label), C_InitPIN under way.
     station
@@ -358,7 +351,7 @@ async fn killed_during_generate_keys() {
         .set_latency(None, LatencyChange::Op(Op::KeygenP256, 1500))
         .unwrap();
     station.start_agent().await;
-    let job = dispatch_new(&station).await;
+    let job = station.dispatch_new(KeyAlgorithm::P256).await;
     let serial = station.insert_blank(0);
     wait_step(&station, &job, Step::Initialize).await;
     // One key pair made, the next one under way.
@@ -398,7 +391,7 @@ async fn killed_while_waiting_for_certificates() {
     station
         .platform
         .misbehave(Misbehaviour::SilenceCertificates, Times::Once);
-    let job = dispatch_new(&station).await;
+    let job = station.dispatch_new(KeyAlgorithm::P256).await;
     station.insert_blank(0);
     let before = wait_job(&station, &job, |r| {
         r.misbehaviours()
@@ -433,7 +426,7 @@ async fn killed_during_install_and_during_activate() {
     rack.set_latency(None, LatencyChange::Op(Op::SignEc, 1000))
         .unwrap();
     station.start_agent().await;
-    let job = dispatch_new(&station).await;
+    let job = station.dispatch_new(KeyAlgorithm::P256).await;
     let serial = station.insert_blank(0);
 
     // Install: one certificate written, the others not yet.
@@ -470,7 +463,7 @@ async fn killed_after_bind_before_the_final_ack() {
     station
         .platform
         .misbehave(Misbehaviour::SilenceAcks, Times::Always);
-    let job = dispatch_new(&station).await;
+    let job = station.dispatch_new(KeyAlgorithm::P256).await;
     station.insert_blank(0);
     let record = wait_step(&station, &job, Step::Bind).await;
     assert_eq!(record.state(), Some(ExecutionState::InProgress));
@@ -495,7 +488,10 @@ async fn killed_repeatedly_with_two_jobs() {
         .set_latency(None, LatencyChange::Op(Op::KeygenP256, 800))
         .unwrap();
     station.start_agent().await;
-    let jobs = [dispatch_new(&station).await, dispatch_new(&station).await];
+    let jobs = [
+        station.dispatch_new(KeyAlgorithm::P256).await,
+        station.dispatch_new(KeyAlgorithm::P256).await,
+    ];
     station.insert_blank(0);
     station.insert_blank(1);
     for step in [Step::Claim, Step::Initialize, Step::GenerateKeys] {
@@ -523,7 +519,7 @@ async fn broker_killed_and_restarted_mid_job() {
         .set_latency(None, LatencyChange::Op(Op::KeygenP256, 700))
         .unwrap();
     station.start_agent().await;
-    let job = dispatch_new(&station).await;
+    let job = station.dispatch_new(KeyAlgorithm::P256).await;
     let serial = station.insert_blank(0);
     wait_step(&station, &job, Step::Initialize).await;
 
@@ -558,7 +554,7 @@ async fn token_pulled_during_keygen_then_reinserted() {
         .set_latency(None, LatencyChange::Op(Op::KeygenP256, 1500))
         .unwrap();
     station.start_agent().await;
-    let job = dispatch_new(&station).await;
+    let job = station.dispatch_new(KeyAlgorithm::P256).await;
     let serial = station.insert_blank(0);
     wait_step(&station, &job, Step::Initialize).await;
     station
@@ -589,7 +585,7 @@ async fn token_pulled_while_waiting_for_certificates() {
     station
         .platform
         .misbehave(Misbehaviour::SilenceCertificates, Times::Once);
-    let job = dispatch_new(&station).await;
+    let job = station.dispatch_new(KeyAlgorithm::P256).await;
     let serial = station.insert_blank(0);
     wait_job(&station, &job, |r| {
         r.misbehaviours()
@@ -628,7 +624,7 @@ async fn token_pulled_while_the_agent_was_down() {
         .set_latency(None, LatencyChange::Op(Op::KeygenP256, 1500))
         .unwrap();
     station.start_agent().await;
-    let job = dispatch_new(&station).await;
+    let job = station.dispatch_new(KeyAlgorithm::P256).await;
     let serial = station.insert_blank(0);
     wait_step(&station, &job, Step::Initialize).await;
     station.kill_agent();
@@ -660,7 +656,7 @@ async fn token_pulled_and_never_returned_fails_retryable() {
         .set_latency(None, LatencyChange::Op(Op::KeygenP256, 1500))
         .unwrap();
     station.start_agent().await;
-    let job = dispatch_new(&station).await;
+    let job = station.dispatch_new(KeyAlgorithm::P256).await;
     let serial = station.insert_blank(0);
     wait_step(&station, &job, Step::Initialize).await;
     station.rack().remove(0).unwrap();
@@ -696,7 +692,7 @@ async fn a_second_agent_on_the_same_state_folder_refuses_to_start() {
     );
     assert!(station.agent_running(), "the first agent goes on");
     // ... and still has its broker connection and state: a job runs.
-    let job = dispatch_new(&station).await;
+    let job = station.dispatch_new(KeyAlgorithm::P256).await;
     station.insert_blank(0);
     finished_ukey(&station, &job).await;
 }

@@ -155,6 +155,11 @@ struct Seat {
     acknowledged: bool,
     /// A worker is being opened for this token (one `Token` per physical token).
     opening: bool,
+    /// Observations (each with its own session) still running on this token.
+    observing: usize,
+    /// A worker is wanted once those observations end: `C_InitToken` refuses to run while
+    /// another session of this process is open on the token.
+    worker_wanted: bool,
 }
 
 /// What the daemon's loop reacts to, besides MQTT messages.
@@ -1400,6 +1405,8 @@ impl Daemon {
                                 outcome: None,
                                 acknowledged: false,
                                 opening: false,
+                                observing: 0,
+                                worker_wanted: false,
                             },
                         );
                         self.inventory_dirty = true;
@@ -1441,6 +1448,7 @@ impl Daemon {
         let module = self.modules[seat.module].clone();
         let present = seat.present.clone();
         seat.observation += 1;
+        seat.observing += 1;
         let number = seat.observation;
         let tx = self.events.clone();
         tokio::task::spawn_blocking(move || {
@@ -1452,6 +1460,14 @@ impl Daemon {
     fn on_observed(&mut self, key: TokenKey, number: u64, result: Result<Observation, TokenError>) {
         let warning =
             Duration::from_secs(u64::from(self.config.inventory.expiry_warning_days) * 86_400);
+        let mut start = false;
+        if let Some(seat) = self.seats.get_mut(&key) {
+            seat.observing = seat.observing.saturating_sub(1);
+            start = seat.observing == 0 && std::mem::take(&mut seat.worker_wanted);
+        }
+        if start {
+            self.start_worker(key.clone());
+        }
         let Some(seat) = self.seats.get_mut(&key) else {
             return;
         };
@@ -1574,6 +1590,11 @@ impl Daemon {
             return;
         };
         if seat.opening {
+            return;
+        }
+        if seat.observing > 0 {
+            // Opened when the observation's session is closed (see `on_observed`).
+            seat.worker_wanted = true;
             return;
         }
         seat.opening = true;

@@ -301,13 +301,26 @@ impl TrustAnchors {
     }
 
     /// Trust anchors from PEM text holding one or more certificates.
+    /// The text is read leniently (CRLF, other line widths, text between the blocks).
     pub fn from_pem(pem: &str) -> Result<TrustAnchors, CertError> {
-        let anchors =
-            Certificate::load_pem_chain(pem.as_bytes()).map_err(|e| CertError::BadAnchor {
+        let blocks = ukey_protocol::pem::blocks(pem, "CA certificate").map_err(|e| {
+            CertError::BadAnchor {
                 index: 0,
                 reason: e.to_string(),
-            })?;
-        Ok(TrustAnchors { anchors })
+            }
+        })?;
+        let ders: Vec<Vec<u8>> = blocks
+            .into_iter()
+            .filter(|b| b.label == "CERTIFICATE")
+            .map(|b| b.der.to_vec())
+            .collect();
+        if ders.is_empty() {
+            return Err(CertError::BadAnchor {
+                index: 0,
+                reason: "no \"CERTIFICATE\" PEM block".to_owned(),
+            });
+        }
+        TrustAnchors::from_der(&ders)
     }
 
     /// How many anchors are configured.

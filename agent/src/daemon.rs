@@ -7,9 +7,11 @@
 //! harmless at any point:
 //!
 //! 1. the [`JobMachine`] decides (pure);
-//! 2. the input is appended to the journal (fsync'd);
+//! 2. the input is appended to the journal, in one write and one fsync with whatever must be
+//!    durable with it (the job document on acceptance, the PINs on a claim, the CSR bundle
+//!    when its step ends);
 //! 3. the step events it reports go to the outbox (fsync'd);
-//! 4. only then are steps started, timers armed, tokens released.
+//! 4. only then are steps started, timers armed, tokens released, CSR bundles published.
 //!
 //! On start the journal is replayed through fresh machines, which rebuilds every job exactly
 //! (event ids included); the events of each job's last journaled record are pushed to the
@@ -18,7 +20,12 @@
 //! their token is seen again. The journal comes first because an event id derives from the
 //! job's sequence number: an event published while its input was not journaled would, after a
 //! restart, share its id with a different event (a step run again may end otherwise), and the
-//! platform would drop the second as a duplicate.
+//! platform would drop the second as a duplicate. A CSR bundle is published only once its
+//! step's end is journaled: a step run again would sign new CSRs and make the platform issue
+//! twice.
+//!
+//! Every journal record that holds job content (the document, PINs, inputs, CSR bundles) is
+//! encrypted with the journal key, bound to its job and kind; ids, serials and times are not.
 //! What this module does not do: decide the next step (the job machine), touch token
 //! objects itself (the steps module, on a worker), or speak MQTT (the link).
 
@@ -56,7 +63,7 @@ use crate::link::{Incoming, Link, LinkConfig, LinkError, LinkHandle, TlsFiles};
 use crate::outbox::{Outbox, OutboxEntry};
 use crate::panel::{ButtonAction, ButtonPress, Light, Panel, PanelHandle};
 use crate::status::{RunningJob, Snapshot, TokenLine};
-use crate::steps::{self, Pins, SealedPins, StepFailure};
+use crate::steps::{self, Pins, StepFailure};
 use crate::token::{Module, PresentToken, Token, TokenError};
 use crate::trust::{Sealed, TrustError, TrustMaterial};
 use crate::usb::{self, ModelFilter, UsbEvent};
@@ -94,18 +101,24 @@ pub enum DaemonError {
     Journal(String),
 }
 
-/// One journal record. Personal data (the job document) and PINs are stored encrypted.
+/// One journal record. Job content is encrypted with the journal key (see the module docs).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "record", rename_all = "snake_case")]
 enum Record {
     /// A job was accepted: its signed envelope, encrypted with the journal key.
     Job { job_id: JobId, envelope: Sealed },
-    /// The PINs chosen for a job's token, sealed to the station's own key.
-    Pins { job_id: JobId, pins: SealedPins },
-    /// Something happened to a job.
-    Input { job_id: JobId, input: Input },
-    /// The CSR bundle sent for a job (re-sent after a restart).
-    Csr { job_id: JobId, bundle: CsrBundle },
+    /// The PINs chosen for a job's token.
+    Pins { job_id: JobId, pins: Sealed },
+    /// Something happened to a job, at `at`: the [`Input`] (which may carry a certificate
+    /// bundle, with people's names in it).
+    Input {
+        job_id: JobId,
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+        input: Sealed,
+    },
+    /// The CSR bundle sent for a job (re-sent after a restart): a [`CsrBundle`].
+    Csr { job_id: JobId, bundle: Sealed },
     /// An accepted `replace` job names this lost token: plugged in here, it shows as
     /// `revoked` and no job runs on it. Kept through compaction.
     Revoked { serial: TokenSerial },
@@ -116,6 +129,26 @@ enum Record {
         #[serde(with = "time::serde::rfc3339")]
         expires_at: OffsetDateTime,
     },
+}
+
+/// What an encrypted journal record holds: part of the encryption's context, so that one
+/// kind of record cannot be passed off as another, nor one job's as another's.
+#[derive(Debug, Clone, Copy)]
+enum RecordKind {
+    Pins,
+    Input,
+    Csr,
+}
+
+impl RecordKind {
+    fn context(self, job_id: &JobId) -> String {
+        let kind = match self {
+            RecordKind::Pins => "pins",
+            RecordKind::Input => "input",
+            RecordKind::Csr => "csr",
+        };
+        format!("{job_id}/{kind}")
+    }
 }
 
 /// A job the daemon knows.
@@ -449,8 +482,8 @@ impl Daemon {
     /// Rebuilds every job from the journal, then compacts it.
     async fn replay(&mut self) -> Result<(), DaemonError> {
         let records = self.journal.replay()?;
-        // Per job, the reports of its last journaled record: pushed to the outbox again.
-        let mut last_reports: BTreeMap<JobId, Vec<Report>> = BTreeMap::new();
+        // Per job, the events of its last journaled record: pushed to the outbox again.
+        let mut last_events: BTreeMap<JobId, Vec<StepEvent>> = BTreeMap::new();
         for record in records {
             match record {
                 Record::Job { job_id, envelope } => {
@@ -467,34 +500,48 @@ impl Daemon {
                     let mut entry = JobEntry::new(Arc::new(doc), machine);
                     // The `queued` event was made at acceptance; replaying keeps the seq.
                     let accepted = entry.machine.accepted();
-                    last_reports.insert(job_id.clone(), reports_of(vec![accepted]));
-                    self.jobs.insert(job_id, entry);
+                    self.jobs.insert(job_id.clone(), entry);
+                    let events = self.events_of(&job_id, reports_of(vec![accepted]), now_utc());
+                    last_events.insert(job_id, events);
                 }
                 Record::Pins { job_id, pins } => {
-                    let opened = Pins::unseal(&pins, &self.trust.station_key, &job_id)
-                        .map_err(DaemonError::Journal)?;
+                    let bytes = self.open_record(&job_id, RecordKind::Pins, &pins)?;
+                    let opened = Pins::from_bytes(&bytes).map_err(DaemonError::Journal)?;
                     if let Some(entry) = self.jobs.get_mut(&job_id) {
                         entry.pins = Some(Arc::new(opened));
                     }
                 }
-                Record::Input { job_id, input } => {
-                    if let Some(entry) = self.jobs.get_mut(&job_id) {
-                        if let Input::CertificatesArrived { bundle } = &input {
-                            entry.certs = Some(bundle.clone());
+                Record::Input { job_id, at, input } => {
+                    let input: Input = self.open_json(&job_id, RecordKind::Input, &input)?;
+                    let Some(entry) = self.jobs.get_mut(&job_id) else {
+                        continue;
+                    };
+                    if let Input::CertificatesArrived { bundle } = &input {
+                        entry.certs = Some(bundle.clone());
+                    }
+                    // Inputs were valid when journaled; an error here means the journal
+                    // is from another version: log and go on with the rest.
+                    let actions = match entry.machine.on(input) {
+                        Ok(actions) => actions,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "journal input not applicable on replay");
+                            continue;
                         }
-                        // Inputs were valid when journaled; an error here means the journal
-                        // is from another version: log and go on with the rest.
-                        match entry.machine.on(input) {
-                            Ok(actions) => {
-                                last_reports.insert(job_id, reports_of(actions));
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "journal input not applicable on replay")
+                    };
+                    // Events as they were made: at the record's time, a step's end with the
+                    // time its start was journaled.
+                    let events = self.events_of(&job_id, reports_of(actions.clone()), at);
+                    last_events.insert(job_id.clone(), events);
+                    if let Some(entry) = self.jobs.get_mut(&job_id) {
+                        for action in &actions {
+                            if let Action::Execute(step) = action {
+                                entry.step_started = Some((*step, at));
                             }
                         }
                     }
                 }
                 Record::Csr { job_id, bundle } => {
+                    let bundle = self.open_json(&job_id, RecordKind::Csr, &bundle)?;
                     if let Some(entry) = self.jobs.get_mut(&job_id) {
                         entry.csr = Some(bundle);
                     }
@@ -508,11 +555,14 @@ impl Daemon {
                 }
             }
         }
-        for (job_id, reports) in last_reports {
-            for report in reports {
-                let event = self.event_from(&job_id, &report);
+        for (job_id, events) in last_events {
+            for event in events {
                 self.publish_event(&job_id, &event).await?;
             }
+        }
+        // A step that runs again after the restart reports its own new start.
+        for entry in self.jobs.values_mut() {
+            entry.step_started = None;
         }
         // Compact: finished jobs shrink to a `Done` record; unfinished ones keep everything.
         let mut keep = Vec::new();
@@ -580,6 +630,54 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+
+    /// Encrypts a record's content with the journal key, bound to its job and kind.
+    fn seal_record(
+        &self,
+        job_id: &JobId,
+        kind: RecordKind,
+        plaintext: &[u8],
+    ) -> Result<Sealed, DaemonError> {
+        self.trust
+            .journal_key
+            .seal(&kind.context(job_id), plaintext)
+            .map_err(DaemonError::Journal)
+    }
+
+    fn open_record(
+        &self,
+        job_id: &JobId,
+        kind: RecordKind,
+        sealed: &Sealed,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, DaemonError> {
+        self.trust
+            .journal_key
+            .open(&kind.context(job_id), sealed)
+            .map_err(DaemonError::Journal)
+    }
+
+    fn seal_json<T: Serialize>(
+        &self,
+        job_id: &JobId,
+        kind: RecordKind,
+        value: &T,
+    ) -> Result<Sealed, DaemonError> {
+        let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(512));
+        serde_json::to_writer(&mut *bytes, value)
+            .map_err(|e| DaemonError::Journal(format!("{}: {e}", kind.context(job_id))))?;
+        self.seal_record(job_id, kind, &bytes)
+    }
+
+    fn open_json<T: serde::de::DeserializeOwned>(
+        &self,
+        job_id: &JobId,
+        kind: RecordKind,
+        sealed: &Sealed,
+    ) -> Result<T, DaemonError> {
+        let bytes = self.open_record(job_id, kind, sealed)?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| DaemonError::Journal(format!("{}: {e}", kind.context(job_id))))
     }
 
     fn open_job(&self, job_id: &JobId, sealed: &Sealed) -> Result<JobDocument, DaemonError> {
@@ -727,19 +825,26 @@ impl Daemon {
         let job_id = doc.job_id.clone();
         let mut machine = JobMachine::new(job_id.clone(), doc.kind, doc.rekey);
         let first = machine.accepted();
-        // Order: the event goes to the outbox, the job to the journal, then the broker's ack.
-        self.perform_reports(&job_id, std::slice::from_ref(&first))
-            .await?;
-        self.journal.append(&Record::Job {
+        // Order: the job to the journal, its `queued` event to the outbox, then the broker's
+        // ack (a crash before it: the broker delivers the job again, a known duplicate).
+        let mut records = vec![Record::Job {
             job_id: job_id.clone(),
             envelope: sealed,
-        })?;
-        if let Some(old) = &doc.old_token_serial
-            && self.revoked.insert(old.as_str().trim().to_owned())
-        {
-            self.journal.append(&Record::Revoked {
+        }];
+        let newly_revoked = doc
+            .old_token_serial
+            .as_ref()
+            .filter(|old| !self.revoked.contains(old.as_str().trim()));
+        if let Some(old) = newly_revoked {
+            records.push(Record::Revoked {
                 serial: old.clone(),
-            })?;
+            });
+        }
+        self.journal.append_all(&records)?;
+        self.perform_reports(&job_id, std::slice::from_ref(&first))
+            .await?;
+        if let Some(old) = newly_revoked {
+            self.revoked.insert(old.as_str().trim().to_owned());
             self.mark_revoked(old.as_str().trim());
         }
         ack(message).await;
@@ -882,6 +987,16 @@ impl Daemon {
 
     /// Feeds `input` to a job: journal, outbox, then the other actions.
     async fn feed(&mut self, job_id: &JobId, input: Input) -> Result<(), DaemonError> {
+        self.feed_with(job_id, input, Vec::new()).await
+    }
+
+    /// [`Daemon::feed`], journaling `records` in the same write and fsync, before the input.
+    async fn feed_with(
+        &mut self,
+        job_id: &JobId,
+        input: Input,
+        mut records: Vec<Record>,
+    ) -> Result<(), DaemonError> {
         let Some(entry) = self.jobs.get_mut(job_id) else {
             return Ok(());
         };
@@ -892,10 +1007,12 @@ impl Daemon {
                 return Ok(());
             }
         };
-        self.journal.append(&Record::Input {
+        records.push(Record::Input {
             job_id: job_id.clone(),
-            input,
-        })?;
+            at: now_utc(),
+            input: self.seal_json(job_id, RecordKind::Input, &input)?,
+        });
+        self.journal.append_all(&records)?;
         self.perform_reports(job_id, &actions).await?;
         for action in actions {
             match action {
@@ -946,6 +1063,22 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+
+    /// The events of `reports`, made at `at` (a replay re-makes them as they were).
+    fn events_of(
+        &self,
+        job_id: &JobId,
+        reports: Vec<Report>,
+        at: OffsetDateTime,
+    ) -> Vec<StepEvent> {
+        reports
+            .iter()
+            .map(|report| StepEvent {
+                at,
+                ..self.event_from(job_id, report)
+            })
+            .collect()
     }
 
     fn event_from(&self, job_id: &JobId, report: &Report) -> StepEvent {
@@ -1638,10 +1771,22 @@ impl Daemon {
             }
             Some(JobState::Queued) => {
                 let serial = key.serial().and_then(|s| TokenSerial::new(s).ok());
+                let mut records = Vec::new();
                 if let Some(entry) = self.jobs.get_mut(&job_id) {
                     entry.token = Some(key);
+                    if let Some(pins) = entry.pins.clone() {
+                        records.push(Record::Pins {
+                            job_id: job_id.clone(),
+                            pins: self.seal_record(
+                                &job_id,
+                                RecordKind::Pins,
+                                &pins.to_bytes().map_err(DaemonError::Journal)?,
+                            )?,
+                        });
+                    }
                 }
-                self.feed(&job_id, Input::Claimed { serial }).await?;
+                self.feed_with(&job_id, Input::Claimed { serial }, records)
+                    .await?;
             }
             Some(JobState::Parked { .. }) => self.feed(&job_id, Input::TokenReturned).await?,
             Some(JobState::Running { .. }) => self.execute_current(&job_id),
@@ -1724,8 +1869,8 @@ impl Daemon {
         Ok(())
     }
 
-    /// Gives `key`'s token to `job_id`: PINs for jobs that set them, journaled (sealed)
-    /// before any token write that uses them; then the token's worker starts.
+    /// Gives `key`'s token to `job_id`: PINs for jobs that set them (journaled with the
+    /// claim, before any token write that uses them); then the token's worker starts.
     fn claim(&mut self, job_id: JobId, key: TokenKey) -> Result<(), DaemonError> {
         let Some(entry) = self.jobs.get(&job_id) else {
             return Ok(());
@@ -1755,13 +1900,7 @@ impl Daemon {
                     pins.so = so;
                 }
             }
-            let sealed = pins
-                .seal(&self.trust.station_key.recipient(), &job_id)
-                .map_err(DaemonError::Journal)?;
-            self.journal.append(&Record::Pins {
-                job_id: job_id.clone(),
-                pins: sealed,
-            })?;
+            // Journaled with the claim (`on_worker`), before any token write uses them.
             if let Some(entry) = self.jobs.get_mut(&job_id) {
                 entry.pins = Some(Arc::new(pins));
             }
@@ -1888,13 +2027,13 @@ impl Daemon {
         if let Some(v) = done.verified {
             entry.verified = Some(v);
         }
+        let mut records = Vec::new();
         if let Some(csr) = &done.csr {
             entry.csr = Some(csr.clone());
-            self.journal.append(&Record::Csr {
+            records.push(Record::Csr {
                 job_id: job_id.clone(),
-                bundle: csr.clone(),
-            })?;
-            self.send_job_csr(&job_id);
+                bundle: self.seal_json(&job_id, RecordKind::Csr, csr)?,
+            });
         }
         let input = match done.outcome {
             Ok(output) => {
@@ -1923,7 +2062,11 @@ impl Daemon {
                 }
             }
         };
-        self.feed(&job_id, input).await?;
+        self.feed_with(&job_id, input, records).await?;
+        if done.csr.is_some() {
+            // Journaled with the step's end: only now may the platform see it.
+            self.send_job_csr(&job_id);
+        }
         // The step's end is reported: later events (a timeout, the final ack) are not its end.
         if let Some(entry) = self.jobs.get_mut(&job_id)
             && entry.step_started.is_some_and(|(s, _)| s == done.step)

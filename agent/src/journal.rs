@@ -313,23 +313,54 @@ impl<R: Serialize + DeserializeOwned> Journal<R> {
     }
 
     /// Appends one record and fsyncs it before returning.
+    pub fn append(&mut self, record: &R) -> Result<(), StoreError> {
+        self.append_all(std::slice::from_ref(record))
+    }
+
+    /// Appends `records` in one write and one fsync: after a crash either all of them are
+    /// there or the torn tail is cut off at a record boundary (a prefix of them survives,
+    /// in order, never a later one without an earlier one).
     ///
     /// Records are written at the end of the good content (positioned writes), so the file
     /// offset left by reading or by a cut-off torn tail does not matter.
     ///
     /// When the write or the fsync fails, the file is cut back to its previous length so
     /// that a half-written record cannot hide the records appended after it.
-    pub fn append(&mut self, record: &R) -> Result<(), StoreError> {
-        let bytes = self.encode(record)?;
+    pub fn append_all(&mut self, records: &[R]) -> Result<(), StoreError> {
+        self.write_records(records, true)
+    }
+
+    /// Appends one record without waiting for the disk. It survives the agent's own crash
+    /// (the kernel holds it) but not a power loss or kernel crash until the next fsync'd
+    /// append or rewrite. Only for records whose loss is harmless (an acknowledgement that,
+    /// lost, makes an event be sent once more).
+    pub fn append_unsynced(&mut self, record: &R) -> Result<(), StoreError> {
+        self.write_records(std::slice::from_ref(record), false)
+    }
+
+    fn write_records(&mut self, records: &[R], sync: bool) -> Result<(), StoreError> {
+        let mut bytes = Vec::new();
+        for record in records {
+            bytes.extend_from_slice(&self.encode(record)?);
+        }
+        if bytes.is_empty() {
+            return Ok(());
+        }
         let result = self
             .file
             .write_all_at(&bytes, self.len)
             .map_err(io_err("append to", &self.path))
-            .and_then(|()| self.file.sync_data().map_err(io_err("fsync", &self.path)));
+            .and_then(|()| {
+                if sync {
+                    self.file.sync_data().map_err(io_err("fsync", &self.path))
+                } else {
+                    Ok(())
+                }
+            });
         match result {
             Ok(()) => {
                 self.len += bytes.len() as u64;
-                self.records += 1;
+                self.records += records.len();
                 Ok(())
             }
             Err(e) => {
@@ -466,6 +497,37 @@ mod tests {
             let j = Journal::<Rec>::open(&path).unwrap();
             assert_eq!(j.replay().unwrap(), vec![rec(0), rec(1), rec(3)]);
         }
+    }
+
+    #[test]
+    fn a_batch_torn_anywhere_keeps_a_prefix_of_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.journal");
+        {
+            let mut j = Journal::<Rec>::open(&path).unwrap();
+            j.append(&rec(0)).unwrap();
+            j.append_all(&[rec(1), rec(2)]).unwrap();
+            j.append_unsynced(&rec(3)).unwrap();
+            assert_eq!(j.record_count(), 4);
+        }
+        let whole = std::fs::read(&path).unwrap();
+        let first = frame(&serde_json::to_vec(&rec(0)).unwrap()).unwrap().len();
+        let second = frame(&serde_json::to_vec(&rec(1)).unwrap()).unwrap().len();
+        let batch_end =
+            first + second + frame(&serde_json::to_vec(&rec(2)).unwrap()).unwrap().len();
+        for cut in first..=batch_end {
+            std::fs::write(&path, &whole[..cut]).unwrap();
+            let j = Journal::<Rec>::open(&path).unwrap();
+            let expected: Vec<Rec> = match cut {
+                c if c < first + second => vec![rec(0)],
+                c if c < batch_end => vec![rec(0), rec(1)],
+                _ => vec![rec(0), rec(1), rec(2)],
+            };
+            assert_eq!(j.replay().unwrap(), expected, "cut at {cut}");
+        }
+        std::fs::write(&path, &whole).unwrap();
+        let j = Journal::<Rec>::open(&path).unwrap();
+        assert_eq!(j.replay().unwrap(), (0..4).map(rec).collect::<Vec<_>>());
     }
 
     #[test]

@@ -14,6 +14,10 @@
 //! `push` returning may be absent after a crash, and an acknowledgement being written may be
 //! lost (the event is then sent again; the platform de-duplicates by event id).
 //!
+//! Acknowledgements are therefore written without an fsync of their own: the agent's crash
+//! keeps them (the kernel has them), a power loss may lose the last few, which only makes
+//! their events be sent once more. The next push's fsync makes them durable too.
+//!
 //! This module does no networking and knows nothing about MQTT; [`crate::link`] publishes
 //! what is pending. Event ids are opaque strings chosen by the caller and must be unique:
 //! pushing an id that is still pending is a no-op, but an id acknowledged earlier is treated
@@ -200,7 +204,8 @@ impl Outbox {
     }
 
     /// Removes the events the platform acknowledged; unknown and repeated ids are ignored.
-    /// Returns how many pending events were removed. Durable before it returns.
+    /// Returns how many pending events were removed. Written, not fsync'd (see the module
+    /// docs): a power loss may undo it, which re-sends the events.
     pub fn acknowledge<I, S>(&mut self, event_ids: I) -> Result<usize, StoreError>
     where
         I: IntoIterator<Item = S>,
@@ -216,21 +221,22 @@ impl Outbox {
         if known.is_empty() {
             return Ok(0);
         }
-        self.log.append(&Record::Ack {
+        self.log.append_unsynced(&Record::Ack {
             event_ids: known.clone(),
         })?;
         for id in &known {
             self.remove(id);
         }
-        self.compact_if_worthwhile()?;
         Ok(known.len())
     }
 
-    /// Rewrites the log to the pending pushes once dead records dominate it.
-    fn compact_if_worthwhile(&mut self) -> Result<(), StoreError> {
-        if self.log.record_count() <= 2 * self.pending.len() + 64 {
-            return Ok(());
-        }
+    /// Whether dead records dominate the log, so that [`Outbox::compact`] is worth its fsyncs.
+    pub fn wants_compaction(&self) -> bool {
+        self.log.record_count() > 2 * self.pending.len() + 64
+    }
+
+    /// Rewrites the log to the pending pushes alone (atomically, fsync'd).
+    pub fn compact(&mut self) -> Result<(), StoreError> {
         let records: Vec<Record> = self
             .pending
             .values()
@@ -322,7 +328,7 @@ mod tests {
     }
 
     #[test]
-    fn acknowledge_removes_durably_and_is_idempotent() {
+    fn acknowledge_survives_reopen_and_is_idempotent() {
         let dir = tempfile::tempdir().unwrap();
         let mut ob = Outbox::open(dir.path()).unwrap();
         for i in 0..4 {
@@ -400,6 +406,10 @@ mod tests {
             ob.push(entry(i)).unwrap();
             if i % 3 != 0 {
                 ob.acknowledge([format!("ev-{i}")]).unwrap();
+                if ob.wants_compaction() {
+                    ob.compact().unwrap();
+                    assert!(!ob.wants_compaction());
+                }
             }
         }
         let expected: Vec<String> = (0..300).step_by(3).map(|i| format!("ev-{i}")).collect();

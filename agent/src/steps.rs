@@ -21,6 +21,7 @@ use ukey_protocol::job::JobDocument;
 use ukey_protocol::keys::KeyLabel;
 use ukey_protocol::seal::{SealContext, SealPurpose, SealRecipient, SealedSecret, UnsealKey, seal};
 use ukey_protocol::{Base64Bytes, V1};
+use zeroize::Zeroizing;
 
 use crate::certs::{
     CertError, Expected, TrustAnchors, ValidityPolicy, VerifiedCertificate, verify_certificate,
@@ -72,7 +73,7 @@ const SO_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23
 
 fn random_text(len: usize, alphabet: &[u8]) -> Result<SecretString, TokenError> {
     let mut out = String::with_capacity(len);
-    let mut buf = zeroize::Zeroizing::new([0u8; 64]);
+    let mut buf = Zeroizing::new([0u8; 64]);
     // Rejection sampling keeps every character equally likely.
     let limit = 256 - (256 % alphabet.len());
     while out.len() < len {
@@ -122,15 +123,34 @@ impl Pins {
         })
     }
 
-    /// Opens PINs sealed with [`Pins::seal`].
-    pub fn unseal(sealed: &SealedPins, key: &UnsealKey, job_id: &JobId) -> Result<Pins, String> {
-        let one = |s: &SealedSecret, purpose| {
-            s.unseal_pin(key, &SealContext::for_job(job_id, purpose))
-                .map_err(|e| e.to_string())
+    /// Both PINs as bytes, for the journal (which encrypts them): the SO PIN's length (2
+    /// bytes, big-endian), the SO PIN, the user PIN.
+    pub fn to_bytes(&self) -> Result<Zeroizing<Vec<u8>>, String> {
+        let so = self.so.expose_secret().as_bytes();
+        let user = self.user.expose_secret().as_bytes();
+        let len = u16::try_from(so.len()).map_err(|_| "SO PIN too long".to_owned())?;
+        let mut out = Zeroizing::new(Vec::with_capacity(2 + so.len() + user.len()));
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(so);
+        out.extend_from_slice(user);
+        Ok(out)
+    }
+
+    /// Reads what [`Pins::to_bytes`] made.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Pins, String> {
+        let damaged = || "stored PINs are damaged".to_owned();
+        let (len, rest) = bytes.split_first_chunk::<2>().ok_or_else(damaged)?;
+        let (so, user) = rest
+            .split_at_checked(usize::from(u16::from_be_bytes(*len)))
+            .ok_or_else(damaged)?;
+        let text = |b: &[u8]| {
+            std::str::from_utf8(b)
+                .map(|t| SecretString::from(t.to_owned()))
+                .map_err(|_| damaged())
         };
         Ok(Pins {
-            so: one(&sealed.so, SealPurpose::SoPin)?,
-            user: one(&sealed.user, SealPurpose::UserPin)?,
+            so: text(so)?,
+            user: text(user)?,
         })
     }
 }
@@ -675,14 +695,29 @@ mod tests {
     #[test]
     fn sealed_pins_open_only_for_their_job() {
         use p256::elliptic_curve::Generate;
+        use ukey_protocol::seal::{SealContext, SealPurpose};
         let key = UnsealKey::P256(p256::SecretKey::generate_from_rng(&mut rand::rng()));
         let job = JobId::new("job-1").unwrap();
         let pins = Pins::generate(6, 16).unwrap();
         let sealed = pins.seal(&key.recipient(), &job).unwrap();
-        let back = Pins::unseal(&sealed, &key, &job).unwrap();
-        assert_eq!(back.user.expose_secret(), pins.user.expose_secret());
-        assert_eq!(back.so.expose_secret(), pins.so.expose_secret());
-        assert!(Pins::unseal(&sealed, &key, &JobId::new("job-2").unwrap()).is_err());
+        let context = |job: &JobId| SealContext::for_job(job, SealPurpose::UserPin);
+        let user = sealed.user.unseal_pin(&key, &context(&job)).unwrap();
+        assert_eq!(user.expose_secret(), pins.user.expose_secret());
+        let other = JobId::new("job-2").unwrap();
+        assert!(sealed.user.unseal_pin(&key, &context(&other)).is_err());
+    }
+
+    #[test]
+    fn pins_round_trip_through_bytes() {
+        let pins = Pins {
+            so: SecretString::from("so\nwith newline".to_owned()),
+            user: SecretString::from("12345678".to_owned()),
+        };
+        let back = Pins::from_bytes(&pins.to_bytes().unwrap()).unwrap();
+        assert_eq!(back.so.expose_secret(), "so\nwith newline");
+        assert_eq!(back.user.expose_secret(), "12345678");
+        assert!(Pins::from_bytes(&[0]).is_err());
+        assert!(Pins::from_bytes(&[0, 9, b'a']).is_err());
     }
 
     #[test]

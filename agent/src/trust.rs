@@ -110,7 +110,7 @@ impl TrustMaterial {
             path: config.ca_certs.first().cloned().unwrap_or_default(),
             reason: e.to_string(),
         })?;
-        let journal_key = JournalKey::derive(&pem);
+        let journal_key = JournalKey::derive(&station_key);
         Ok(TrustMaterial {
             keyring,
             platform_seal,
@@ -124,8 +124,10 @@ impl TrustMaterial {
     }
 }
 
-/// AES-256-GCM key for the journal's personal data, derived (HKDF-SHA256) from the station's
-/// private key, so whoever can read the journal without that key learns nothing personal.
+/// AES-256-GCM key for the journal's PINs and personal data, derived (HKDF-SHA256) from the
+/// station's private key, so whoever can read the journal without that key learns nothing
+/// personal. It is derived from the key's secret value, not from its file: the same key saved
+/// again (other line breaks, another PKCS#8 encoder) still opens the journal.
 #[derive(Clone)]
 pub struct JournalKey(Zeroizing<[u8; 32]>);
 
@@ -151,12 +153,13 @@ impl std::fmt::Debug for Sealed {
 }
 
 impl JournalKey {
-    /// Derives the key from the station key's PEM text.
-    pub fn derive(station_key_pem: &str) -> JournalKey {
-        let hk = Hkdf::<Sha256>::new(Some(b"ukey-agent journal"), station_key_pem.as_bytes());
+    /// Derives the key from the station's private key.
+    pub fn derive(station_key: &UnsealKey) -> JournalKey {
+        let secret = station_key.secret_material();
+        let hk = Hkdf::<Sha256>::new(Some(b"ukey-agent journal"), &secret);
         let mut key = Zeroizing::new([0u8; 32]);
         // 32 bytes is far below HKDF-SHA256's output limit, so expand cannot fail.
-        let _ = hk.expand(b"ukey-agent journal v1", key.as_mut());
+        let _ = hk.expand(b"ukey-agent journal v2", key.as_mut());
         JournalKey(key)
     }
 
@@ -209,14 +212,33 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
+    fn p256_pem() -> String {
+        use p256::elliptic_curve::Generate;
+        use p256::pkcs8::{EncodePrivateKey, LineEnding};
+        let key = p256::SecretKey::generate_from_rng(&mut rand::rng());
+        key.to_pkcs8_pem(LineEnding::LF).unwrap().to_string()
+    }
+
     #[test]
     fn journal_key_round_trips_and_binds_context() {
-        let k = JournalKey::derive("-----BEGIN PRIVATE KEY-----\nabc\n");
+        let k = JournalKey::derive(&UnsealKey::from_pkcs8_pem(&p256_pem()).unwrap());
         let sealed = k.seal("job-1", b"personal data").unwrap();
         assert_eq!(&k.open("job-1", &sealed).unwrap()[..], b"personal data");
         assert!(k.open("job-2", &sealed).is_err());
-        let other = JournalKey::derive("-----BEGIN PRIVATE KEY-----\nxyz\n");
+        let other = JournalKey::derive(&UnsealKey::from_pkcs8_pem(&p256_pem()).unwrap());
         assert!(other.open("job-1", &sealed).is_err());
         assert!(!format!("{sealed:?}").contains("personal"));
+    }
+
+    #[test]
+    fn the_same_key_saved_differently_opens_the_journal() {
+        let pem = p256_pem();
+        let k = JournalKey::derive(&UnsealKey::from_pkcs8_pem(&pem).unwrap());
+        let sealed = k.seal("job-1", b"personal data").unwrap();
+        // Saved again by another editor: Windows line ends and a blank line at the end.
+        let resaved = format!("{}\r\n", pem.replace('\n', "\r\n"));
+        assert_ne!(resaved, pem);
+        let again = JournalKey::derive(&UnsealKey::from_pkcs8_pem(&resaved).unwrap());
+        assert_eq!(&again.open("job-1", &sealed).unwrap()[..], b"personal data");
     }
 }

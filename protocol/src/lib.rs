@@ -25,6 +25,7 @@ pub mod ids;
 pub mod inventory;
 pub mod job;
 pub mod keys;
+pub mod pem;
 pub mod presence;
 pub mod seal;
 pub mod signed;

@@ -137,12 +137,11 @@ impl SealRecipient {
 
     /// Parses a PEM `PUBLIC KEY` (P-256 or RSA).
     pub fn from_public_key_pem(pem: &str) -> Result<SealRecipient, ProtocolError> {
-        if let Ok(key) = p256::PublicKey::from_public_key_pem(pem) {
-            return Ok(SealRecipient::P256(key));
-        }
-        rsa::PublicKey::from_public_key_pem(pem)
-            .map(SealRecipient::Rsa)
-            .map_err(|e| key_error("sealing public key", &e))
+        SealRecipient::from_public_key_der(&crate::pem::single(
+            pem,
+            "PUBLIC KEY",
+            "sealing public key",
+        )?)
     }
 }
 
@@ -178,13 +177,11 @@ impl UnsealKey {
 
     /// Parses a PEM `PRIVATE KEY` (PKCS#8, P-256 or RSA).
     pub fn from_pkcs8_pem(pem: &str) -> Result<UnsealKey, ProtocolError> {
-        use p256::pkcs8::DecodePrivateKey;
-        if let Ok(key) = p256::SecretKey::from_pkcs8_pem(pem) {
-            return Ok(UnsealKey::P256(key));
-        }
-        rsa::PrivateKey::from_pkcs8_pem(pem)
-            .map(|k| UnsealKey::Rsa(Box::new(k)))
-            .map_err(|e| key_error("unsealing private key", &e))
+        UnsealKey::from_pkcs8_der(&crate::pem::single(
+            pem,
+            "PRIVATE KEY",
+            "unsealing private key",
+        )?)
     }
 
     /// The public half, to seal to.
@@ -192,6 +189,19 @@ impl UnsealKey {
         match self {
             UnsealKey::P256(k) => SealRecipient::P256(k.public_key()),
             UnsealKey::Rsa(k) => SealRecipient::Rsa(k.to_public_key()),
+        }
+    }
+
+    /// The key's secret value in one canonical encoding, whatever file it was read from:
+    /// the P-256 scalar (32 bytes, big-endian), or the RSA private exponent (big-endian,
+    /// the modulus's length). Input for deriving other keys from this one; never store it.
+    pub fn secret_material(&self) -> Zeroizing<Vec<u8>> {
+        match self {
+            UnsealKey::P256(k) => Zeroizing::new(k.to_bytes().to_vec()),
+            UnsealKey::Rsa(k) => {
+                use rsa::traits::PrivateKeyParts;
+                Zeroizing::new(k.d().to_be_bytes().into_vec())
+            }
         }
     }
 

@@ -196,12 +196,11 @@ impl JobVerifyingKey {
 
     /// Parses a PEM `PUBLIC KEY` (P-256 or RSA).
     pub fn from_public_key_pem(pem: &str) -> Result<JobVerifyingKey, ProtocolError> {
-        if let Ok(key) = p256::ecdsa::VerifyingKey::from_public_key_pem(pem) {
-            return Ok(JobVerifyingKey::P256(key));
-        }
-        rsa::PublicKey::from_public_key_pem(pem)
-            .map(JobVerifyingKey::Rsa)
-            .map_err(|e| key_error("job verifying key", &e))
+        JobVerifyingKey::from_public_key_der(&crate::pem::single(
+            pem,
+            "PUBLIC KEY",
+            "job verifying key",
+        )?)
     }
 
     fn key_type(&self) -> &'static str {

@@ -162,23 +162,88 @@ fn pkcs11_tool(station: &Station, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Every file in the agent's state folder (journal, outbox, status), as lossy text.
+fn state_files(station: &Station) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![station.state_dir()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+                out.push((path.display().to_string(), text));
+            }
+        }
+    }
+    assert!(!out.is_empty(), "the agent keeps state files");
+    out
+}
+
+/// Neither PIN is in the agent's log or state files; nor is the legal representative's
+/// name, ID-card number or mobile number, nor the company's name, in its state files.
 fn no_secrets_in(station: &Station, serial: &TokenSerial) {
     let log = station.agent_log();
-    let pin = station.platform.user_pin(serial).unwrap();
-    assert!(
-        !log.contains(pin.expose_secret()),
-        "the user PIN appears in the agent's log"
-    );
+    let files = state_files(station);
+    let mut secrets = vec![(
+        "the user PIN",
+        station.platform.user_pin(serial).unwrap().expose_secret().to_owned(),
+    )];
     if let Some(so) = station
         .platform
         .token(serial)
         .and_then(|t| t.so_pin().cloned())
     {
-        assert!(
-            !log.contains(so.expose_secret()),
-            "the SO PIN appears in the agent's log"
-        );
+        secrets.push(("the SO PIN", so.expose_secret().to_owned()));
     }
+    for (what, secret) in &secrets {
+        assert!(!log.contains(secret.as_str()), "{what} appears in the agent's log");
+    }
+    let job = station.platform.token(serial).unwrap().job_id().clone();
+    let doc = station
+        .platform
+        .job_record(&job)
+        .and_then(|j| j.document().cloned())
+        .expect("job document");
+    let person = &doc.legal_representative;
+    secrets.extend([
+        ("the legal representative's name", person.name.clone()),
+        ("the ID-card number", person.id_number.as_str().to_owned()),
+        ("the mobile number", person.mobile.as_str().to_owned()),
+        ("the company's name", doc.enterprise.name.clone()),
+    ]);
+    for (path, text) in &files {
+        for (what, secret) in &secrets {
+            assert!(!text.contains(secret.as_str()), "{what} appears in {path}");
+            // Inside base64 (a CSR or certificate in clear), at any of the three alignments.
+            for form in base64_forms(secret.as_bytes()) {
+                assert!(!text.contains(&form), "{what} appears base64-encoded in {path}");
+            }
+        }
+    }
+}
+
+/// What `secret` looks like inside any base64 text, whatever bytes precede it: for each of
+/// the three alignments, the characters that depend on `secret` alone (none when it is
+/// too short for the check to mean anything).
+fn base64_forms(secret: &[u8]) -> Vec<String> {
+    use base64::Engine as _;
+    if secret.len() < 12 {
+        return Vec::new();
+    }
+    (0..3usize)
+        .map(|pad| {
+            let mut bytes = vec![0u8; pad];
+            bytes.extend_from_slice(secret);
+            let text = base64::engine::general_purpose::STANDARD.encode(&bytes);
+            // Drop the characters mixed with the padding in front and the partial group at
+            // the end.
+            let skip = (pad * 8).div_ceil(6);
+            let keep = (bytes.len() / 3) * 4;
+            text[skip..keep].to_owned()
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -465,14 +465,30 @@ impl LinkHandle {
         Ok(())
     }
 
-    /// Removes events the platform acknowledged from the outbox (durably); unknown ids are
-    /// ignored. Returns how many were removed.
+    /// Removes events the platform acknowledged from the outbox; unknown ids are ignored.
+    /// Returns how many were removed. The removal is written at once but not fsync'd (a power
+    /// loss may undo it, which only sends those events again); once dead records dominate the
+    /// outbox's log, it is compacted off the runtime's threads.
     pub async fn acknowledge(&self, event_ids: Vec<String>) -> Result<usize, LinkError> {
-        let shared = Arc::clone(&self.shared);
-        let removed =
-            tokio::task::spawn_blocking(move || lock(&shared.outbox).acknowledge(event_ids))
-                .await
-                .map_err(|e| LinkError::Task(e.to_string()))??;
+        let (removed, compact) = {
+            let mut outbox = lock(&self.shared.outbox);
+            let removed = outbox.acknowledge(event_ids)?;
+            (removed, outbox.wants_compaction())
+        };
+        if compact {
+            let shared = Arc::clone(&self.shared);
+            tokio::task::spawn_blocking(move || {
+                let mut outbox = lock(&shared.outbox);
+                // Another acknowledgement may have compacted it meanwhile.
+                if outbox.wants_compaction() {
+                    outbox.compact()
+                } else {
+                    Ok(())
+                }
+            })
+            .await
+            .map_err(|e| LinkError::Task(e.to_string()))??;
+        }
         Ok(removed)
     }
 

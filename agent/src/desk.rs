@@ -124,10 +124,11 @@ pub fn damage(error: &TokenError) -> TokenDamage {
 
 /// The panel light of a token's slot: what the desk staff must do there.
 ///
-/// `working` while a job runs (do not pull); `done` after a job succeeded (take it out);
-/// `failed` after a job failed; `attention` for a token the desk will not work on (foreign,
-/// locked, revoked, damaged, expired, or ours but unfinished with no job); dark otherwise or
-/// once the operator acknowledged it with the slot's button.
+/// `working` while a job runs (do not pull); `attention` for a damaged token, even one whose
+/// job ended; `done` after a job succeeded (take it out); `failed` after a job failed;
+/// `attention` for a token the desk will not work on (foreign, locked, revoked, expired, or
+/// ours but unfinished with no job); dark otherwise or once the operator acknowledged it with
+/// the slot's button.
 pub fn light(
     state: TokenState,
     has_job: bool,
@@ -139,6 +140,10 @@ pub fn light(
     }
     if acknowledged {
         return Light::Off;
+    }
+    if state == TokenState::Damaged {
+        // Gone bad since its job ended: "take it out" would hide that.
+        return Light::Attention;
     }
     match outcome {
         Some(ExecutionState::Succeeded) => return Light::Done,
@@ -297,6 +302,20 @@ mod tests {
         assert_eq!(
             light(TokenState::Damaged, false, None, false),
             Light::Attention
+        );
+        assert_eq!(
+            light(
+                TokenState::Damaged,
+                false,
+                Some(ExecutionState::Succeeded),
+                false
+            ),
+            Light::Attention,
+            "gone bad after its job: not 'take it out'"
+        );
+        assert_eq!(
+            light(TokenState::Damaged, true, None, false),
+            Light::Working
         );
     }
 

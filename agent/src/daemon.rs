@@ -1420,7 +1420,8 @@ impl Daemon {
                         // A damaged token is read again until it reads well (one reading at
                         // a time); its failure is logged only when it changes.
                         let retry = seat.state == TokenState::Damaged && seat.observing == 0;
-                        if std::mem::take(&mut seat.unreadable) {
+                        let was_unreadable = std::mem::take(&mut seat.unreadable);
+                        if was_unreadable {
                             tracing::info!(token = %key, slot = present.slot, "token can be read again");
                             if seat.state != TokenState::Damaged {
                                 // A job held it meanwhile; a damaged one keeps its reason until
@@ -1429,7 +1430,7 @@ impl Daemon {
                             }
                         }
                         seat.present = present;
-                        if (changed || retry) && seat.job.is_none() {
+                        if (changed || retry || was_unreadable) && seat.job.is_none() {
                             self.observe(key.clone());
                         }
                     }

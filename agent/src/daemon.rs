@@ -45,7 +45,7 @@ use ukey_protocol::cancel::Cancel;
 use ukey_protocol::event::{ExecutionState, Step, StepData, StepError, StepEvent};
 use ukey_protocol::ids::{EventId, JobId, Nonce, StationId, TokenSerial};
 use ukey_protocol::inventory::{
-    CertificateExpiry, DeskAlert, Inventory, SlotInfo, TokenInfo, TokenState,
+    CertificateExpiry, DeskAlert, Inventory, SlotInfo, TokenDamage, TokenInfo, TokenState,
 };
 use ukey_protocol::job::{JobDocument, JobKind};
 use ukey_protocol::keys::KeyLabel;
@@ -64,7 +64,7 @@ use crate::outbox::{Outbox, OutboxEntry};
 use crate::panel::{ButtonAction, ButtonPress, Light, Panel, PanelHandle};
 use crate::status::{RunningJob, Snapshot, TokenLine};
 use crate::steps::{self, Pins, StepFailure};
-use crate::token::{Module, PresentToken, Token, TokenError};
+use crate::token::{Module, PresentToken, SlotSurvey, Token, TokenError, UnreadableSlot};
 use crate::trust::{Sealed, TrustError, TrustMaterial};
 use crate::usb::{self, ModelFilter, UsbEvent};
 use crate::worker::TokenWorker;
@@ -193,11 +193,38 @@ struct Seat {
     /// A worker is wanted once those observations end: `C_InitToken` refuses to run while
     /// another session of this process is open on the token.
     worker_wanted: bool,
+    /// Why the token is `damaged`, as last logged: a failure is logged once per change, not
+    /// on every scan.
+    damage: Option<TokenDamage>,
+    /// The slot scan cannot read the token (`C_GetTokenInfo` fails): `present` is what was
+    /// known before, if anything.
+    unreadable: bool,
+}
+
+impl Seat {
+    fn new(module: usize, present: PresentToken, state: TokenState) -> Seat {
+        Seat {
+            module,
+            present,
+            state,
+            certificates: Vec::new(),
+            job: None,
+            worker: None,
+            observation: 0,
+            outcome: None,
+            acknowledged: false,
+            opening: false,
+            observing: 0,
+            worker_wanted: false,
+            damage: None,
+            unreadable: false,
+        }
+    }
 }
 
 /// What the daemon's loop reacts to, besides MQTT messages.
 enum Event {
-    Scanned(Vec<(usize, Result<Vec<PresentToken>, TokenError>)>),
+    Scanned(Vec<(usize, Result<SlotSurvey, TokenError>)>),
     Observed(TokenKey, u64, Result<Observation, TokenError>),
     StepDone(Box<StepDone>),
     TimerFired(JobId, Timer, u64),
@@ -1230,7 +1257,7 @@ impl Daemon {
             let results = modules
                 .iter()
                 .enumerate()
-                .map(|(i, m)| (i, m.scan()))
+                .map(|(i, m)| (i, m.survey()))
                 .collect();
             let _ = tx.blocking_send(Event::Scanned(results));
         });
@@ -1407,7 +1434,16 @@ impl Daemon {
             .map(|(key, seat)| TokenLine {
                 token: key.to_string(),
                 slot: seat.present.slot,
-                state: seat.state.as_str().to_owned(),
+                state: match (&seat.damage, seat.state) {
+                    (Some(d), TokenState::Damaged) => format!(
+                        "damaged ({})",
+                        match (&d.function, &d.return_code) {
+                            (Some(f), Some(c)) => format!("{f}: {c}"),
+                            _ => d.message.clone(),
+                        }
+                    ),
+                    (_, state) => state.as_str().to_owned(),
+                },
                 job_id: seat.job.as_ref().map(ToString::to_string),
             })
             .collect();
@@ -1493,59 +1529,61 @@ impl Daemon {
 
     async fn on_scan(
         &mut self,
-        results: Vec<(usize, Result<Vec<PresentToken>, TokenError>)>,
+        results: Vec<(usize, Result<SlotSurvey, TokenError>)>,
     ) -> Result<(), DaemonError> {
         self.scanned = true;
         let mut seen = BTreeSet::new();
         let mut scanned_modules = BTreeSet::new();
         for (module, result) in results {
-            let tokens = match result {
-                Ok(tokens) => tokens,
+            let survey = match result {
+                Ok(survey) => survey,
                 Err(e) => {
                     tracing::warn!(module = %self.modules[module].path().display(), error = %e, "slot scan failed");
                     continue;
                 }
             };
             scanned_modules.insert(module);
-            for present in tokens {
+            for present in survey.tokens {
                 let key = TokenKey::of(module, &present);
                 seen.insert(key.clone());
                 match self.seats.get_mut(&key) {
                     Some(seat) => {
                         let changed = seat.present.flags != present.flags
                             || seat.present.label != present.label;
+                        // A damaged token is read again until it reads well (one reading at
+                        // a time); its failure is logged only when it changes.
+                        let retry = seat.state == TokenState::Damaged && seat.observing == 0;
+                        let was_unreadable = std::mem::take(&mut seat.unreadable);
+                        if was_unreadable {
+                            tracing::info!(token = %key, slot = present.slot, "token can be read again");
+                            if seat.state != TokenState::Damaged {
+                                // A job held it meanwhile; a damaged one keeps its reason until
+                                // a reading succeeds.
+                                seat.damage = None;
+                            }
+                        }
                         seat.present = present;
-                        if changed && seat.job.is_none() {
+                        if (changed || retry || was_unreadable) && seat.job.is_none() {
                             self.observe(key.clone());
                         }
                     }
                     None => {
                         tracing::info!(token = %key, slot = present.slot, label = %present.label, "token found");
-                        self.seats.insert(
-                            key.clone(),
-                            Seat {
-                                module,
-                                state: if present.is_blank() {
-                                    TokenState::Blank
-                                } else {
-                                    TokenState::InProduction
-                                },
-                                present,
-                                certificates: Vec::new(),
-                                job: None,
-                                worker: None,
-                                observation: 0,
-                                outcome: None,
-                                acknowledged: false,
-                                opening: false,
-                                observing: 0,
-                                worker_wanted: false,
-                            },
-                        );
+                        let state = if present.is_blank() {
+                            TokenState::Blank
+                        } else {
+                            TokenState::InProduction
+                        };
+                        self.seats
+                            .insert(key.clone(), Seat::new(module, present, state));
                         self.inventory_dirty = true;
                         self.observe(key.clone());
                     }
                 }
+            }
+            for unreadable in survey.unreadable {
+                let key = self.on_unreadable(module, unreadable, &seen);
+                seen.insert(key);
             }
         }
         // Departures: only for modules that answered.
@@ -1565,6 +1603,52 @@ impl Daemon {
         self.try_claim_all().await
     }
 
+    /// A slot of `module` holds a token the module cannot read: it stays (or becomes) a seat,
+    /// `damaged` with the module's error, and takes no job. The seat is the token last seen
+    /// in that slot (not seen elsewhere in this scan), so a token that goes bad keeps its
+    /// serial; a token unreadable from the start is named by its slot. Returns the seat's key.
+    fn on_unreadable(
+        &mut self,
+        module: usize,
+        unreadable: UnreadableSlot,
+        seen: &BTreeSet<TokenKey>,
+    ) -> TokenKey {
+        let UnreadableSlot { slot, error } = unreadable;
+        let key = self
+            .seats
+            .iter()
+            .find(|(k, s)| s.module == module && s.present.slot == slot && !seen.contains(*k))
+            .map(|(k, _)| k.clone())
+            .unwrap_or(TokenKey::Unnamed { module, slot });
+        let seat = self.seats.entry(key.clone()).or_insert_with(|| {
+            let present = PresentToken {
+                slot,
+                serial: String::new(),
+                label: String::new(),
+                model: String::new(),
+                manufacturer: String::new(),
+                flags: Default::default(),
+                min_pin_len: 0,
+                max_pin_len: 0,
+            };
+            Seat::new(module, present, TokenState::Damaged)
+        });
+        seat.unreadable = true;
+        // What an observation started before this read is stale now.
+        seat.observation += 1;
+        if seat.job.is_none() && seat.state != TokenState::Damaged {
+            seat.state = TokenState::Damaged;
+            self.inventory_dirty = true;
+        }
+        let damage = crate::desk::damage(&error);
+        if seat.damage.as_ref() != Some(&damage) {
+            tracing::warn!(token = %key, slot, job = ?seat.job.as_ref().map(|j| j.as_str()), error = %error, "token cannot be read: shown as damaged, no job is taken on it");
+            seat.damage = Some(damage);
+            self.inventory_dirty = true;
+        }
+        key
+    }
+
     /// Reads a token's objects (public ones, no PIN) to classify it.
     fn observe(&mut self, key: TokenKey) {
         let revoked = key
@@ -1576,6 +1660,11 @@ impl Daemon {
         if seat.job.is_some() {
             // A job works on it: its session must be the only one (C_InitToken refuses to
             // run beside another), and the job's end observes it again.
+            return;
+        }
+        if seat.unreadable {
+            // Nothing to read (a serial-less one would pass for blank): the scan that finds
+            // it readable again observes it.
             return;
         }
         let module = self.modules[seat.module].clone();
@@ -1610,6 +1699,9 @@ impl Daemon {
         }
         match result {
             Ok(obs) => {
+                if seat.damage.take().is_some() {
+                    tracing::info!(token = %key, "token reads well again");
+                }
                 seat.state = classify(&obs, SystemTime::now(), warning);
                 seat.present = obs.present.clone();
                 seat.certificates = obs
@@ -1623,7 +1715,11 @@ impl Daemon {
             }
             Err(e) if e.is_removed() => {}
             Err(e) => {
-                tracing::warn!(token = %key, error = %e, "token cannot be read");
+                let damage = crate::desk::damage(&e);
+                if seat.damage.as_ref() != Some(&damage) {
+                    tracing::warn!(token = %key, error = %e, "token cannot be read: shown as damaged, no job is taken on it");
+                    seat.damage = Some(damage);
+                }
                 seat.state = TokenState::Damaged;
             }
         }
@@ -1694,7 +1790,8 @@ impl Daemon {
             .iter()
             .filter(|(_, e)| !e.running && e.machine.holds_token())
             .filter_map(|(id, e)| e.token.clone().map(|k| (id.clone(), k)))
-            .filter(|(_, k)| self.seats.contains_key(k))
+            // A token that cannot be read is not back for its job (opening it would fail).
+            .filter(|(_, k)| self.seats.get(k).is_some_and(|s| !s.unreadable))
             .collect();
         for (job_id, key) in candidates {
             let needs_worker = self.seats.get(&key).is_some_and(|s| s.worker.is_none());
@@ -1843,6 +1940,7 @@ impl Daemon {
                         .get(&key)
                         .filter(|s| {
                             s.job.is_none()
+                                && s.state != TokenState::Damaged
                                 && !s.present.is_blank()
                                 && !self.revoked.contains(target.as_str().trim())
                         })
@@ -2103,20 +2201,21 @@ impl Daemon {
                 seat.module * 1000 + usize::try_from(seat.present.slot % 1000).unwrap_or(0),
             )
             .unwrap_or(u32::MAX);
-            let token = key
-                .serial()
-                .and_then(|s| TokenSerial::new(s).ok())
-                .map(|serial| TokenInfo {
-                    serial,
-                    model: if seat.present.model.is_empty() {
-                        "unknown".into()
-                    } else {
-                        seat.present.model.chars().take(64).collect()
-                    },
-                    state: seat.state,
-                    job_id: seat.job.clone(),
-                    certificates: seat.certificates.clone(),
-                });
+            let serial = key.serial().and_then(|s| TokenSerial::new(s).ok());
+            let damaged = seat.state == TokenState::Damaged;
+            // A token without a serial shows only when damaged (a blank SoftHSM2 slot does not).
+            let token = (serial.is_some() || damaged).then(|| TokenInfo {
+                serial,
+                model: if seat.present.model.is_empty() {
+                    "unknown".into()
+                } else {
+                    seat.present.model.chars().take(64).collect()
+                },
+                state: seat.state,
+                job_id: seat.job.clone(),
+                certificates: seat.certificates.clone(),
+                damage: seat.damage.clone().filter(|_| damaged),
+            });
             if slots.iter().any(|s| s.slot == slot) {
                 continue;
             }

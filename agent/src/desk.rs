@@ -1,28 +1,30 @@
 //! The desk: what a token is when it is plugged in, decided from what the token says (pure).
 //!
 //! [`classify`] turns a token's flags, label and certificates into the inventory's
-//! [`TokenState`]; [`TokenKey`] names a token in the desk's table (by serial — invariant 1 —
-//! except a blank SoftHSM2 slot, which has no serial until it is initialized). The scanning
-//! itself (PKCS#11 calls) lives in the daemon; this module does no IO.
+//! [`TokenState`]; [`damage`] says why a token that cannot be read is `damaged`;
+//! [`TokenKey`] names a token in the desk's table (by serial — invariant 1 — except a blank
+//! SoftHSM2 slot, which has no serial until it is initialized, and a token that cannot be
+//! read at all, named by its slot). The scanning itself (PKCS#11 calls) lives in the daemon;
+//! this module does no IO.
 
 use std::time::{Duration, SystemTime};
 
-use ukey_protocol::inventory::TokenState;
+use ukey_protocol::inventory::{TokenDamage, TokenState};
 use ukey_protocol::keys::KeyLabel;
 
 use ukey_protocol::event::ExecutionState;
 
 use crate::panel::Light;
 use crate::steps::LABEL_PREFIX;
-use crate::token::PresentToken;
+use crate::token::{PresentToken, TokenError, ckr_name};
 
 /// How the desk names a token.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TokenKey {
     /// A token with a serial number (every real Ukey, hsm-sim, initialized SoftHSM2 tokens).
     Serial(String),
-    /// A blank token without a serial (SoftHSM2's spare slot): module index and slot id,
-    /// valid only until the token is initialized.
+    /// A token without a serial: a blank one (SoftHSM2's spare slot), valid only until it is
+    /// initialized, or one whose serial cannot be read (damaged). Module index and slot id.
     Unnamed {
         /// Index of the module in the desk's module list.
         module: usize,
@@ -110,12 +112,23 @@ pub fn classify(obs: &Observation, now: SystemTime, warning: Duration) -> TokenS
     }
 }
 
+/// Why a token whose reading failed with `error` is `damaged`, for the inventory: the
+/// PKCS#11 call and its `CKR_` code when the module answered with one, and the whole error.
+pub fn damage(error: &TokenError) -> TokenDamage {
+    TokenDamage {
+        function: error.function(),
+        return_code: error.rv().map(ckr_name),
+        message: ukey_protocol::fit_text(&error.to_string(), 512),
+    }
+}
+
 /// The panel light of a token's slot: what the desk staff must do there.
 ///
-/// `working` while a job runs (do not pull); `done` after a job succeeded (take it out);
-/// `failed` after a job failed; `attention` for a token the desk will not work on (foreign,
-/// locked, revoked, damaged, expired, or ours but unfinished with no job); dark otherwise or
-/// once the operator acknowledged it with the slot's button.
+/// `working` while a job runs (do not pull); `attention` for a damaged token, even one whose
+/// job ended; `done` after a job succeeded (take it out); `failed` after a job failed;
+/// `attention` for a token the desk will not work on (foreign, locked, revoked, expired, or
+/// ours but unfinished with no job); dark otherwise or once the operator acknowledged it with
+/// the slot's button.
 pub fn light(
     state: TokenState,
     has_job: bool,
@@ -127,6 +140,10 @@ pub fn light(
     }
     if acknowledged {
         return Light::Off;
+    }
+    if state == TokenState::Damaged {
+        // Gone bad since its job ended: "take it out" would hide that.
+        return Light::Attention;
     }
     match outcome {
         Some(ExecutionState::Succeeded) => return Light::Done,
@@ -262,6 +279,44 @@ mod tests {
         );
         assert_eq!(light(TokenState::Foreign, false, None, true), Light::Off);
         assert_eq!(light(TokenState::Blank, false, None, false), Light::Off);
+    }
+
+    #[test]
+    fn damage_names_the_call_and_its_code() {
+        let e = TokenError::Pkcs11 {
+            function: "C_GetTokenInfo".into(),
+            rv: cryptoki::error::RvError::DeviceError,
+            slot: Some(2),
+            serial: None,
+        };
+        let d = damage(&e);
+        assert_eq!(d.function.as_deref(), Some("C_GetTokenInfo"));
+        assert_eq!(d.return_code.as_deref(), Some("CKR_DEVICE_ERROR"));
+        assert_eq!(
+            d.message,
+            "C_GetTokenInfo failed with CKR_DEVICE_ERROR on token ? (slot 2)"
+        );
+        let other = damage(&TokenError::Random("no entropy".into()));
+        assert_eq!((other.function, other.return_code), (None, None));
+        assert!(other.message.contains("no entropy"), "{}", other.message);
+        assert_eq!(
+            light(TokenState::Damaged, false, None, false),
+            Light::Attention
+        );
+        assert_eq!(
+            light(
+                TokenState::Damaged,
+                false,
+                Some(ExecutionState::Succeeded),
+                false
+            ),
+            Light::Attention,
+            "gone bad after its job: not 'take it out'"
+        );
+        assert_eq!(
+            light(TokenState::Damaged, true, None, false),
+            Light::Working
+        );
     }
 
     #[test]

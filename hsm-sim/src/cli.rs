@@ -75,7 +75,8 @@ pub enum Command {
         #[arg(long)]
         slot: Option<usize>,
     },
-    /// Arm a fault on the token in a slot: its NTH call of CALL fails, pulls it, or stalls.
+    /// Arm a fault on the token in a slot: its NTH call of CALL (and every later one with
+    /// --sticky) fails, pulls it, or stalls.
     Fault {
         /// Slot number.
         #[arg(long)]
@@ -95,8 +96,11 @@ pub enum Command {
         /// Delay that call by this many milliseconds.
         #[arg(long, group = "action")]
         delay: Option<u64>,
+        /// Fire on the NTH call and on every later one, until --clear (a token gone bad).
+        #[arg(long)]
+        sticky: bool,
         /// Disarm every fault of the token instead.
-        #[arg(long, conflicts_with_all = ["call", "action"])]
+        #[arg(long, conflicts_with_all = ["call", "action", "sticky"])]
         clear: bool,
     },
     /// Set latency: rack-wide, or for the token in --slot.
@@ -346,6 +350,7 @@ pub fn run(cli: Cli) -> Result<String> {
             rv,
             pull,
             delay,
+            sticky,
             clear,
         } => {
             let rack = Rack::open(&dir)?;
@@ -367,7 +372,10 @@ pub fn run(cli: Cli) -> Result<String> {
                     });
                 }
             };
-            let fault = Fault::new(&call, nth, action)?;
+            let mut fault = Fault::new(&call, nth, action)?;
+            if sticky {
+                fault = fault.sticky();
+            }
             let text = fault.describe();
             rack.set_fault(slot, fault)?;
             Ok(format!("slot {slot}: armed {text}\n"))

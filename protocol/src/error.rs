@@ -305,6 +305,19 @@ pub enum Problem {
         /// `"requires an error"` or `"must not carry an error"`.
         needs: &'static str,
     },
+    /// A field that may be left out only in one state (e.g. a token's serial: only when the
+    /// token is `damaged` and could not be read).
+    #[error("required unless the state is {state}")]
+    RequiredUnlessState {
+        /// The state that allows leaving it out.
+        state: &'static str,
+    },
+    /// A field that belongs to one state only (e.g. a token's `damage`).
+    #[error("allowed only when the state is {state}")]
+    OnlyWithState {
+        /// The state it belongs to.
+        state: &'static str,
+    },
     /// Binary content of the wrong size or shape (e.g. a P-256 point that is not 65 bytes).
     #[error("malformed binary content: {detail}")]
     BadBinary {

@@ -78,11 +78,27 @@ pub struct CertificateExpiry {
     pub not_after: OffsetDateTime,
 }
 
+/// Why a token is `damaged`: what its PKCS#11 module answered when the station read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenDamage {
+    /// The PKCS#11 function that failed, e.g. `C_GetTokenInfo` (1-64 characters), when the
+    /// failure was a call's return code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// Its return code, e.g. `CKR_DEVICE_ERROR` (1-64 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub return_code: Option<String>,
+    /// What went wrong, for the operators (1-512 characters).
+    pub message: String,
+}
+
 /// The token in a slot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenInfo {
-    /// Its serial (the token's identity, invariant 1).
-    pub serial: TokenSerial,
+    /// Its serial (the token's identity, invariant 1). Absent only for a `damaged` token
+    /// whose serial could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<TokenSerial>,
     /// Model, e.g. the USB product or `CK_TOKEN_INFO.model` (1-64 characters).
     pub model: String,
     /// Its state.
@@ -93,6 +109,9 @@ pub struct TokenInfo {
     /// Certificates found on it (at most one per label).
     #[serde(default)]
     pub certificates: Vec<CertificateExpiry>,
+    /// Why it is `damaged` (only with that state; left out otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damage: Option<TokenDamage>,
 }
 
 /// One slot of the rack.
@@ -166,7 +185,32 @@ impl Message for Inventory {
                 ));
             }
             let Some(t) = &s.token else { continue };
-            t.serial.check(&format!("{path}.token.serial"))?;
+            match &t.serial {
+                Some(serial) => serial.check(&format!("{path}.token.serial"))?,
+                None if t.state == TokenState::Damaged => {}
+                None => {
+                    return Err(ProtocolError::invalid(
+                        format!("{path}.token.serial"),
+                        Problem::RequiredUnlessState { state: "damaged" },
+                    ));
+                }
+            }
+            if let Some(d) = &t.damage {
+                let dpath = format!("{path}.token.damage");
+                if t.state != TokenState::Damaged {
+                    return Err(ProtocolError::invalid(
+                        dpath,
+                        Problem::OnlyWithState { state: "damaged" },
+                    ));
+                }
+                if let Some(f) = &d.function {
+                    check_text(&format!("{dpath}.function"), f, 64)?;
+                }
+                if let Some(c) = &d.return_code {
+                    check_text(&format!("{dpath}.return_code"), c, 64)?;
+                }
+                check_text(&format!("{dpath}.message"), &d.message, 512)?;
+            }
             check_text(&format!("{path}.token.model"), &t.model, 64)?;
             if let Some(j) = &t.job_id {
                 j.check(&format!("{path}.token.job_id"))?;
@@ -221,5 +265,65 @@ mod tests {
         }]);
         let err = empty_message.encode().unwrap_err().to_string();
         assert!(err.contains("alerts[0].message"), "{err}");
+    }
+
+    fn damaged(serial: Option<&str>) -> TokenInfo {
+        TokenInfo {
+            serial: serial.map(|s| TokenSerial::new(s).unwrap()),
+            model: "unknown".into(),
+            state: TokenState::Damaged,
+            job_id: None,
+            certificates: vec![],
+            damage: Some(TokenDamage {
+                function: Some("C_GetTokenInfo".into()),
+                return_code: Some("CKR_DEVICE_ERROR".into()),
+                message: "C_GetTokenInfo failed with CKR_DEVICE_ERROR (slot 2)".into(),
+            }),
+        }
+    }
+
+    fn with_token(token: TokenInfo) -> Inventory {
+        Inventory {
+            slots: vec![SlotInfo {
+                slot: 2,
+                token: Some(token),
+            }],
+            ..inventory(vec![])
+        }
+    }
+
+    #[test]
+    fn a_damaged_token_names_its_failure_and_may_lack_a_serial() {
+        let inv = with_token(damaged(None));
+        let json = String::from_utf8(inv.encode().unwrap()).unwrap();
+        assert!(!json.contains("serial"), "{json}");
+        assert!(
+            json.contains(
+                r#""damage":{"function":"C_GetTokenInfo","return_code":"CKR_DEVICE_ERROR""#
+            ),
+            "{json}"
+        );
+        assert_eq!(Inventory::decode(json.as_bytes()).unwrap(), inv);
+        let known = with_token(damaged(Some("5C2D8E1F0A3B4C6D")));
+        assert_eq!(Inventory::decode(&known.encode().unwrap()).unwrap(), known);
+    }
+
+    #[test]
+    fn only_a_damaged_token_may_lack_a_serial_or_carry_damage() {
+        let mut nameless = damaged(None);
+        nameless.state = TokenState::Blank;
+        nameless.damage = None;
+        let err = with_token(nameless).encode().unwrap_err().to_string();
+        assert!(err.contains("slots[0].token.serial"), "{err}");
+        let mut healthy = damaged(Some("5C2D8E1F0A3B4C6D"));
+        healthy.state = TokenState::Active;
+        let err = with_token(healthy).encode().unwrap_err().to_string();
+        assert!(err.contains("slots[0].token.damage"), "{err}");
+        let mut silent = damaged(None);
+        if let Some(d) = silent.damage.as_mut() {
+            d.message = String::new();
+        }
+        let err = with_token(silent).encode().unwrap_err().to_string();
+        assert!(err.contains("token.damage.message"), "{err}");
     }
 }

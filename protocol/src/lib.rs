@@ -46,7 +46,9 @@ pub use ident::{
     CreditCode, Email, IdCardNumber, Landline, Mobile, credit_code_with_check, id_card_with_check,
 };
 pub use ids::{ErrorCode, EventId, JobId, Nonce, StationId, TokenSerial};
-pub use inventory::{CertificateExpiry, DeskAlert, Inventory, SlotInfo, TokenInfo, TokenState};
+pub use inventory::{
+    CertificateExpiry, DeskAlert, Inventory, SlotInfo, TokenDamage, TokenInfo, TokenState,
+};
 pub use job::{
     DeliveryMethod, Enterprise, Handler, JobDocument, JobKind, KeySpec, LegalRepresentative,
 };

@@ -282,7 +282,13 @@ prop_compose! {
             slots: slots.into_iter().map(|(slot, token)| SlotInfo {
                 slot,
                 token: token.map(|(serial, model, state, job, expiries)| TokenInfo {
-                    serial,
+                    // A damaged token may be unreadable down to its serial.
+                    serial: (state != TokenState::Damaged || model.len() % 2 == 0).then_some(serial),
+                    damage: (state == TokenState::Damaged).then(|| TokenDamage {
+                        function: Some("C_GetTokenInfo".to_owned()),
+                        return_code: Some("CKR_DEVICE_ERROR".to_owned()),
+                        message: model.clone(),
+                    }),
                     model,
                     state,
                     job_id: job.map(|j| JobId::new(j).unwrap()),

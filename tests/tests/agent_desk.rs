@@ -192,7 +192,7 @@ async fn a_targeted_job_meeting_the_wrong_token_says_so_and_touches_nothing() {
             (!inv.slots.iter().any(|s| {
                 s.token
                     .as_ref()
-                    .is_some_and(|t| t.serial.as_str() == serial)
+                    .is_some_and(|t| t.serial.as_ref().is_some_and(|s| s.as_str() == serial))
             }))
             .then_some(())
         })
@@ -230,7 +230,11 @@ async fn a_targeted_job_meeting_the_wrong_token_says_so_and_touches_nothing() {
             r.current_inventory(&station_id)?
                 .slots
                 .iter()
-                .find_map(|s| s.token.as_ref().filter(|t| t.serial.as_str() == serial))
+                .find_map(|s| {
+                    s.token
+                        .as_ref()
+                        .filter(|t| t.serial.as_ref().is_some_and(|s| s.as_str() == serial))
+                })
                 .filter(|t| t.state == ukey_protocol::inventory::TokenState::Active)
                 .cloned()
         })

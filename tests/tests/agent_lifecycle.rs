@@ -92,7 +92,7 @@ async fn away_and_back(
                     .slots
                     .iter()
                     .filter_map(|s| s.token.as_ref())
-                    .any(|t| &t.serial == serial))
+                    .any(|t| t.serial.as_ref() == Some(serial)))
                 .then_some(())
             },
         )
@@ -731,7 +731,7 @@ async fn inventory_tells_each_tokens_state_on_insertion() {
                         .slots
                         .iter()
                         .filter_map(|s| s.token.as_ref())
-                        .find(|t| &t.serial == serial)
+                        .find(|t| t.serial.as_ref() == Some(serial))
                         .map(|t| t.state)
                 };
                 expected
@@ -753,7 +753,7 @@ async fn inventory_tells_each_tokens_state_on_insertion() {
             .slots
             .iter()
             .filter_map(|s| s.token.as_ref())
-            .find(|t| &t.serial == serial)
+            .find(|t| t.serial.as_ref() == Some(serial))
             .unwrap()
             .clone()
     };

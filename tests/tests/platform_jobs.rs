@@ -434,11 +434,12 @@ async fn presence_and_inventory_are_recorded() {
             SlotInfo {
                 slot: 0,
                 token: Some(TokenInfo {
-                    serial: TokenSerial::new("SIM3000").unwrap(),
+                    serial: Some(TokenSerial::new("SIM3000").unwrap()),
                     model: "hsm-sim".to_owned(),
                     state: TokenState::Blank,
                     job_id: None,
                     certificates: vec![],
+                    damage: None,
                 }),
             },
             SlotInfo {

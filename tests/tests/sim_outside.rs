@@ -377,6 +377,34 @@ fn faults_set_by_the_cli_are_obeyed_by_the_module() {
 }
 
 #[test]
+fn a_sticky_fault_from_the_cli_holds_until_cleared() {
+    let sim = SimRack::new(2);
+    sim.insert(1);
+    let p = sim.load();
+    let slot = Slot::try_from(1u64).unwrap();
+    let d = sim.dir.path();
+    let armed = ok(cli(d).args([
+        "fault",
+        "--slot",
+        "1",
+        "--call",
+        "C_GetTokenInfo",
+        "--rv",
+        "CKR_DEVICE_ERROR",
+        "--sticky",
+    ]));
+    assert!(armed.contains("C_GetTokenInfo call #1 on"), "{armed}");
+    for _ in 0..3 {
+        expect_rv(p.get_token_info(slot), RvError::DeviceError);
+    }
+    // The slot still shows its token: only reading it fails.
+    assert_eq!(p.get_slots_with_token().unwrap(), vec![slot]);
+    assert!(ok(cli(d).arg("list")).contains("fault: C_GetTokenInfo"));
+    ok(cli(d).args(["fault", "--slot", "1", "--clear"]));
+    assert!(p.get_token_info(slot).is_ok());
+}
+
+#[test]
 fn the_cli_rejects_bad_arguments_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

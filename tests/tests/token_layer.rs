@@ -972,6 +972,54 @@ mod sim_only {
     }
 
     #[test]
+    fn an_unreadable_slot_is_reported_apart_and_hides_no_other_token() {
+        let (sim, store) = super::sim_rack(3);
+        let first = sim.insert(0);
+        let bad = sim.insert(1);
+        let last = sim.insert(2);
+        sim.rack
+            .set_fault(
+                1,
+                Fault::new(
+                    "C_GetTokenInfo",
+                    1,
+                    FaultAction::Fail {
+                        rv: CKR_DEVICE_ERROR,
+                    },
+                )
+                .unwrap()
+                .sticky(),
+            )
+            .unwrap();
+        let module = Module::load(&store.module).unwrap();
+        let survey = module.survey().unwrap();
+        let serials: Vec<&str> = survey.tokens.iter().map(|t| t.serial.as_str()).collect();
+        assert_eq!(serials, [first.as_str(), last.as_str()]);
+        assert_eq!(survey.unreadable.len(), 1);
+        let unreadable = &survey.unreadable[0];
+        assert_eq!(unreadable.slot, 1);
+        assert_eq!(
+            unreadable.error.function().as_deref(),
+            Some("C_GetTokenInfo")
+        );
+        assert_eq!(
+            unreadable.error.rv(),
+            Some(cryptoki::error::RvError::DeviceError)
+        );
+        assert!(!unreadable.error.is_removed());
+        // The other tokens are found and opened as usual; the unreadable one is not found.
+        assert_eq!(module.scan().unwrap().len(), 2);
+        assert!(module.find_by_serial(&bad).unwrap().is_none());
+        let token = Token::open(&module, &last).unwrap();
+        assert_eq!(token.slot_id(), 2);
+        // Readable again: the next survey reads it.
+        sim.rack.clear_faults(1).unwrap();
+        let survey = module.survey().unwrap();
+        assert!(survey.unreadable.is_empty());
+        assert_eq!(survey.tokens[1].serial, bad);
+    }
+
+    #[test]
     fn wait_for_serial_sees_a_token_plugged_in_while_it_waits() {
         const LATE: &str = "LATEARRIVAL00001";
         let (sim, store) = super::sim_rack(2);

@@ -331,6 +331,20 @@ impl TokenError {
         matches!(self, TokenError::Removed { .. })
     }
 
+    /// The `C_…` function that failed, when the error is a PKCS#11 call's.
+    pub fn function(&self) -> Option<String> {
+        match self {
+            TokenError::Pkcs11 { function, .. } | TokenError::Removed { function, .. } => {
+                Some(function.clone())
+            }
+            TokenError::Cryptoki {
+                source: CkError::Pkcs11(_, function),
+                ..
+            } => Some(function_name(*function)),
+            _ => None,
+        }
+    }
+
     /// The PKCS#11 return code, when the error is one.
     pub fn rv(&self) -> Option<RvError> {
         match self {
@@ -427,5 +441,7 @@ mod tests {
             e.to_string(),
             "C_InitPIN failed with CKR_PIN_LEN_RANGE on token ABC (slot 7)"
         );
+        assert_eq!(e.function().as_deref(), Some("C_InitPIN"));
+        assert_eq!(e.rv(), Some(RvError::PinLenRange));
     }
 }

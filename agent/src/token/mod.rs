@@ -22,7 +22,7 @@ mod signer;
 pub use secrecy::SecretString;
 
 pub use error::{PinOwner, TokenError, TriesLeft, ckr_name, function_name};
-pub use module::{Module, PresentToken, TokenFlags};
+pub use module::{Module, PresentToken, SlotSurvey, TokenFlags, UnreadableSlot};
 pub use objects::{ObjectInfo, ObjectKind};
 pub use selftest::KeySelfTest;
 pub use session::{Authorization, MAX_TOKEN_LABEL, Token};

@@ -9,6 +9,10 @@
 //! re-plug and, on SoftHSM2, after a new `C_Initialize`. Modules without slot events (SoftHSM2)
 //! are polled: [`Module::wait_for_serial`] covers "USB arrival first, PKCS#11 slot later".
 //!
+//! One slot whose token cannot be read (`C_GetTokenInfo` fails with anything but "no token" or
+//! "removed") does not hide the others: [`Module::survey`] reports it apart, with its error,
+//! and every other slot is read as usual.
+//!
 //! This module does not open sessions; see [`crate::token::Token`].
 
 use std::collections::HashMap;
@@ -121,6 +125,25 @@ impl PresentToken {
     }
 }
 
+/// A slot that holds a token the module cannot read: `C_GetTokenInfo` failed with an error
+/// other than "no token" or "removed".
+#[derive(Debug)]
+pub struct UnreadableSlot {
+    /// The slot id now.
+    pub slot: u64,
+    /// What the module answered (a [`TokenError::Pkcs11`] naming the call and its code).
+    pub error: TokenError,
+}
+
+/// What one pass over a module's slots found.
+#[derive(Debug, Default)]
+pub struct SlotSurvey {
+    /// The tokens read, in slot order.
+    pub tokens: Vec<PresentToken>,
+    /// The slots whose token could not be read, in slot order.
+    pub unreadable: Vec<UnreadableSlot>,
+}
+
 impl Module {
     /// Loads the module at `path` and calls `C_Initialize` with OS locking, once per process:
     /// a module already loaded from the same path is returned as it is (re-initialized if it
@@ -204,37 +227,49 @@ impl Module {
         &self.inner.pkcs11
     }
 
-    /// Every token present now, in slot order. A slot whose token vanishes while it is being
-    /// read is left out: it is no longer present.
-    pub fn scan(&self) -> Result<Vec<PresentToken>, TokenError> {
+    /// Every token present now, in slot order, and apart from them the slots whose token
+    /// cannot be read. A slot whose token vanishes while it is being read is left out: it is
+    /// no longer present. Fails only when the slot list itself cannot be read.
+    pub fn survey(&self) -> Result<SlotSurvey, TokenError> {
         let slots = self
             .inner
             .pkcs11
             .get_slots_with_token()
             .map_err(|e| Site::none().err(e))?;
-        let mut tokens = Vec::with_capacity(slots.len());
+        let mut survey = SlotSurvey {
+            tokens: Vec::with_capacity(slots.len()),
+            unreadable: Vec::new(),
+        };
         for slot in slots {
             match self.inner.pkcs11.get_token_info(slot) {
-                Ok(info) => tokens.push(PresentToken::from_info(slot, &info)),
+                Ok(info) => survey.tokens.push(PresentToken::from_info(slot, &info)),
                 Err(CkError::Pkcs11(
                     RvError::TokenNotPresent | RvError::DeviceRemoved | RvError::SlotIdInvalid,
                     _,
                 )) => {
                     tracing::debug!(slot = slot.id(), "token left its slot during a scan");
                 }
-                Err(e) => {
-                    return Err(Site {
+                Err(e) => survey.unreadable.push(UnreadableSlot {
+                    slot: slot.id(),
+                    error: Site {
                         slot: Some(slot.id()),
                         serial: None,
                     }
-                    .err(e));
-                }
+                    .err(e),
+                }),
             }
         }
-        Ok(tokens)
+        Ok(survey)
     }
 
-    /// The present token with this serial, if any.
+    /// Every token that can be read now, in slot order (see [`Module::survey`] for the slots
+    /// whose token cannot be).
+    pub fn scan(&self) -> Result<Vec<PresentToken>, TokenError> {
+        Ok(self.survey()?.tokens)
+    }
+
+    /// The present token with this serial, if any. A slot whose token cannot be read is
+    /// passed over: nothing shows that it holds this serial.
     pub fn find_by_serial(&self, serial: &str) -> Result<Option<PresentToken>, TokenError> {
         let serial = serial.trim();
         Ok(self.scan()?.into_iter().find(|t| t.serial == serial))

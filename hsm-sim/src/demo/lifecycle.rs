@@ -584,7 +584,7 @@ impl Life<'_> {
                     .slots
                     .iter()
                     .filter_map(|s| s.token.as_ref())
-                    .find(|t| &t.serial == serial)
+                    .find(|t| t.serial.as_ref() == Some(serial))
                     .cloned();
                 want(info.as_ref().map(|t| t.state)).then_some(info)
             })

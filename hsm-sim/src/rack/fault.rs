@@ -3,7 +3,9 @@
 //!
 //! Faults are stored with the token (so the CLI in one process arms them and the module in
 //! another obeys). Each fault counts the calls of its function on its token made after it was
-//! armed, from any process, and fires once, on the k-th; then it is gone.
+//! armed, from any process, and fires once, on the k-th; then it is gone. A *sticky* fault
+//! ([`Fault::sticky`]) fires on the k-th call and on every later one until it is cleared: a
+//! token that has gone bad (e.g. `C_GetTokenInfo` always failing with `CKR_DEVICE_ERROR`).
 
 use cryptoki_sys::CK_RV;
 use serde::{Deserialize, Serialize};
@@ -37,6 +39,9 @@ pub struct Fault {
     action: FaultAction,
     #[serde(default)]
     seen: u32,
+    /// Fires on every call from the `nth` on, until cleared.
+    #[serde(default)]
+    sticky: bool,
 }
 
 impl Fault {
@@ -60,7 +65,25 @@ impl Fault {
             nth,
             action,
             seen: 0,
+            sticky: false,
         })
+    }
+
+    /// The same fault, made sticky: it fires on the `nth` call and on every later one, and
+    /// stays armed until the token's faults are cleared.
+    pub fn sticky(mut self) -> Fault {
+        self.sticky = true;
+        self
+    }
+
+    /// Whether it fires on every call from the `nth` on (see [`Fault::sticky`]).
+    pub fn is_sticky(&self) -> bool {
+        self.sticky
+    }
+
+    /// A sticky fault that has fired already: it fires on every call now, without counting.
+    pub(crate) fn fires_always(&self) -> bool {
+        self.sticky && self.seen >= self.nth
     }
 
     /// The function this fault watches.
@@ -83,21 +106,27 @@ impl Fault {
         self.seen
     }
 
-    /// Counts one call; `true` when this call is the one the fault fires on.
+    /// Counts one call; `true` when the fault fires on this call.
     pub(crate) fn count(&mut self) -> bool {
-        self.seen += 1;
-        self.seen == self.nth
+        self.seen = self.seen.saturating_add(1);
+        if self.sticky {
+            self.seen >= self.nth
+        } else {
+            self.seen == self.nth
+        }
     }
 
-    /// Human description (`C_Sign #2 → CKR_DEVICE_ERROR`).
+    /// Human description (`C_Sign call #2 -> CKR_DEVICE_ERROR (0 seen)`; a sticky fault says
+    /// `call #2 on`).
     pub fn describe(&self) -> String {
         let what = match self.action {
             FaultAction::Fail { rv } => names::rv_name(rv),
             FaultAction::Pull => "pull the token".to_string(),
             FaultAction::Delay { ms } => format!("delay {ms} ms"),
         };
+        let on = if self.sticky { " on" } else { "" };
         format!(
-            "{} call #{} -> {what} ({} seen)",
+            "{} call #{}{on} -> {what} ({} seen)",
             self.function, self.nth, self.seen
         )
     }

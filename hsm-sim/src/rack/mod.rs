@@ -607,20 +607,26 @@ impl Rack {
 
     /// Counts a call of `function` against the token's armed faults; returns the action of a
     /// fault that fires on this call. A `Pull` has already pulled the token when this returns.
+    /// A sticky fault that fired stays armed (and stops counting).
     pub(crate) fn fault_point(
         &self,
         serial: &str,
         slot: usize,
         function: &str,
     ) -> Result<Option<FaultAction>> {
-        // Fast path without the lock: most calls have no fault armed.
-        if !self
-            .token(serial)?
-            .faults()
-            .iter()
-            .any(|f| f.function() == function)
-        {
+        // Fast paths without the lock: most calls have no fault armed, and a sticky fault that
+        // fired already needs no bookkeeping (a pull still has to pull: below).
+        let current = self.token(serial)?;
+        let mut mine = current.faults().iter().filter(|f| f.function() == function);
+        let Some(first) = mine.next() else {
             return Ok(None);
+        };
+        if let Some(f) = std::iter::once(first)
+            .chain(mine)
+            .find(|f| f.fires_always())
+            && f.action() != FaultAction::Pull
+        {
+            return Ok(Some(f.action()));
         }
         let _lock = DirLock::acquire(&self.dir)?;
         let mut token = (*self.token(serial)?).clone();
@@ -632,7 +638,7 @@ impl Rack {
             let hit = f.count();
             if hit && fired.is_none() {
                 fired = Some(f.action());
-                return false;
+                return f.is_sticky();
             }
             true
         });
@@ -757,6 +763,38 @@ mod tests {
             Some(FaultAction::Pull)
         );
         assert_eq!(rack.serial_in(0).unwrap(), None);
+    }
+
+    #[test]
+    fn sticky_faults_fire_until_cleared() {
+        let (_dir, rack) = rack(2);
+        let serial = rack.insert(1, InsertOptions::default()).unwrap();
+        let fault = Fault::new("C_GetTokenInfo", 2, FaultAction::Fail { rv: 0x30 })
+            .unwrap()
+            .sticky();
+        assert!(fault.describe().contains("#2 on"), "{}", fault.describe());
+        rack.set_fault(1, fault).unwrap();
+        assert_eq!(
+            rack.fault_point(&serial, 1, "C_GetTokenInfo").unwrap(),
+            None
+        );
+        for _ in 0..3 {
+            assert_eq!(
+                rack.fault_point(&serial, 1, "C_GetTokenInfo").unwrap(),
+                Some(FaultAction::Fail { rv: 0x30 })
+            );
+        }
+        // Still armed (and listed), other functions unaffected.
+        assert_eq!(
+            rack.list().unwrap()[1].token.as_ref().unwrap().faults.len(),
+            1
+        );
+        assert_eq!(rack.fault_point(&serial, 1, "C_Login").unwrap(), None);
+        rack.clear_faults(1).unwrap();
+        assert_eq!(
+            rack.fault_point(&serial, 1, "C_GetTokenInfo").unwrap(),
+            None
+        );
     }
 
     #[test]

@@ -356,17 +356,18 @@ pub fn sample_inventory() -> Inventory {
             SlotInfo {
                 slot: 0,
                 token: Some(TokenInfo {
-                    serial: TokenSerial::new("9E8D7C6B5A493827").unwrap(),
+                    serial: Some(TokenSerial::new("9E8D7C6B5A493827").unwrap()),
                     model: "UK-300".to_owned(),
                     state: TokenState::InProduction,
                     job_id: Some(job_id(JobKind::New)),
                     certificates: vec![],
+                    damage: None,
                 }),
             },
             SlotInfo {
                 slot: 1,
                 token: Some(TokenInfo {
-                    serial: TokenSerial::new("5C2D8E1F0A3B4C6D").unwrap(),
+                    serial: Some(TokenSerial::new("5C2D8E1F0A3B4C6D").unwrap()),
                     model: "UK-300".to_owned(),
                     state: TokenState::Expiring,
                     job_id: None,
@@ -377,6 +378,7 @@ pub fn sample_inventory() -> Inventory {
                             not_after: datetime!(2025-03-20 23:59:59 UTC),
                         })
                         .collect(),
+                    damage: None,
                 }),
             },
             SlotInfo {

@@ -259,7 +259,9 @@ pub struct TimeoutConfig {
     /// How long a job parks after its token was pulled before failing as retryable (default 300).
     #[serde(default = "default_removed_timeout")]
     pub token_removed_secs: u64,
-    /// How long to wait for the platform to acknowledge the binding (default 600).
+    /// How long the platform may take to acknowledge a job's last event (the binding, or an
+    /// unlock's new PIN) before the desk raises a `platform-unconfirmed` alert (default 600).
+    /// The job never fails for it: it succeeds whenever the acknowledgement comes.
     #[serde(default = "default_bind_timeout")]
     pub bind_ack_secs: u64,
     /// How long a targeted job (renew, change, unlock) waits for its token (default 86400).

@@ -977,6 +977,8 @@ impl Daemon {
                         },
                     )
                     .await?;
+                    // Alerts and tokens that named the job change.
+                    self.inventory_dirty = true;
                 }
             }
             Ok(_) => tracing::warn!(job = %job_id, "cancel naming another job ignored"),
@@ -1002,6 +1004,8 @@ impl Daemon {
                     .collect();
                 for job_id in waiting {
                     self.feed(&job_id, Input::FinalAcknowledged).await?;
+                    // Its token (released at the last step) and any alert no longer name it.
+                    self.inventory_dirty = true;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "malformed ack ignored"),
@@ -1247,6 +1251,45 @@ impl Daemon {
         }
     }
 
+    /// The platform has not acknowledged a job's last event within `timeouts.bind_ack_secs`.
+    /// The token is finished and the event stays in the outbox (sent again every
+    /// `timeouts.resend_secs`), so the job keeps waiting; the desk says so in a log line and
+    /// in the inventory's `platform-unconfirmed` alert, which clears with the acknowledgement.
+    fn final_ack_overdue(&mut self, job_id: &JobId) {
+        let Some(entry) = self.jobs.get(job_id) else {
+            return;
+        };
+        if entry.machine.unconfirmed() != Some(true) {
+            return;
+        }
+        tracing::warn!(
+            job = %job_id,
+            token = entry.machine.serial().map(|s| s.as_str()).unwrap_or("-"),
+            step = %entry.machine.current_step().map_or("-", |s| s.as_str()),
+            waited_secs = self.config.timeouts.bind_ack_secs,
+            "the platform has not acknowledged the job's last event: the token is finished and may be taken out; the event is sent again until the platform acknowledges it, and the job succeeds then"
+        );
+        self.inventory_dirty = true;
+    }
+
+    /// The job whose token `serial` is finished while the platform has not acknowledged the
+    /// job's last event yet.
+    fn unconfirmed_job(&self, serial: &str) -> Option<&JobId> {
+        let serial = serial.trim();
+        if serial.is_empty() {
+            return None;
+        }
+        self.jobs
+            .iter()
+            .filter(|(_, e)| e.machine.unconfirmed().is_some())
+            .find(|(_, e)| {
+                e.machine
+                    .serial()
+                    .is_some_and(|s| s.as_str().trim() == serial)
+            })
+            .map(|(id, _)| id)
+    }
+
     // ----- tokens -------------------------------------------------------------------------
 
     /// Scans every module's slot list on a blocking thread.
@@ -1356,15 +1399,17 @@ impl Daemon {
             let Some(slot) = Self::panel_slot(seat) else {
                 continue;
             };
+            // A finished token whose job waits for the platform's acknowledgement: its job is
+            // still in progress, but the token's part is over.
+            let outcome = if self.unconfirmed_job(&seat.present.serial).is_some() {
+                Some(ExecutionState::InProgress)
+            } else {
+                seat.outcome
+            };
             let light = if self.wrong_token(seat).is_some() && !seat.acknowledged {
                 Light::Attention
             } else {
-                crate::desk::light(
-                    seat.state,
-                    seat.job.is_some(),
-                    seat.outcome,
-                    seat.acknowledged,
-                )
+                crate::desk::light(seat.state, seat.job.is_some(), outcome, seat.acknowledged)
             };
             let _ = self.panel.set(slot, light);
             lit.insert(slot);
@@ -1467,7 +1512,7 @@ impl Daemon {
             running_jobs: self
                 .jobs
                 .iter()
-                .filter(|(_, e)| e.machine.holds_token())
+                .filter(|(_, e)| e.machine.holds_token() || e.machine.unconfirmed().is_some())
                 .map(|(id, e)| RunningJob {
                     job_id: id.to_string(),
                     kind: e.doc.kind.to_string(),
@@ -1475,8 +1520,11 @@ impl Daemon {
                     doing: match e.machine.state() {
                         JobState::AwaitingCertificates { .. } => "waiting for certificates".into(),
                         JobState::Parked { .. } => "parked: token pulled out".into(),
-                        JobState::AwaitingFinalAck { .. } => {
-                            "waiting for the platform's acknowledgement".into()
+                        JobState::AwaitingFinalAck { overdue: false, .. } => {
+                            "token finished; waiting for the platform's acknowledgement".into()
+                        }
+                        JobState::AwaitingFinalAck { overdue: true, .. } => {
+                            "token finished; the platform's acknowledgement is overdue".into()
                         }
                         _ => e
                             .machine
@@ -1521,6 +1569,9 @@ impl Daemon {
                 if current == Some(generation) {
                     self.disarm(&job_id, timer);
                     self.feed(&job_id, Input::TimedOut { timer }).await?;
+                    if timer == Timer::FinalAck {
+                        self.final_ack_overdue(&job_id);
+                    }
                 }
                 Ok(())
             }
@@ -1749,6 +1800,7 @@ impl Daemon {
             || seat.outcome.is_some()
             || seat.present.is_blank()
             || seat.present.serial.is_empty()
+            || self.unconfirmed_job(&seat.present.serial).is_some()
         {
             return None;
         }
@@ -2032,6 +2084,8 @@ impl Daemon {
         {
             seat.job = None;
             seat.worker = None;
+            // What the slot shows now (done) is new to the operator.
+            seat.acknowledged = false;
             self.observe(key);
         }
         self.inventory_dirty = true;
@@ -2212,7 +2266,11 @@ impl Daemon {
                     seat.present.model.chars().take(64).collect()
                 },
                 state: seat.state,
-                job_id: seat.job.clone(),
+                // A finished token still names its job until the platform confirms it.
+                job_id: seat
+                    .job
+                    .clone()
+                    .or_else(|| self.unconfirmed_job(&seat.present.serial).cloned()),
                 certificates: seat.certificates.clone(),
                 damage: seat.damage.clone().filter(|_| damaged),
             });
@@ -2278,6 +2336,55 @@ impl Daemon {
                 code: code(code_str),
                 port: Some(ukey_protocol::fit_text(port, 64)),
                 message: ukey_protocol::fit_text(message, 512),
+            });
+        }
+        // Last, so that an outage with a full rack cannot crowd out the problems above; what
+        // does not fit is summed up in the last alert.
+        let overdue: Vec<(&JobId, &JobEntry)> = self
+            .jobs
+            .iter()
+            .filter(|(_, e)| e.machine.unconfirmed() == Some(true))
+            .collect();
+        let room = ukey_protocol::inventory::MAX_ALERTS.saturating_sub(alerts.len());
+        let shown = if overdue.len() > room {
+            room.saturating_sub(1)
+        } else {
+            overdue.len()
+        };
+        let t = &self.config.timeouts;
+        for (job_id, entry) in &overdue[..shown] {
+            alerts.push(DeskAlert {
+                code: code("platform-unconfirmed"),
+                port: None,
+                message: ukey_protocol::fit_text(
+                    &format!(
+                        "job {job_id}: token {} is finished (it may be taken out), but the platform has not acknowledged the {} event for over {} s; the event is sent again every {} s and the job succeeds when the platform acknowledges it",
+                        entry.machine.serial().map_or("-", |s| s.as_str()),
+                        entry.machine.current_step().map_or("last", |s| s.as_str()),
+                        t.bind_ack_secs,
+                        t.resend_secs,
+                    ),
+                    512,
+                ),
+            });
+        }
+        if shown < overdue.len() && room > 0 {
+            let rest: Vec<String> = overdue[shown..]
+                .iter()
+                .map(|(id, e)| format!("{id} ({})", e.machine.serial().map_or("-", |s| s.as_str())))
+                .collect();
+            alerts.push(DeskAlert {
+                code: code("platform-unconfirmed"),
+                port: None,
+                message: ukey_protocol::fit_text(
+                    &format!(
+                        "{} more jobs with finished tokens whose last event the platform has not acknowledged for over {} s: {}",
+                        rest.len(),
+                        t.bind_ack_secs,
+                        rest.join(", ")
+                    ),
+                    512,
+                ),
             });
         }
         alerts.truncate(ukey_protocol::inventory::MAX_ALERTS);

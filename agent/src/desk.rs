@@ -124,11 +124,16 @@ pub fn damage(error: &TokenError) -> TokenDamage {
 
 /// The panel light of a token's slot: what the desk staff must do there.
 ///
-/// `working` while a job runs (do not pull); `attention` for a damaged token, even one whose
-/// job ended; `done` after a job succeeded (take it out); `failed` after a job failed;
-/// `attention` for a token the desk will not work on (foreign, locked, revoked, expired, or
-/// ours but unfinished with no job); dark otherwise or once the operator acknowledged it with
-/// the slot's button.
+/// `working` while a job runs on the token (do not pull); `attention` for a damaged token,
+/// even one whose job ended; `done` after a job succeeded, and also while the last job on the
+/// token is still `in-progress` without it — its token is finished and the job waits only for
+/// the platform's acknowledgement (take it out: the job succeeds without the token); `failed`
+/// after a job failed; `attention` for a token the desk will not work on (foreign, locked,
+/// revoked, expired, or ours but unfinished with no job); dark otherwise or once the operator
+/// acknowledged it with the slot's button.
+///
+/// `outcome` is the execution state of the last job on the token once that job no longer
+/// holds it.
 pub fn light(
     state: TokenState,
     has_job: bool,
@@ -146,7 +151,7 @@ pub fn light(
         return Light::Attention;
     }
     match outcome {
-        Some(ExecutionState::Succeeded) => return Light::Done,
+        Some(ExecutionState::Succeeded | ExecutionState::InProgress) => return Light::Done,
         Some(
             ExecutionState::Failed
             | ExecutionState::TimedOut
@@ -316,6 +321,31 @@ mod tests {
         assert_eq!(
             light(TokenState::Damaged, true, None, false),
             Light::Working
+        );
+    }
+
+    #[test]
+    fn a_finished_token_waiting_for_the_platform_shows_done() {
+        // The job released its finished token and waits for the platform's acknowledgement:
+        // the staff may take the token out.
+        let unconfirmed = Some(ExecutionState::InProgress);
+        assert_eq!(
+            light(TokenState::Active, false, unconfirmed, false),
+            Light::Done
+        );
+        // Before the desk re-read the token it still says in-production: done all the same.
+        assert_eq!(
+            light(TokenState::InProduction, false, unconfirmed, false),
+            Light::Done
+        );
+        assert_eq!(
+            light(TokenState::Active, false, unconfirmed, true),
+            Light::Off
+        );
+        assert_eq!(
+            light(TokenState::Active, true, unconfirmed, false),
+            Light::Working,
+            "a new job on the token shows working"
         );
     }
 

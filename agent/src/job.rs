@@ -20,6 +20,13 @@
 //! job); `request-certificates` is followed by a wait for the platform's certificates; the last
 //! step's event is acknowledged by the platform before the job succeeds (the binding, or the
 //! new PIN, must really have arrived — a broker's PUBACK proves nothing).
+//!
+//! **A finished token is never failed by a silent platform.** Once the last step is done the
+//! token has nothing left to do: the machine releases it (the desk shows it finished and the
+//! staff may pull it) and waits for the platform's acknowledgement however long it takes.
+//! [`Timer::FinalAck`] only marks the wait as overdue (the desk raises an alert) and reports the
+//! final event again — the same event, same id — so that it is in the outbox even if an
+//! acknowledgement had emptied the outbox just before a crash that kept it from the journal.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -36,7 +43,8 @@ pub enum Timer {
     Certificates,
     /// The token to come back after it was pulled mid-job.
     TokenReturn,
-    /// The platform's acknowledgement of the final step's event.
+    /// The platform's acknowledgement of the final step's event is overdue: it never fails the
+    /// job, it marks the wait as overdue.
     FinalAck,
     /// The token a targeted job (`renew`, `change`, `unlock`) names to be plugged in.
     TargetToken,
@@ -191,12 +199,16 @@ pub enum JobState {
         /// Index of the interrupted step.
         index: usize,
     },
-    /// The last step is done; waiting for the platform to acknowledge its event.
+    /// The last step is done and the token released (it is finished: the staff may pull it);
+    /// waiting for the platform to acknowledge the last step's event, however long that takes.
     AwaitingFinalAck {
         /// The token, once its serial is known.
         serial: Option<TokenSerial>,
         /// The event the platform must acknowledge.
         event_id: EventId,
+        /// [`Timer::FinalAck`] fired: the platform has not confirmed in the configured time
+        /// (the desk raises a `platform-unconfirmed` alert). The job keeps waiting.
+        overdue: bool,
     },
     /// Nothing more happens.
     Finished(ExecutionState),
@@ -241,6 +253,9 @@ pub struct JobMachine {
     /// The platform asked to cancel while a step ran: the step finishes (a token write is
     /// never cut off), then the job ends as canceled.
     cancel_requested: Option<String>,
+    /// The last step's event while the job waits for its acknowledgement: reported again
+    /// (same id) when the wait becomes overdue.
+    final_report: Option<Box<Report>>,
 }
 
 /// The [`ErrorCode`] of a literal the agent reports. Every literal passed here (in this
@@ -266,6 +281,7 @@ impl JobMachine {
             state: JobState::Queued,
             seq: 0,
             cancel_requested: None,
+            final_report: None,
         }
     }
 
@@ -301,9 +317,22 @@ impl JobMachine {
         }
     }
 
-    /// Whether the job holds a token (claimed and not finished).
+    /// Whether the job holds a token: claimed, and the token still has work to do. A job
+    /// waiting for the platform's final acknowledgement has released its finished token.
     pub fn holds_token(&self) -> bool {
-        !matches!(self.state, JobState::Queued | JobState::Finished(_))
+        !matches!(
+            self.state,
+            JobState::Queued | JobState::AwaitingFinalAck { .. } | JobState::Finished(_)
+        )
+    }
+
+    /// Whether the job's token is finished and the job waits for the platform to acknowledge
+    /// its last event, and whether that wait is overdue ([`Timer::FinalAck`] fired).
+    pub fn unconfirmed(&self) -> Option<bool> {
+        match self.state {
+            JobState::AwaitingFinalAck { overdue, .. } => Some(overdue),
+            _ => None,
+        }
     }
 
     /// The step running or waited on, if any.
@@ -380,6 +409,7 @@ impl JobMachine {
         let held = self.holds_token();
         let report = self.report(step, state, serial, error, None);
         self.state = JobState::Finished(state);
+        self.final_report = None;
         let mut actions = vec![Action::Report(Box::new(report))];
         if held {
             actions.push(Action::Release);
@@ -464,8 +494,18 @@ impl JobMachine {
                         Some(canceled(&reason)),
                     ));
                 } else if index + 1 == self.plan.len() {
-                    self.state = JobState::AwaitingFinalAck { serial, event_id };
+                    // The token is finished: it is released now, not when the platform answers.
+                    self.final_report = actions.first().and_then(|a| match a {
+                        Action::Report(r) => Some(r.clone()),
+                        _ => None,
+                    });
+                    self.state = JobState::AwaitingFinalAck {
+                        serial,
+                        event_id,
+                        overdue: false,
+                    };
                     actions.push(Action::Arm(Timer::FinalAck));
+                    actions.push(Action::Release);
                 } else if step == Step::RequestCertificates {
                     self.state = JobState::AwaitingCertificates {
                         serial,
@@ -588,22 +628,27 @@ impl JobMachine {
             }
 
             (
-                JobState::AwaitingFinalAck { serial, .. },
+                JobState::AwaitingFinalAck {
+                    serial, event_id, ..
+                },
                 Input::TimedOut {
                     timer: Timer::FinalAck,
                 },
             ) => {
-                let step = self.plan.last().copied().unwrap_or(Step::Bind);
-                Ok(self.finish(
-                    step,
-                    ExecutionState::TimedOut,
+                // A silent platform never fails a finished token: the wait is overdue, the
+                // job goes on waiting, and the final event is reported again (same id; the
+                // outbox and the platform take it once).
+                self.state = JobState::AwaitingFinalAck {
                     serial,
-                    Some(StepError {
-                        code: code("final-ack-timeout"),
-                        message: "the platform did not acknowledge the final step in time".into(),
-                        retryable: true,
-                    }),
-                ))
+                    event_id,
+                    overdue: true,
+                };
+                Ok(self
+                    .final_report
+                    .clone()
+                    .map(Action::Report)
+                    .into_iter()
+                    .collect())
             }
 
             (state, input) => {
@@ -774,10 +819,14 @@ mod tests {
         let a = m.on(ok(Step::Bind)).unwrap();
         assert_eq!(reports(&a), vec![(Step::Bind, ExecutionState::InProgress)]);
         assert!(a.contains(&Action::Arm(Timer::FinalAck)));
+        assert!(
+            a.contains(&Action::Release),
+            "the finished token is released"
+        );
         assert!(!m.is_finished());
         let a = m.on(Input::FinalAcknowledged).unwrap();
         assert_eq!(reports(&a), vec![(Step::Bind, ExecutionState::Succeeded)]);
-        assert!(a.contains(&Action::Release));
+        assert!(!a.contains(&Action::Release), "released once, at bind");
         assert_eq!(m.state(), &JobState::Finished(ExecutionState::Succeeded));
     }
 
@@ -1046,6 +1095,149 @@ mod tests {
         );
     }
 
+    /// A `new` job whose `bind` step is done: the token is finished, the platform's ack is
+    /// awaited. Returns the bind event's report.
+    fn bound() -> (JobMachine, Report) {
+        let mut m = waiting_for_certificates();
+        m.on(Input::CertificatesArrived {
+            bundle: sample_bundle(),
+        })
+        .unwrap();
+        for step in [Step::VerifyCertificates, Step::Install, Step::Activate] {
+            m.on(ok(step)).unwrap();
+        }
+        let a = m.on(ok(Step::Bind)).unwrap();
+        let report = a
+            .iter()
+            .find_map(|a| match a {
+                Action::Report(r) => Some((**r).clone()),
+                _ => None,
+            })
+            .unwrap();
+        (m, report)
+    }
+
+    #[test]
+    fn a_finished_token_is_released_while_the_platform_has_not_confirmed() {
+        let (m, bind) = bound();
+        assert_eq!(
+            (bind.step, bind.state),
+            (Step::Bind, ExecutionState::InProgress)
+        );
+        assert_eq!(
+            m.state(),
+            &JobState::AwaitingFinalAck {
+                serial: Some(serial()),
+                event_id: bind.event_id.clone(),
+                overdue: false,
+            }
+        );
+        assert!(!m.holds_token(), "the staff may pull the finished token");
+        assert_eq!(m.serial(), Some(&serial()), "the job still names its token");
+        assert_eq!(m.unconfirmed(), Some(false));
+        assert_eq!(m.current_step(), Some(Step::Bind));
+        assert_eq!(waiting_for_certificates().unconfirmed(), None);
+    }
+
+    #[test]
+    fn a_silent_platform_never_fails_a_finished_token() {
+        let (mut m, bind) = bound();
+        // The ack is overdue, twice (the timer is armed again after a restart): no new event,
+        // no end; the bind event itself is reported again, with its own id and seq.
+        for _ in 0..2 {
+            let a = m
+                .on(Input::TimedOut {
+                    timer: Timer::FinalAck,
+                })
+                .unwrap();
+            assert_eq!(a, vec![Action::Report(Box::new(bind.clone()))]);
+            assert!(!m.is_finished());
+            assert_eq!(m.unconfirmed(), Some(true));
+            assert!(!m.holds_token());
+        }
+        // However late, the ack makes the job succeed: the next seq, no timed-out anywhere.
+        let a = m.on(Input::FinalAcknowledged).unwrap();
+        assert_eq!(a[0], Action::Disarm(Timer::FinalAck));
+        let Action::Report(done) = &a[1] else {
+            panic!("{a:?}")
+        };
+        assert_eq!(
+            (done.step, done.state, done.seq),
+            (Step::Bind, ExecutionState::Succeeded, bind.seq + 1)
+        );
+        assert_eq!(done.token_serial, Some(serial()));
+        assert!(done.error.is_none());
+        assert!(
+            !a.contains(&Action::Release),
+            "the token was released at bind"
+        );
+        assert_eq!(m.state(), &JobState::Finished(ExecutionState::Succeeded));
+        assert_eq!(m.unconfirmed(), None);
+        assert!(
+            m.on(Input::TimedOut {
+                timer: Timer::FinalAck
+            })
+            .is_err(),
+            "a late timer after the end changes nothing"
+        );
+    }
+
+    #[test]
+    fn an_overdue_wait_survives_replay_and_reports_the_final_event_again() {
+        // The journal of a job whose ack became overdue, replayed into a fresh machine (as
+        // after a restart): same state, and the last record's reports are the bind event,
+        // so the restart pushes it to the outbox again.
+        let (mut m, bind) = bound();
+        let mut inputs = vec![
+            Input::Claimed {
+                serial: Some(serial()),
+            },
+            ok(Step::Initialize),
+            ok(Step::GenerateKeys),
+            ok(Step::RequestCertificates),
+            Input::CertificatesArrived {
+                bundle: sample_bundle(),
+            },
+            ok(Step::VerifyCertificates),
+            ok(Step::Install),
+            ok(Step::Activate),
+            ok(Step::Bind),
+        ];
+        let timeout = Input::TimedOut {
+            timer: Timer::FinalAck,
+        };
+        m.on(timeout.clone()).unwrap();
+        inputs.push(timeout);
+        let mut replayed = job(JobKind::New);
+        let mut last = Vec::new();
+        for input in inputs {
+            last = replayed.on(input).unwrap();
+        }
+        assert_eq!(replayed.state(), m.state());
+        assert_eq!(replayed.unconfirmed(), Some(true));
+        assert_eq!(last, vec![Action::Report(Box::new(bind))]);
+        let a = replayed.on(Input::FinalAcknowledged).unwrap();
+        assert_eq!(reports(&a), vec![(Step::Bind, ExecutionState::Succeeded)]);
+    }
+
+    #[test]
+    fn cancel_after_the_token_is_finished_releases_nothing_more() {
+        let (mut m, _) = bound();
+        m.on(Input::TimedOut {
+            timer: Timer::FinalAck,
+        })
+        .unwrap();
+        let a = m
+            .on(Input::Cancel {
+                reason: "order withdrawn".into(),
+            })
+            .unwrap();
+        assert_eq!(a[0], Action::Disarm(Timer::FinalAck));
+        assert_eq!(reports(&a), vec![(Step::Bind, ExecutionState::Canceled)]);
+        assert!(!a.contains(&Action::Release));
+        assert_eq!(m.state(), &JobState::Finished(ExecutionState::Canceled));
+    }
+
     #[test]
     fn unlock_resets_the_pin_and_waits_for_the_ack() {
         let mut m = job(JobKind::Unlock);
@@ -1057,6 +1249,17 @@ mod tests {
         assert_eq!(executes(&a), vec![Step::ResetPin]);
         let a = m.on(ok(Step::ResetPin)).unwrap();
         assert!(a.contains(&Action::Arm(Timer::FinalAck)));
+        assert!(a.contains(&Action::Release));
+        // Overdue: the reset-pin event (with the sealed new PIN) goes out again, unchanged.
+        let a = m
+            .on(Input::TimedOut {
+                timer: Timer::FinalAck,
+            })
+            .unwrap();
+        assert_eq!(
+            reports(&a),
+            vec![(Step::ResetPin, ExecutionState::InProgress)]
+        );
         let a = m.on(Input::FinalAcknowledged).unwrap();
         assert_eq!(
             reports(&a),

@@ -38,7 +38,8 @@ pub struct Snapshot {
     pub outbox_oldest_secs: Option<u64>,
     /// Jobs waiting for a token.
     pub queued_jobs: Vec<String>,
-    /// Jobs working on a token.
+    /// Jobs working on a token, and jobs whose token is finished while they wait for the
+    /// platform's acknowledgement.
     pub running_jobs: Vec<RunningJob>,
     /// Tokens at the desk.
     pub tokens: Vec<TokenLine>,

@@ -188,7 +188,12 @@ fn no_secrets_in(station: &Station, serial: &TokenSerial) {
     let files = state_files(station);
     let mut secrets = vec![(
         "the user PIN",
-        station.platform.user_pin(serial).unwrap().expose_secret().to_owned(),
+        station
+            .platform
+            .user_pin(serial)
+            .unwrap()
+            .expose_secret()
+            .to_owned(),
     )];
     if let Some(so) = station
         .platform
@@ -198,7 +203,10 @@ fn no_secrets_in(station: &Station, serial: &TokenSerial) {
         secrets.push(("the SO PIN", so.expose_secret().to_owned()));
     }
     for (what, secret) in &secrets {
-        assert!(!log.contains(secret.as_str()), "{what} appears in the agent's log");
+        assert!(
+            !log.contains(secret.as_str()),
+            "{what} appears in the agent's log"
+        );
     }
     let job = station.platform.token(serial).unwrap().job_id().clone();
     let doc = station
@@ -218,7 +226,10 @@ fn no_secrets_in(station: &Station, serial: &TokenSerial) {
             assert!(!text.contains(secret.as_str()), "{what} appears in {path}");
             // Inside base64 (a CSR or certificate in clear), at any of the three alignments.
             for form in base64_forms(secret.as_bytes()) {
-                assert!(!text.contains(&form), "{what} appears base64-encoded in {path}");
+                assert!(
+                    !text.contains(&form),
+                    "{what} appears base64-encoded in {path}"
+                );
             }
         }
     }

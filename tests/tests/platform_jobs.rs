@@ -162,6 +162,9 @@ async fn events_are_acknowledged_and_counted_once() {
     let seqs: Vec<u64> = record.events().iter().map(|e| e.seq).collect();
     assert_eq!(seqs, [1, 2, 3], "ordered by seq");
     assert_eq!(record.duplicate_events(), 2);
+    for (event, copies) in [(&queued, 1), (&claim, 0), (&init, 1)] {
+        assert_eq!(record.duplicates_of(&event.event_id), copies, "{event:?}");
+    }
     assert_eq!(record.token_serial(), Some(&serial));
     assert!(record.problems().is_empty(), "{:?}", record.problems());
     assert_eq!(record.state(), Some(ExecutionState::InProgress));

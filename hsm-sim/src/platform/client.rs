@@ -767,6 +767,7 @@ fn record_event(
     }
     if job.events.iter().any(|e| e.event_id == event.event_id) {
         job.duplicate_events += 1;
+        *job.duplicates_by_id.entry(event.event_id).or_default() += 1;
         return;
     }
     if &event.job_id != topic_job {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use secrecy::SecretString;
 use ukey_protocol::{
-    CertFingerprint, CertOutcome, CertResponse, CsrBundle, ExecutionState, Inventory,
+    CertFingerprint, CertOutcome, CertResponse, CsrBundle, EventId, ExecutionState, Inventory,
     IssuedCertificate, JobDocument, JobEnvelope, JobId, Presence, StationId, Step, StepData,
     StepEvent, TokenSerial,
 };
@@ -26,6 +26,7 @@ pub struct JobRecord {
     pub(crate) envelopes_sent: Vec<JobEnvelope>,
     pub(crate) events: Vec<StepEvent>,
     pub(crate) duplicate_events: usize,
+    pub(crate) duplicates_by_id: BTreeMap<EventId, usize>,
     pub(crate) problems: Vec<String>,
     pub(crate) csr_bundles: Vec<CsrBundle>,
     pub(crate) cert_responses: Vec<CertResponse>,
@@ -41,6 +42,7 @@ impl JobRecord {
             envelopes_sent: Vec::new(),
             events: Vec::new(),
             duplicate_events: 0,
+            duplicates_by_id: BTreeMap::new(),
             problems: Vec::new(),
             csr_bundles: Vec::new(),
             cert_responses: Vec::new(),
@@ -77,6 +79,11 @@ impl JobRecord {
     /// How many events arrived again with an event id already recorded.
     pub fn duplicate_events(&self) -> usize {
         self.duplicate_events
+    }
+
+    /// How many times the event `event_id` arrived again after its first arrival.
+    pub fn duplicates_of(&self, event_id: &EventId) -> usize {
+        self.duplicates_by_id.get(event_id).copied().unwrap_or(0)
     }
 
     /// Protocol problems seen in this job's messages (e.g. a state change the state machine

@@ -443,3 +443,37 @@ fn a_second_ctrl_c_quits_at_once() {
     assert_eq!(entries(tmp.path()), Vec::<String>::new());
     assert_eq!(process_group(pid), Vec::<String>::new());
 }
+
+#[test]
+fn ctrl_c_stops_the_lifecycle_scenario_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut demo = Demo::start(
+        &["--scenario", "lifecycle", "--latency", "realistic"],
+        tmp.path(),
+    );
+    // The first phase's line: the renewal is under way when the signal comes.
+    let new = demo.line_with("succeeded");
+    assert!(new.starts_with("new "), "{new}");
+    assert_leads_its_group(&demo);
+    let pid = demo.pid;
+    demo.signal("INT");
+    let (status, stderr, stdout) = demo.finish();
+    let all = stderr.join("\n");
+    assert_eq!(status.code(), Some(130), "{all}\n{stdout}");
+    assert_eq!(
+        stderr.last().unwrap(),
+        "hsm-sim: demo: interrupted (SIGINT): 1 of 6 phases finished, stopped during renew, \
+         the agent stopped; temporary files removed",
+        "{all}"
+    );
+    assert!(
+        stdout.contains("The story stopped early: interrupted by SIGINT during renew."),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Verification: cut short by SIGINT"),
+        "{stdout}"
+    );
+    assert_eq!(entries(tmp.path()), Vec::<String>::new());
+    assert_eq!(process_group(pid), Vec::<String>::new());
+}

@@ -353,12 +353,13 @@ impl<'a> Desk<'a> {
                 last_digest = d;
                 last_change = Instant::now();
             }
-            let records = self.platform.snapshot();
-            self.step(&records).await?;
             if interrupt.is_cancelled() {
-                // Nothing more is plugged in once the signal came.
+                // Nothing more is plugged in or dispatched once the signal came: the next
+                // turn stops.
                 continue;
             }
+            let records = self.platform.snapshot();
+            self.step(&records).await?;
             self.fill().await?;
             if self.finished() {
                 break;

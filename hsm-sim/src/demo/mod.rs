@@ -404,9 +404,12 @@ pub fn run(args: DemoArgs, dir: Option<PathBuf>) -> Result<(), DemoError> {
         },
     );
     if let (true, Some(rack)) = (lifecycle, rack.as_ref()) {
-        return run_lifecycle(
+        let ended = run_lifecycle(
             &args, &root, temp, &module, rack, &runtime, &progress, &interrupt, started,
         );
+        // Bounded: an agent abandoned while stopping may leave a blocking task behind.
+        runtime.shutdown_timeout(Duration::from_secs(2));
+        return ended;
     }
     let produced = runtime.block_on(produce(
         &args,

@@ -141,7 +141,8 @@ pub enum Command {
     /// virtual rack and the agent. Every produced token is checked again through PKCS#11 at
     /// the end; the exit status is 0 only if every token was produced and verified. The rack
     /// lives in --dir (or $HSM_SIM_DIR) when given, so its tokens stay inspectable, else in a
-    /// temporary folder that is removed.
+    /// temporary folder that is removed. Ctrl-C (or SIGTERM) stops it cleanly with a partial
+    /// summary and exit status 130 (143); a second Ctrl-C quits at once.
     Demo(crate::demo::DemoArgs),
 }
 

@@ -140,6 +140,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// The exit status of the `hsm-sim` process that ends with this error: `128 + the signal
+    /// number` for an interrupted demo, else 1.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            Error::Demo(e) => e.exit_status(),
+            _ => 1,
+        }
+    }
+
     /// The PKCS#11 return code an application sees when this happens inside a module call.
     pub fn rv(&self) -> CK_RV {
         match self {

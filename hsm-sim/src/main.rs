@@ -15,7 +15,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("hsm-sim: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_status())
         }
     }
 }

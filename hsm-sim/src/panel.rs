@@ -17,9 +17,9 @@ use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use serialport::{SerialPort, TTYPort};
@@ -78,6 +78,8 @@ struct BoardState {
 struct Inner {
     info: BoardInfo,
     state: Mutex<BoardState>,
+    /// Notified whenever the lights may have changed (waiters re-check `state`).
+    lights_changed: Condvar,
     /// The pty's master side, for writing (the reader thread reads a clone).
     writer: Mutex<TTYPort>,
     stop: AtomicBool,
@@ -130,6 +132,8 @@ impl Inner {
                     )),
                 };
                 let answer = if state.silent { None } else { answer };
+                drop(state);
+                self.lights_changed.notify_all();
                 (answer, BoardEvent::Host(line))
             }
             Err(e) => {
@@ -222,6 +226,7 @@ impl EmulatedPanel {
                 lights: vec![Light::Off; usize::from(info.slots)],
                 silent: false,
             }),
+            lights_changed: Condvar::new(),
             info,
             writer: Mutex::new(master),
             stop: AtomicBool::new(false),
@@ -272,6 +277,33 @@ impl EmulatedPanel {
         lock(&self.inner.state).lights.clone()
     }
 
+    /// Waits until `until` accepts every slot's lights, or until `timeout` has passed; woken
+    /// by each line the board applies, never by polling. Returns the lights it accepted, or
+    /// the lights at the deadline as the error.
+    pub fn wait_lights(
+        &self,
+        until: impl Fn(&[Light]) -> bool,
+        timeout: Duration,
+    ) -> std::result::Result<Vec<Light>, Vec<Light>> {
+        let deadline = Instant::now() + timeout;
+        let mut state = lock(&self.inner.state);
+        loop {
+            if until(&state.lights) {
+                return Ok(state.lights.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(state.lights.clone());
+            }
+            state = self
+                .inner
+                .lights_changed
+                .wait_timeout(state, left)
+                .map(|(guard, _)| guard)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+
     /// Presses a slot's button.
     pub fn press(&self, slot: usize, action: ButtonAction) -> Result<()> {
         let slots = usize::from(self.inner.info.slots);
@@ -288,6 +320,7 @@ impl EmulatedPanel {
     /// power cycle that kept the USB link up.
     pub fn reset(&self) -> Result<()> {
         lock(&self.inner.state).lights.fill(Light::Off);
+        self.inner.lights_changed.notify_all();
         self.power_up()
     }
 
@@ -578,4 +611,43 @@ fn command(panel: &EmulatedPanel, line: &str) -> Result<Option<String>> {
         }
     };
     Ok(Some(text))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// Generous: the reader thread of a loaded machine, not a timer.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn wait_lights_wakes_on_a_line_and_reports_the_lights_at_its_deadline() {
+        let (panel, _events) = EmulatedPanel::start(PanelOptions {
+            slots: 2,
+            ..Default::default()
+        })
+        .unwrap();
+        // Nothing lit yet: the deadline passes and the lights come back as the error.
+        let done = |l: &[Light]| l.get(1) == Some(&Light::Done);
+        assert_eq!(
+            panel.wait_lights(done, Duration::from_millis(20)),
+            Err(vec![Light::Off, Light::Off])
+        );
+        // The agent's side of the pty writes a line; the waiter wakes on it.
+        let mut device = std::fs::OpenOptions::new()
+            .write(true)
+            .open(panel.device())
+            .unwrap();
+        let line = HostLine::Light {
+            slot: 1,
+            light: Light::Done,
+        };
+        device.write_all(line.to_line().as_bytes()).unwrap();
+        assert_eq!(
+            panel.wait_lights(done, WAIT),
+            Ok(vec![Light::Off, Light::Done])
+        );
+        assert_eq!(panel.row(), "0:off 1:done");
+    }
 }

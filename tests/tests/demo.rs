@@ -527,3 +527,44 @@ fn demo_lifecycle_scenario() {
         "the summary's fingerprint of the encryption key"
     );
 }
+
+/// The panel row the summary should show: per slot, the light of the last token that
+/// finished there (the desk leaves the last tokens plugged in), or `off` for a slot never
+/// used.
+fn final_row(s: &Value, slots: u64) -> String {
+    let tokens = s["tokens"].as_array().unwrap();
+    (0..slots)
+        .map(|slot| {
+            let light = match tokens.iter().rev().find(|t| t["slot"] == slot) {
+                None => "off",
+                Some(t) if t["state"] == "succeeded" => "done",
+                Some(_) => "failed",
+            };
+            format!("{slot}:{light}")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn demo_panel_lights_in_the_summary_are_the_final_ones() {
+    // More tokens than slots (tokens taken out to make room, the last ones left in), and
+    // fewer (a slot never used stays dark).
+    for (tokens, slots, expected) in [(3, 2, "0:done 1:done"), (2, 3, "0:done 1:done 2:off")] {
+        let out = demo(
+            &[
+                "--tokens",
+                &tokens.to_string(),
+                "--slots",
+                &slots.to_string(),
+                "--json",
+            ],
+            &[],
+        );
+        let s = summary(&out);
+        check_tokens(&s, tokens);
+        assert_eq!(s["panel"], final_row(&s, slots as u64), "{s:#}");
+        assert_eq!(s["panel"], expected, "{s:#}");
+        assert_eq!(s["panel_settled"], true, "{s:#}");
+    }
+}

@@ -7,8 +7,15 @@
 //! events the agent reported); everything it knows about a slot comes from the rack. It wakes
 //! on every change of the records, and at least every [`TICK`] to redraw elapsed times.
 //!
+//! A finished token is taken out only when a blank one waits for its slot: the last tokens
+//! stay plugged in at the end, so the rack's lights show how each of them ended.
+//!
 //! With another PKCS#11 module (`--module`) there is no rack: all jobs are dispatched at once
 //! and the module's blank tokens take them, one line per job.
+//!
+//! On an interruption (Ctrl-C, SIGTERM) the desk stops at once: nothing more is plugged in or
+//! dispatched, no token is pulled, and each token in progress is recorded as
+//! [`Outcome::Interrupted`]; [`settle`] brings those up to date once the agent has stopped.
 //!
 //! What it does not do: touch a token's objects (the agent does), or judge the tokens
 //! (the verification pass does).
@@ -67,8 +74,11 @@ pub(crate) struct DeskPlan {
 pub(crate) enum Outcome {
     /// Its job succeeded.
     Succeeded,
-    /// Its job failed, or the run stopped before it finished.
+    /// Its job failed, or the run stopped (stalled, the agent died) before it finished.
     Failed(String),
+    /// The run was interrupted (Ctrl-C, SIGTERM) before its job ended: `interrupted (last
+    /// step: …)`.
+    Interrupted(String),
 }
 
 /// One token (or, without a rack, one job) and how it ended.
@@ -133,6 +143,8 @@ pub(crate) struct DeskRun {
     pub(crate) makespan: Duration,
     /// Why the run stopped early, if it did.
     pub(crate) aborted: Option<String>,
+    /// The run was interrupted (Ctrl-C, SIGTERM).
+    pub(crate) interrupted: bool,
 }
 
 /// The pull fault's progress on its token.
@@ -322,11 +334,14 @@ impl<'a> Desk<'a> {
         let mut last_digest = usize::MAX;
         let mut last_change = Instant::now();
         let mut aborted = None;
+        let mut interrupted = false;
         loop {
             let seen = last_digest;
             let waited = tokio::select! {
+                biased;
                 () = interrupt.cancelled() => {
                     aborted = Some("interrupted".to_owned());
+                    interrupted = true;
                     break;
                 }
                 waited = self.platform.wait_until("a change", TICK, |r| {
@@ -337,6 +352,11 @@ impl<'a> Desk<'a> {
             if let Ok(d) = waited {
                 last_digest = d;
                 last_change = Instant::now();
+            }
+            if interrupt.is_cancelled() {
+                // Nothing more is plugged in or dispatched once the signal came: the next
+                // turn stops.
+                continue;
             }
             let records = self.platform.snapshot();
             self.step(&records).await?;
@@ -365,7 +385,12 @@ impl<'a> Desk<'a> {
                         .and_then(JobRecord::last_event)
                         .map(|e| format!(" (last step: {})", e.step))
                         .unwrap_or_default();
-                    self.finish_seat(i, job, Outcome::Failed(format!("{why}{step}")));
+                    let outcome = if interrupted {
+                        Outcome::Interrupted(format!("{why}{step}"))
+                    } else {
+                        Outcome::Failed(format!("{why}{step}"))
+                    };
+                    self.finish_seat(i, job, outcome);
                 }
             }
         }
@@ -380,6 +405,7 @@ impl<'a> Desk<'a> {
             faults: self.faults,
             makespan,
             aborted,
+            interrupted,
         })
     }
 
@@ -675,16 +701,21 @@ impl<'a> Desk<'a> {
                     job.as_ref().map(|j| j.job_id().as_str()).unwrap_or("-")
                 )),
                 Outcome::Failed(why) => self.progress.red(&format!("FAILED: {why}")),
+                Outcome::Interrupted(why) => self.progress.yellow(&format!("stopped: {why}")),
             }
         );
         self.progress.note(&line);
-        if let (Tokens::Rack(rack), Some(_)) = (&self.tokens, &seat.serial) {
+        // Taken out only to make room for a blank token: the last ones stay, lit. An
+        // interrupted token stays where it is, for the agent to park its job.
+        let taken_out = self.remaining > 0 && !matches!(outcome, Outcome::Interrupted(_));
+        if let (Tokens::Rack(rack), Some(_), true) = (&self.tokens, &seat.serial, taken_out) {
             // The token may be out already (pulled and never returned).
             let _ = rack.remove(i);
         }
         let last = match &outcome {
-            Outcome::Succeeded => Status::Idle("empty".to_owned()),
-            Outcome::Failed(why) => Status::Failed(why.clone()),
+            Outcome::Succeeded if taken_out => Status::Idle("empty".to_owned()),
+            Outcome::Succeeded => Status::Done("done (left in the slot)".to_owned()),
+            Outcome::Failed(why) | Outcome::Interrupted(why) => Status::Failed(why.clone()),
         };
         self.results.push(TokenResult {
             position: i,
@@ -700,5 +731,33 @@ impl<'a> Desk<'a> {
             // A job line without a rack is never reused.
             Tokens::Module => Status::Idle("finished".to_owned()),
         });
+    }
+}
+
+/// After an interrupted run, once the agent has stopped: each token recorded as interrupted
+/// takes the state its job reached meanwhile (a job may end during the agent's graceful
+/// stop); a job still open stays interrupted, with its latest record.
+pub(crate) fn settle(run: &mut DeskRun, records: &Records) {
+    for result in &mut run.results {
+        if !matches!(result.outcome, Outcome::Interrupted(_)) {
+            continue;
+        }
+        let Some(job) = result.job.as_ref().and_then(|j| records.job(j.job_id())) else {
+            continue;
+        };
+        match job.state() {
+            Some(ExecutionState::Succeeded) => result.outcome = Outcome::Succeeded,
+            Some(state) if state.is_terminal() => {
+                result.outcome = Outcome::Failed(failure_text(Some(job), state));
+            }
+            _ => {
+                if let Some(last) = job.last_event() {
+                    result.outcome =
+                        Outcome::Interrupted(format!("interrupted (last step: {})", last.step));
+                }
+            }
+        }
+        result.duration = job_duration(job);
+        result.job = Some(job.clone());
     }
 }

@@ -75,9 +75,29 @@ pub enum DemoError {
         /// Tokens produced and verified.
         verified: usize,
     },
+    /// Stopped by SIGINT (Ctrl-C) or SIGTERM: the demo stopped the agent, printed what it
+    /// had and exits with `128 + the signal number`.
+    #[error("interrupted ({signal}): {report}")]
+    Interrupted {
+        /// `SIGINT` or `SIGTERM`.
+        signal: &'static str,
+        /// The process's exit status: 130 for SIGINT, 143 for SIGTERM.
+        status: u8,
+        /// How far the run got and what was cleaned up, in one line.
+        report: String,
+    },
 }
 
 impl DemoError {
+    /// The exit status the `hsm-sim` process ends with: `128 + the signal number` when
+    /// interrupted, else 1.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            DemoError::Interrupted { status, .. } => *status,
+            _ => 1,
+        }
+    }
+
     pub(crate) fn folder(path: impl Into<PathBuf>, reason: impl std::fmt::Display) -> DemoError {
         DemoError::Folder {
             path: path.into(),

@@ -33,6 +33,7 @@ use ukey_protocol::{ExecutionState, JobKind, KeyLabel, StationId, TokenSerial, T
 use x509_cert::Certificate;
 
 use super::error::DemoError;
+use super::interrupt::Interrupt;
 use super::progress::{Progress, pad};
 use super::report::{CertSummary, ms};
 use super::verify::{Check, Expectation, Verifier};
@@ -49,6 +50,9 @@ const PHASE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Most wrong PINs typed before giving up on a lock (the sim's default locks after 6).
 const MAX_WRONG_PINS: usize = 32;
+
+/// The phases, in the order they are played.
+const PHASES: [&str; 6] = ["new", "renew", "change", "lock", "unlock", "replace"];
 
 /// What the scenario is given.
 pub(crate) struct Plan {
@@ -170,6 +174,9 @@ pub(crate) struct LifecycleSummary {
     pub(crate) phases_ms: u64,
     /// Why the story stopped early, if it did.
     pub(crate) aborted: Option<String>,
+    /// `SIGINT` or `SIGTERM` when the run was interrupted: then the summary is partial (no
+    /// verification pass).
+    pub(crate) interrupted: Option<&'static str>,
     /// The phases, in order.
     pub(crate) phases: Vec<PhaseReport>,
     /// The tokens: the original, then its replacement.
@@ -1106,13 +1113,16 @@ fn join<'a>(items: impl Iterator<Item = &'a str>) -> String {
     items.collect::<Vec<_>>().join(" ")
 }
 
-/// Plays the whole story with the agent running; the agent is stopped on return.
+/// Plays the whole story with the agent running; the agent is stopped on return. An
+/// interruption cuts the phase in play at its current wait (a PKCS#11 call under way ends
+/// on its own) and records it as stopped.
 pub(crate) async fn play(
     station: &mut Station,
     rack: &Rack,
     module: &Path,
     plan: &Plan,
     progress: &Progress,
+    interrupt: &Interrupt,
 ) -> Result<(Story, Option<String>), DemoError> {
     let keypad = Keypad::open(module)?;
     let started = Instant::now();
@@ -1126,7 +1136,27 @@ pub(crate) async fn play(
         phases: Vec::new(),
         tokens: Vec::new(),
     };
-    let aborted = life.play().await;
+    let played = tokio::select! {
+        aborted = life.play() => Some(aborted),
+        () = interrupt.cancelled() => None,
+    };
+    let aborted = match (played, interrupt.signal()) {
+        (Some(aborted), _) => aborted,
+        (None, signal) => {
+            let signal = signal.map(|s| s.name()).unwrap_or("a signal");
+            let phase = PHASES.get(life.phases.len()).copied().unwrap_or("replace");
+            progress.finish();
+            life.stopped(
+                Life::report(phase),
+                Instant::now(),
+                format!("interrupted by {signal}"),
+            );
+            if let Some(signal) = interrupt.signal() {
+                progress.note(&progress.yellow(&signal.stopping()));
+            }
+            Some(format!("interrupted by {signal} during {phase}"))
+        }
+    };
     let story = Story {
         phases: life.phases,
         tokens: life.tokens,
@@ -1164,6 +1194,8 @@ pub(crate) struct Context<'a> {
     pub(crate) broker: String,
     pub(crate) dir: Option<&'a PathBuf>,
     pub(crate) setup: Duration,
+    /// `SIGINT` or `SIGTERM` when the run was interrupted.
+    pub(crate) interrupted: Option<&'static str>,
 }
 
 /// The summary of a played and verified story.
@@ -1175,7 +1207,10 @@ pub(crate) fn summarize(story: Story, checks: &[Check], ctx: &Context<'_>) -> Li
             let check = checks.iter().find(|c| c.serial == t.serial.as_str());
             let mut problems = check.map(|c| c.problems.clone()).unwrap_or_default();
             if check.is_none() {
-                problems.push("not checked".to_owned());
+                problems.push(match ctx.interrupted {
+                    Some(_) => "not checked: the run was interrupted".to_owned(),
+                    None => "not checked".to_owned(),
+                });
             }
             TokenReport {
                 serial: t.serial.to_string(),
@@ -1189,9 +1224,9 @@ pub(crate) fn summarize(story: Story, checks: &[Check], ctx: &Context<'_>) -> Li
             }
         })
         .collect();
-    let all_phases = ["new", "renew", "change", "lock", "unlock", "replace"];
     let ok = story.aborted.is_none()
-        && story.phases.len() == all_phases.len()
+        && ctx.interrupted.is_none()
+        && story.phases.len() == PHASES.len()
         && story.phases.iter().all(|p| p.ok)
         && tokens.len() == 2
         && tokens.iter().all(|t| t.verified);
@@ -1206,6 +1241,7 @@ pub(crate) fn summarize(story: Story, checks: &[Check], ctx: &Context<'_>) -> Li
         setup_ms: ms(ctx.setup),
         phases_ms: ms(story.took),
         aborted: story.aborted,
+        interrupted: ctx.interrupted,
         phases: story.phases,
         tokens,
     }
@@ -1271,13 +1307,20 @@ impl LifecycleSummary {
                 out += &format!("      {}\n", paint(false, &format!("verification: {p}")));
             }
         }
-        out += &format!(
-            "\nVerification through PKCS#11 ({}):\n  {} reopened with the user PIN the platform \
-             unsealed last: 3 private keys\n  with the required attributes and the 3 certificates \
-             the platform issued last, each\n  certifying the token's own key.\n",
-            self.module,
-            plural(self.tokens.len(), "token"),
-        );
+        if let Some(signal) = self.interrupted {
+            out += &format!(
+                "\nVerification: cut short by {signal}; a token not reopened through PKCS#11\n  \
+                 counts as not verified.\n"
+            );
+        } else {
+            out += &format!(
+                "\nVerification through PKCS#11 ({}):\n  {} reopened with the user PIN the platform \
+                 unsealed last: 3 private keys\n  with the required attributes and the 3 certificates \
+                 the platform issued last, each\n  certifying the token's own key.\n",
+                self.module,
+                plural(self.tokens.len(), "token"),
+            );
+        }
         out += &format!(
             "\n{} of 6 phases as expected in {:.2} s; start-up {:.2} s.\n",
             self.phases.iter().filter(|p| p.ok).count(),

@@ -14,11 +14,17 @@
 //! configuration, state, trust files, log) are in `D/demo`; without it everything lives in a
 //! temporary folder that is removed at the end (kept when the run fails, for its log).
 //!
+//! Ctrl-C and SIGTERM ([`interrupt`]): the first stops the run where it is — no more tokens
+//! or jobs, the agent stopped as on SIGTERM (bounded by [`AGENT_STOP_TIMEOUT`]), no
+//! verification pass, a partial summary, the temporary folder removed — and the process
+//! exits with 130 or 143 ([`DemoError::Interrupted`]); a second one quits at once.
+//!
 //! It is a simulation end to end: never point it at a real platform or real tokens.
 
 mod broker;
 mod desk;
 mod error;
+mod interrupt;
 mod lifecycle;
 mod progress;
 mod report;
@@ -31,6 +37,7 @@ use clap::{Args, ValueEnum};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 use ukey_agent::config::Config;
+use ukey_agent::panel::Light;
 use ukey_protocol::{KeyAlgorithm, KeyLabel, PresenceStatus, StationId};
 
 pub use error::DemoError;
@@ -38,7 +45,8 @@ pub use error::DemoError;
 use crate::platform::{Platform, PlatformConfig, Records, StationTrust};
 use crate::rack::latency::Profile;
 use crate::rack::{DIR_ENV, InsertOptions, Rack, RackConfig};
-use desk::{Desk, DeskPlan, DeskRun, Outcome, Tokens};
+use desk::{Desk, DeskPlan, DeskRun, Outcome, TokenResult, Tokens};
+use interrupt::{Interrupt, Signal};
 use progress::{Progress, ProgressKind};
 use report::{CertSummary, FaultSummary, Summary, TokenSummary, ms};
 use verify::{Check, Expectation};
@@ -54,6 +62,14 @@ const FILES: &str = "demo";
 
 /// How long the agent may take to connect and announce itself.
 const AGENT_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the agent may take to stop (its own `shutdown_grace_secs` is 10 s: jobs reach a
+/// safe step, the outbox is flushed); after that it is abandoned.
+pub(crate) const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long the rack's lights may take to show the final slot table once the last token is
+/// finished (the agent notices a change within its 50 ms scan and sends it at once).
+const PANEL_SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Key algorithm of the demo's jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -139,7 +155,9 @@ fn parse_broker(s: &str) -> Result<BrokerAddr, String> {
 /// agent in this process; plugs in blank tokens as slots free up, one `new` job per token;
 /// shows live progress; then checks every produced token again through PKCS#11 and prints a
 /// summary. Exit status 0 only if every token was produced and verified. With --dir D the
-/// tokens stay in D (HSM_SIM_DIR=D pkcs11-tool --module …/libhsm_sim.so -L).
+/// tokens stay in D (HSM_SIM_DIR=D pkcs11-tool --module …/libhsm_sim.so -L). Ctrl-C (or
+/// SIGTERM) stops the agent cleanly and prints a partial summary: exit status 130 (143); a
+/// second Ctrl-C quits at once.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// What to play.
@@ -292,6 +310,8 @@ impl AgentFile<'_> {
 /// What the async part hands back.
 struct Produced {
     panel_row: Option<String>,
+    /// The lights showed the final slot table when the row was taken.
+    panel_settled: Option<bool>,
     run: DeskRun,
     records: Records,
     pins: Vec<(String, SecretString)>,
@@ -301,10 +321,12 @@ struct Produced {
 }
 
 /// Runs the demo. Prints the summary (text, or JSON with `--json`) on stdout and progress on
-/// stderr; returns [`DemoError::Incomplete`] when not every token was produced and verified.
+/// stderr; returns [`DemoError::Incomplete`] when not every token was produced and verified,
+/// and [`DemoError::Interrupted`] after SIGINT or SIGTERM (with a partial summary printed).
 ///
 /// Must be called before the process starts any thread: it sets `HSM_SIM_DIR` for the
-/// PKCS#11 module (the binary's `main` calls it right after parsing the command line).
+/// PKCS#11 module (the binary's `main` calls it right after parsing the command line). It
+/// takes SIGINT and SIGTERM over for the rest of the process.
 pub fn run(args: DemoArgs, dir: Option<PathBuf>) -> Result<(), DemoError> {
     let started = Instant::now();
     let lifecycle = args.scenario == Scenario::Lifecycle;
@@ -345,6 +367,9 @@ pub fn run(args: DemoArgs, dir: Option<PathBuf>) -> Result<(), DemoError> {
     if rack_mode {
         point_module_at(&root);
     }
+    // The first thread of the process: from here on Ctrl-C and SIGTERM stop the demo
+    // cleanly.
+    let interrupt = Interrupt::install(temp.as_ref().map(|t| t.path().to_path_buf()))?;
     let rack_config = RackConfig {
         slots: if lifecycle {
             lifecycle::SLOTS
@@ -379,9 +404,12 @@ pub fn run(args: DemoArgs, dir: Option<PathBuf>) -> Result<(), DemoError> {
         },
     );
     if let (true, Some(rack)) = (lifecycle, rack.as_ref()) {
-        return run_lifecycle(
-            &args, &root, temp, &module, rack, &runtime, &progress, started,
+        let ended = run_lifecycle(
+            &args, &root, temp, &module, rack, &runtime, &progress, &interrupt, started,
         );
+        // Bounded: an agent abandoned while stopping may leave a blocking task behind.
+        runtime.shutdown_timeout(Duration::from_secs(2));
+        return ended;
     }
     let produced = runtime.block_on(produce(
         &args,
@@ -390,18 +418,37 @@ pub fn run(args: DemoArgs, dir: Option<PathBuf>) -> Result<(), DemoError> {
         &module,
         rack.as_ref(),
         &progress,
+        &interrupt,
         started,
     ));
     runtime.shutdown_timeout(Duration::from_secs(2));
-    let produced = match produced {
-        Ok(p) => p,
-        Err(e) => {
+    let produced = match (produced, interrupt.signal()) {
+        (Ok(Some(p)), _) => p,
+        (Ok(None), Some(signal)) => {
+            return Err(interrupted(
+                signal,
+                format!(
+                    "0 of {} tokens finished, the agent was starting",
+                    args.tokens
+                ),
+                temp,
+                &root,
+            ));
+        }
+        (Err(e), Some(signal)) => {
+            return Err(interrupted(signal, e.to_string(), temp, &root));
+        }
+        (Ok(None), None) => {
+            keep_for_log(temp, &log, args.json);
+            return Err(DemoError::Agent("the desk did not start".to_owned()));
+        }
+        (Err(e), None) => {
             keep_for_log(temp, &log, args.json);
             return Err(e);
         }
     };
 
-    // The verification pass, with the agent stopped.
+    // The verification pass, with the agent stopped (none after an interruption).
     let expectations: Vec<Expectation> = produced
         .run
         .results
@@ -432,13 +479,23 @@ pub fn run(args: DemoArgs, dir: Option<PathBuf>) -> Result<(), DemoError> {
             })
         })
         .collect();
-    if progress.is_on() && !expectations.is_empty() {
-        progress.note(&format!(
-            "verifying {} through PKCS#11 ...",
-            plural(expectations.len(), "token")
-        ));
-    }
-    let checks = verify_all(&module, rack.as_ref(), args.slots as usize, &expectations)?;
+    let checks = if interrupt.signal().is_some() {
+        Vec::new()
+    } else {
+        if progress.is_on() && !expectations.is_empty() {
+            progress.note(&format!(
+                "verifying {} through PKCS#11 ...",
+                plural(expectations.len(), "token")
+            ));
+        }
+        verify_all(
+            &module,
+            rack.as_ref(),
+            args.slots as usize,
+            &expectations,
+            &interrupt,
+        )?
+    };
 
     let summary = summarize(
         &args,
@@ -446,6 +503,7 @@ pub fn run(args: DemoArgs, dir: Option<PathBuf>) -> Result<(), DemoError> {
         &checks,
         &module,
         temp.is_none().then_some(&root),
+        interrupt.signal(),
     );
     if args.json {
         print!("{}", summary.to_json());
@@ -468,6 +526,15 @@ pub fn run(args: DemoArgs, dir: Option<PathBuf>) -> Result<(), DemoError> {
             );
         }
     }
+    if let Some(signal) = interrupt.signal() {
+        let report = production_report(
+            &produced.run.results,
+            summary.tokens_requested,
+            summary.tokens_verified,
+            produced.agent_error.as_deref(),
+        );
+        return Err(interrupted(signal, report, temp, &root));
+    }
     if summary.ok {
         Ok(())
     } else {
@@ -482,6 +549,73 @@ pub fn run(args: DemoArgs, dir: Option<PathBuf>) -> Result<(), DemoError> {
     }
 }
 
+/// `3 of 40 tokens finished, 4 stopped mid-job, 33 not started, not verified, the agent
+/// stopped`.
+fn production_report(
+    results: &[TokenResult],
+    requested: usize,
+    verified: usize,
+    agent_error: Option<&str>,
+) -> String {
+    let count = |f: fn(&Outcome) -> bool| results.iter().filter(|r| f(&r.outcome)).count();
+    let finished = count(|o| matches!(o, Outcome::Succeeded));
+    let mut parts = vec![format!("{finished} of {requested} tokens finished")];
+    let stopped = count(|o| matches!(o, Outcome::Interrupted(_)));
+    if stopped > 0 {
+        parts.push(format!("{stopped} stopped mid-job"));
+    }
+    let failed = count(|o| matches!(o, Outcome::Failed(_)));
+    if failed > 0 {
+        parts.push(format!("{failed} failed"));
+    }
+    let not_started = requested.saturating_sub(results.len());
+    if not_started > 0 {
+        parts.push(format!("{not_started} not started"));
+    }
+    if finished > 0 {
+        parts.push(match verified {
+            0 => "not verified".to_owned(),
+            n if n == finished => "all verified".to_owned(),
+            n => format!("{n} verified"),
+        });
+    }
+    parts.push(agent_stop_text(agent_error));
+    parts.join(", ")
+}
+
+/// How the agent ended, for the interruption line.
+fn agent_stop_text(agent_error: Option<&str>) -> String {
+    match agent_error {
+        None => "the agent stopped".to_owned(),
+        Some(e) => format!("the agent: {e}"),
+    }
+}
+
+/// The end of an interrupted run: the temporary folder is removed (a kept `--dir` is
+/// named), and the error carries the one line `main` prints.
+fn interrupted(
+    signal: Signal,
+    what: String,
+    temp: Option<tempfile::TempDir>,
+    root: &Path,
+) -> DemoError {
+    let files = match temp {
+        Some(t) => {
+            let path = t.path().to_path_buf();
+            match t.close() {
+                Ok(()) => "temporary files removed".to_owned(),
+                Err(e) => format!("temporary files left in {}: {e}", path.display()),
+            }
+        }
+        None => format!("the rack and the agent's files stay in {}", root.display()),
+    };
+    DemoError::Interrupted {
+        signal: signal.name(),
+        status: signal.exit_status(),
+        report: format!("{what}; {files}"),
+    }
+}
+
 /// `--scenario lifecycle`: plays the story, verifies its tokens, prints the summary.
 #[allow(clippy::too_many_arguments)]
 fn run_lifecycle(
@@ -492,6 +626,7 @@ fn run_lifecycle(
     rack: &Rack,
     runtime: &tokio::runtime::Runtime,
     progress: &Progress,
+    interrupt: &Interrupt,
     started: Instant,
 ) -> Result<(), DemoError> {
     let files = root.join(FILES);
@@ -501,15 +636,19 @@ fn run_lifecycle(
         latency: args.latency.profile(),
     };
     let played = runtime.block_on(async {
-        let mut station = start_station(
+        let Some(mut station) = start_station(
             args.broker.as_ref(),
             root,
             &files,
             module,
             Some(rack),
             started,
+            interrupt,
         )
-        .await?;
+        .await?
+        else {
+            return Ok(None);
+        };
         progress.note(&format!(
             "ukey-station demo, lifecycle scenario: one token's life on a rack of {} slots, \
              latency {}, {} keys\n  broker {}, simulated platform with a test CA, agent online \
@@ -520,26 +659,43 @@ fn run_lifecycle(
             station.broker,
             station.setup.as_secs_f64()
         ));
-        let played = lifecycle::play(&mut station, rack, module, &plan, progress).await;
+        let played = lifecycle::play(&mut station, rack, module, &plan, progress, interrupt).await;
         let broker = station.broker.clone();
         let setup = station.setup;
         station.platform.shutdown().await;
-        played.map(|(story, agent_error)| (story, agent_error, broker, setup))
+        played.map(|(story, agent_error)| Some((story, agent_error, broker, setup)))
     });
-    let (story, agent_error, broker, setup) = match played {
-        Ok(p) => p,
-        Err(e) => {
+    let (story, agent_error, broker, setup) = match (played, interrupt.signal()) {
+        (Ok(Some(p)), _) => p,
+        (Ok(None), Some(signal)) => {
+            return Err(interrupted(
+                signal,
+                "0 of 6 phases finished, the agent was starting".to_owned(),
+                temp,
+                root,
+            ));
+        }
+        (Err(e), Some(signal)) => return Err(interrupted(signal, e.to_string(), temp, root)),
+        (Ok(None), None) => {
+            keep_for_log(temp, &log, args.json);
+            return Err(DemoError::Agent("the desk did not start".to_owned()));
+        }
+        (Err(e), None) => {
             keep_for_log(temp, &log, args.json);
             return Err(e);
         }
     };
-    if progress.is_on() && !story.tokens.is_empty() {
-        progress.note(&format!(
-            "verifying {} through PKCS#11 ...",
-            plural(story.tokens.len(), "token")
-        ));
-    }
-    let checks = lifecycle::verify(module, &story)?;
+    let checks = if interrupt.signal().is_some() {
+        Vec::new()
+    } else {
+        if progress.is_on() && !story.tokens.is_empty() {
+            progress.note(&format!(
+                "verifying {} through PKCS#11 ...",
+                plural(story.tokens.len(), "token")
+            ));
+        }
+        lifecycle::verify(module, &story)?
+    };
     let kept = temp.is_none().then(|| root.to_path_buf());
     let summary = lifecycle::summarize(
         story,
@@ -550,6 +706,7 @@ fn run_lifecycle(
             broker,
             dir: kept.as_ref(),
             setup,
+            interrupted: interrupt.signal().map(Signal::name),
         },
     );
     if args.json {
@@ -573,6 +730,15 @@ fn run_lifecycle(
             );
         }
     }
+    if let Some(signal) = interrupt.signal() {
+        let done = summary.phases.iter().filter(|p| p.ok).count();
+        let mut what = format!("{done} of 6 phases finished");
+        if let Some(phase) = summary.phases.last().filter(|p| !p.ok) {
+            what += &format!(", stopped during {}", phase.phase);
+        }
+        what += &format!(", {}", agent_stop_text(agent_error.as_deref()));
+        return Err(interrupted(signal, what, temp, root));
+    }
     if summary.ok {
         Ok(())
     } else {
@@ -587,12 +753,14 @@ fn run_lifecycle(
 }
 
 /// The verification pass. On the rack the desk plugs the produced tokens back in, as many
-/// at a time as there are slots (the last ones stay plugged in, for pkcs11-tool).
+/// at a time as there are slots (the last ones stay plugged in, for pkcs11-tool); an
+/// interruption stops it between two batches.
 fn verify_all(
     module: &Path,
     rack: Option<&Rack>,
     slots: usize,
     expectations: &[Expectation],
+    interrupt: &Interrupt,
 ) -> Result<Vec<Check>, DemoError> {
     let verifier = verify::Verifier::open(module)?;
     let mut checks = Vec::new();
@@ -600,6 +768,9 @@ fn verify_all(
         None => checks = verifier.check(expectations)?,
         Some(rack) => {
             for batch in expectations.chunks(slots.max(1)) {
+                if interrupt.signal().is_some() {
+                    break;
+                }
                 for slot in 0..slots {
                     if rack.serial_in(slot)?.is_some() {
                         rack.remove(slot)?;
@@ -658,18 +829,36 @@ pub(crate) struct Station {
 impl Station {
     /// Stops the agent (as `ukey-agent run` does on SIGTERM); returns its error, if any.
     pub(crate) async fn stop_agent(&mut self) -> Option<String> {
-        self.shutdown.cancel();
-        match (&mut self.agent).await {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(e) => Some(e.to_string()),
+        stop_agent(&self.shutdown, &mut self.agent).await
+    }
+}
+
+/// Stops the agent as `ukey-agent run` does on SIGTERM and waits for it, at most
+/// [`AGENT_STOP_TIMEOUT`]; an agent that takes longer is abandoned (its task is aborted;
+/// whatever it still runs ends with the process). Returns why it did not stop cleanly.
+async fn stop_agent(
+    shutdown: &CancellationToken,
+    agent: &mut tokio::task::JoinHandle<Result<(), ukey_agent::daemon::DaemonError>>,
+) -> Option<String> {
+    shutdown.cancel();
+    match tokio::time::timeout(AGENT_STOP_TIMEOUT, &mut *agent).await {
+        Ok(Ok(Ok(()))) => None,
+        Ok(Ok(Err(e))) => Some(e.to_string()),
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => {
+            agent.abort();
+            tracing::warn!("the agent did not stop within {AGENT_STOP_TIMEOUT:?}; abandoned");
+            Some(format!(
+                "it did not stop within {} s and was abandoned",
+                AGENT_STOP_TIMEOUT.as_secs()
+            ))
         }
     }
 }
 
 /// Starts the broker (unless external), the platform and the agent, with the agent's
 /// configuration written to a file and loaded as `ukey-agent run` loads it; returns once
-/// the agent is online.
+/// the agent is online, or `None` when interrupted before (the agent stopped again).
 pub(crate) async fn start_station(
     broker_addr: Option<&BrokerAddr>,
     root: &Path,
@@ -677,7 +866,8 @@ pub(crate) async fn start_station(
     module: &Path,
     rack: Option<&Rack>,
     started: Instant,
-) -> Result<Station, DemoError> {
+    interrupt: &Interrupt,
+) -> Result<Option<Station>, DemoError> {
     let (host, port, broker) = match broker_addr {
         Some(b) => (b.host.clone(), b.port, format!("{}:{}", b.host, b.port)),
         None => {
@@ -732,8 +922,11 @@ pub(crate) async fn start_station(
             .filter(|p| p.status == PresenceStatus::Online)
             .map(|_| ())
     });
-    tokio::select! {
-        waited = online => waited?,
+    let interrupted = tokio::select! {
+        waited = online => {
+            waited?;
+            false
+        }
         ended = &mut agent => {
             let why = match ended {
                 Ok(Ok(())) => "it stopped before it was online".to_owned(),
@@ -742,8 +935,16 @@ pub(crate) async fn start_station(
             };
             return Err(DemoError::Agent(why));
         }
+        () = interrupt.cancelled() => true,
+    };
+    if interrupted {
+        if let Some(why) = stop_agent(&shutdown, &mut agent).await {
+            tracing::warn!("the agent, stopped while starting: {why}");
+        }
+        platform.shutdown().await;
+        return Ok(None);
     }
-    Ok(Station {
+    Ok(Some(Station {
         platform,
         station,
         agent,
@@ -751,10 +952,12 @@ pub(crate) async fn start_station(
         broker,
         setup: started.elapsed(),
         panel,
-    })
+    }))
 }
 
-/// Broker, platform, agent, desk; then the agent and the platform stop.
+/// Broker, platform, agent, desk; then the agent and the platform stop. `None` when
+/// interrupted before the desk started.
+#[allow(clippy::too_many_arguments)]
 async fn produce(
     args: &DemoArgs,
     root: &Path,
@@ -762,17 +965,22 @@ async fn produce(
     module: &Path,
     rack: Option<&Rack>,
     progress: &Progress,
+    interrupt: &Interrupt,
     started: Instant,
-) -> Result<Produced, DemoError> {
-    let Station {
-        platform,
-        station,
-        agent,
-        shutdown,
-        broker,
-        setup,
-        panel,
-    } = start_station(args.broker.as_ref(), root, files, module, rack, started).await?;
+) -> Result<Option<Produced>, DemoError> {
+    let Some(mut station) = start_station(
+        args.broker.as_ref(),
+        root,
+        files,
+        module,
+        rack,
+        started,
+        interrupt,
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
 
     let plan = DeskPlan {
         tokens: args.tokens as usize,
@@ -780,54 +988,133 @@ async fn produce(
         algorithm: args.alg.algorithm(),
         latency: args.latency.profile(),
         faults: args.faults,
-        station: station.clone(),
+        station: station.station.clone(),
     };
-    progress.note(&header(args, &plan, module, &broker, rack.is_some(), setup));
-    let interrupt = CancellationToken::new();
-    let on_signal = interrupt.clone();
-    let signals = tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            on_signal.cancel();
-        }
-    });
+    progress.note(&header(
+        args,
+        &plan,
+        module,
+        &station.broker,
+        rack.is_some(),
+        station.setup,
+    ));
     let tokens = match rack {
         Some(r) => Tokens::Rack(r),
         None => Tokens::Module,
     };
-    let run = Desk::new(&platform, tokens, plan, progress)
-        .run(|| !agent.is_finished(), interrupt)
+    let agent = &station.agent;
+    let run = Desk::new(&station.platform, tokens, plan, progress)
+        .run(|| !agent.is_finished(), interrupt.token())
         .await;
-    signals.abort();
     progress.finish();
-    // What the desk staff see on the rack's lights at the end (before the agent stops and
-    // turns them off).
-    let panel_row = panel.as_ref().map(|p| p.row());
+    if let Some(signal) = interrupt.signal() {
+        progress.note(&progress.yellow(&signal.stopping()));
+    }
+    // What the desk staff see on the rack's lights at the end, taken once they show the
+    // final slot table (before the agent stops and turns them off).
+    let (panel_row, panel_settled) = match (&run, rack) {
+        (Ok(run), Some(rack)) if interrupt.signal().is_none() && !station.agent.is_finished() => {
+            let (row, settled) = settled_lights(&mut station, rack, &run.results).await;
+            (row, Some(settled))
+        }
+        _ => (station.panel.as_ref().map(|p| p.row()), None),
+    };
 
     // The agent stops as `ukey-agent run` does on SIGTERM.
-    shutdown.cancel();
-    let agent_error = match agent.await {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e.to_string()),
-        Err(e) => Some(e.to_string()),
+    let agent_error = station.stop_agent().await;
+    let mut run = match run {
+        Ok(run) => run,
+        Err(e) => {
+            station.platform.shutdown().await;
+            return Err(e);
+        }
     };
-    let run = run?;
-    let records = platform.snapshot();
+    let records = station.platform.snapshot();
+    if run.interrupted {
+        desk::settle(&mut run, &records);
+    }
     let pins = run
         .results
         .iter()
         .filter_map(|r| r.serial.as_ref())
-        .filter_map(|s| platform.user_pin(s).map(|p| (s.to_string(), p)))
+        .filter_map(|s| station.platform.user_pin(s).map(|p| (s.to_string(), p)))
         .collect();
-    platform.shutdown().await;
-    Ok(Produced {
+    station.platform.shutdown().await;
+    Ok(Some(Produced {
         panel_row,
+        panel_settled,
         run,
         records,
         pins,
-        broker,
-        setup,
+        broker: station.broker.clone(),
+        setup: station.setup,
         agent_error,
+    }))
+}
+
+/// The rack's lights once they show the final slot table: each slot holding a token shows
+/// how that token ended (`done`, `failed`), an empty slot is dark. Waits for the emulated
+/// board to apply the agent's lines, at most [`PANEL_SETTLE_TIMEOUT`]; returns the row and
+/// whether it settled.
+async fn settled_lights(
+    station: &mut Station,
+    rack: &Rack,
+    results: &[TokenResult],
+) -> (Option<String>, bool) {
+    let Some(panel) = station.panel.take() else {
+        return (None, false);
+    };
+    let want: Vec<Option<Light>> = (0..panel.info().slots)
+        .map(|slot| {
+            let Ok(held) = rack.serial_in(usize::from(slot)) else {
+                // The rack cannot say: any light will do.
+                return None;
+            };
+            let Some(serial) = held else {
+                return Some(Light::Off);
+            };
+            let last = results
+                .iter()
+                .rev()
+                .find(|r| r.serial.as_ref().map(|s| s.as_str()) == Some(serial.as_str()))?;
+            Some(match last.outcome {
+                Outcome::Succeeded => Light::Done,
+                Outcome::Failed(_) => Light::Failed,
+                Outcome::Interrupted(_) => Light::Working,
+            })
+        })
+        .collect();
+    let waited = tokio::task::spawn_blocking(move || {
+        let settled = panel.wait_lights(
+            |lights| {
+                want.iter()
+                    .zip(lights)
+                    .all(|(want, light)| want.is_none_or(|w| w == *light))
+            },
+            PANEL_SETTLE_TIMEOUT,
+        );
+        (panel, settled)
     })
+    .await;
+    match waited {
+        Ok((panel, settled)) => {
+            let (lights, ok) = match settled {
+                Ok(lights) => (lights, true),
+                Err(lights) => {
+                    tracing::warn!(
+                        "the panel's lights did not show the final slot table within {PANEL_SETTLE_TIMEOUT:?}"
+                    );
+                    (lights, false)
+                }
+            };
+            station.panel = Some(panel);
+            (Some(crate::panel::row(&lights)), ok)
+        }
+        Err(e) => {
+            tracing::warn!("waiting for the panel's lights: {e}");
+            (None, false)
+        }
+    }
 }
 
 fn header(
@@ -875,6 +1162,7 @@ fn summarize(
     checks: &[Check],
     module: &Path,
     kept: Option<&PathBuf>,
+    interrupted: Option<Signal>,
 ) -> Summary {
     let rack_mode = args.module.is_none();
     let mut tokens = Vec::new();
@@ -905,11 +1193,15 @@ fn summarize(
         let (state, error) = match &r.outcome {
             Outcome::Succeeded => ("succeeded", None),
             Outcome::Failed(why) => ("failed", Some(why.clone())),
+            Outcome::Interrupted(why) => ("interrupted", Some(why.clone())),
         };
         let verified = matches!(r.outcome, Outcome::Succeeded) && check.is_some_and(Check::ok);
         let mut problems = check.map(|c| c.problems.clone()).unwrap_or_default();
         if matches!(r.outcome, Outcome::Succeeded) && check.is_none() {
-            problems.push("not checked".to_owned());
+            problems.push(match interrupted {
+                Some(_) => "not checked: the run was interrupted".to_owned(),
+                None => "not checked".to_owned(),
+            });
         }
         tokens.push(TokenSummary {
             slot: if rack_mode {
@@ -976,11 +1268,17 @@ fn summarize(
         setup_ms: ms(produced.setup),
         makespan_ms: ms(produced.run.makespan),
         slowest_token_ms: tokens.iter().filter_map(|t| t.duration_ms).max(),
-        aborted: produced.run.aborted.clone().or_else(|| {
+        aborted: match interrupted {
+            Some(signal) => Some(format!("interrupted by {}", signal.name())),
+            None => produced.run.aborted.clone(),
+        }
+        .or_else(|| {
             (problems > 0).then(|| format!("the platform saw {problems} protocol problem(s)"))
         }),
+        interrupted: interrupted.map(Signal::name),
         tokens,
         faults,
         panel: produced.panel_row.clone(),
+        panel_settled: produced.panel_settled,
     }
 }

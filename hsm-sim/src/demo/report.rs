@@ -145,12 +145,20 @@ pub(crate) struct Summary {
     pub(crate) slowest_token_ms: Option<u64>,
     /// Why the run stopped early, if it did.
     pub(crate) aborted: Option<String>,
+    /// `SIGINT` or `SIGTERM` when the run was interrupted: then the summary is partial (no
+    /// verification pass, tokens in progress are `interrupted`).
+    pub(crate) interrupted: Option<&'static str>,
     /// Per token.
     pub(crate) tokens: Vec<TokenSummary>,
     /// The scripted faults (`--faults`).
     pub(crate) faults: Vec<FaultSummary>,
-    /// The rack's indicator panel at the end of the run (emulated on a pty), if any.
+    /// The rack's indicator panel at the end of the run (emulated on a pty), if any: taken
+    /// once the lights show the final slot table (each token left in a slot lit for how it
+    /// ended, empty slots dark), or at the moment of an interruption.
     pub(crate) panel: Option<String>,
+    /// Whether the lights had settled on the final slot table when `panel` was taken
+    /// (`None`: no waiting, e.g. after an interruption).
+    pub(crate) panel_settled: Option<bool>,
 }
 
 /// Milliseconds, saturating.
@@ -219,7 +227,12 @@ impl Summary {
                 );
             }
             if let Some(e) = &t.error {
-                out += &format!("      {}\n", paint(false, &format!("failed: {e}")));
+                let text = if e.starts_with(t.state) {
+                    e.clone()
+                } else {
+                    format!("{}: {e}", t.state)
+                };
+                out += &format!("      {}\n", paint(false, &text));
             }
             for p in &t.verification_problems {
                 out += &format!("      {}\n", paint(false, &format!("verification: {p}")));
@@ -239,16 +252,28 @@ impl Summary {
                 );
             }
         }
-        out += &format!(
-            "\nVerification: every token reopened through PKCS#11 ({}),\n  \
-             logged in with the user PIN the platform unsealed: 3 private keys (sensitive, not\n  \
-             extractable, local, always sensitive, never extractable) and 3 certificates, each\n  \
-             certifying the token's own key and equal to the one the platform issued.\n",
-            self.module
-        );
-        if let Some(row) = &self.panel {
+        if let Some(signal) = self.interrupted {
             out += &format!(
-                "\nIndicator panel (emulated on a pseudo-terminal, driven by the agent): {row}\n"
+                "\nVerification: cut short by {signal}; a token not reopened through PKCS#11\n  \
+                 counts as not verified.\n"
+            );
+        } else {
+            out += &format!(
+                "\nVerification: every token reopened through PKCS#11 ({}),\n  \
+                 logged in with the user PIN the platform unsealed: 3 private keys (sensitive, not\n  \
+                 extractable, local, always sensitive, never extractable) and 3 certificates, each\n  \
+                 certifying the token's own key and equal to the one the platform issued.\n",
+                self.module
+            );
+        }
+        if let Some(row) = &self.panel {
+            let when = match (self.interrupted, self.panel_settled) {
+                (Some(_), _) => " (when interrupted)",
+                (None, Some(false)) => " (still changing)",
+                _ => "",
+            };
+            out += &format!(
+                "\nIndicator panel (emulated on a pseudo-terminal, driven by the agent){when}: {row}\n"
             );
         }
         let slowest = self

@@ -511,9 +511,12 @@ impl Daemon {
         let records = self.journal.replay()?;
         // Per job, the events of its last journaled record: pushed to the outbox again.
         let mut last_events: BTreeMap<JobId, Vec<StepEvent>> = BTreeMap::new();
+        // Jobs in the order they were accepted: the queue keeps it across a restart.
+        let mut accepted_order: Vec<JobId> = Vec::new();
         for record in records {
             match record {
                 Record::Job { job_id, envelope } => {
+                    accepted_order.push(job_id.clone());
                     let doc = self.open_job(&job_id, &envelope)?;
                     self.nonces.insert(doc.nonce.clone());
                     // The lost token of a replacement stays revoked even if its own record
@@ -626,9 +629,8 @@ impl Daemon {
         }
         self.journal.rewrite(&keep)?;
 
-        // Resume what was waiting.
-        let ids: Vec<JobId> = self.jobs.keys().cloned().collect();
-        for id in ids {
+        // Resume what was waiting, oldest first.
+        for id in accepted_order {
             let Some(entry) = self.jobs.get(&id) else {
                 continue;
             };

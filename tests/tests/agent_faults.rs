@@ -501,6 +501,60 @@ async fn killed_repeatedly_with_two_jobs() {
     assert_eq!(serials.len(), 2, "two tokens");
 }
 
+/// Jobs queued when the agent stops are served after its restart in the order the agent
+/// accepted them, not in the order of their ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_jobs_keep_their_order_across_a_restart() {
+    let mut station = Station::sim(1).await;
+    station.start_agent().await;
+    // Ids in the reverse of the dispatch order; each dispatched only once the previous one
+    // was accepted, so the agent's order is the dispatch order.
+    let mut jobs = Vec::new();
+    for id in [
+        "J-ffffffffffff0003",
+        "J-8888888888880002",
+        "J-0000000000000001",
+    ] {
+        let draft = JobDraft::new(JobKind::New, &station.station_id)
+            .unwrap()
+            .with_algorithm(KeyAlgorithm::P256)
+            .with_job_id(JobId::new(id).unwrap());
+        let job = station.platform.dispatch_draft(&draft).await.unwrap();
+        wait_step(&station, &job, Step::Receive).await;
+        jobs.push(job);
+    }
+    station.kill_agent();
+    station.start_agent().await;
+    for (slot, job) in jobs.iter().enumerate() {
+        // One token at a time: each takes the oldest job still queued.
+        station.insert_blank(0);
+        // Whichever job the token claims first (the platform records every claim event).
+        let deadline = tokio::time::Instant::now() + PRODUCTION_TIMEOUT;
+        let claimed = loop {
+            let claimed: Vec<&JobId> = jobs[slot..]
+                .iter()
+                .filter(|j| {
+                    station
+                        .platform
+                        .job_record(j)
+                        .unwrap()
+                        .has_step(Step::Claim)
+                })
+                .collect();
+            if !claimed.is_empty() {
+                break claimed;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no job claimed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(claimed, [job], "the oldest queued job is claimed first");
+        let record = wait_step(&station, job, Step::Claim).await;
+        let serial = finished_ukey(&station, job).await;
+        assert_eq!(record.token_serial(), Some(&serial));
+        assert_eq!(station.rack().remove(0).unwrap(), serial.as_str());
+    }
+}
+
 // ----- 3. the broker crashes -------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -454,3 +454,22 @@ impl Drop for Station {
 
 /// A generous bound for one token's whole production on a busy 2-core machine.
 pub const PRODUCTION_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Waits (at most a minute) until the emulated panel shows `light` in `slot`, reading the
+/// board's events as they come.
+pub fn light_until(
+    board: &hsm_sim::panel::EmulatedPanel,
+    events: &std::sync::mpsc::Receiver<hsm_sim::panel::BoardEvent>,
+    slot: usize,
+    light: ukey_agent::panel::Light,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while board.lights().get(slot) != Some(&light) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(
+            events.recv_timeout(left).is_ok(),
+            "slot {slot} never showed {light:?}; the board shows {:?}",
+            board.lights()
+        );
+    }
+}

@@ -4,10 +4,9 @@
 //! like any other.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::mpsc::Receiver;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use hsm_sim::panel::{BoardEvent, EmulatedPanel, PanelOptions};
+use hsm_sim::panel::{EmulatedPanel, PanelOptions};
 use hsm_sim::rack::LatencyChange;
 use hsm_sim::rack::fault::{Fault, FaultAction};
 use hsm_sim::rack::latency::Op;
@@ -16,22 +15,9 @@ use ukey_protocol::event::{ExecutionState, Step};
 use ukey_protocol::ids::TokenSerial;
 use ukey_protocol::inventory::{TokenInfo, TokenState};
 use ukey_protocol::keys::KeyAlgorithm;
-use ukey_tests::station::{PRODUCTION_TIMEOUT, Station};
+use ukey_tests::station::{PRODUCTION_TIMEOUT, Station, light_until};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Waits until the board shows `light` in `slot`, reading its events as they come.
-fn light_until(board: &EmulatedPanel, events: &Receiver<BoardEvent>, slot: usize, light: Light) {
-    let deadline = Instant::now() + WAIT;
-    while board.lights().get(slot) != Some(&light) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(
-            events.recv_timeout(left).is_ok(),
-            "slot {slot} never showed {light:?}; the board shows {:?}",
-            board.lights()
-        );
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_token_is_one_damaged_slot_and_the_others_are_served() {

@@ -3,31 +3,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
-use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use hsm_sim::panel::{BoardEvent, EmulatedPanel, PanelOptions};
+use hsm_sim::panel::{EmulatedPanel, PanelOptions};
 use hsm_sim::platform::JobDraft;
 use ukey_agent::panel::{ButtonAction, Light};
 use ukey_protocol::event::ExecutionState;
 use ukey_protocol::job::JobKind;
 use ukey_protocol::keys::KeyAlgorithm;
-use ukey_tests::station::{PRODUCTION_TIMEOUT, Station};
+use ukey_tests::station::{PRODUCTION_TIMEOUT, Station, light_until};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Waits until the board shows `light` in `slot`, reading its events as they come.
-fn light_until(board: &EmulatedPanel, events: &Receiver<BoardEvent>, slot: usize, light: Light) {
-    let deadline = Instant::now() + WAIT;
-    while board.lights().get(slot) != Some(&light) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(
-            events.recv_timeout(left).is_ok(),
-            "slot {slot} never showed {light:?}; the board shows {:?}",
-            board.lights()
-        );
-    }
-}
 
 fn status(station: &Station) -> (Option<i32>, String) {
     let out = Command::new(ukey_tests::workspace_binary("ukey-agent"))

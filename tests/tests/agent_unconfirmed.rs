@@ -13,17 +13,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
-use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use hsm_sim::panel::{BoardEvent, EmulatedPanel, PanelOptions};
+use hsm_sim::panel::{EmulatedPanel, PanelOptions};
 use hsm_sim::platform::{JobRecord, Misbehaviour, Times};
 use ukey_agent::panel::Light;
 use ukey_protocol::event::{ExecutionState, Step};
 use ukey_protocol::ids::{EventId, JobId};
 use ukey_protocol::inventory::{DeskAlert, Inventory, TokenInfo, TokenState};
 use ukey_protocol::keys::KeyAlgorithm;
-use ukey_tests::station::{PRODUCTION_TIMEOUT, Station};
+use ukey_tests::station::{PRODUCTION_TIMEOUT, Station, light_until};
 
 const ALERT: &str = "platform-unconfirmed";
 
@@ -118,19 +117,6 @@ fn never_timed_out(record: &JobRecord) {
     let seqs: Vec<u64> = record.events().iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
     assert!(record.problems().is_empty(), "{:?}", record.problems());
-}
-
-/// Waits until the board shows `light` in `slot`, reading its events as they come.
-fn light_until(board: &EmulatedPanel, events: &Receiver<BoardEvent>, slot: usize, light: Light) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while board.lights().get(slot) != Some(&light) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(
-            events.recv_timeout(left).is_ok(),
-            "slot {slot} never showed {light:?}; the board shows {:?}",
-            board.lights()
-        );
-    }
 }
 
 /// `ukey-agent status` once its snapshot (refreshed by the agent every second) mentions

@@ -251,6 +251,9 @@ struct Daemon {
     /// Accepted jobs waiting for a token, oldest first.
     queue: VecDeque<JobId>,
     /// Finished jobs, for recognising redeliveries.
+    /// Per job, its step events pushed to the outbox without an fsync since the job's last
+    /// journal record (that record re-makes them after a crash; the next one would not).
+    replayable: BTreeMap<JobId, Vec<String>>,
     finished: BTreeMap<JobId, Nonce>,
     nonces: BTreeSet<Nonce>,
     seats: BTreeMap<TokenKey, Seat>,
@@ -373,6 +376,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         modules,
         jobs: BTreeMap::new(),
         queue: VecDeque::new(),
+        replayable: BTreeMap::new(),
         finished: BTreeMap::new(),
         nonces: BTreeSet::new(),
         seats: BTreeMap::new(),
@@ -476,6 +480,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     last.running = false;
     if let Err(e) = crate::status::write(&daemon.config.state_dir, &last) {
         tracing::warn!(error = %e, "status snapshot not written");
+    }
+    if let Err(e) = daemon.link.sync_outbox() {
+        tracing::warn!(error = %e, "outbox not synced at shutdown; the journal re-makes its events");
     }
     link_shutdown.cancel();
     panel_shutdown.cancel();
@@ -587,9 +594,13 @@ impl Daemon {
         }
         for (job_id, events) in last_events {
             for event in events {
-                self.publish_event(&job_id, &event).await?;
+                self.publish_replayable_event(&job_id, &event)?;
             }
         }
+        // Compaction below drops finished jobs' records, which could re-make their events:
+        // the outbox must hold them durably first.
+        self.link.sync_outbox()?;
+        self.replayable.clear();
         // A step that runs again after the restart reports its own new start.
         for entry in self.jobs.values_mut() {
             entry.step_started = None;
@@ -854,8 +865,9 @@ impl Daemon {
         let job_id = doc.job_id.clone();
         let mut machine = JobMachine::new(job_id.clone(), doc.kind, doc.rekey);
         let first = machine.accepted();
-        // Order: the job to the journal, its `queued` event to the outbox, then the broker's
-        // ack (a crash before it: the broker delivers the job again, a known duplicate).
+        // Order: the job to the journal, its `queued` event to the outbox (re-made from the
+        // journal after a crash), then the broker's ack (a crash before it: the broker
+        // delivers the job again, a known duplicate).
         let mut records = vec![Record::Job {
             job_id: job_id.clone(),
             envelope: sealed,
@@ -1045,6 +1057,11 @@ impl Daemon {
             at: now_utc(),
             input: self.seal_json(job_id, RecordKind::Input, &input)?,
         });
+        // This record takes over from the job's last one, which alone re-makes its events
+        // after a crash: those events must be on disk first, unless already acknowledged.
+        if let Some(ids) = self.replayable.remove(job_id) {
+            self.link.make_durable(&ids)?;
+        }
         self.journal.append_all(&records)?;
         self.perform_reports(job_id, &actions).await?;
         for action in actions {
@@ -1066,6 +1083,9 @@ impl Daemon {
                 _ => ExecutionState::Failed,
             };
             tracing::info!(job = %job_id, state = %state, "job finished");
+            // No record follows a finished job's last one until start-up compaction, which
+            // makes the outbox durable first.
+            self.replayable.remove(job_id);
             if let Some(seat) = entry.token.as_ref().and_then(|k| self.seats.get_mut(k)) {
                 seat.outcome = Some(state);
                 seat.acknowledged = false;
@@ -1092,7 +1112,7 @@ impl Daemon {
         for action in actions {
             if let Action::Report(report) = action {
                 let event = self.event_from(job_id, report);
-                self.publish_event(job_id, &event).await?;
+                self.publish_replayable_event(job_id, &event)?;
             }
         }
         Ok(())
@@ -1136,11 +1156,41 @@ impl Daemon {
         }
     }
 
+    /// Publishes an event that nothing in the journal can make again (a rejection): it is
+    /// on disk before this returns.
     async fn publish_event(
         &mut self,
         job_id: &JobId,
         event: &StepEvent,
     ) -> Result<(), DaemonError> {
+        let entry = self.outbox_entry(job_id, event)?;
+        self.link
+            .publish_event(entry)
+            .await
+            .map_err(DaemonError::Link)
+    }
+
+    /// Publishes a step event that the job's last journal record makes again after a crash:
+    /// written to the outbox without an fsync, made durable before the job's next record
+    /// (`feed_with`) if the platform has not acknowledged it by then.
+    fn publish_replayable_event(
+        &mut self,
+        job_id: &JobId,
+        event: &StepEvent,
+    ) -> Result<(), DaemonError> {
+        let entry = self.outbox_entry(job_id, event)?;
+        let event_id = entry.event_id.clone();
+        self.link
+            .publish_replayable_event(entry)
+            .map_err(DaemonError::Link)?;
+        self.replayable
+            .entry(job_id.clone())
+            .or_default()
+            .push(event_id);
+        Ok(())
+    }
+
+    fn outbox_entry(&self, job_id: &JobId, event: &StepEvent) -> Result<OutboxEntry, DaemonError> {
         tracing::info!(
             job = %job_id,
             seq = event.seq,
@@ -1165,14 +1215,11 @@ impl Daemon {
                     .map_err(|e| DaemonError::Journal(format!("step event: {e}")))?
             }
         };
-        self.link
-            .publish_event(OutboxEntry {
-                event_id: event.event_id.to_string(),
-                topic: self.topics.job_events(job_id),
-                payload,
-            })
-            .await
-            .map_err(DaemonError::Link)
+        Ok(OutboxEntry {
+            event_id: event.event_id.to_string(),
+            topic: self.topics.job_events(job_id),
+            payload,
+        })
     }
 
     /// Publishes `job_id`'s CSR bundle (the platform answers a repeated bundle the same way).
@@ -1976,15 +2023,27 @@ impl Daemon {
     /// `change`, `unlock`) takes only the token whose serial it names, once that is plugged
     /// in and free. A job waiting for its token does not hold up the jobs behind it.
     async fn try_claim_all(&mut self) -> Result<(), DaemonError> {
-        if !self.claiming {
+        if !self.claiming || self.queue.is_empty() {
             return Ok(());
         }
-        self.queue.retain(|id| self.jobs.contains_key(id));
+        // What an untargeted job can claim, in seat order: free blank tokens not revoked.
+        // Collected once, so a long queue costs a pass without allocations when none is free.
+        let mut blanks: VecDeque<TokenKey> = self
+            .seats
+            .iter()
+            .filter(|(k, s)| {
+                s.job.is_none()
+                    && s.state == TokenState::Blank
+                    && s.present.is_blank()
+                    && !k.serial().is_some_and(|k| self.revoked.contains(k.trim()))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
         let mut i = 0;
         while i < self.queue.len() {
-            let job_id = self.queue[i].clone();
-            let Some(entry) = self.jobs.get(&job_id) else {
-                i += 1;
+            let Some(entry) = self.jobs.get(&self.queue[i]) else {
+                // Ended while queued (canceled, expired).
+                self.queue.remove(i);
                 continue;
             };
             let free = match &entry.doc.target_token_serial {
@@ -2000,23 +2059,15 @@ impl Daemon {
                         })
                         .map(|_| key)
                 }
-                None => self
-                    .seats
-                    .iter()
-                    .find(|(k, s)| {
-                        s.job.is_none()
-                            && s.state == TokenState::Blank
-                            && s.present.is_blank()
-                            && !k.serial().is_some_and(|k| self.revoked.contains(k.trim()))
-                    })
-                    .map(|(k, _)| k.clone()),
+                None => blanks.pop_front(),
             };
             let Some(key) = free else {
                 i += 1;
                 continue;
             };
-            self.queue.remove(i);
-            self.claim(job_id, key)?;
+            if let Some(job_id) = self.queue.remove(i) {
+                self.claim(job_id, key)?;
+            }
         }
         Ok(())
     }

@@ -338,6 +338,12 @@ impl<R: Serialize + DeserializeOwned> Journal<R> {
         self.write_records(std::slice::from_ref(record), false)
     }
 
+    /// Makes every record appended so far durable (one fsync), including those appended with
+    /// [`Journal::append_unsynced`].
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        self.file.sync_data().map_err(io_err("fsync", &self.path))
+    }
+
     fn write_records(&mut self, records: &[R], sync: bool) -> Result<(), StoreError> {
         let mut bytes = Vec::new();
         for record in records {

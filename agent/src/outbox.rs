@@ -16,7 +16,16 @@
 //!
 //! Acknowledgements are therefore written without an fsync of their own: the agent's crash
 //! keeps them (the kernel has them), a power loss may lose the last few, which only makes
-//! their events be sent once more. The next push's fsync makes them durable too.
+//! their events be sent once more. The next fsync makes them durable too.
+//!
+//! An event that its owner can make again after a crash may be pushed with
+//! [`Outbox::push_unsynced`]: written at once (an agent crash keeps it), made durable by the
+//! next fsync. The agent's step events are such events: the journal re-makes the events of
+//! a job's last journaled record on start-up, so an event only has to be durable before a
+//! later record of its job is journaled — and only while it is still pending.
+//! [`Outbox::make_durable`] does that fsync when, and only when, one of the named events is
+//! pending and not yet durable; on a healthy link the platform has usually acknowledged it
+//! by then, and no fsync is needed at all.
 //!
 //! This module does no networking and knows nothing about MQTT; [`crate::link`] publishes
 //! what is pending. Event ids are opaque strings chosen by the caller and must be unique:
@@ -100,6 +109,10 @@ pub struct Outbox {
     /// Event id → push sequence.
     index: HashMap<String, u64>,
     next_seq: u64,
+    /// Every push with a smaller sequence is durable.
+    durable_below: u64,
+    /// Something was written since the last fsync.
+    dirty: bool,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -138,6 +151,8 @@ impl Outbox {
             pending: BTreeMap::new(),
             index: HashMap::new(),
             next_seq: 0,
+            durable_below: 0,
+            dirty: true,
         };
         for record in outbox.log.replay()? {
             match record {
@@ -164,6 +179,9 @@ impl Outbox {
                 }
             }
         }
+        // What a crashed run wrote without an fsync is in the kernel's cache: make it durable
+        // before anything relies on it.
+        outbox.sync()?;
         Ok(outbox)
     }
 
@@ -185,22 +203,75 @@ impl Outbox {
         }
     }
 
-    /// Adds an event; returns once it is on disk. Returns `false` (and writes nothing) when an
-    /// event with this id is already pending.
+    /// Adds an event; returns once it is on disk (with everything written before it).
+    /// Returns `false` (and writes nothing) when an event with this id is already pending.
     pub fn push(&mut self, entry: OutboxEntry) -> Result<bool, StoreError> {
+        let added = self.push_record(entry, true)?;
+        if added {
+            self.durable_below = self.next_seq;
+            self.dirty = false;
+        }
+        Ok(added)
+    }
+
+    /// Adds an event its owner can make again after a crash (see the module docs): written
+    /// at once, durable after the next fsync ([`Outbox::make_durable`], [`Outbox::sync`],
+    /// [`Outbox::push`] or a compaction). Returns `false` when the id is already pending.
+    pub fn push_unsynced(&mut self, entry: OutboxEntry) -> Result<bool, StoreError> {
+        let added = self.push_record(entry, false)?;
+        if added {
+            self.dirty = true;
+        }
+        Ok(added)
+    }
+
+    fn push_record(&mut self, entry: OutboxEntry, sync: bool) -> Result<bool, StoreError> {
         if self.index.contains_key(&entry.event_id) {
             return Ok(false);
         }
         let queued_at = SystemTime::now();
-        self.log.append(&Record::Push {
+        let record = Record::Push {
             event_id: entry.event_id.clone(),
             topic: entry.topic.clone(),
             payload: entry.payload.clone(),
             queued_at_ms: millis(queued_at),
-        })?;
+        };
+        if sync {
+            self.log.append(&record)?;
+        } else {
+            self.log.append_unsynced(&record)?;
+        }
         // Milliseconds are what survives a restart: keep the same precision in memory.
         let queued_at = UNIX_EPOCH + Duration::from_millis(millis(queued_at));
         Ok(self.insert(entry, queued_at))
+    }
+
+    /// Whether the event is pending and was pushed without an fsync that has not happened yet.
+    pub fn awaits_fsync(&self, event_id: &str) -> bool {
+        self.index
+            .get(event_id)
+            .is_some_and(|seq| *seq >= self.durable_below)
+    }
+
+    /// Makes the named events durable: one fsync when at least one of them is still pending
+    /// and not yet on disk, none otherwise (acknowledged events need none). Returns whether
+    /// it fsync'd.
+    pub fn make_durable<S: AsRef<str>>(&mut self, event_ids: &[S]) -> Result<bool, StoreError> {
+        if event_ids.iter().any(|id| self.awaits_fsync(id.as_ref())) {
+            self.sync()?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Makes everything written so far durable (one fsync, none when nothing was written).
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        if self.dirty {
+            self.log.sync()?;
+            self.dirty = false;
+        }
+        self.durable_below = self.next_seq;
+        Ok(())
     }
 
     /// Removes the events the platform acknowledged; unknown and repeated ids are ignored.
@@ -224,6 +295,7 @@ impl Outbox {
         self.log.append_unsynced(&Record::Ack {
             event_ids: known.clone(),
         })?;
+        self.dirty = true;
         for id in &known {
             self.remove(id);
         }
@@ -247,7 +319,10 @@ impl Outbox {
                 queued_at_ms: millis(p.queued_at),
             })
             .collect();
-        self.log.rewrite(&records)
+        self.log.rewrite(&records)?;
+        self.durable_below = self.next_seq;
+        self.dirty = false;
+        Ok(())
     }
 
     /// The pending events, oldest first (push order).
@@ -311,6 +386,53 @@ mod tests {
         let ob = Outbox::open(dir.path().join("outbox")).unwrap();
         assert_eq!(ob.pending(), vec![entry(3), entry(1), entry(2)]);
         assert_eq!(ob.depth(), 3);
+    }
+
+    #[test]
+    fn unsynced_pushes_survive_reopen_and_count_as_awaiting_an_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut ob = Outbox::open(dir.path()).unwrap();
+            assert!(ob.push_unsynced(entry(0)).unwrap());
+            assert!(
+                !ob.push_unsynced(entry(0)).unwrap(),
+                "pending id pushed twice"
+            );
+            assert!(ob.push_unsynced(entry(1)).unwrap());
+            assert!(ob.awaits_fsync("ev-0") && ob.awaits_fsync("ev-1"));
+            assert!(!ob.awaits_fsync("ev-9"), "an unknown id needs no fsync");
+        }
+        // An agent crash keeps what was written (the kernel has it).
+        let ob = Outbox::open(dir.path()).unwrap();
+        assert_eq!(ids(&ob), ["ev-0", "ev-1"]);
+        assert!(!ob.awaits_fsync("ev-0"), "open makes what it read durable");
+    }
+
+    #[test]
+    fn make_durable_fsyncs_only_for_pending_events_not_yet_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ob = Outbox::open(dir.path()).unwrap();
+        ob.push_unsynced(entry(0)).unwrap();
+        ob.push_unsynced(entry(1)).unwrap();
+        // Acknowledged: nothing to make durable.
+        ob.acknowledge(["ev-0"]).unwrap();
+        assert!(!ob.make_durable(&["ev-0"]).unwrap());
+        // Pending and unsynced: one fsync, after which both are durable.
+        assert!(ob.make_durable(&["ev-0", "ev-1"]).unwrap());
+        assert!(!ob.make_durable(&["ev-1"]).unwrap());
+        // A synced push makes every earlier write durable with it.
+        ob.push_unsynced(entry(2)).unwrap();
+        ob.push(entry(3)).unwrap();
+        assert!(!ob.awaits_fsync("ev-2") && !ob.awaits_fsync("ev-3"));
+        assert!(!ob.make_durable(&["ev-2", "ev-3"]).unwrap());
+        // So do a plain sync and a compaction.
+        ob.push_unsynced(entry(4)).unwrap();
+        ob.sync().unwrap();
+        assert!(!ob.awaits_fsync("ev-4"));
+        ob.push_unsynced(entry(5)).unwrap();
+        ob.compact().unwrap();
+        assert!(!ob.awaits_fsync("ev-5"));
+        assert_eq!(ids(&ob), ["ev-1", "ev-2", "ev-3", "ev-4", "ev-5"]);
     }
 
     #[test]

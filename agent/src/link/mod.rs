@@ -465,6 +465,31 @@ impl LinkHandle {
         Ok(())
     }
 
+    /// Stores an event its owner can make again after a crash (the agent's journal re-makes
+    /// a job's step events) in the outbox without an fsync of its own, then publishes it like
+    /// [`LinkHandle::publish_event`]. The caller makes it durable with
+    /// [`LinkHandle::make_durable`] before the record that could re-make it stops being the
+    /// one that does (see [`crate::outbox`]). The write is a few hundred bytes to the page
+    /// cache, so it runs on the caller's thread.
+    pub fn publish_replayable_event(&self, entry: OutboxEntry) -> Result<(), LinkError> {
+        self.check_size(&entry.topic, entry.payload.len())?;
+        lock(&self.shared.outbox).push_unsynced(entry.clone())?;
+        lock(&self.shared.inbox).events.push(entry);
+        self.shared.notify.notify_one();
+        Ok(())
+    }
+
+    /// Makes the named events durable if one of them is still pending and not yet on disk
+    /// (one fsync); acknowledged events need nothing. Returns whether it fsync'd.
+    pub fn make_durable<S: AsRef<str>>(&self, event_ids: &[S]) -> Result<bool, LinkError> {
+        Ok(lock(&self.shared.outbox).make_durable(event_ids)?)
+    }
+
+    /// Makes everything the outbox holds durable (one fsync, none when nothing is unsynced).
+    pub fn sync_outbox(&self) -> Result<(), LinkError> {
+        Ok(lock(&self.shared.outbox).sync()?)
+    }
+
     /// Removes events the platform acknowledged from the outbox; unknown ids are ignored.
     /// Returns how many were removed. The removal is written at once but not fsync'd (a power
     /// loss may undo it, which only sends those events again); once dead records dominate the

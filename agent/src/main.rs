@@ -131,7 +131,12 @@ fn run(path: &std::path::Path) -> ExitCode {
         }
     };
     ukey_agent::logging::init(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread for all async work: the daemon is one task that owns the desk's state, and
+    // the link's driver is the only other busy task; every blocking call (PKCS#11, USB,
+    // compaction) has its own thread. A single runtime thread spares the cross-thread
+    // wake-ups a work-stealing pool costs on every step and every MQTT packet (measured in
+    // docs/BENCHMARKS.md).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -230,6 +230,7 @@ pub(crate) fn random_bytes<const N: usize>() -> Result<Zeroizing<[u8; N]>, Proto
 }
 
 /// A fresh random P-256 secret key (rejection sampling on the 32 random bytes).
+#[cfg(test)]
 pub(crate) fn random_p256_key() -> Result<p256::SecretKey, ProtocolError> {
     for _ in 0..16 {
         let bytes = random_bytes::<32>()?;
@@ -280,10 +281,27 @@ pub fn seal(
     let info = context.info();
     match recipient {
         SealRecipient::P256(rpk) => {
-            let eph = random_p256_key()?;
-            let epk = eph.public_key().to_sec1_bytes();
-            let shared = eph.diffie_hellman(rpk);
-            let key = ecies_key(shared.raw_secret_bytes(), &epk, &rpk.to_sec1_bytes(), &info)?;
+            // The ephemeral key and the ECDH with ring (about three times faster than p256);
+            // the construction is the same bytes either way.
+            use ring::agreement;
+            let rpk = rpk.to_sec1_bytes();
+            let ring_error = |what: &str| ProtocolError::Seal {
+                detail: format!("ECDH P-256: {what}"),
+            };
+            let eph = agreement::EphemeralPrivateKey::generate(
+                &agreement::ECDH_P256,
+                &ring::rand::SystemRandom::new(),
+            )
+            .map_err(|_| ring_error("ephemeral key generation"))?;
+            let epk = eph
+                .compute_public_key()
+                .map_err(|_| ring_error("ephemeral public key"))?;
+            let epk = epk.as_ref().to_vec();
+            let peer = agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, &rpk);
+            let key = agreement::agree_ephemeral(eph, &peer, |shared_x| {
+                ecies_key(shared_x, &epk, &rpk, &info)
+            })
+            .map_err(|_| ring_error("key agreement"))??;
             let nonce = random_bytes::<NONCE_BYTES>()?;
             let ct = gcm(&key)?
                 .encrypt(

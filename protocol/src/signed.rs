@@ -222,8 +222,14 @@ impl JobVerifyingKey {
         };
         match (alg, self) {
             (SignatureAlgorithm::Es256, JobVerifyingKey::P256(key)) => {
-                let sig = p256::ecdsa::Signature::from_slice(sig).map_err(|_| bad())?;
-                key.verify(msg, &sig).map_err(|_| bad())
+                // ring verifies `r ‖ s` about three times faster than p256 does.
+                let point = p256::PublicKey::from(key).to_sec1_bytes();
+                ring::signature::UnparsedPublicKey::new(
+                    &ring::signature::ECDSA_P256_SHA256_FIXED,
+                    &point,
+                )
+                .verify(msg, sig)
+                .map_err(|_| bad())
             }
             (SignatureAlgorithm::Rs256, JobVerifyingKey::Rsa(key)) => {
                 let sig = rsa::pkcs1v15::Signature::try_from(sig).map_err(|_| bad())?;

@@ -27,12 +27,12 @@ use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use secrecy::SecretString;
+use ukey_protocol::KeyLabel;
 
 use super::error::{PinOwner, Site, TokenError, TriesLeft};
 use super::handles::{Handles, Remembered};
 use super::module::{Module, PresentToken};
 use super::objects::ObjectKind;
-use ukey_protocol::KeyLabel;
 
 /// Why `C_InitToken` may run on this token (invariant 2).
 #[derive(Debug, Clone, PartialEq, Eq)]

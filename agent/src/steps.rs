@@ -291,10 +291,14 @@ pub fn initialize(
         }
         .into());
     };
-    token
-        .init_token(&so, &label, &authorization)
+    // `present` was read just above, and the token's state right after `C_InitToken` is what
+    // `C_InitPIN` is guarded by: neither is read a second time.
+    let initialized = token
+        .init_token_as_seen(&present, &so, &label, &authorization)
         .map_err(so_failure)?;
-    token.init_user_pin(&so, &pins.user).map_err(so_failure)?;
+    token
+        .init_user_pin_as_seen(&initialized, &so, &pins.user)
+        .map_err(so_failure)?;
     Ok(())
 }
 
@@ -314,16 +318,17 @@ pub fn generate_keys(
                 false,
             )));
         };
-        let leftovers = token.destroy_objects(label)?;
-        if leftovers > 0 {
-            tracing::info!(job = %job.job_id, %label, leftovers, "removed objects of an interrupted attempt");
-        }
-        let key = token.generate_key_pair(label, alg).inspect_err(|e| {
+        // One search finds what an interrupted attempt left (destroyed first) and proves that
+        // no second pair is made.
+        let (leftovers, key) = token.replace_key_pair(label, alg).inspect_err(|e| {
             if matches!(e, TokenError::AttributeCheck { .. }) {
                 // A key that failed its read-back must not stay on the token.
                 let _ = token.destroy_objects(label);
             }
         })?;
+        if leftovers > 0 {
+            tracing::info!(job = %job.job_id, %label, leftovers, "removed objects of an interrupted attempt");
+        }
         keys.insert(label, key);
     }
     Ok(keys)
@@ -428,13 +433,8 @@ pub fn install(
     if let Some(pins) = pins {
         token.login_user(&pins.user)?;
     }
-    let mut written = 0;
-    for cert in certs {
-        if token.install_certificate(cert)? {
-            written += 1;
-        }
-    }
-    Ok(written)
+    // One listing of the token's certificates for all three.
+    Ok(token.install_certificates(certs)?)
 }
 
 /// Step `activate`: every key proves itself (sign / decrypt or agree on the token, checked

@@ -91,6 +91,7 @@ on_both!(
     token_found_by_serial_after_a_new_initialize,
     wrong_pin_is_typed,
     worker_serves_calls_and_survives_a_panic,
+    remembered_handles_never_outlive_what_they_name,
 );
 
 /// The module-independent checks.
@@ -633,6 +634,150 @@ mod suite {
             .unwrap();
         assert!(token.login_user(&pin(USER_PIN)).is_err());
         token.login_user(&pin("new-user-pin-1")).unwrap();
+    }
+
+    /// The CSR `token` builds for `label` carries `spki` and its signature verifies (so it
+    /// was signed by the private key of that very pair).
+    fn csr_is_for(store: &Store, token: &Token, label: KeyLabel, spki: &SubjectPublicKeyInfoOwned) {
+        let subject = subject_data().subject(label).unwrap();
+        let csr = token.build_csr(label, &subject).unwrap();
+        let parsed = x509_cert::request::CertReq::from_der(&csr).unwrap();
+        assert_eq!(
+            &parsed.info.public_key, spki,
+            "{label}: CSR for another key"
+        );
+        openssl_verify_csr(store, &csr);
+    }
+
+    /// Renames `label`'s key pair to another label and id through a session of its own, as
+    /// another application on the machine could: the objects, and so their handles, stay.
+    fn rename_key_pair_elsewhere(store: &Store, serial: &str, label: KeyLabel) {
+        use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+        use cryptoki::object::Attribute;
+        use cryptoki::session::UserType;
+        let p = Pkcs11::new(&store.module).unwrap();
+        // The library is already initialized by this process's `Module`.
+        let _ = p.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
+        let slot = p
+            .get_slots_with_token()
+            .unwrap()
+            .into_iter()
+            .find(|s| p.get_token_info(*s).unwrap().serial_number().trim() == serial)
+            .expect("the token's slot");
+        let s = p.open_rw_session(slot).unwrap();
+        // Login state is per application: already logged in through the `Token`.
+        let _ = s.login(UserType::User, Some(&USER_PIN.into()));
+        let found = s
+            .find_objects(&[
+                Attribute::Label(label.as_str().as_bytes().to_vec()),
+                Attribute::Id(vec![label.key_id()]),
+            ])
+            .unwrap();
+        assert_eq!(found.len(), 2, "{label}: a key pair expected");
+        for handle in found {
+            s.update_attributes(
+                handle,
+                &[
+                    Attribute::Label(b"retired".to_vec()),
+                    Attribute::Id(vec![0x7f]),
+                ],
+            )
+            .unwrap();
+        }
+    }
+
+    /// Handles a `Token` remembers within its session are used only while they name what
+    /// they were remembered for: a key pair destroyed, renamed or wiped by a re-initialization
+    /// is searched for again, and a logout forgets the private keys.
+    pub fn remembered_handles_never_outlive_what_they_name(store: &Store) {
+        let (module, mut token) = blank_to_ready(store);
+        let serial = token.serial().unwrap().to_string();
+        token.login_user(&pin(USER_PIN)).unwrap();
+        let official = token
+            .generate_key_pair(KeyLabel::SealOfficial, KeyAlgorithm::P256)
+            .unwrap();
+        let legal = token
+            .generate_key_pair(KeyLabel::SealLegal, KeyAlgorithm::P256)
+            .unwrap();
+        csr_is_for(store, &token, KeyLabel::SealOfficial, &official);
+
+        // Destroyed and made again elsewhere: the remembered handles are invalid now.
+        let other = Token::open(&module, &serial).unwrap();
+        assert_eq!(other.destroy_objects(KeyLabel::SealOfficial).unwrap(), 2);
+        let official = other
+            .generate_key_pair(KeyLabel::SealOfficial, KeyAlgorithm::P256)
+            .unwrap();
+        assert_eq!(token.public_key(KeyLabel::SealOfficial).unwrap(), official);
+        csr_is_for(store, &token, KeyLabel::SealOfficial, &official);
+        token.check_key_attributes(KeyLabel::SealOfficial).unwrap();
+
+        // Renamed elsewhere and a new pair made under the label: the remembered handles are
+        // still valid, but name the old pair. Its public key must not be taken for the label's.
+        csr_is_for(store, &token, KeyLabel::SealLegal, &legal);
+        rename_key_pair_elsewhere(store, &serial, KeyLabel::SealLegal);
+        let new_legal = other
+            .generate_key_pair(KeyLabel::SealLegal, KeyAlgorithm::P256)
+            .unwrap();
+        assert_ne!(new_legal, legal);
+        drop(other);
+        assert_eq!(token.public_key(KeyLabel::SealLegal).unwrap(), new_legal);
+        csr_is_for(store, &token, KeyLabel::SealLegal, &new_legal);
+
+        // A logout forgets the private keys' handles: they are out of sight.
+        token.logout().unwrap();
+        for label in [KeyLabel::SealOfficial, KeyLabel::SealLegal] {
+            let err = token.signer(label).unwrap_err();
+            assert!(matches!(err, TokenError::ObjectMissing { .. }), "{err}");
+        }
+        assert_eq!(token.public_key(KeyLabel::SealOfficial).unwrap(), official);
+        token.login_user(&pin(USER_PIN)).unwrap();
+        csr_is_for(store, &token, KeyLabel::SealOfficial, &official);
+
+        // Re-initialized (by the job that names it): nothing of before is reachable.
+        let after = token
+            .init_token(
+                &pin(SO_PIN),
+                "rekeyed",
+                &Authorization::NamedByJob {
+                    serial: serial.clone(),
+                },
+            )
+            .unwrap();
+        assert!(after.flags.initialized && !after.flags.user_pin_initialized);
+        assert_eq!(after.label, "rekeyed");
+        assert_eq!(after.serial, serial);
+        token.init_user_pin(&pin(SO_PIN), &pin(USER_PIN)).unwrap();
+        token.login_user(&pin(USER_PIN)).unwrap();
+        for label in [KeyLabel::SealOfficial, KeyLabel::SealLegal] {
+            let err = token.public_key(label).unwrap_err();
+            assert!(matches!(err, TokenError::ObjectMissing { .. }), "{err}");
+            let err = token.signer(label).unwrap_err();
+            assert!(matches!(err, TokenError::ObjectMissing { .. }), "{err}");
+        }
+        let (destroyed, fresh) = token
+            .replace_key_pair(KeyLabel::SealOfficial, KeyAlgorithm::P256)
+            .unwrap();
+        assert_eq!(destroyed, 0);
+        assert_ne!(fresh, official);
+        assert_eq!(token.public_key(KeyLabel::SealOfficial).unwrap(), fresh);
+        csr_is_for(store, &token, KeyLabel::SealOfficial, &fresh);
+        assert_eq!(token.objects().unwrap().len(), 2);
+
+        // Replacing a pair destroys what is there first (its handles go with it): one pair.
+        let (destroyed, again) = token
+            .replace_key_pair(KeyLabel::SealOfficial, KeyAlgorithm::P256)
+            .unwrap();
+        assert_eq!(destroyed, 2);
+        assert_ne!(again, fresh);
+        assert_eq!(token.public_key(KeyLabel::SealOfficial).unwrap(), again);
+        csr_is_for(store, &token, KeyLabel::SealOfficial, &again);
+        assert_eq!(token.objects().unwrap().len(), 2);
+        // Without the user logged in, private keys are out of sight: no replacing then.
+        token.logout().unwrap();
+        let err = token
+            .replace_key_pair(KeyLabel::SealOfficial, KeyAlgorithm::P256)
+            .unwrap_err();
+        assert!(matches!(err, TokenError::InvalidArgument { .. }), "{err}");
     }
 
     pub fn worker_serves_calls_and_survives_a_panic(store: &Store) {

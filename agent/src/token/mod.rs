@@ -12,6 +12,7 @@
 //! This layer knows nothing of jobs, MQTT or the journal.
 
 mod error;
+mod handles;
 mod module;
 mod objects;
 mod selftest;

@@ -9,7 +9,15 @@
 //! generation `CKA_LOCAL, CKA_ALWAYS_SENSITIVE, CKA_NEVER_EXTRACTABLE, CKA_SENSITIVE,
 //! CKA_EXTRACTABLE` are read back; a wrong or missing one fails (cryptoki's `get_attributes`
 //! silently drops unreadable attributes, so results are matched by type).
+//!
+//! Fewer calls per token: the handles of key objects found or created in a session are
+//! remembered (see `handles.rs` for when they are forgotten) and reused, but values never are:
+//! each public key is read from the token when it is used, in one `C_GetAttributeValue`
+//! round that also reads the object's class, label and id, so a remembered handle that names
+//! another object by now is noticed, forgotten and searched for again. Certificates are listed
+//! once per operation ([`Token::install_certificates`], the self-test), not once per label.
 
+use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{
     Attribute, AttributeType, CertificateType, KeyType, ObjectClass, ObjectHandle,
@@ -20,7 +28,8 @@ use ukey_protocol::{KeyAlgorithm, KeyLabel};
 use x509_cert::Certificate;
 use x509_cert::spki::{EncodePublicKey, SubjectPublicKeyInfoOwned};
 
-use super::error::TokenError;
+use super::error::{PinOwner, TokenError};
+use super::handles::Remembered;
 use super::session::Token;
 use crate::certs::{OID_P256, VerifiedCertificate, key_algorithm};
 
@@ -193,6 +202,22 @@ fn usage_of(label: KeyLabel, algorithm: KeyAlgorithm) -> (bool, bool) {
     }
 }
 
+/// Whether a call failed because an object handle is not (or no longer) valid.
+fn is_stale_handle(e: &TokenError) -> bool {
+    matches!(
+        e.rv(),
+        Some(RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid)
+    )
+}
+
+/// The `CKA_KEY_TYPE` of a key algorithm.
+fn key_type_of(algorithm: KeyAlgorithm) -> KeyType {
+    match algorithm {
+        KeyAlgorithm::P256 => KeyType::EC,
+        KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 => KeyType::RSA,
+    }
+}
+
 impl Token {
     /// Object handles of `kind` with `label` (and the label's `CKA_ID`).
     pub(super) fn find(
@@ -210,20 +235,66 @@ impl Token {
         self.with_session(|s| s.find_objects(&template))
     }
 
-    /// The one object of `kind` with `label`; missing is an error.
+    /// The one object of `kind` with `label`, searched for on the token (and remembered for
+    /// this session); missing is an error.
     pub(super) fn find_one(
         &self,
         kind: ObjectKind,
         label: KeyLabel,
-    ) -> Result<ObjectHandle, TokenError> {
-        self.find(kind, label)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| TokenError::ObjectMissing {
+    ) -> Result<Remembered, TokenError> {
+        let handle = self.find(kind, label)?.into_iter().next().ok_or_else(|| {
+            TokenError::ObjectMissing {
                 serial: self.serial.clone(),
                 label,
                 class: kind.as_str(),
-            })
+            }
+        })?;
+        let found = Remembered {
+            handle,
+            key_type: None,
+        };
+        self.remember(kind, label, found);
+        Ok(found)
+    }
+
+    /// `label`'s key object of `kind`: the handle remembered in this session, else searched.
+    pub(super) fn key_handle(
+        &self,
+        kind: ObjectKind,
+        label: KeyLabel,
+    ) -> Result<Remembered, TokenError> {
+        match self.remembered(kind, label) {
+            Some(known) => Ok(known),
+            None => self.find_one(kind, label),
+        }
+    }
+
+    /// Runs `f` on `label`'s key object of `kind`, through the handle remembered in this
+    /// session if there is one. When the module says that handle is invalid, or `f` finds
+    /// that it names another object by now (`Ok(None)`), every remembered handle is
+    /// forgotten and `f` runs once more on the object a fresh search finds.
+    pub(super) fn with_key<T>(
+        &self,
+        kind: ObjectKind,
+        label: KeyLabel,
+        f: impl Fn(Remembered) -> Result<Option<T>, TokenError>,
+    ) -> Result<T, TokenError> {
+        if let Some(known) = self.remembered(kind, label) {
+            match f(known) {
+                Ok(Some(value)) => return Ok(value),
+                Ok(None) => {}
+                Err(e) if is_stale_handle(&e) => {}
+                Err(e) => return Err(e),
+            }
+            tracing::debug!(serial = ?self.serial, %label, class = kind.as_str(), "a remembered handle is stale: searching again");
+            self.forget_handles();
+        }
+        let found = self.find_one(kind, label)?;
+        f(found)?.ok_or_else(|| TokenError::ObjectMissing {
+            serial: self.serial.clone(),
+            label,
+            class: kind.as_str(),
+        })
     }
 
     /// Generates `label`'s key pair on the token (user logged in), checks the private key's
@@ -231,8 +302,8 @@ impl Token {
     ///
     /// Refused with [`TokenError::ObjectExists`] if a key with this label is already there: a
     /// token never holds two (after a crash, reconcile with [`Token::objects`] and
-    /// [`Token::destroy_objects`]). On a failed read-back the new pair is left in place for
-    /// the caller to inspect or destroy.
+    /// [`Token::destroy_objects`], or use [`Token::replace_key_pair`]). On a failed read-back
+    /// the new pair is left in place for the caller to inspect or destroy.
     pub fn generate_key_pair(
         &self,
         label: KeyLabel,
@@ -247,6 +318,41 @@ impl Token {
                 });
             }
         }
+        self.generate_checked(label, algorithm)
+    }
+
+    /// Makes `label`'s key pair anew: destroys every object labelled `label` (what an
+    /// interrupted attempt left: key pair, certificates), then generates the pair as
+    /// [`Token::generate_key_pair`] does. Returns how many objects were destroyed, and the
+    /// public key.
+    ///
+    /// The user must be logged in, so that the search sees private keys too: then nothing
+    /// labelled `label` is left when the pair is generated, and the token never holds two
+    /// (one search answers both "what is left over" and "is there one already").
+    pub fn replace_key_pair(
+        &self,
+        label: KeyLabel,
+        algorithm: KeyAlgorithm,
+    ) -> Result<(usize, SubjectPublicKeyInfoOwned), TokenError> {
+        if self.logged_in() != Some(PinOwner::User) {
+            return Err(TokenError::InvalidArgument {
+                what: "login",
+                reason: format!(
+                    "replacing the {label} key pair needs the user logged in, to see private keys"
+                ),
+            });
+        }
+        let destroyed = self.destroy_objects(label)?;
+        Ok((destroyed, self.generate_checked(label, algorithm)?))
+    }
+
+    /// `C_GenerateKeyPair` with the Ukey templates, the private key's read-back and the
+    /// public key read; the new handles are remembered. No search for an existing pair.
+    fn generate_checked(
+        &self,
+        label: KeyLabel,
+        algorithm: KeyAlgorithm,
+    ) -> Result<SubjectPublicKeyInfoOwned, TokenError> {
         let name = label.as_str().as_bytes().to_vec();
         let id = vec![label.key_id()];
         let mut public = vec![
@@ -288,11 +394,33 @@ impl Token {
         let (public_handle, private_handle) =
             self.with_session(|s| s.generate_key_pair(&mechanism, &public, &private))?;
         tracing::info!(serial = ?self.serial, %label, %algorithm, "key pair generated");
+        let key_type = Some(key_type_of(algorithm));
+        let public_key = Remembered {
+            handle: public_handle,
+            key_type,
+        };
+        self.remember(
+            ObjectKind::PrivateKey,
+            label,
+            Remembered {
+                handle: private_handle,
+                key_type,
+            },
+        );
+        self.remember(ObjectKind::PublicKey, label, public_key);
         self.check_private_key(label, algorithm, private_handle)?;
-        self.read_public_key(label, public_handle)
+        self.read_public_key(label, public_key)?
+            .ok_or_else(|| TokenError::PublicKey {
+                serial: self.serial.clone(),
+                label,
+                reason: format!(
+                    "the new public key object is not a {algorithm} public key with its label and id"
+                ),
+            })
     }
 
-    /// Reads back the private key's attributes; a wrong or missing one is an error.
+    /// Reads back the private key's attributes (one `C_GetAttributeValue`); a wrong or
+    /// missing one is an error.
     pub(super) fn check_private_key(
         &self,
         label: KeyLabel,
@@ -316,71 +444,113 @@ impl Token {
     /// Checks the attributes of `label`'s existing private key (user logged in), e.g. when
     /// reconciling after a crash or from an outside verification pass.
     pub fn check_key_attributes(&self, label: KeyLabel) -> Result<(), TokenError> {
-        let handle = self.find_one(ObjectKind::PrivateKey, label)?;
+        self.key_handle(ObjectKind::PrivateKey, label)?;
         let algorithm =
             key_algorithm(&self.public_key(label)?).ok_or_else(|| TokenError::PublicKey {
                 serial: self.serial.clone(),
                 label,
                 reason: "not P-256, RSA-2048 or RSA-3072".into(),
             })?;
-        self.check_private_key(label, algorithm, handle)
+        self.with_key(ObjectKind::PrivateKey, label, |key| {
+            self.check_private_key(label, algorithm, key.handle)
+                .map(Some)
+        })
     }
 
-    /// `label`'s public key, from its public key object (no login needed: it is public).
+    /// `label`'s public key, read from its public key object (no login needed: it is public).
     pub fn public_key(&self, label: KeyLabel) -> Result<SubjectPublicKeyInfoOwned, TokenError> {
-        let handle = self.find_one(ObjectKind::PublicKey, label)?;
-        self.read_public_key(label, handle)
+        self.with_key(ObjectKind::PublicKey, label, |key| {
+            self.read_public_key(label, key)
+        })
     }
 
+    /// Reads the public key object `key`: `CKA_KEY_TYPE` first when it is not known yet, then
+    /// the key with the object's class, label and id in one round. `None` when the object is
+    /// not `label`'s public key (a remembered handle that names another object by now). The
+    /// key type read is remembered with the handle.
     fn read_public_key(
         &self,
         label: KeyLabel,
-        handle: ObjectHandle,
-    ) -> Result<SubjectPublicKeyInfoOwned, TokenError> {
+        key: Remembered,
+    ) -> Result<Option<SubjectPublicKeyInfoOwned>, TokenError> {
         let bad = |reason: String| TokenError::PublicKey {
             serial: self.serial.clone(),
             label,
             reason,
         };
-        let attrs = self.with_session(|s| s.get_attributes(handle, &[AttributeType::KeyType]))?;
-        let key_type = attrs.iter().find_map(|a| match a {
+        let key_type = match key.key_type {
+            Some(known) => known,
+            None => {
+                let attrs =
+                    self.with_session(|s| s.get_attributes(key.handle, &[AttributeType::KeyType]))?;
+                let read = attrs.iter().find_map(|a| match a {
+                    Attribute::KeyType(k) => Some(*k),
+                    _ => None,
+                });
+                match read {
+                    Some(k) if k == KeyType::EC || k == KeyType::RSA => k,
+                    other => return Err(bad(format!("unsupported key type {other:?}"))),
+                }
+            }
+        };
+        let values: &[AttributeType] = if key_type == KeyType::EC {
+            &[AttributeType::EcParams, AttributeType::EcPoint]
+        } else {
+            &[AttributeType::Modulus, AttributeType::PublicExponent]
+        };
+        let mut types = vec![
+            AttributeType::Class,
+            AttributeType::KeyType,
+            AttributeType::Label,
+            AttributeType::Id,
+        ];
+        types.extend_from_slice(values);
+        let attrs = self.with_session(|s| s.get_attributes(key.handle, &types))?;
+        let class = attrs.iter().find_map(|a| match a {
+            Attribute::Class(c) => Some(*c),
+            _ => None,
+        });
+        let read_type = attrs.iter().find_map(|a| match a {
             Attribute::KeyType(k) => Some(*k),
             _ => None,
         });
-        match key_type {
-            Some(k) if k == KeyType::EC => {
-                let attrs = self.with_session(|s| {
-                    s.get_attributes(handle, &[AttributeType::EcParams, AttributeType::EcPoint])
-                })?;
-                let params = bytes_attr(&attrs, AttributeType::EcParams)
-                    .ok_or_else(|| bad("CKA_EC_PARAMS missing".into()))?;
-                let curve = ObjectIdentifier::from_der(params)
-                    .map_err(|e| bad(format!("CKA_EC_PARAMS: {e}")))?;
-                if curve != OID_P256 {
-                    return Err(bad(format!("curve {curve} is not P-256")));
-                }
-                let point = bytes_attr(&attrs, AttributeType::EcPoint)
-                    .ok_or_else(|| bad("CKA_EC_POINT missing".into()))?;
-                let point = ec_point(point).map_err(bad)?;
-                let key = p256::PublicKey::from_sec1_bytes(&point)
-                    .map_err(|e| bad(format!("CKA_EC_POINT: {e}")))?;
-                spki_of(&key).map_err(bad)
-            }
-            Some(k) if k == KeyType::RSA => {
-                let attrs = self.with_session(|s| {
-                    s.get_attributes(
-                        handle,
-                        &[AttributeType::Modulus, AttributeType::PublicExponent],
-                    )
-                })?;
-                let n = bytes_attr(&attrs, AttributeType::Modulus)
-                    .ok_or_else(|| bad("CKA_MODULUS missing".into()))?;
-                let e = bytes_attr(&attrs, AttributeType::PublicExponent)
-                    .ok_or_else(|| bad("CKA_PUBLIC_EXPONENT missing".into()))?;
-                rsa_spki(n, e).map_err(bad)
-            }
-            other => Err(bad(format!("unsupported key type {other:?}"))),
+        if class != Some(ObjectClass::PUBLIC_KEY)
+            || read_type != Some(key_type)
+            || bytes_attr(&attrs, AttributeType::Label) != Some(label.as_str().as_bytes())
+            || bytes_attr(&attrs, AttributeType::Id) != Some(&[label.key_id()][..])
+        {
+            return Ok(None);
         }
+        self.remember(
+            ObjectKind::PublicKey,
+            label,
+            Remembered {
+                handle: key.handle,
+                key_type: Some(key_type),
+            },
+        );
+        let spki = if key_type == KeyType::EC {
+            let params = bytes_attr(&attrs, AttributeType::EcParams)
+                .ok_or_else(|| bad("CKA_EC_PARAMS missing".into()))?;
+            let curve = ObjectIdentifier::from_der(params)
+                .map_err(|e| bad(format!("CKA_EC_PARAMS: {e}")))?;
+            if curve != OID_P256 {
+                return Err(bad(format!("curve {curve} is not P-256")));
+            }
+            let point = bytes_attr(&attrs, AttributeType::EcPoint)
+                .ok_or_else(|| bad("CKA_EC_POINT missing".into()))?;
+            let point = ec_point(point).map_err(bad)?;
+            let key = p256::PublicKey::from_sec1_bytes(&point)
+                .map_err(|e| bad(format!("CKA_EC_POINT: {e}")))?;
+            spki_of(&key).map_err(bad)?
+        } else {
+            let n = bytes_attr(&attrs, AttributeType::Modulus)
+                .ok_or_else(|| bad("CKA_MODULUS missing".into()))?;
+            let e = bytes_attr(&attrs, AttributeType::PublicExponent)
+                .ok_or_else(|| bad("CKA_PUBLIC_EXPONENT missing".into()))?;
+            rsa_spki(n, e).map_err(bad)?
+        };
+        Ok(Some(spki))
     }
 
     /// Every object visible in the current login state (private ones only when logged in).
@@ -424,6 +594,10 @@ impl Token {
     pub fn destroy_objects(&self, label: KeyLabel) -> Result<usize, TokenError> {
         let template = [Attribute::Label(label.as_str().as_bytes().to_vec())];
         let handles = self.with_session(|s| s.find_objects(&template))?;
+        if !handles.is_empty() {
+            // Handles of destroyed objects are stale: forget them all before the first goes.
+            self.forget_handles();
+        }
         for handle in &handles {
             self.with_session(|s| s.destroy_object(*handle))?;
         }
@@ -438,14 +612,32 @@ impl Token {
     /// Idempotent: if the very same certificate is already there, nothing is written and
     /// `false` is returned (a resumed job never duplicates it).
     pub fn install_certificate(&self, cert: &VerifiedCertificate) -> Result<bool, TokenError> {
-        let label = cert.label();
-        if self
-            .certificates(label)?
-            .iter()
-            .any(|existing| existing.as_slice() == cert.der())
-        {
-            return Ok(false);
+        Ok(self.install_certificates(std::slice::from_ref(cert))? > 0)
+    }
+
+    /// [`Token::install_certificate`] for several certificates, with one listing of the
+    /// token's certificates for all of them. Returns how many were written; one that is
+    /// already on the token (or earlier in `certs`) is not written again.
+    pub fn install_certificates(&self, certs: &[VerifiedCertificate]) -> Result<usize, TokenError> {
+        let mut on_token = self.certificate_listing()?;
+        let mut written = 0;
+        for cert in certs {
+            let label = cert.label();
+            if on_token
+                .iter()
+                .any(|(l, der)| *l == label && der.as_slice() == cert.der())
+            {
+                continue;
+            }
+            self.write_certificate(cert)?;
+            on_token.push((label, cert.der().to_vec()));
+            written += 1;
         }
+        Ok(written)
+    }
+
+    fn write_certificate(&self, cert: &VerifiedCertificate) -> Result<(), TokenError> {
+        let label = cert.label();
         let bad = |e: der::Error| TokenError::Certificate {
             label,
             reason: e.to_string(),
@@ -465,7 +657,47 @@ impl Token {
         ];
         self.with_session(|s| s.create_object(&template))?;
         tracing::info!(serial = ?self.serial, %label, "certificate installed");
-        Ok(true)
+        Ok(())
+    }
+
+    /// Every certificate (DER) on the token that carries one of the three labels with its
+    /// `CKA_ID`, by label: one search for the whole token, then one read per certificate.
+    /// The same certificates as [`Token::certificates`] finds label by label.
+    pub(super) fn certificate_listing(&self) -> Result<Vec<(KeyLabel, Vec<u8>)>, TokenError> {
+        let handles =
+            self.with_session(|s| s.find_objects(&[Attribute::Class(ObjectClass::CERTIFICATE)]))?;
+        let mut out = Vec::with_capacity(handles.len());
+        for handle in handles {
+            let attrs = self.with_session(|s| {
+                s.get_attributes(
+                    handle,
+                    &[
+                        AttributeType::Label,
+                        AttributeType::Id,
+                        AttributeType::Value,
+                    ],
+                )
+            })?;
+            let Some(label) = bytes_attr(&attrs, AttributeType::Label)
+                .and_then(|l| std::str::from_utf8(l).ok())
+                .and_then(KeyLabel::parse)
+            else {
+                continue;
+            };
+            if bytes_attr(&attrs, AttributeType::Id) != Some(&[label.key_id()][..]) {
+                continue;
+            }
+            match bytes_attr(&attrs, AttributeType::Value) {
+                Some(v) => out.push((label, v.to_vec())),
+                None => {
+                    return Err(TokenError::Certificate {
+                        label,
+                        reason: "CKA_VALUE unreadable".into(),
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Every certificate (DER) labelled `label`: usually one; two between writing a renewed
@@ -490,12 +722,7 @@ impl Token {
 
     /// `label`'s certificate (DER); of several, the one that expires last.
     pub fn certificate(&self, label: KeyLabel) -> Result<Option<Vec<u8>>, TokenError> {
-        let certs = self.certificates(label)?;
-        Ok(certs.into_iter().max_by_key(|der| {
-            Certificate::from_der(der)
-                .map(|c| c.tbs_certificate().validity().not_after.to_unix_duration())
-                .unwrap_or_default()
-        }))
+        Ok(latest(self.certificates(label)?))
     }
 
     /// Removes the certificate object labelled `label` whose value is `der` (e.g. the old
@@ -523,6 +750,15 @@ impl Token {
             .mechanisms(self.slot, &self.site())?
             .contains(&mechanism))
     }
+}
+
+/// Of several certificates (DER), the one that expires last.
+pub(super) fn latest(certs: impl IntoIterator<Item = Vec<u8>>) -> Option<Vec<u8>> {
+    certs.into_iter().max_by_key(|der| {
+        Certificate::from_der(der)
+            .map(|c| c.tbs_certificate().validity().not_after.to_unix_duration())
+            .unwrap_or_default()
+    })
 }
 
 /// The uncompressed SEC1 point from `CKA_EC_POINT`: a DER OCTET STRING (the standard) or

@@ -11,8 +11,10 @@
 //!   null KDF) and it must equal the software ECDH result.
 //!
 //! The user must be logged in. A missing mechanism is reported as
-//! [`TokenError::MechanismUnsupported`], not as a failed key.
+//! [`TokenError::MechanismUnsupported`], not as a failed key. The token's certificates are
+//! listed once for all the keys tested; each public key is read from the token.
 
+use cryptoki::error::RvError;
 use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
 use cryptoki::mechanism::{Mechanism, MechanismType};
@@ -27,7 +29,7 @@ use x509_cert::spki::SubjectPublicKeyInfoOwned;
 use zeroize::Zeroizing;
 
 use super::error::TokenError;
-use super::objects::ObjectKind;
+use super::objects::{ObjectKind, latest};
 use super::session::Token;
 use super::signer::is_mechanism_refusal;
 use crate::certs::{key_algorithm, rsa_public_key};
@@ -55,18 +57,35 @@ impl Token {
     /// Runs the self-test for each of `labels` (usually [`KeyLabel::ALL`]); stops at the
     /// first failure.
     pub fn self_test(&self, labels: &[KeyLabel]) -> Result<Vec<KeySelfTest>, TokenError> {
-        labels.iter().map(|l| self.self_test_key(*l)).collect()
+        let certificates = self.certificate_listing()?;
+        labels
+            .iter()
+            .map(|label| {
+                let installed = latest(
+                    certificates
+                        .iter()
+                        .filter(|(l, _)| l == label)
+                        .map(|(_, der)| der.clone()),
+                );
+                self.self_test_key(*label, installed)
+            })
+            .collect()
     }
 
-    fn self_test_key(&self, label: KeyLabel) -> Result<KeySelfTest, TokenError> {
+    /// Tests `label`'s key; `installed` is its certificate on the token, if any.
+    fn self_test_key(
+        &self,
+        label: KeyLabel,
+        installed: Option<Vec<u8>>,
+    ) -> Result<KeySelfTest, TokenError> {
         let fail = |reason: String| TokenError::SelfTest {
             serial: self.serial.clone(),
             label,
             reason,
         };
-        let key = self.find_one(ObjectKind::PrivateKey, label)?;
+        self.key_handle(ObjectKind::PrivateKey, label)?;
         let object_key = self.public_key(label)?;
-        let (public, used_certificate) = match self.certificate(label)? {
+        let (public, used_certificate) = match installed {
             Some(der) => {
                 let cert = Certificate::from_der(&der)
                     .map_err(|e| fail(format!("installed certificate unreadable: {e}")))?;
@@ -83,13 +102,17 @@ impl Token {
         };
         let algorithm = key_algorithm(&public)
             .ok_or_else(|| fail("public key is not P-256, RSA-2048 or RSA-3072".into()))?;
-        let mechanism = if label.is_signing() {
-            self.test_signing(label, key, algorithm, &public)?
-        } else if algorithm == KeyAlgorithm::P256 {
-            self.test_ecdh(label, key, &public)?
-        } else {
-            self.test_rsa_decrypt(label, key, &public)?
-        };
+        let mechanism = self.with_key(ObjectKind::PrivateKey, label, |key| {
+            let key = key.handle;
+            if label.is_signing() {
+                self.test_signing(label, key, algorithm, &public)
+            } else if algorithm == KeyAlgorithm::P256 {
+                self.test_ecdh(label, key, &public)
+            } else {
+                self.test_rsa_decrypt(label, key, &public)
+            }
+            .map(Some)
+        })?;
         tracing::info!(serial = ?self.serial, %label, mechanism, "self-test passed");
         Ok(KeySelfTest {
             label,
@@ -215,13 +238,6 @@ impl Token {
             label,
             reason,
         };
-        if !self.has_mechanism(MechanismType::ECDH1_DERIVE)? {
-            return Err(TokenError::MechanismUnsupported {
-                serial: self.serial.clone(),
-                mechanism: "CKM_ECDH1_DERIVE",
-                purpose: "agree a key with the encryption key",
-            });
-        }
         let token_public = p256::PublicKey::from_sec1_bytes(public.subject_public_key.raw_bytes())
             .map_err(|e| fail(format!("public key: {e}")))?;
         let mut rng = rand::rng();
@@ -237,8 +253,18 @@ impl Token {
             Attribute::ValueLen(32.into()),
         ];
         let params = Ecdh1DeriveParams::new(EcKdf::null(), &peer);
-        let derived =
-            self.with_session(|s| s.derive_key(&Mechanism::Ecdh1Derive(params), key, &template))?;
+        // Tried rather than looked up first in the mechanism list (two calls fewer): a module
+        // without the mechanism says so with `CKR_MECHANISM_INVALID`.
+        let derived = self
+            .with_session(|s| s.derive_key(&Mechanism::Ecdh1Derive(params), key, &template))
+            .map_err(|e| match e.rv() {
+                Some(RvError::MechanismInvalid) => TokenError::MechanismUnsupported {
+                    serial: self.serial.clone(),
+                    mechanism: "CKM_ECDH1_DERIVE",
+                    purpose: "agree a key with the encryption key",
+                },
+                _ => e,
+            })?;
         let value = self.with_session(|s| s.get_attributes(derived, &[AttributeType::Value]));
         // The derived secret is a session object; remove it at once either way.
         if let Err(e) = self.with_session(|s| s.destroy_object(derived)) {

@@ -14,6 +14,9 @@
 //! Initializing a token is guarded by invariant 2: [`Token::init_token`] refuses an initialized
 //! token unless an [`Authorization`] from a job names its serial.
 //!
+//! The open session also carries the object handles found or created through it
+//! (`handles.rs`): they are forgotten with the session, and whenever the login changes.
+//!
 //! Key, object and certificate operations are in `objects.rs`, CSRs in `signer.rs`, the
 //! activation self-test in `selftest.rs`.
 
@@ -24,9 +27,12 @@ use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use secrecy::SecretString;
+use ukey_protocol::KeyLabel;
 
 use super::error::{PinOwner, Site, TokenError, TriesLeft};
+use super::handles::{Handles, Remembered};
 use super::module::{Module, PresentToken};
+use super::objects::ObjectKind;
 
 /// Why `C_InitToken` may run on this token (invariant 2).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +50,13 @@ pub enum Authorization {
 /// The longest token label PKCS#11 stores (`CK_TOKEN_INFO.label` is 32 bytes).
 pub const MAX_TOKEN_LABEL: usize = 32;
 
+/// An open session with the handles found or created through it, which are good only as long
+/// as it is open: dropping it forgets them.
+struct Open {
+    session: Session,
+    handles: RefCell<Handles>,
+}
+
 /// One token, by serial. All calls block; see the module documentation.
 ///
 /// Keep one `Token` per physical token per process: PKCS#11 login state is shared by all
@@ -53,7 +66,7 @@ pub struct Token {
     pub(super) slot: Slot,
     /// `None` or empty only for a blank SoftHSM2 slot, which has no serial until initialized.
     pub(super) serial: Option<String>,
-    session: RefCell<Option<Session>>,
+    session: RefCell<Option<Open>>,
     /// Set when a call found the session dead (token pulled): the next use drops it.
     session_lost: Cell<bool>,
     login: Cell<Option<PinOwner>>,
@@ -243,11 +256,54 @@ impl Token {
                     }
                     e => self.map_err(e),
                 })?;
-            *self.session.borrow_mut() = Some(session);
+            *self.session.borrow_mut() = Some(Open {
+                session,
+                handles: RefCell::new(Handles::default()),
+            });
         }
-        Ref::filter_map(self.session.borrow(), Option::as_ref).map_err(|_| TokenError::Blank {
+        Ref::filter_map(self.session.borrow(), |open| {
+            open.as_ref().map(|open| &open.session)
+        })
+        .map_err(|_| TokenError::Blank {
             slot: self.slot.id(),
         })
+    }
+
+    /// The handle remembered in the open session for `label`'s key object of `kind`; none
+    /// when no session is open or it died.
+    pub(super) fn remembered(&self, kind: ObjectKind, label: KeyLabel) -> Option<Remembered> {
+        if self.session_lost.get() {
+            return None;
+        }
+        let open = self.session.try_borrow().ok()?;
+        let handles = open.as_ref()?.handles.try_borrow().ok()?;
+        handles.get(kind, label)
+    }
+
+    /// Remembers a handle that a call through the open session has just returned.
+    pub(super) fn remember(&self, kind: ObjectKind, label: KeyLabel, remembered: Remembered) {
+        if self.session_lost.get() {
+            return;
+        }
+        if let Ok(open) = self.session.try_borrow()
+            && let Some(open) = open.as_ref()
+            && let Ok(mut handles) = open.handles.try_borrow_mut()
+        {
+            handles.remember(kind, label, remembered);
+        }
+    }
+
+    /// Forgets every remembered handle (objects were destroyed, the login changed, or one
+    /// of them turned out stale).
+    pub(super) fn forget_handles(&self) {
+        if let Ok(open) = self.session.try_borrow()
+            && let Some(open) = open.as_ref()
+            && let Ok(mut handles) = open.handles.try_borrow_mut()
+            && !handles.is_empty()
+        {
+            tracing::debug!(serial = ?self.serial, "forgetting remembered object handles");
+            handles.forget_all();
+        }
     }
 
     fn is_blank_now(&self) -> bool {
@@ -267,11 +323,11 @@ impl Token {
         f(&session).map_err(|e| self.map_err(e))
     }
 
-    /// Closes the session (which also ends any login).
+    /// Closes the session (which also ends any login, and forgets the handles found in it).
     pub fn close_session(&self) {
         self.session_lost.set(false);
-        if let Some(session) = self.session.borrow_mut().take()
-            && let Err(e) = session.close()
+        if let Some(open) = self.session.borrow_mut().take()
+            && let Err(e) = open.session.close()
         {
             tracing::debug!(serial = ?self.serial, error = %e, "closing a session failed");
         }
@@ -279,25 +335,46 @@ impl Token {
     }
 
     /// `C_InitToken`: initializes (and on an initialized token: wipes) the token, with a new
-    /// SO PIN and token label (at most [`MAX_TOKEN_LABEL`] bytes).
+    /// SO PIN and token label (at most [`MAX_TOKEN_LABEL`] bytes). Returns the token as
+    /// `C_GetTokenInfo` describes it right after (blank SoftHSM2 slots get their serial now).
     ///
     /// Refused ([`TokenError::NotBlank`]) unless the token is blank or `authorization` names
     /// this token's serial (invariant 2); with [`Authorization::NamedByJob`], a token with
     /// another serial is refused ([`TokenError::WrongToken`]) even when blank. Our own session
-    /// is closed first (`C_InitToken` fails with `CKR_SESSION_EXISTS` otherwise).
+    /// is closed first (`C_InitToken` fails with `CKR_SESSION_EXISTS` otherwise), and with it
+    /// every handle found in it.
     pub fn init_token(
         &mut self,
         so_pin: &SecretString,
         label: &str,
         authorization: &Authorization,
-    ) -> Result<(), TokenError> {
+    ) -> Result<PresentToken, TokenError> {
+        let present = self.info()?;
+        self.init_token_as_seen(&present, so_pin, label, authorization)
+    }
+
+    /// [`Token::init_token`] on the state `seen` that the caller has *just* read with
+    /// [`Token::info`], with no other call to the token in between: the same guards on the
+    /// same fresh state, without a second `C_GetTokenInfo`. A `seen` of another slot or
+    /// serial is not trusted: the token is read again.
+    pub(crate) fn init_token_as_seen(
+        &mut self,
+        seen: &PresentToken,
+        so_pin: &SecretString,
+        label: &str,
+        authorization: &Authorization,
+    ) -> Result<PresentToken, TokenError> {
         if label.len() > MAX_TOKEN_LABEL {
             return Err(TokenError::InvalidArgument {
                 what: "token label",
                 reason: format!("{} bytes, at most {MAX_TOKEN_LABEL}", label.len()),
             });
         }
-        let present = self.info()?;
+        let present = if self.describes_this_token(seen) {
+            seen.clone()
+        } else {
+            self.info()?
+        };
         match authorization {
             Authorization::BlankOnly if present.flags.initialized => {
                 return Err(TokenError::NotBlank {
@@ -319,24 +396,35 @@ impl Token {
         self.module
             .pkcs11()
             .init_token(self.slot, so_pin, label)
-            .map_err(|e| self.pin_err(e, PinOwner::SecurityOfficer, &present))?;
+            .map_err(|e| self.pin_err(e, PinOwner::SecurityOfficer, Some(&present)))?;
         // A blank SoftHSM2 slot gets its serial now.
         let info = self
             .module
             .pkcs11()
             .get_token_info(self.slot)
             .map_err(|e| self.map_err(e))?;
-        let serial = info.serial_number().trim().to_string();
-        self.serial = Some(serial).filter(|s| !s.is_empty());
+        let after = PresentToken::from_info(self.slot, &info);
+        self.serial = Some(after.serial.clone()).filter(|s| !s.is_empty());
         tracing::info!(serial = ?self.serial, slot = self.slot.id(), "token initialized");
-        Ok(())
+        Ok(after)
     }
 
-    /// Maps an error of a PIN-taking call: wrong, locked, or bad length.
-    fn pin_err(&self, e: CkError, owner: PinOwner, before: &PresentToken) -> TokenError {
+    /// Whether `seen` describes the token this `Token` is for, in its slot now.
+    fn describes_this_token(&self, seen: &PresentToken) -> bool {
+        seen.slot == self.slot.id() && self.serial.as_deref().is_none_or(|s| s == seen.serial)
+    }
+
+    /// Maps an error of a PIN-taking call: wrong, locked, or bad length. `before` is the
+    /// token state read before the call, if it was (else it is read here when needed).
+    fn pin_err(&self, e: CkError, owner: PinOwner, before: Option<&PresentToken>) -> TokenError {
         match e {
             CkError::Pkcs11(RvError::PinIncorrect, _) => {
-                let flags = self.info().map(|i| i.flags).unwrap_or(before.flags);
+                let flags = self
+                    .info()
+                    .map(|i| i.flags)
+                    .ok()
+                    .or(before.map(|b| b.flags))
+                    .unwrap_or_default();
                 let (locked, final_try, low) = match owner {
                     PinOwner::User => (
                         flags.user_pin_locked,
@@ -373,11 +461,18 @@ impl Token {
                 owner,
             },
             CkError::Pkcs11(RvError::PinLenRange | RvError::PinInvalid, _) => {
-                TokenError::PinLength {
-                    serial: self.serial.clone(),
-                    owner,
-                    min: before.min_pin_len,
-                    max: before.max_pin_len,
+                let bounds = match before {
+                    Some(before) => Ok(before.clone()),
+                    None => self.info(),
+                };
+                match bounds {
+                    Ok(bounds) => TokenError::PinLength {
+                        serial: self.serial.clone(),
+                        owner,
+                        min: bounds.min_pin_len,
+                        max: bounds.max_pin_len,
+                    },
+                    Err(e) => e,
                 }
             }
             e => self.map_err(e),
@@ -391,7 +486,8 @@ impl Token {
         if self.login.get().is_some() {
             self.logout()?;
         }
-        let present = self.info()?;
+        // No `C_GetTokenInfo` first: opening a session checks the serial, and a live session
+        // is bound to its token; the state a failed login is reported with is read then.
         let user_type = match owner {
             PinOwner::User => UserType::User,
             PinOwner::SecurityOfficer => UserType::So,
@@ -399,12 +495,15 @@ impl Token {
         let session = self.session()?;
         match session.login(user_type, Some(pin)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
+                drop(session);
                 self.login.set(Some(owner));
+                // Private objects became visible: handles found before are not trusted.
+                self.forget_handles();
                 Ok(())
             }
             Err(e) => {
                 drop(session);
-                Err(self.pin_err(e, owner, &present))
+                Err(self.pin_err(e, owner, None))
             }
         }
     }
@@ -426,13 +525,15 @@ impl Token {
             return Ok(());
         }
         let result = match self.session.borrow().as_ref() {
-            Some(session) => match session.logout() {
+            Some(open) => match open.session.logout() {
                 Ok(()) | Err(CkError::Pkcs11(RvError::UserNotLoggedIn, _)) => Ok(()),
                 Err(e) => Err(self.map_err(e)),
             },
             None => Ok(()),
         };
         self.login.set(None);
+        // Private objects are out of sight now: so are their handles.
+        self.forget_handles();
         result
     }
 
@@ -444,6 +545,23 @@ impl Token {
         user_pin: &SecretString,
     ) -> Result<(), TokenError> {
         let present = self.info()?;
+        self.init_user_pin_as_seen(&present, so_pin, user_pin)
+    }
+
+    /// [`Token::init_user_pin`] on the state `seen` just read by the caller (e.g. what
+    /// [`Token::init_token`] returned), with no other call to the token in between. A `seen`
+    /// of another slot or serial is not trusted: the token is read again.
+    pub(crate) fn init_user_pin_as_seen(
+        &self,
+        seen: &PresentToken,
+        so_pin: &SecretString,
+        user_pin: &SecretString,
+    ) -> Result<(), TokenError> {
+        let present = if self.describes_this_token(seen) {
+            seen.clone()
+        } else {
+            self.info()?
+        };
         if present.flags.user_pin_initialized {
             return Err(TokenError::InvalidArgument {
                 what: "user PIN",
@@ -474,7 +592,7 @@ impl Token {
             let session = self.session()?;
             session
                 .init_pin(user_pin)
-                .map_err(|e| self.pin_err(e, PinOwner::User, present))
+                .map_err(|e| self.pin_err(e, PinOwner::User, Some(present)))
         };
         let logout = self.logout();
         result?;

@@ -76,7 +76,6 @@ pub fn signature_algorithm(algorithm: KeyAlgorithm) -> AlgorithmIdentifierOwned 
 pub struct TokenSigner<'t> {
     token: &'t Token,
     label: KeyLabel,
-    key: ObjectHandle,
     algorithm: KeyAlgorithm,
     public: TokenPublicKey,
     failure: RefCell<Option<TokenError>>,
@@ -93,9 +92,11 @@ impl std::fmt::Debug for TokenSigner<'_> {
 }
 
 impl Token {
-    /// A signer over `label`'s private key (user logged in).
+    /// A signer over `label`'s private key (user logged in). The public key is read from the
+    /// token now; the private key is reached through the handle this session remembers, if
+    /// any (see `handles.rs`).
     pub fn signer(&self, label: KeyLabel) -> Result<TokenSigner<'_>, TokenError> {
-        let key = self.find_one(ObjectKind::PrivateKey, label)?;
+        self.key_handle(ObjectKind::PrivateKey, label)?;
         let public = self.public_key(label)?;
         let algorithm = key_algorithm(&public).ok_or_else(|| TokenError::PublicKey {
             serial: self.serial.clone(),
@@ -105,7 +106,6 @@ impl Token {
         Ok(TokenSigner {
             token: self,
             label,
-            key,
             algorithm,
             public: TokenPublicKey(public),
             failure: RefCell::new(None),
@@ -188,7 +188,11 @@ impl TokenSigner<'_> {
     pub fn sign_digest(&self, digest: &[u8; 32]) -> Result<Vec<u8>, TokenError> {
         let raw = self
             .token
-            .sign_digest_raw(self.label, self.key, self.algorithm, digest)?;
+            .with_key(ObjectKind::PrivateKey, self.label, |key| {
+                self.token
+                    .sign_digest_raw(self.label, key.handle, self.algorithm, digest)
+                    .map(Some)
+            })?;
         match self.algorithm {
             KeyAlgorithm::P256 => {
                 let sig =

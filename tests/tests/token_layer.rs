@@ -92,6 +92,7 @@ on_both!(
     wrong_pin_is_typed,
     worker_serves_calls_and_survives_a_panic,
     remembered_handles_never_outlive_what_they_name,
+    self_test_fails_a_key_that_does_not_match_its_public_key,
 );
 
 /// The module-independent checks.
@@ -684,6 +685,80 @@ mod suite {
             )
             .unwrap();
         }
+    }
+
+    /// Gives the public key object named `from` the label and id of `to` (or of nothing,
+    /// `None`), through a session of its own, as another application could.
+    fn relabel_public_key_elsewhere(
+        store: &Store,
+        serial: &str,
+        from: KeyLabel,
+        to: Option<KeyLabel>,
+    ) {
+        use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+        use cryptoki::object::{Attribute, ObjectClass};
+        let p = Pkcs11::new(&store.module).unwrap();
+        let _ = p.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
+        let slot = p
+            .get_slots_with_token()
+            .unwrap()
+            .into_iter()
+            .find(|s| p.get_token_info(*s).unwrap().serial_number().trim() == serial)
+            .expect("the token's slot");
+        let s = p.open_rw_session(slot).unwrap();
+        let found = s
+            .find_objects(&[
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+                Attribute::Label(from.as_str().as_bytes().to_vec()),
+            ])
+            .unwrap();
+        assert_eq!(found.len(), 1, "{from}: one public key expected");
+        let (label, id) = match to {
+            Some(to) => (to.as_str().as_bytes().to_vec(), vec![to.key_id()]),
+            None => (b"retired".to_vec(), vec![0x7f]),
+        };
+        s.update_attributes(found[0], &[Attribute::Label(label), Attribute::Id(id)])
+            .unwrap();
+    }
+
+    /// The self-test's software checks catch a private key that is not its public key's
+    /// pair: a signature that does not verify, an ECDH that agrees another secret.
+    pub fn self_test_fails_a_key_that_does_not_match_its_public_key(store: &Store) {
+        let (_module, token) = blank_to_ready(store);
+        let serial = token.serial().unwrap().to_string();
+        token.login_user(&pin(USER_PIN)).unwrap();
+        for label in KeyLabel::ALL {
+            token.generate_key_pair(label, KeyAlgorithm::P256).unwrap();
+        }
+        token.self_test(&KeyLabel::ALL).unwrap();
+        // seal-official's private key now meets seal-legal's public key.
+        relabel_public_key_elsewhere(store, &serial, KeyLabel::SealOfficial, None);
+        relabel_public_key_elsewhere(
+            store,
+            &serial,
+            KeyLabel::SealLegal,
+            Some(KeyLabel::SealOfficial),
+        );
+        let err = token.self_test(&[KeyLabel::SealOfficial]).unwrap_err();
+        assert!(
+            matches!(&err, TokenError::SelfTest { label: KeyLabel::SealOfficial, reason, .. }
+                if reason.contains("does not verify")),
+            "{err}"
+        );
+        // The encryption key's private half meets that same foreign public key.
+        relabel_public_key_elsewhere(store, &serial, KeyLabel::Encryption, None);
+        relabel_public_key_elsewhere(
+            store,
+            &serial,
+            KeyLabel::SealOfficial,
+            Some(KeyLabel::Encryption),
+        );
+        let err = token.self_test(&[KeyLabel::Encryption]).unwrap_err();
+        assert!(
+            matches!(&err, TokenError::SelfTest { label: KeyLabel::Encryption, reason, .. }
+                if reason.contains("agreed another secret")),
+            "{err}"
+        );
     }
 
     /// Handles a `Token` remembers within its session are used only while they name what

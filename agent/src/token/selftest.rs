@@ -1,14 +1,14 @@
 //! The activation self-test: each key proves, on the token, that it does its job.
 //!
 //! - A signing key signs a fresh random challenge (hashed on the host, SHA-256); the
-//!   signature is verified in software (p256 / rsa) with the certificate's public key (or the
-//!   public key object when no certificate is installed yet).
+//!   signature is verified in software (ring for P-256, rsa for RSA) with the certificate's
+//!   public key (or the public key object when no certificate is installed yet).
 //! - An RSA encryption key decrypts, on the token, a random secret encrypted in software to
 //!   its public key: `CKM_RSA_PKCS_OAEP` when the module offers it (SHA-256, falling back to
 //!   SHA-1 for modules such as SoftHSM 2.6 that only take SHA-1 parameters), else
 //!   `CKM_RSA_PKCS`.
 //! - An EC encryption key agrees a secret with a fresh software key (`CKM_ECDH1_DERIVE`,
-//!   null KDF) and it must equal the software ECDH result.
+//!   null KDF) and it must equal the software ECDH result (ring).
 //!
 //! The user must be logged in. A missing mechanism is reported as
 //! [`TokenError::MechanismUnsupported`], not as a failed key. The token's certificates are
@@ -20,7 +20,6 @@ use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use der::Decode;
-use p256::elliptic_curve::Generate;
 use sha2::{Digest, Sha256};
 use signature::Verifier;
 use ukey_protocol::{KeyAlgorithm, KeyLabel};
@@ -139,14 +138,19 @@ impl Token {
         let raw = self.sign_digest_raw(label, key, algorithm, &digest)?;
         match algorithm {
             KeyAlgorithm::P256 => {
-                let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(
-                    public.subject_public_key.raw_bytes(),
+                let point = uncompressed_p256(public).map_err(fail)?;
+                if raw.len() != 64 {
+                    return Err(fail(format!(
+                        "CKM_ECDSA returned {} bytes, not r||s (64)",
+                        raw.len()
+                    )));
+                }
+                ring::signature::UnparsedPublicKey::new(
+                    &ring::signature::ECDSA_P256_SHA256_FIXED,
+                    &point,
                 )
-                .map_err(|e| fail(format!("public key: {e}")))?;
-                let sig = p256::ecdsa::Signature::from_slice(&raw)
-                    .map_err(|e| fail(format!("CKM_ECDSA returned no r||s: {e}")))?;
-                vk.verify(challenge.as_ref(), &sig)
-                    .map_err(|_| fail("ECDSA signature does not verify".into()))?;
+                .verify(challenge.as_ref(), &raw)
+                .map_err(|_| fail("ECDSA signature does not verify".into()))?;
                 Ok("CKM_ECDSA")
             }
             KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 => {
@@ -238,12 +242,18 @@ impl Token {
             label,
             reason,
         };
-        let token_public = p256::PublicKey::from_sec1_bytes(public.subject_public_key.raw_bytes())
-            .map_err(|e| fail(format!("public key: {e}")))?;
-        let mut rng = rand::rng();
-        let ephemeral = p256::ecdh::EphemeralSecret::generate_from_rng(&mut rng);
-        let expected = ephemeral.diffie_hellman(&token_public);
-        let peer = ephemeral.public_key().to_sec1_bytes();
+        use ring::agreement;
+        let token_public = uncompressed_p256(public).map_err(fail)?;
+        let ephemeral = agreement::EphemeralPrivateKey::generate(
+            &agreement::ECDH_P256,
+            &ring::rand::SystemRandom::new(),
+        )
+        .map_err(|_| fail("no ephemeral P-256 key from the system's random source".into()))?;
+        let peer = ephemeral
+            .compute_public_key()
+            .map_err(|_| fail("ephemeral P-256 public key".into()))?
+            .as_ref()
+            .to_vec();
         let template = [
             Attribute::Class(ObjectClass::SECRET_KEY),
             Attribute::KeyType(KeyType::GENERIC_SECRET),
@@ -275,12 +285,25 @@ impl Token {
             Attribute::Value(v) => Some(Zeroizing::new(v.clone())),
             _ => None,
         });
-        match agreed {
-            Some(v) if v.as_slice() == expected.raw_secret_bytes().as_slice() => {
-                Ok("CKM_ECDH1_DERIVE")
-            }
-            Some(_) => Err(fail("ECDH on the token agreed another secret".into())),
-            None => Err(fail("derived secret unreadable (CKA_VALUE missing)".into())),
+        let Some(agreed) = agreed else {
+            return Err(fail("derived secret unreadable (CKA_VALUE missing)".into()));
+        };
+        let peer = agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, &token_public);
+        let same =
+            agreement::agree_ephemeral(ephemeral, &peer, |expected| expected == agreed.as_slice())
+                .map_err(|_| fail("software ECDH with the token's public key failed".into()))?;
+        if same {
+            Ok("CKM_ECDH1_DERIVE")
+        } else {
+            Err(fail("ECDH on the token agreed another secret".into()))
         }
     }
+}
+
+/// The P-256 public key of `public` as an uncompressed SEC1 point (what ring takes), after
+/// checking it is a point on the curve.
+fn uncompressed_p256(public: &SubjectPublicKeyInfoOwned) -> Result<Vec<u8>, String> {
+    p256::PublicKey::from_sec1_bytes(public.subject_public_key.raw_bytes())
+        .map(|key| key.to_sec1_bytes().to_vec())
+        .map_err(|e| format!("public key: {e}"))
 }

@@ -1062,7 +1062,11 @@ impl Daemon {
         if let Some(ids) = self.replayable.remove(job_id) {
             self.link.make_durable(&ids)?;
         }
-        self.journal.append_all(&records)?;
+        if platform_repeats(&input) {
+            self.journal.append_all_unsynced(&records)?;
+        } else {
+            self.journal.append_all(&records)?;
+        }
         self.perform_reports(job_id, &actions).await?;
         for action in actions {
             match action {
@@ -2463,6 +2467,21 @@ impl JobEntry {
     }
 }
 
+/// Whether the platform gives `input` again when the agent loses it, so that its journal
+/// record needs no fsync of its own (the job's next fsync'd record, or any later fsync,
+/// makes it durable). A certificate response lost in a power loss leaves the job waiting
+/// for certificates: the agent sends its CSR bundle again and the platform answers it the
+/// same way. A lost final acknowledgement leaves the job waiting for it: its `bind` event is
+/// sent again (from the outbox, or re-made from the journal) and acknowledged again.
+fn platform_repeats(input: &Input) -> bool {
+    matches!(
+        input,
+        Input::CertificatesArrived { .. }
+            | Input::CertificatesRejected { .. }
+            | Input::FinalAcknowledged
+    )
+}
+
 /// The step events among `actions`.
 fn reports_of(actions: Vec<Action>) -> Vec<Report> {
     actions
@@ -2523,21 +2542,23 @@ fn observe_token(
     }
     let token = Token::at(module, &present)?;
     let objects = token.objects()?;
-    let mut keys = Vec::new();
-    let mut certificates = Vec::new();
-    for label in KeyLabel::ALL {
-        if objects
-            .iter()
-            .any(|o| o.key_label() == Some(label) && o.kind == crate::token::ObjectKind::PublicKey)
-        {
-            keys.push(label);
-        }
-        if let Some(der) = token.certificate(label)?
-            && let Ok(not_after) = crate::certs::not_after(&der)
-        {
-            certificates.push((label, not_after));
-        }
-    }
+    let keys = KeyLabel::ALL
+        .into_iter()
+        .filter(|label| {
+            objects.iter().any(|o| {
+                o.key_label() == Some(*label) && o.kind == crate::token::ObjectKind::PublicKey
+            })
+        })
+        .collect();
+    let certificates = token
+        .installed_certificates()?
+        .into_iter()
+        .filter_map(|(label, der)| {
+            crate::certs::not_after(&der)
+                .ok()
+                .map(|not_after| (label, not_after))
+        })
+        .collect();
     Ok(Observation {
         present,
         keys,

@@ -330,6 +330,13 @@ impl<R: Serialize + DeserializeOwned> Journal<R> {
         self.write_records(records, true)
     }
 
+    /// [`Journal::append_all`] without waiting for the disk: the records survive the agent's
+    /// own crash but not a power loss until the next fsync'd append, [`Journal::sync`] or
+    /// rewrite. Only for records whose loss is harmless.
+    pub fn append_all_unsynced(&mut self, records: &[R]) -> Result<(), StoreError> {
+        self.write_records(records, false)
+    }
+
     /// Appends one record without waiting for the disk. It survives the agent's own crash
     /// (the kernel holds it) but not a power loss or kernel crash until the next fsync'd
     /// append or rewrite. Only for records whose loss is harmless (an acknowledgement that,

@@ -445,6 +445,15 @@ mod suite {
             assert_eq!(token.certificate(*label).unwrap().unwrap(), der);
             assert_eq!(token.certificates(*label).unwrap().len(), 1);
         }
+        // All three with one search: the same as label by label.
+        let installed = token.installed_certificates().unwrap();
+        assert_eq!(
+            installed.iter().map(|(l, _)| *l).collect::<Vec<_>>(),
+            KeyLabel::ALL.to_vec()
+        );
+        for (label, der) in &installed {
+            assert_eq!(token.certificate(*label).unwrap().as_ref(), Some(der));
+        }
         // A certificate for another label's key is refused before anything is written.
         let wrong = ca.issue(KeyLabel::SealOfficial, &keys[1].1, 999);
         let err = ca

@@ -725,6 +725,25 @@ impl Token {
         Ok(latest(self.certificates(label)?))
     }
 
+    /// Each label's certificate (DER; of several, the one that expires last), in label
+    /// order, labels without one left out: [`Token::certificate`] for all three labels with
+    /// one search.
+    pub fn installed_certificates(&self) -> Result<Vec<(KeyLabel, Vec<u8>)>, TokenError> {
+        let listing = self.certificate_listing()?;
+        Ok(KeyLabel::ALL
+            .into_iter()
+            .filter_map(|label| {
+                latest(
+                    listing
+                        .iter()
+                        .filter(|(l, _)| *l == label)
+                        .map(|(_, der)| der.clone()),
+                )
+                .map(|der| (label, der))
+            })
+            .collect())
+    }
+
     /// Removes the certificate object labelled `label` whose value is `der` (e.g. the old
     /// certificate after a renewal). Returns whether one was found.
     pub fn remove_certificate(&self, label: KeyLabel, der: &[u8]) -> Result<bool, TokenError> {

@@ -1589,6 +1589,9 @@ impl Daemon {
                 .collect(),
             tokens,
             panel,
+            cpu_us: micros(crate::token::meter::process_cpu()),
+            module_cpu_us: micros(crate::token::meter::module_cpu()),
+            module_calls: crate::token::meter::module_calls(),
             running: true,
         }
     }
@@ -2295,8 +2298,13 @@ impl Daemon {
             return;
         };
         if old_key != new_key
-            && let Some(seat) = self.seats.remove(&old_key)
+            && let Some(mut seat) = self.seats.remove(&old_key)
         {
+            // The last scan may have seen it blank and serial-less (SoftHSM2 gives a serial
+            // at initialization): with its serial, the next observation reads the token
+            // afresh instead of trusting that stale view, so a finished token is never
+            // taken for a blank one even when no scan ran during its whole job.
+            seat.present.serial = serial.to_string();
             self.seats.insert(new_key, seat);
         }
     }
@@ -2480,6 +2488,10 @@ fn platform_repeats(input: &Input) -> bool {
             | Input::CertificatesRejected { .. }
             | Input::FinalAcknowledged
     )
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// The step events among `actions`.

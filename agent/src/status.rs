@@ -45,6 +45,15 @@ pub struct Snapshot {
     pub tokens: Vec<TokenLine>,
     /// The indicator panel: `none`, `connected <model>`, `disconnected: <reason>`.
     pub panel: String,
+    /// CPU time (user and system) of the agent process since it started, in microseconds.
+    #[serde(default)]
+    pub cpu_us: u64,
+    /// Of `cpu_us`, the time spent inside PKCS#11 module calls ([`crate::token::meter`]).
+    #[serde(default)]
+    pub module_cpu_us: u64,
+    /// PKCS#11 module calls made since the agent started.
+    #[serde(default)]
+    pub module_calls: u64,
     /// False in the last snapshot a stopping agent writes.
     #[serde(default = "yes")]
     pub running: bool,
@@ -182,6 +191,12 @@ pub fn render(s: &Snapshot, now_unix: u64) -> String {
         s.outbox_depth
     ));
     out.push_str(&format!("panel:   {}\n", s.panel));
+    out.push_str(&format!(
+        "cpu:     {:.1} s since start, of which {:.1} s inside PKCS#11 modules ({} calls)\n",
+        s.cpu_us as f64 / 1e6,
+        s.module_cpu_us as f64 / 1e6,
+        s.module_calls
+    ));
     out.push_str(&format!("jobs:    {} queued", s.queued_jobs.len()));
     if !s.queued_jobs.is_empty() {
         out.push_str(&format!(" ({})", s.queued_jobs.join(", ")));
@@ -237,6 +252,9 @@ mod tests {
                 job_id: Some("J-1".into()),
             }],
             panel: "none".into(),
+            cpu_us: 12_500_000,
+            module_cpu_us: 8_000_000,
+            module_calls: 4321,
             running: true,
         }
     }
@@ -252,6 +270,10 @@ mod tests {
         assert!(text.contains("2 event(s)"), "{text}");
         assert!(text.contains("generate-keys"), "{text}");
         assert!(text.contains("in-production"), "{text}");
+        assert!(
+            text.contains("12.5 s since start, of which 8.0 s inside PKCS#11 modules (4321 calls)"),
+            "{text}"
+        );
         assert!(!text.contains("NOT RUNNING"));
         assert!(render(&back, 1000 + 60).contains("NOT RUNNING"));
         let stopped = Snapshot {

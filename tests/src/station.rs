@@ -51,6 +51,8 @@ pub struct Station {
     pub usb_sim: bool,
     /// The agent's step timeouts.
     pub timeouts: Timeouts,
+    /// `[pkcs11] scan_interval_ms`: how often the agent scans the slots (50 ms by default).
+    pub scan_interval_ms: u64,
 }
 
 /// The `[timeouts]` the agent is started with, in seconds.
@@ -154,6 +156,7 @@ impl Station {
             extra_config: String::new(),
             usb_sim: false,
             timeouts: Timeouts::default(),
+            scan_interval_ms: 50,
         }
     }
 
@@ -234,7 +237,7 @@ impl Station {
         let text = format!(
             "station_id = \"{sid}\"\nstate_dir = {state:?}\n\
              [broker]\nhost = \"127.0.0.1\"\nport = {port}\nkeep_alive_secs = 5\n\
-             [pkcs11]\ndefault_module = {module:?}\nscan_interval_ms = 50\n\
+             [pkcs11]\ndefault_module = {module:?}\nscan_interval_ms = {scan}\n\
              {usb}\
              {trust}platform_signing_key_id = {kid:?}\n\
              [timeouts]\ncertificates_secs = {cert}\ntoken_removed_secs = {removed}\n\
@@ -252,6 +255,7 @@ impl Station {
             grace = self.timeouts.shutdown_grace_secs,
             resend = self.timeouts.resend_secs,
             extra = self.extra_config,
+            scan = self.scan_interval_ms,
             usb = self.usb_section(),
         );
         let path = self.dir.path().join("agent.toml");

@@ -288,6 +288,27 @@ async fn new_job_on_softhsm_rsa2048() {
     no_secrets_in(&station, &serial);
 }
 
+/// SoftHSM2 gives a blank slot its serial only at initialization, so the last scan saw the
+/// token serial-less and blank. A job that ends before the next scan must not leave it
+/// looking blank: the next queued job waits for SoftHSM2's new blank slot instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_finished_between_two_scans_is_not_taken_for_blank() {
+    let mut station = Station::softhsm().await;
+    // One scan at start, the next long after the first job is done.
+    station.scan_interval_ms = 6_000;
+    station.start_agent().await;
+    let first = station.dispatch_new(KeyAlgorithm::P256).await;
+    let second = station.dispatch_new(KeyAlgorithm::P256).await;
+    let first_serial = succeeded(&station, &first).await;
+    let second_serial = succeeded(&station, &second).await;
+    assert_ne!(first_serial, second_serial, "one token per job");
+    assert!(
+        !station.agent_log().contains("token-not-blank"),
+        "a finished token was taken for blank:\n{}",
+        station.agent_log()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_tokens_in_parallel_on_hsm_sim() {
     let mut station = Station::sim(8).await;

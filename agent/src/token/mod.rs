@@ -13,6 +13,7 @@
 
 mod error;
 mod handles;
+pub mod meter;
 mod module;
 mod objects;
 mod selftest;

@@ -26,6 +26,7 @@ use cryptoki::mechanism::MechanismType;
 use cryptoki::slot::{Slot, TokenInfo};
 
 use super::error::{Site, TokenError};
+use super::meter::metered;
 
 /// A PKCS#11 module loaded and initialized in this process. Cheap to clone; `Send + Sync`.
 #[derive(Clone, Debug)]
@@ -184,7 +185,7 @@ impl Module {
             return Ok(());
         }
         let args = CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK);
-        match self.inner.pkcs11.initialize(args) {
+        match metered(|| self.inner.pkcs11.initialize(args)) {
             // Someone else in this process initialized the library: it is usable.
             Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
                 *initialized = true;
@@ -211,11 +212,7 @@ impl Module {
         *initialized = false;
         // `Pkcs11::finalize` consumes a handle; the registry keeps another, so the library is
         // not unloaded (unloading and reloading some modules crashes them).
-        self.inner
-            .pkcs11
-            .clone()
-            .finalize()
-            .map_err(|e| Site::none().err(e))
+        metered(|| self.inner.pkcs11.clone().finalize()).map_err(|e| Site::none().err(e))
     }
 
     /// The path the module was loaded from.
@@ -231,17 +228,14 @@ impl Module {
     /// cannot be read. A slot whose token vanishes while it is being read is left out: it is
     /// no longer present. Fails only when the slot list itself cannot be read.
     pub fn survey(&self) -> Result<SlotSurvey, TokenError> {
-        let slots = self
-            .inner
-            .pkcs11
-            .get_slots_with_token()
+        let slots = metered(|| self.inner.pkcs11.get_slots_with_token())
             .map_err(|e| Site::none().err(e))?;
         let mut survey = SlotSurvey {
             tokens: Vec::with_capacity(slots.len()),
             unreadable: Vec::new(),
         };
         for slot in slots {
-            match self.inner.pkcs11.get_token_info(slot) {
+            match metered(|| self.inner.pkcs11.get_token_info(slot)) {
                 Ok(info) => survey.tokens.push(PresentToken::from_info(slot, &info)),
                 Err(CkError::Pkcs11(
                     RvError::TokenNotPresent | RvError::DeviceRemoved | RvError::SlotIdInvalid,
@@ -307,18 +301,12 @@ impl Module {
         slot: Slot,
         site: &Site,
     ) -> Result<Vec<MechanismType>, TokenError> {
-        self.inner
-            .pkcs11
-            .get_mechanism_list(slot)
-            .map_err(|e| site.err(e))
+        metered(|| self.inner.pkcs11.get_mechanism_list(slot)).map_err(|e| site.err(e))
     }
 
     /// The slot handle for a slot id from [`PresentToken::slot`], if it still has a token.
     pub(crate) fn slot(&self, id: u64) -> Result<Option<Slot>, TokenError> {
-        let slots = self
-            .inner
-            .pkcs11
-            .get_slots_with_token()
+        let slots = metered(|| self.inner.pkcs11.get_slots_with_token())
             .map_err(|e| Site::none().err(e))?;
         Ok(slots.into_iter().find(|s| s.id() == id))
     }

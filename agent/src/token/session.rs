@@ -31,6 +31,7 @@ use ukey_protocol::KeyLabel;
 
 use super::error::{PinOwner, Site, TokenError, TriesLeft};
 use super::handles::{Handles, Remembered};
+use super::meter::metered;
 use super::module::{Module, PresentToken};
 use super::objects::ObjectKind;
 
@@ -146,10 +147,7 @@ impl Token {
 
     /// Reads `C_GetTokenInfo` and checks that the slot still holds this token.
     pub fn info(&self) -> Result<PresentToken, TokenError> {
-        let info = self
-            .module
-            .pkcs11()
-            .get_token_info(self.slot)
+        let info = metered(|| self.module.pkcs11().get_token_info(self.slot))
             .map_err(|e| self.map_err(e))?;
         let present = PresentToken::from_info(self.slot, &info);
         if let Some(serial) = &self.serial
@@ -223,7 +221,7 @@ impl Token {
     }
 
     fn still_present(&self) -> bool {
-        match self.module.pkcs11().get_token_info(self.slot) {
+        match metered(|| self.module.pkcs11().get_token_info(self.slot)) {
             Ok(info) => match &self.serial {
                 Some(serial) => info.serial_number().trim() == serial,
                 None => true,
@@ -244,18 +242,16 @@ impl Token {
         if self.session.borrow().is_none() {
             // The slot may hold another token by now: never open a session on that one.
             self.info()?;
-            let session = self
-                .module
-                .pkcs11()
-                .open_rw_session(self.slot)
-                .map_err(|e| match e {
+            let session = metered(|| self.module.pkcs11().open_rw_session(self.slot)).map_err(
+                |e| match e {
                     CkError::Pkcs11(RvError::TokenNotRecognized, _) if self.is_blank_now() => {
                         TokenError::Blank {
                             slot: self.slot.id(),
                         }
                     }
                     e => self.map_err(e),
-                })?;
+                },
+            )?;
             *self.session.borrow_mut() = Some(Open {
                 session,
                 handles: RefCell::new(Handles::default()),
@@ -307,9 +303,7 @@ impl Token {
     }
 
     fn is_blank_now(&self) -> bool {
-        self.module
-            .pkcs11()
-            .get_token_info(self.slot)
+        metered(|| self.module.pkcs11().get_token_info(self.slot))
             .map(|i| !i.token_initialized())
             .unwrap_or(false)
     }
@@ -320,14 +314,14 @@ impl Token {
         f: impl FnOnce(&Session) -> Result<T, CkError>,
     ) -> Result<T, TokenError> {
         let session = self.session()?;
-        f(&session).map_err(|e| self.map_err(e))
+        metered(|| f(&session)).map_err(|e| self.map_err(e))
     }
 
     /// Closes the session (which also ends any login, and forgets the handles found in it).
     pub fn close_session(&self) {
         self.session_lost.set(false);
         if let Some(open) = self.session.borrow_mut().take()
-            && let Err(e) = open.session.close()
+            && let Err(e) = metered(|| open.session.close())
         {
             tracing::debug!(serial = ?self.serial, error = %e, "closing a session failed");
         }
@@ -393,15 +387,10 @@ impl Token {
             }
         }
         self.close_session();
-        self.module
-            .pkcs11()
-            .init_token(self.slot, so_pin, label)
+        metered(|| self.module.pkcs11().init_token(self.slot, so_pin, label))
             .map_err(|e| self.pin_err(e, PinOwner::SecurityOfficer, Some(&present)))?;
         // A blank SoftHSM2 slot gets its serial now.
-        let info = self
-            .module
-            .pkcs11()
-            .get_token_info(self.slot)
+        let info = metered(|| self.module.pkcs11().get_token_info(self.slot))
             .map_err(|e| self.map_err(e))?;
         let after = PresentToken::from_info(self.slot, &info);
         self.serial = Some(after.serial.clone()).filter(|s| !s.is_empty());
@@ -493,7 +482,7 @@ impl Token {
             PinOwner::SecurityOfficer => UserType::So,
         };
         let session = self.session()?;
-        match session.login(user_type, Some(pin)) {
+        match metered(|| session.login(user_type, Some(pin))) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
                 drop(session);
                 self.login.set(Some(owner));
@@ -525,7 +514,7 @@ impl Token {
             return Ok(());
         }
         let result = match self.session.borrow().as_ref() {
-            Some(open) => match open.session.logout() {
+            Some(open) => match metered(|| open.session.logout()) {
                 Ok(()) | Err(CkError::Pkcs11(RvError::UserNotLoggedIn, _)) => Ok(()),
                 Err(e) => Err(self.map_err(e)),
             },
@@ -590,8 +579,7 @@ impl Token {
         self.login_so(so_pin)?;
         let result = {
             let session = self.session()?;
-            session
-                .init_pin(user_pin)
+            metered(|| session.init_pin(user_pin))
                 .map_err(|e| self.pin_err(e, PinOwner::User, Some(present)))
         };
         let logout = self.logout();

@@ -601,7 +601,11 @@ impl Token {
         for handle in &handles {
             self.with_session(|s| s.destroy_object(*handle))?;
         }
-        tracing::info!(serial = ?self.serial, %label, count = handles.len(), "objects destroyed");
+        if handles.is_empty() {
+            tracing::debug!(serial = ?self.serial, %label, "no objects to destroy");
+        } else {
+            tracing::info!(serial = ?self.serial, %label, count = handles.len(), "objects destroyed");
+        }
         Ok(handles.len())
     }
 
@@ -773,6 +777,11 @@ impl Token {
 
 /// Of several certificates (DER), the one that expires last.
 pub(super) fn latest(certs: impl IntoIterator<Item = Vec<u8>>) -> Option<Vec<u8>> {
+    let mut certs: Vec<Vec<u8>> = certs.into_iter().collect();
+    if certs.len() <= 1 {
+        // The usual case: nothing to compare, nothing to parse.
+        return certs.pop();
+    }
     certs.into_iter().max_by_key(|der| {
         Certificate::from_der(der)
             .map(|c| c.tbs_certificate().validity().not_after.to_unix_duration())

@@ -2220,7 +2220,7 @@ impl Daemon {
         };
         entry.running = true;
         entry.step_started = Some((step, now_utc()));
-        tracing::info!(job = %job_id, step = %step, "step started");
+        tracing::debug!(job = %job_id, step = %step, "step started");
         tokio::spawn(async move {
             let done = run_step(
                 step, job_id, doc, pins, serial, certs, verified, trust, worker,

@@ -14,7 +14,10 @@
 //! with the payload being the record as JSON. A crash while appending leaves at most one torn
 //! record at the end of the file: [`Journal::open`] finds it, logs it and cuts it off. A bad
 //! record followed by good ones is not a torn write but damage, and opening fails with
-//! [`StoreError::Corrupt`] rather than silently dropping history.
+//! [`StoreError::Corrupt`] rather than silently dropping history — unless the bad bytes are a
+//! page that was never written back (zeros up to a page boundary): records appended without an
+//! fsync may reach the disk out of order, and what follows such a hole was never fsync'd, so
+//! it is cut off like a torn tail.
 //!
 //! Compaction is the caller's: it knows which records still matter and hands a snapshot to
 //! [`Journal::rewrite`], which replaces the file atomically (write, fsync, rename, fsync the
@@ -174,8 +177,11 @@ fn scan(bytes: &[u8]) -> Result<Scan, (usize, &'static str)> {
                     .windows(MAGIC.len())
                     .enumerate()
                     .filter(|(_, w)| *w == MAGIC)
-                    .any(|(i, _)| parse_at(&rest[i..]).is_ok());
-                if later_good {
+                    .find(|(i, _)| parse_at(&rest[*i..]).is_ok())
+                    .map(|(i, _)| pos + 1 + i);
+                if let Some(next) = later_good
+                    && !unsynced_hole(bytes, pos, next)
+                {
                     return Err((pos, reason));
                 }
                 return Ok(Scan {
@@ -189,6 +195,23 @@ fn scan(bytes: &[u8]) -> Result<Scan, (usize, &'static str)> {
         records,
         valid_len: pos,
     })
+}
+
+/// The page size the kernel writes a file's cached data back in.
+const PAGE: usize = 4096;
+
+/// Whether the damage between `pos` and the good record at `next` is a page the kernel never
+/// wrote back: appends made without an fsync ([`Journal::append_unsynced`]) may reach the disk
+/// out of order, so a power loss can leave a later page written and an earlier one not (it
+/// reads as zeros). Everything from such a hole on was unsynced — an fsync would have written
+/// the hole too — so it may be dropped like a torn tail. The sign: the bytes from `pos` (or
+/// from a page start after it) to the end of their page are all zero. Damage of any other
+/// shape stays an error.
+fn unsynced_hole(bytes: &[u8], pos: usize, next: usize) -> bool {
+    let first_boundary = (pos / PAGE + 1) * PAGE;
+    (first_boundary..=next)
+        .step_by(PAGE)
+        .any(|end| bytes[pos.max(end - PAGE)..end].iter().all(|b| *b == 0))
 }
 
 /// Fsyncs a folder so that a created or renamed entry in it survives a crash.
@@ -581,6 +604,47 @@ mod tests {
         );
         // The file is left as it was for an operator to look at.
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
+
+    #[test]
+    fn a_page_never_written_back_ends_the_log_like_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.journal");
+        {
+            let mut j = Journal::<Rec>::open(&path).unwrap();
+            j.append(&rec(0)).unwrap();
+            for i in 1..400 {
+                j.append_unsynced(&rec(i)).unwrap();
+            }
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.len() > 3 * PAGE, "records span several pages");
+        // A power loss wrote pages 0 and 2 back, page 1 never: it reads as zeros.
+        bytes[PAGE..2 * PAGE].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+        let j = Journal::<Rec>::open(&path).unwrap();
+        let kept = j.replay().unwrap();
+        assert!(!kept.is_empty() && kept.len() < 400, "{} kept", kept.len());
+        assert_eq!(kept, (0..kept.len() as u32).map(rec).collect::<Vec<_>>());
+        assert!(file_len(&path) <= PAGE as u64, "cut at the hole");
+
+        // The rest of a page zeroed from inside a record: the same.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let cut = bytes.len();
+        drop(j);
+        {
+            let mut j = Journal::<Rec>::open(&path).unwrap();
+            for i in 0..400 {
+                j.append_unsynced(&rec(1000 + i)).unwrap();
+            }
+        }
+        bytes = std::fs::read(&path).unwrap();
+        let hole_end = (cut / PAGE + 2) * PAGE;
+        assert!(bytes.len() > hole_end + PAGE);
+        bytes[cut + 10..hole_end].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+        let j = Journal::<Rec>::open(&path).unwrap();
+        assert_eq!(j.replay().unwrap(), kept);
     }
 
     #[test]

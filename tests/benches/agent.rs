@@ -155,10 +155,16 @@ async fn next_meter(station: &Station, after: Option<&Meter>) -> Result<Meter> {
     }
 }
 
+/// The first status snapshot the agent writes after now: the one there now may be up to one
+/// refresh old, so wait for the file to change.
+async fn meter_after_now(station: &Station) -> Result<Meter> {
+    let there = next_meter(station, None).await?;
+    next_meter(station, Some(&there)).await
+}
+
 /// Two fresh snapshots around [`idle`]: the agent's own idle rate, measured in the agent.
 async fn idle_metered(station: &Station, pid: &str) -> Result<(Idle, Meter, f64)> {
-    let any = next_meter(station, None).await?;
-    let start = next_meter(station, Some(&any)).await?;
+    let start = meter_after_now(station).await?;
     let idle = idle(pid).await?;
     let end = next_meter(station, Some(&start)).await?;
     Ok((idle, end, end.since(&start).own_rate()))
@@ -396,7 +402,8 @@ async fn run_sim(slots: usize, tokens: usize) -> Result<Run> {
         }
     }
     let (agent_cpu, bench_cpu, window, machine) = window.close(&pid)?;
-    let meter = next_meter(&station, Some(&meter0)).await?.since(&meter0);
+    // A snapshot written after the last success (one written during the run would cut it).
+    let meter = meter_after_now(&station).await?.since(&meter0);
     let peak_rss_kib = peak_rss_kib(&pid)?;
     let events = job_events(&station, &jobs)?;
     station.stop_agent();
@@ -439,7 +446,8 @@ async fn run_softhsm(tokens: usize) -> Result<Run> {
             .map_err(|e| anyhow!("{e}\n--- agent log ---\n{}", station.agent_log()))?;
     }
     let (agent_cpu, bench_cpu, window, machine) = window.close(&pid)?;
-    let meter = next_meter(&station, Some(&meter0)).await?.since(&meter0);
+    // A snapshot written after the last success (one written during the run would cut it).
+    let meter = meter_after_now(&station).await?.since(&meter0);
     let peak_rss_kib = peak_rss_kib(&pid)?;
     let events = job_events(&station, &jobs)?;
     let busy = max_overlap(&events);

@@ -285,6 +285,9 @@ fn now_utc() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
 
+/// The shortest time between two inventory publishes (see `run`).
+const INVENTORY_EVERY: Duration = Duration::from_millis(100);
+
 /// Starts the daemon and runs it until `shutdown` is cancelled; then stops claiming, lets
 /// running steps finish (up to `timeouts.shutdown_grace_secs`), flushes and returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
@@ -422,6 +425,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let mut stop_deadline: Option<tokio::time::Instant> = None;
     let mut status_tick = tokio::time::interval(crate::status::REFRESH);
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The retained inventory is a state document: a change after a quiet spell goes out at
+    // once, changes in a burst (a busy desk) go out together, the newest state at most
+    // `INVENTORY_EVERY` later.
+    let now = tokio::time::Instant::now();
+    let mut inventory_sent = now.checked_sub(INVENTORY_EVERY).unwrap_or(now);
 
     loop {
         if stop_deadline.is_some() && !daemon.jobs.values().any(|j| j.running) {
@@ -469,11 +477,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
                 daemon.check_usb_arrivals();
                 daemon.write_status();
             }
+            _ = tokio::time::sleep_until(inventory_sent + INVENTORY_EVERY), if daemon.inventory_dirty => {}
         }
-        if daemon.inventory_dirty {
+        if daemon.inventory_dirty && inventory_sent.elapsed() >= INVENTORY_EVERY {
             daemon.publish_inventory();
+            inventory_sent = tokio::time::Instant::now();
         }
         daemon.update_lights();
+    }
+    if daemon.inventory_dirty {
+        daemon.publish_inventory();
     }
     usb_stop.cancel();
     let mut last = daemon.snapshot();

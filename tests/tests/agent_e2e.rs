@@ -10,6 +10,7 @@ use hsm_sim::platform::{JobDraft, Misbehaviour, Times};
 use secrecy::ExposeSecret;
 use ukey_protocol::event::{ExecutionState, Step};
 use ukey_protocol::ids::{JobId, TokenSerial};
+use ukey_protocol::inventory::TokenState;
 use ukey_protocol::job::JobKind;
 use ukey_protocol::keys::KeyAlgorithm;
 use ukey_tests::require_tool;
@@ -327,6 +328,48 @@ async fn eight_tokens_in_parallel_on_hsm_sim() {
     assert_eq!(serials.len(), 8, "eight distinct tokens");
     for serial in &serials {
         check_from_outside(&station, serial);
+    }
+    // The retained inventory ends showing all eight finished, and a busy desk's changes went
+    // out in bursts: two publishes at least 100 ms apart (a few ms of timer slack).
+    let station_id = station.station_id.clone();
+    station
+        .platform
+        .wait_until(
+            "eight active tokens in the inventory",
+            PRODUCTION_TIMEOUT,
+            |r| {
+                let inventory = r.current_inventory(&station_id)?;
+                (inventory
+                    .slots
+                    .iter()
+                    .filter(|s| {
+                        s.token
+                            .as_ref()
+                            .is_some_and(|t| t.state == TokenState::Active)
+                    })
+                    .count()
+                    == 8)
+                    .then_some(())
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", station.agent_log()));
+    let snapshot = station.platform.snapshot();
+    let mut published: Vec<_> = snapshot
+        .inventory()
+        .iter()
+        .filter(|i| i.station_id == station_id)
+        .collect();
+    published.sort_by_key(|i| i.seq);
+    assert!(published.len() > 2, "{} inventories", published.len());
+    for pair in published.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(
+            gap >= time::Duration::milliseconds(95),
+            "inventories {} and {} only {gap} apart",
+            pair[0].seq,
+            pair[1].seq
+        );
     }
 }
 

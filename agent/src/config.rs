@@ -275,6 +275,12 @@ pub struct TimeoutConfig {
     /// proves nothing: a broker that lost the platform's session drops what it is sent.
     #[serde(default = "default_resend")]
     pub resend_secs: u64,
+    /// How long one call on a token (a step's work on it) may run before the desk raises a
+    /// `token-call-stuck` alert: the module or the device has likely stopped answering
+    /// (default 120; RSA generation on real hardware takes up to a minute). The job is not
+    /// failed for it; the alert goes when the call returns.
+    #[serde(default = "default_wedged_call")]
+    pub wedged_call_secs: u64,
 }
 
 impl Default for TimeoutConfig {
@@ -286,6 +292,7 @@ impl Default for TimeoutConfig {
             target_token_secs: default_target_wait(),
             shutdown_grace_secs: default_shutdown_grace(),
             resend_secs: default_resend(),
+            wedged_call_secs: default_wedged_call(),
         }
     }
 }
@@ -310,6 +317,10 @@ impl TimeoutConfig {
     /// [`TimeoutConfig::resend_secs`] as a duration.
     pub fn resend(&self) -> Duration {
         Duration::from_secs(self.resend_secs)
+    }
+    /// [`TimeoutConfig::wedged_call_secs`] as a duration.
+    pub fn wedged_call(&self) -> Duration {
+        Duration::from_secs(self.wedged_call_secs)
     }
     /// [`TimeoutConfig::shutdown_grace_secs`] as a duration.
     pub fn shutdown_grace(&self) -> Duration {
@@ -386,6 +397,9 @@ fn default_shutdown_grace() -> u64 {
 }
 fn default_resend() -> u64 {
     60
+}
+fn default_wedged_call() -> u64 {
+    120
 }
 fn default_expiry_warning_days() -> u32 {
     30
@@ -632,6 +646,7 @@ impl Config {
             ("timeouts.bind_ack_secs", t.bind_ack_secs),
             ("timeouts.target_token_secs", t.target_token_secs),
             ("timeouts.resend_secs", t.resend_secs),
+            ("timeouts.wedged_call_secs", t.wedged_call_secs),
         ] {
             if value == 0 {
                 problem(key, "must be at least 1".into());
@@ -721,6 +736,7 @@ mod tests {
         assert_eq!(config.pkcs11.scan_interval_ms, 500);
         assert_eq!(config.timeouts.certificates_secs, 600);
         assert_eq!(config.timeouts.resend_secs, 60);
+        assert_eq!(config.timeouts.wedged_call_secs, 120);
         assert_eq!(config.inventory.expiry_warning_days, 30);
         assert_eq!(config.models.len(), 1);
         assert_eq!(config.models[0].vendor_id, 0x096e);
@@ -735,6 +751,7 @@ mod tests {
         assert_eq!(config.log_format, LogFormat::Human);
         assert!(config.panel.is_none());
         assert_eq!(config.timeouts.token_removed_secs, 300);
+        assert_eq!(config.timeouts.wedged_call_secs, 120);
     }
 
     const MINIMAL: &str = r#"
@@ -786,6 +803,28 @@ station_key = "station.pem"
         assert!(
             ca.problem.contains(&dir.path().display().to_string()),
             "{ca}"
+        );
+    }
+
+    #[test]
+    fn a_zero_wedged_call_limit_is_reported() {
+        let text = format!("{MINIMAL}[timeouts]\nwedged_call_secs = 0\n");
+        let config = Config::parse(&text).unwrap();
+        assert_eq!(config.timeouts.wedged_call(), Duration::ZERO);
+        let problems = config.check();
+        let p = problems
+            .iter()
+            .find(|p| p.key == "timeouts.wedged_call_secs")
+            .unwrap_or_else(|| panic!("{problems:?}"));
+        assert!(p.problem.contains("at least 1"), "{p}");
+        let ok = Config::parse(&format!("{MINIMAL}[timeouts]\nwedged_call_secs = 45\n")).unwrap();
+        assert_eq!(ok.timeouts.wedged_call(), Duration::from_secs(45));
+        assert!(
+            !ok.check()
+                .iter()
+                .any(|p| p.key == "timeouts.wedged_call_secs"),
+            "{:?}",
+            ok.check()
         );
     }
 

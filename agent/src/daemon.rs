@@ -64,6 +64,7 @@ use crate::outbox::{Outbox, OutboxEntry};
 use crate::panel::{ButtonAction, ButtonPress, Light, Panel, PanelHandle};
 use crate::status::{RunningJob, Snapshot, TokenLine};
 use crate::steps::{self, Pins, StepFailure};
+use crate::stuck::{RunningCall, StuckCalls};
 use crate::token::{Module, PresentToken, SlotSurvey, Token, TokenError, UnreadableSlot};
 use crate::trust::{Sealed, TrustError, TrustMaterial};
 use crate::usb::{self, ModelFilter, UsbEvent};
@@ -279,6 +280,8 @@ struct Daemon {
     /// PKCS#11 modules that could not be loaded (path, reason): reported, not fatal, so the
     /// other models keep working.
     module_problems: Vec<(PathBuf, String)>,
+    /// Token calls running past `timeouts.wedged_call_secs` (alerts, lights, status).
+    stuck_calls: StuckCalls,
 }
 
 fn now_utc() -> OffsetDateTime {
@@ -369,6 +372,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let panel_shutdown = CancellationToken::new();
     let (panel, mut presses) = Panel::start(config.panel.as_ref(), panel_shutdown.clone())
         .map_err(|e| DaemonError::Config(format!("panel: {e}")))?;
+    let config_wedged_call = config.timeouts.wedged_call();
     let mut daemon = Daemon {
         config,
         trust,
@@ -396,6 +400,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         usb_problems: BTreeMap::new(),
         usb_ids: BTreeMap::new(),
         module_problems,
+        stuck_calls: StuckCalls::new(config_wedged_call),
     };
     daemon.replay().await?;
     crate::systemd::ready();
@@ -430,6 +435,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     // `INVENTORY_EVERY` later.
     let now = tokio::time::Instant::now();
     let mut inventory_sent = now.checked_sub(INVENTORY_EVERY).unwrap_or(now);
+    let mut calls_tick = tokio::time::interval(daemon.stuck_calls.check_every());
+    calls_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         if stop_deadline.is_some() && !daemon.jobs.values().any(|j| j.running) {
@@ -477,6 +484,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
                 daemon.check_usb_arrivals();
                 daemon.write_status();
             }
+            _ = calls_tick.tick() => daemon.check_token_calls(),
             _ = tokio::time::sleep_until(inventory_sent + INVENTORY_EVERY), if daemon.inventory_dirty => {}
         }
         if daemon.inventory_dirty && inventory_sent.elapsed() >= INVENTORY_EVERY {
@@ -1461,7 +1469,7 @@ impl Daemon {
 
     fn update_lights(&mut self) {
         let mut lit = BTreeSet::new();
-        for seat in self.seats.values() {
+        for (key, seat) in &self.seats {
             let Some(slot) = Self::panel_slot(seat) else {
                 continue;
             };
@@ -1472,7 +1480,10 @@ impl Daemon {
             } else {
                 seat.outcome
             };
-            let light = if self.wrong_token(seat).is_some() && !seat.acknowledged {
+            let light = if self.stuck_calls.get(key).is_some()
+                || (self.wrong_token(seat).is_some() && !seat.acknowledged)
+            {
+                // A stuck call needs the staff whatever was acknowledged: it is happening now.
                 Light::Attention
             } else {
                 crate::desk::light(seat.state, seat.job.is_some(), outcome, seat.acknowledged)
@@ -1553,7 +1564,14 @@ impl Daemon {
                             _ => d.message.clone(),
                         }
                     ),
-                    (_, state) => state.as_str().to_owned(),
+                    (_, state) => match self.stuck_calls.get(key) {
+                        Some(call) => format!(
+                            "{} (a call has not returned for {} s)",
+                            state.as_str(),
+                            call.running_for(std::time::Instant::now()).as_secs()
+                        ),
+                        None => state.as_str().to_owned(),
+                    },
                 },
                 job_id: seat.job.as_ref().map(ToString::to_string),
             })
@@ -1592,11 +1610,20 @@ impl Daemon {
                         JobState::AwaitingFinalAck { overdue: true, .. } => {
                             "token finished; the platform's acknowledgement is overdue".into()
                         }
-                        _ => e
-                            .machine
-                            .current_step()
-                            .map(|s| s.as_str().to_owned())
-                            .unwrap_or_default(),
+                        _ => {
+                            let step = e
+                                .machine
+                                .current_step()
+                                .map(|s| s.as_str().to_owned())
+                                .unwrap_or_default();
+                            match e.token.as_ref().and_then(|k| self.stuck_calls.get(k)) {
+                                Some(call) => format!(
+                                    "{step}: STUCK, a token call has not returned for {} s",
+                                    call.running_for(std::time::Instant::now()).as_secs()
+                                ),
+                                None => step,
+                            }
+                        }
                     },
                 })
                 .collect(),
@@ -2324,15 +2351,53 @@ impl Daemon {
 
     // ----- inventory ----------------------------------------------------------------------------
 
+    /// A token's slot as the inventory numbers it: module × 1000 + PKCS#11 slot id.
+    fn inventory_slot(seat: &Seat) -> u32 {
+        u32::try_from(seat.module * 1000 + usize::try_from(seat.present.slot % 1000).unwrap_or(0))
+            .unwrap_or(u32::MAX)
+    }
+
+    /// Looks at the call each token's worker is running: a call past
+    /// `timeouts.wedged_call_secs` raises a `token-call-stuck` alert (see [`crate::stuck`]),
+    /// which goes when the call returns. The job is left alone.
+    fn check_token_calls(&mut self) {
+        let running: Vec<RunningCall> = self
+            .seats
+            .iter()
+            .filter_map(|(key, seat)| {
+                let started = seat.worker.as_ref()?.call_started()?;
+                // Steps are the only calls on a worker: the job running one on this token.
+                let job = self
+                    .jobs
+                    .iter()
+                    .find(|(_, e)| e.running && e.token.as_ref() == Some(key));
+                Some(RunningCall {
+                    key: key.clone(),
+                    started,
+                    slot: Self::inventory_slot(seat),
+                    job: job.map(|(id, _)| id.clone()).or_else(|| seat.job.clone()),
+                    step: job.and_then(|(_, e)| e.step_started.map(|(step, _)| step)),
+                })
+            })
+            .collect();
+        if running.is_empty() && self.stuck_calls.is_empty() {
+            return;
+        }
+        if self
+            .stuck_calls
+            .update(std::time::Instant::now(), now_utc(), running)
+        {
+            self.inventory_dirty = true;
+            self.write_status();
+        }
+    }
+
     fn publish_inventory(&mut self) {
         self.inventory_dirty = false;
         self.inventory_seq += 1;
         let mut slots: Vec<SlotInfo> = Vec::new();
         for (key, seat) in &self.seats {
-            let slot = u32::try_from(
-                seat.module * 1000 + usize::try_from(seat.present.slot % 1000).unwrap_or(0),
-            )
-            .unwrap_or(u32::MAX);
+            let slot = Self::inventory_slot(seat);
             let serial = key.serial().and_then(|s| TokenSerial::new(s).ok());
             let damaged = seat.state == TokenState::Damaged;
             // A token without a serial shows only when damaged (a blank SoftHSM2 slot does not).
@@ -2416,6 +2481,7 @@ impl Daemon {
                 message: ukey_protocol::fit_text(message, 512),
             });
         }
+        alerts.extend(self.stuck_calls.alerts());
         // Last, so that an outage with a full rack cannot crowd out the problems above; what
         // does not fit is summed up in the last alert.
         let overdue: Vec<(&JobId, &JobEntry)> = self

@@ -758,6 +758,7 @@ mod tests {
             include_str!("job.rs"),
             include_str!("steps.rs"),
             include_str!("daemon.rs"),
+            include_str!("stuck.rs"),
         ];
         let mut literals = vec!["usb-not-accessible", "no-slot-for-token"];
         for source in sources {

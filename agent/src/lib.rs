@@ -17,6 +17,7 @@ pub mod panel;
 pub mod profile;
 pub mod status;
 pub mod steps;
+pub mod stuck;
 pub mod systemd;
 pub mod token;
 pub mod trust;

@@ -140,7 +140,8 @@ pub struct Inventory {
     pub slots: Vec<SlotInfo>,
     /// Problems at the desk that are not a token's state: a Ukey present on USB but not
     /// accessible (udev rules), a Ukey whose model's PKCS#11 module is missing or shows no
-    /// slot for it. Empty (and left out of the JSON) when all is well.
+    /// slot for it, a call on a token that does not return. Empty (and left out of the JSON)
+    /// when all is well.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alerts: Vec<DeskAlert>,
 }
@@ -151,7 +152,8 @@ pub const MAX_ALERTS: usize = 16;
 /// A problem at the desk, for the platform's operators.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeskAlert {
-    /// Machine-readable, e.g. `usb-not-accessible`, `module-missing`, `no-slot-for-token`.
+    /// Machine-readable, e.g. `usb-not-accessible`, `module-missing`, `no-slot-for-token`,
+    /// `token-call-stuck`.
     pub code: ErrorCode,
     /// The USB port (`1-1.3`) or device it concerns, if any (1-64 characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -884,6 +884,25 @@ mod suite {
                 .await
                 .unwrap();
             assert_ne!(thread, caller, "the call ran on the runtime's thread");
+            // The worker knows how long the call now running has run, and nothing when idle.
+            assert_eq!(worker.running_for(), None);
+            let (entered_tx, entered_rx) = tokio::sync::oneshot::channel::<()>();
+            let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+            let held = worker.call(move |_t| {
+                let _ = entered_tx.send(());
+                let _ = go_rx.recv();
+                Ok(())
+            });
+            let watch = async {
+                entered_rx.await.unwrap();
+                let first = worker.running_for().expect("a call is running");
+                let later = worker.running_for().expect("a call is still running");
+                assert!(later >= first, "{later:?} < {first:?}");
+                go_tx.send(()).unwrap();
+            };
+            let (held, ()) = tokio::join!(held, watch);
+            held.unwrap();
+            assert_eq!(worker.running_for(), None, "idle once the call returned");
             let err = worker
                 .call(|_t| -> Result<(), TokenError> { panic!("boom in a token call") })
                 .await

@@ -766,6 +766,44 @@ mod tests {
     }
 
     #[test]
+    fn delay_faults_stall_one_call_or_every_call() {
+        // What a hung module or device looks like to a caller: a call that takes (far) too
+        // long. The engine waits the delay out, or stops at once when the token is pulled.
+        let (_dir, rack) = rack(1);
+        let serial = rack.insert(0, InsertOptions::default()).unwrap();
+        let once = Fault::new("C_GenerateKeyPair", 2, FaultAction::Delay { ms: 3000 }).unwrap();
+        assert!(
+            once.describe().contains("delay 3000 ms"),
+            "{}",
+            once.describe()
+        );
+        rack.set_fault(0, once).unwrap();
+        let point = |f: &str| rack.fault_point(&serial, 0, f).unwrap();
+        assert_eq!(point("C_GenerateKeyPair"), None);
+        assert_eq!(
+            point("C_GenerateKeyPair"),
+            Some(FaultAction::Delay { ms: 3000 })
+        );
+        assert_eq!(point("C_GenerateKeyPair"), None);
+        // A wedged token: every C_Sign stalls until the faults are cleared.
+        rack.set_fault(
+            0,
+            Fault::new("C_Sign", 1, FaultAction::Delay { ms: 60_000 })
+                .unwrap()
+                .sticky(),
+        )
+        .unwrap();
+        for _ in 0..2 {
+            assert_eq!(point("C_Sign"), Some(FaultAction::Delay { ms: 60_000 }));
+        }
+        assert_eq!(point("C_GenerateKeyPair"), None);
+        rack.clear_faults(0).unwrap();
+        assert_eq!(point("C_Sign"), None);
+        // The token itself stays in its slot: a stall is not a removal.
+        assert_eq!(rack.serial_in(0).unwrap().as_deref(), Some(serial.as_str()));
+    }
+
+    #[test]
     fn sticky_faults_fire_until_cleared() {
         let (_dir, rack) = rack(2);
         let serial = rack.insert(1, InsertOptions::default()).unwrap();

@@ -1,0 +1,216 @@
+//! A token call that does not return in time (a hung module or USB device) is reported to
+//! the desk and the platform, and the job is left to finish.
+//!
+//! hsm-sim stalls one `C_GenerateKeyPair` for several seconds while the agent's
+//! `timeouts.wedged_call_secs` is 1: the retained inventory carries a `token-call-stuck`
+//! alert naming the token, its slot, the job and the step, the slot's panel light asks for
+//! attention, `ukey-agent status` shows the stuck call, and the log has one warning; when the
+//! call returns the alert goes (one info line) and the job succeeds. With nothing slow, no
+//! alert is ever raised.
+//!
+//! Real Mosquitto, the simulated platform, an hsm-sim rack, the real `ukey-agent` binary and
+//! the emulated indicator panel. Every wait is on the platform's records, the board's events
+//! or the agent's status file, with a deadline.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use hsm_sim::panel::{BoardEvent, EmulatedPanel, PanelOptions};
+use hsm_sim::rack::fault::{Fault, FaultAction};
+use ukey_agent::panel::Light;
+use ukey_agent::panel::line::HostLine;
+use ukey_protocol::event::{ExecutionState, Step};
+use ukey_protocol::inventory::{DeskAlert, Inventory};
+use ukey_protocol::keys::KeyAlgorithm;
+use ukey_tests::station::{PRODUCTION_TIMEOUT, Station};
+
+const ALERT: &str = "token-call-stuck";
+
+/// Long enough past the 1 s limit for the alert, the status and the light to be seen while
+/// the call still runs.
+const STALL_MS: u64 = 5000;
+
+fn fail_with_log(station: &Station, e: impl std::fmt::Display) -> ! {
+    panic!("{e}\n--- agent log ---\n{}", station.agent_log())
+}
+
+fn stuck_alert(inventory: &Inventory) -> Option<&DeskAlert> {
+    inventory.alerts.iter().find(|a| a.code.as_str() == ALERT)
+}
+
+/// Reads the board's events until the host set `slot` to `light` (by `LIGHT` or `STATE`);
+/// a light shown only briefly is still seen.
+fn light_was_set(events: &std::sync::mpsc::Receiver<BoardEvent>, slot: u8, light: Light) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(BoardEvent::Host(HostLine::Light { slot: s, light: l }))
+                if s == slot && l == light =>
+            {
+                return true;
+            }
+            Ok(BoardEvent::Host(HostLine::State(lights)))
+                if lights.get(usize::from(slot)) == Some(&light) =>
+            {
+                return true;
+            }
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// `ukey-agent status` once it mentions `needle`.
+async fn status_with(station: &Station, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new(ukey_tests::workspace_binary("ukey-agent"))
+            .args(["status", "--config"])
+            .arg(station.dir().join("agent.toml"))
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`ukey-agent status` never said {needle:?}:\n{text}"
+        );
+        // The snapshot file is rewritten by the agent; there is nothing to wait on.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_call_raises_an_alert_that_clears_when_it_returns() {
+    let mut station = Station::sim(1).await;
+    let link = station.dir().join("panel");
+    let (_board, events) = EmulatedPanel::start(PanelOptions {
+        slots: 1,
+        link: Some(link.clone()),
+        ..PanelOptions::default()
+    })
+    .unwrap();
+    station.extra_config = format!(
+        "wedged_call_secs = 1\n[panel]\ndevice = {:?}\n",
+        link.display().to_string()
+    );
+    station.start_agent().await;
+    let serial = station.insert_blank(0);
+    // The first key generation hangs for a while, then completes normally.
+    station
+        .rack()
+        .set_fault(
+            0,
+            Fault::new("C_GenerateKeyPair", 1, FaultAction::Delay { ms: STALL_MS }).unwrap(),
+        )
+        .unwrap();
+    let job = station.dispatch_new(KeyAlgorithm::P256).await;
+
+    // The inventory names the token, its slot, the job and the step.
+    let station_id = station.station_id.clone();
+    let alert = station
+        .platform
+        .wait_until("a token-call-stuck alert", PRODUCTION_TIMEOUT, |r| {
+            stuck_alert(r.current_inventory(&station_id)?).cloned()
+        })
+        .await
+        .unwrap_or_else(|e| fail_with_log(&station, e));
+    for needle in [
+        serial.as_str(),
+        "slot 0",
+        job.as_str(),
+        Step::GenerateKeys.as_str(),
+        "over 1 s",
+    ] {
+        assert!(alert.message.contains(needle), "{needle}: {alert:?}");
+    }
+    assert!(alert.port.is_none(), "{alert:?}");
+    // The step has not ended: the alert came while the call ran.
+    let record = station.platform.job_record(&job).unwrap();
+    assert!(
+        !record.has_step(Step::GenerateKeys),
+        "{:#?}",
+        record.events()
+    );
+
+    // The operator sees it in `status`, and the slot asks for attention.
+    let text = status_with(&station, "STUCK").await;
+    assert!(text.contains(job.as_str()), "{text}");
+    assert!(text.contains("a call has not returned"), "{text}");
+    assert!(
+        light_was_set(&events, 0, Light::Attention),
+        "slot 0 never asked for attention"
+    );
+
+    // The call returns: the job goes on and succeeds, the alert goes.
+    let record = station
+        .platform
+        .wait_for_state(&job, ExecutionState::Succeeded, PRODUCTION_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| fail_with_log(&station, e));
+    assert!(
+        record.events().iter().all(|e| e.error.is_none()),
+        "{:#?}",
+        record.events()
+    );
+    assert_eq!(
+        record.token_serial().map(|s| s.as_str()),
+        Some(serial.as_str())
+    );
+    station
+        .platform
+        .wait_until("the alert cleared", PRODUCTION_TIMEOUT, |r| {
+            let inventory = r.current_inventory(&station_id)?;
+            stuck_alert(inventory).is_none().then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| fail_with_log(&station, e));
+    assert!(
+        light_was_set(&events, 0, Light::Done),
+        "slot 0 never showed done"
+    );
+    let log = station.agent_log();
+    assert_eq!(
+        log.matches("a call on the token has not returned within the limit")
+            .count(),
+        1,
+        "one warning when it starts:\n{log}"
+    );
+    assert_eq!(
+        log.matches("the stuck call on the token has ended").count(),
+        1,
+        "one line when it ends:\n{log}"
+    );
+    assert!(station.agent_running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_alert_when_nothing_is_slow() {
+    let mut station = Station::sim(1).await;
+    // Short, but well above any step of a P-256 job on an instant simulated token.
+    station.extra_config = "wedged_call_secs = 5\n".into();
+    station.start_agent().await;
+    let job = station.dispatch_new(KeyAlgorithm::P256).await;
+    station.insert_blank(0);
+    station
+        .platform
+        .wait_for_state(&job, ExecutionState::Succeeded, PRODUCTION_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| fail_with_log(&station, e));
+    let records = station.platform.snapshot();
+    let inventories = records.inventory();
+    assert!(!inventories.is_empty());
+    for inventory in inventories {
+        assert!(stuck_alert(inventory).is_none(), "{inventory:#?}");
+    }
+    let log = station.agent_log();
+    assert!(!log.contains("has not returned"), "{log}");
+}

@@ -24,6 +24,11 @@
 //! step's end is journaled: a step run again would sign new CSRs and make the platform issue
 //! twice.
 //!
+//! Finished jobs' records are compacted away (each job leaves one `Done` record) at start-up
+//! and, while running, right after a job finishes once they dominate the journal; one rule
+//! says what is kept (the `compaction` submodule). Either way the outbox is fsync'd before the rewrite,
+//! since the dropped records are what would re-make their unsynced events.
+//!
 //! Every journal record that holds job content (the document, PINs, inputs, CSR bundles) is
 //! encrypted with the journal key, bound to its job and kind; ids, serials and times are not.
 //! What this module does not do: decide the next step (the job machine), touch token

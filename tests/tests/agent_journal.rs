@@ -234,7 +234,8 @@ async fn killed_after_a_live_compaction_resumes_and_still_knows_finished_jobs() 
     let records = wait_journal(&station, "A's summary and C's job", |r| {
         r.iter()
             .any(|r| kind(r) == "done" && job_of(r) == a.as_str())
-            && r.iter().all(|r| job_of(r) != a.as_str() || kind(r) == "done")
+            && r.iter()
+                .all(|r| job_of(r) != a.as_str() || kind(r) == "done")
     })
     .await;
     assert!(
@@ -263,7 +264,10 @@ async fn killed_after_a_live_compaction_resumes_and_still_knows_finished_jobs() 
         .await
         .unwrap_or_else(|e| fail_with_log(&station, e));
     station.kill_agent();
-    assert!(station.objects(&serial_c).private_keys < 3, "killed mid-job");
+    assert!(
+        station.objects(&serial_c).private_keys < 3,
+        "killed mid-job"
+    );
 
     // After the restart C resumes, B runs on a fresh token, A is not run again.
     station

@@ -25,9 +25,9 @@
 //! twice.
 //!
 //! Finished jobs' records are compacted away (each job leaves one `Done` record) at start-up
-//! and, while running, right after a job finishes once they dominate the journal; one rule
-//! says what is kept (the `compaction` submodule). Either way the outbox is fsync'd before the rewrite,
-//! since the dropped records are what would re-make their unsynced events.
+//! and, while running, right after a job finishes once they dominate the journal; one rule,
+//! in the `compaction` submodule, says what is kept. Either way the outbox is fsync'd before
+//! the rewrite, since the dropped records are what would re-make their unsynced events.
 //!
 //! Every journal record that holds job content (the document, PINs, inputs, CSR bundles) is
 //! encrypted with the journal key, bound to its job and kind; ids, serials and times are not.

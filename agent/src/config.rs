@@ -17,6 +17,9 @@ use serde::Deserialize;
 /// The default MQTT topic prefix.
 pub const DEFAULT_TOPIC_PREFIX: &str = "ukey/v1";
 
+/// Default of `[journal] compact_after_records`.
+pub const DEFAULT_COMPACT_AFTER_RECORDS: usize = 256;
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -92,6 +95,9 @@ pub struct Config {
     /// What the inventory reports.
     #[serde(default)]
     pub inventory: InventoryConfig,
+    /// The job journal.
+    #[serde(default)]
+    pub journal: JournalConfig,
     /// The desk's indicator panel; absent means the desk has none.
     #[serde(default)]
     pub panel: Option<PanelConfig>,
@@ -345,6 +351,26 @@ impl Default for InventoryConfig {
     }
 }
 
+/// The job journal (`journal.log` in the state folder).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalConfig {
+    /// The running agent compacts its journal (finished jobs shrink to one small record)
+    /// once the records of jobs finished since the last compaction number at least this
+    /// many, and at least twice the records still needed (default 256). Start-up always
+    /// compacts.
+    #[serde(default = "default_compact_after_records")]
+    pub compact_after_records: usize,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            compact_after_records: default_compact_after_records(),
+        }
+    }
+}
+
 /// The serial indicator panel.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -403,6 +429,9 @@ fn default_wedged_call() -> u64 {
 }
 fn default_expiry_warning_days() -> u32 {
     30
+}
+fn default_compact_after_records() -> usize {
+    DEFAULT_COMPACT_AFTER_RECORDS
 }
 fn default_baud() -> u32 {
     115_200
@@ -661,6 +690,9 @@ impl Config {
                 ),
             );
         }
+        if self.journal.compact_after_records == 0 {
+            problem("journal.compact_after_records", "must be at least 1".into());
+        }
         if let Some(panel) = &self.panel
             && panel.baud == 0
         {
@@ -738,6 +770,7 @@ mod tests {
         assert_eq!(config.timeouts.resend_secs, 60);
         assert_eq!(config.timeouts.wedged_call_secs, 120);
         assert_eq!(config.inventory.expiry_warning_days, 30);
+        assert_eq!(config.journal.compact_after_records, 256);
         assert_eq!(config.models.len(), 1);
         assert_eq!(config.models[0].vendor_id, 0x096e);
     }
@@ -752,6 +785,10 @@ mod tests {
         assert!(config.panel.is_none());
         assert_eq!(config.timeouts.token_removed_secs, 300);
         assert_eq!(config.timeouts.wedged_call_secs, 120);
+        assert_eq!(
+            config.journal.compact_after_records,
+            DEFAULT_COMPACT_AFTER_RECORDS
+        );
     }
 
     const MINIMAL: &str = r#"
@@ -825,6 +862,28 @@ station_key = "station.pem"
                 .any(|p| p.key == "timeouts.wedged_call_secs"),
             "{:?}",
             ok.check()
+        );
+    }
+
+    #[test]
+    fn a_journal_threshold_of_zero_is_reported() {
+        let config =
+            Config::parse(&format!("{MINIMAL}[journal]\ncompact_after_records = 0\n")).unwrap();
+        let problems = config.check();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.key == "journal.compact_after_records"),
+            "{problems:?}"
+        );
+        let config =
+            Config::parse(&format!("{MINIMAL}[journal]\ncompact_after_records = 8\n")).unwrap();
+        assert_eq!(config.journal.compact_after_records, 8);
+        assert!(
+            !config
+                .check()
+                .iter()
+                .any(|p| p.key == "journal.compact_after_records")
         );
     }
 

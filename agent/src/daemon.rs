@@ -24,6 +24,11 @@
 //! step's end is journaled: a step run again would sign new CSRs and make the platform issue
 //! twice.
 //!
+//! Finished jobs' records are compacted away (each job leaves one `Done` record) at start-up
+//! and, while running, right after a job finishes once they dominate the journal; one rule,
+//! in the `compaction` submodule, says what is kept. Either way the outbox is fsync'd before
+//! the rewrite, since the dropped records are what would re-make their unsynced events.
+//!
 //! Every journal record that holds job content (the document, PINs, inputs, CSR bundles) is
 //! encrypted with the journal key, bound to its job and kind; ids, serials and times are not.
 //! What this module does not do: decide the next step (the job machine), touch token
@@ -69,6 +74,10 @@ use crate::token::{Module, PresentToken, SlotSurvey, Token, TokenError, Unreadab
 use crate::trust::{Sealed, TrustError, TrustMaterial};
 use crate::usb::{self, ModelFilter, UsbEvent};
 use crate::worker::TokenWorker;
+
+mod compaction;
+
+use compaction::{FinishedJob, compacted};
 
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +179,8 @@ struct JobEntry {
     step_started: Option<(Step, OffsetDateTime)>,
     /// Generation per timer: a fired timer of an older generation is ignored.
     timers: BTreeMap<Timer, u64>,
+    /// How many journal records are this job's: dead weight once it finished.
+    records: usize,
 }
 
 /// A token at the desk.
@@ -255,7 +266,9 @@ struct Daemon {
     /// Per job, its step events pushed to the outbox without an fsync since the job's last
     /// journal record (that record re-makes them after a crash; the next one would not).
     replayable: BTreeMap<JobId, Vec<String>>,
-    finished: BTreeMap<JobId, Nonce>,
+    finished: BTreeMap<JobId, FinishedJob>,
+    /// Journal records of jobs finished since the last compaction (see `compact_if_due`).
+    dead_records: usize,
     nonces: BTreeSet<Nonce>,
     seats: BTreeMap<TokenKey, Seat>,
     /// Lost tokens named by accepted `replace` jobs (journaled).
@@ -385,6 +398,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         queue: VecDeque::new(),
         replayable: BTreeMap::new(),
         finished: BTreeMap::new(),
+        dead_records: 0,
         nonces: BTreeSet::new(),
         seats: BTreeMap::new(),
         revoked: BTreeSet::new(),
@@ -556,6 +570,7 @@ impl Daemon {
                     }
                     let machine = JobMachine::new(job_id.clone(), doc.kind, doc.rekey);
                     let mut entry = JobEntry::new(Arc::new(doc), machine);
+                    entry.records = 1;
                     // The `queued` event was made at acceptance; replaying keeps the seq.
                     let accepted = entry.machine.accepted();
                     self.jobs.insert(job_id.clone(), entry);
@@ -567,6 +582,7 @@ impl Daemon {
                     let opened = Pins::from_bytes(&bytes).map_err(DaemonError::Journal)?;
                     if let Some(entry) = self.jobs.get_mut(&job_id) {
                         entry.pins = Some(Arc::new(opened));
+                        entry.records += 1;
                     }
                 }
                 Record::Input { job_id, at, input } => {
@@ -574,6 +590,7 @@ impl Daemon {
                     let Some(entry) = self.jobs.get_mut(&job_id) else {
                         continue;
                     };
+                    entry.records += 1;
                     if let Input::CertificatesArrived { bundle } = &input {
                         entry.certs = Some(bundle.clone());
                     }
@@ -602,11 +619,17 @@ impl Daemon {
                     let bundle = self.open_json(&job_id, RecordKind::Csr, &bundle)?;
                     if let Some(entry) = self.jobs.get_mut(&job_id) {
                         entry.csr = Some(bundle);
+                        entry.records += 1;
                     }
                 }
-                Record::Done { job_id, nonce, .. } => {
+                Record::Done {
+                    job_id,
+                    nonce,
+                    expires_at,
+                } => {
                     self.nonces.insert(nonce.clone());
-                    self.finished.insert(job_id, nonce);
+                    self.finished
+                        .insert(job_id, FinishedJob { nonce, expires_at });
                 }
                 Record::Revoked { serial } => {
                     self.revoked.insert(serial.as_str().trim().to_owned());
@@ -627,7 +650,6 @@ impl Daemon {
             entry.step_started = None;
         }
         // Compact: finished jobs shrink to a `Done` record; unfinished ones keep everything.
-        let mut keep = Vec::new();
         let finished: Vec<JobId> = self
             .jobs
             .iter()
@@ -636,30 +658,14 @@ impl Daemon {
             .collect();
         for id in finished {
             if let Some(entry) = self.jobs.remove(&id) {
-                self.finished.insert(id, entry.doc.nonce.clone());
-                keep.push(Record::Done {
-                    job_id: entry.doc.job_id.clone(),
-                    nonce: entry.doc.nonce.clone(),
-                    expires_at: entry.doc.expires_at,
-                });
+                self.finished.insert(id, FinishedJob::of(&entry.doc));
             }
         }
-        let now = now_utc();
         let old = self.journal.replay()?;
-        for record in old {
-            let keep_it = match &record {
-                Record::Done { expires_at, .. } => *expires_at > now,
-                Record::Revoked { .. } => true,
-                Record::Job { job_id, .. }
-                | Record::Pins { job_id, .. }
-                | Record::Input { job_id, .. }
-                | Record::Csr { job_id, .. } => self.jobs.contains_key(job_id),
-            };
-            if keep_it {
-                keep.push(record);
-            }
-        }
+        let jobs = &self.jobs;
+        let keep = compacted(old, |id| jobs.contains_key(id), &self.finished, now_utc());
         self.journal.rewrite(&keep)?;
+        self.dead_records = 0;
 
         // Resume what was waiting, oldest first.
         for id in accepted_order {
@@ -833,7 +839,7 @@ impl Daemon {
                 .or_else(|| {
                     self.finished
                         .get(&unverified.job_id)
-                        .map(|n| *n == unverified.nonce)
+                        .map(|f| f.nonce == unverified.nonce)
                 })
                 .unwrap_or(false);
             if same {
@@ -913,8 +919,10 @@ impl Daemon {
         tracing::info!(job = %job_id, kind = %doc.kind, order = %doc.order_number, "job accepted");
         self.nonces.insert(doc.nonce.clone());
         let targeted = machine.is_targeted();
-        self.jobs
-            .insert(job_id.clone(), JobEntry::new(Arc::new(doc), machine));
+        let mut entry = JobEntry::new(Arc::new(doc), machine);
+        // The `Job` record (a `Revoked` one is nobody's: compaction keeps it).
+        entry.records = 1;
+        self.jobs.insert(job_id.clone(), entry);
         if targeted {
             self.arm(&job_id, Timer::TargetToken);
         }
@@ -1088,6 +1096,10 @@ impl Daemon {
         } else {
             self.journal.append_all(&records)?;
         }
+        // Every record passed to `feed_with` is this job's (PINs, a CSR bundle, the input).
+        if let Some(entry) = self.jobs.get_mut(job_id) {
+            entry.records += records.len();
+        }
         self.perform_reports(job_id, &actions).await?;
         for action in actions {
             match action {
@@ -1108,9 +1120,10 @@ impl Daemon {
                 _ => ExecutionState::Failed,
             };
             tracing::info!(job = %job_id, state = %state, "job finished");
-            // No record follows a finished job's last one until start-up compaction, which
-            // makes the outbox durable first.
+            // No record follows a finished job's last one until a compaction drops them all,
+            // which makes the outbox durable first (`compact_if_due`).
             self.replayable.remove(job_id);
+            self.dead_records += entry.records;
             if let Some(seat) = entry.token.as_ref().and_then(|k| self.seats.get_mut(k)) {
                 seat.outcome = Some(state);
                 seat.acknowledged = false;
@@ -1124,7 +1137,8 @@ impl Daemon {
                 }
             }
             self.finished
-                .insert(job_id.clone(), entry.doc.nonce.clone());
+                .insert(job_id.clone(), FinishedJob::of(&entry.doc));
+            self.compact_if_due()?;
         }
         self.try_claim_all().await
     }
@@ -2550,6 +2564,7 @@ impl JobEntry {
             running: false,
             step_started: None,
             timers: BTreeMap::new(),
+            records: 0,
         }
     }
 }

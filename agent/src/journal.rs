@@ -431,11 +431,12 @@ impl<R: Serialize + DeserializeOwned> Journal<R> {
         file.write_all(&content).map_err(io_err("write", &tmp))?;
         file.sync_all().map_err(io_err("fsync", &tmp))?;
         std::fs::rename(&tmp, &self.path).map_err(io_err("rename over", &self.path))?;
-        sync_dir(parent_of(&self.path))?;
+        // From the rename on, the new file is the journal: appends must go to it even when
+        // the folder's fsync below fails (the old handle names an unlinked file).
         self.file = file;
         self.len = content.len() as u64;
         self.records = records.len();
-        Ok(())
+        sync_dir(parent_of(&self.path))
     }
 
     /// Number of records in the file (appended since the last rewrite, plus the rewrite's).

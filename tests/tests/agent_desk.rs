@@ -169,6 +169,23 @@ async fn a_targeted_job_meeting_the_wrong_token_says_so_and_touches_nothing() {
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", station.agent_log()));
     let station_id = station.station_id.clone();
+    // The inventory shows it finished (so that its leaving below is news, not an older table).
+    station
+        .platform
+        .wait_until("the finished token in the inventory", WAIT, |r| {
+            r.current_inventory(&station_id)?
+                .slots
+                .iter()
+                .any(|s| {
+                    s.token.as_ref().is_some_and(|t| {
+                        t.serial.as_ref().is_some_and(|s| s.as_str() == serial)
+                            && t.state == ukey_protocol::inventory::TokenState::Active
+                    })
+                })
+                .then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", station.agent_log()));
     // The staff pull it out; the platform then asks to renew another token.
     station.rack().remove(0).unwrap();
     station

@@ -79,8 +79,21 @@ async fn away_and_back(
     serial: &TokenSerial,
     f: impl FnOnce(&mut hsm_sim::rack::token::Token),
 ) {
-    station.rack().remove(slot).unwrap();
     let station_id = station.station_id.clone();
+    // First the inventory shows it (so that its leaving below is news, not an older table).
+    station
+        .platform
+        .wait_until("the token in the inventory", PRODUCTION_TIMEOUT, |r| {
+            r.current_inventory(&station_id)?
+                .slots
+                .iter()
+                .filter_map(|s| s.token.as_ref())
+                .any(|t| t.serial.as_ref() == Some(serial))
+                .then_some(())
+        })
+        .await
+        .unwrap();
+    station.rack().remove(slot).unwrap();
     station
         .platform
         .wait_until(

@@ -1483,19 +1483,20 @@ impl Daemon {
 
     fn update_lights(&mut self) {
         let mut lit = BTreeSet::new();
+        let view = self.desk_view();
         for (key, seat) in &self.seats {
             let Some(slot) = Self::panel_slot(seat) else {
                 continue;
             };
             // A finished token whose job waits for the platform's acknowledgement: its job is
             // still in progress, but the token's part is over.
-            let outcome = if self.unconfirmed_job(&seat.present.serial).is_some() {
+            let outcome = if view.unconfirmed.contains(seat.present.serial.trim()) {
                 Some(ExecutionState::InProgress)
             } else {
                 seat.outcome
             };
             let light = if self.stuck_calls.get(key).is_some()
-                || (self.wrong_token(seat).is_some() && !seat.acknowledged)
+                || (self.wrong_token_among(seat, &view).is_some() && !seat.acknowledged)
             {
                 // A stuck call needs the staff whatever was acknowledged: it is happening now.
                 Light::Attention
@@ -1505,6 +1506,7 @@ impl Daemon {
             let _ = self.panel.set(slot, light);
             lit.insert(slot);
         }
+        drop(view);
         for gone in self.lit.difference(&lit) {
             let _ = self.panel.set(*gone, Light::Off);
         }
@@ -1905,27 +1907,51 @@ impl Daemon {
     /// waits for another serial, the staff probably plugged in the wrong Ukey: the job and
     /// the serial it waits for. The token is never touched for it.
     fn wrong_token(&self, seat: &Seat) -> Option<(JobId, TokenSerial)> {
+        self.wrong_token_among(seat, &self.desk_view())
+    }
+
+    /// What [`Daemon::wrong_token`] and the lights need to know of the jobs, gathered once for
+    /// all seats (the queue and the job table may be long; the seats are up to a rack's).
+    fn desk_view(&self) -> DeskView<'_> {
+        let mut waiting = self.queue.iter().filter_map(|id| {
+            let target = self.jobs.get(id)?.doc.target_token_serial.as_ref()?;
+            Some((id, target))
+        });
+        let first_waiting = waiting.next();
+        let mut targets: BTreeSet<&str> = waiting.map(|(_, t)| t.as_str().trim()).collect();
+        if let Some((_, t)) = first_waiting {
+            targets.insert(t.as_str().trim());
+        }
+        let unconfirmed = self
+            .jobs
+            .values()
+            .filter(|e| e.machine.unconfirmed().is_some())
+            .filter_map(|e| e.machine.serial())
+            .map(|s| s.as_str().trim())
+            .collect();
+        DeskView {
+            first_waiting,
+            targets,
+            unconfirmed,
+        }
+    }
+
+    fn wrong_token_among(&self, seat: &Seat, view: &DeskView<'_>) -> Option<(JobId, TokenSerial)> {
         // A token this agent just finished (or failed) shows that outcome instead.
+        let serial = seat.present.serial.trim();
         if seat.job.is_some()
             || seat.outcome.is_some()
             || seat.present.is_blank()
-            || seat.present.serial.is_empty()
-            || self.unconfirmed_job(&seat.present.serial).is_some()
+            || serial.is_empty()
+            || view.unconfirmed.contains(serial)
         {
             return None;
         }
-        let serial = seat.present.serial.trim();
-        let mut waiting = self.queue.iter().filter_map(|id| {
-            let target = self.jobs.get(id)?.doc.target_token_serial.clone()?;
-            Some((id.clone(), target))
-        });
-        let first = waiting.next()?;
-        if first.1.as_str().trim() == serial
-            || waiting.any(|(_, target)| target.as_str().trim() == serial)
-        {
+        let (job, target) = view.first_waiting?;
+        if view.targets.contains(serial) {
             return None;
         }
-        Some(first)
+        Some((job.clone(), target.clone()))
     }
 
     /// Jobs whose token is present again: a parked job resumes; a job whose step was running
@@ -2474,8 +2500,9 @@ impl Daemon {
                 ),
             });
         }
+        let view = self.desk_view();
         for (key, seat) in &self.seats {
-            if let Some((job, wanted)) = self.wrong_token(seat) {
+            if let Some((job, wanted)) = self.wrong_token_among(seat, &view) {
                 alerts.push(DeskAlert {
                     code: code("wrong-token"),
                     port: None,
@@ -2586,6 +2613,16 @@ fn platform_repeats(input: &Input) -> bool {
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The jobs as the desk's lights and alerts see them (see `Daemon::desk_view`).
+struct DeskView<'a> {
+    /// The oldest queued job that names a token, and that token.
+    first_waiting: Option<(&'a JobId, &'a TokenSerial)>,
+    /// Every token a queued job names (trimmed serials).
+    targets: BTreeSet<&'a str>,
+    /// Finished tokens whose job waits for the platform's acknowledgement (trimmed serials).
+    unconfirmed: BTreeSet<&'a str>,
 }
 
 /// The step events among `actions`.

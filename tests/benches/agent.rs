@@ -203,12 +203,13 @@ fn slot_series() -> Result<Vec<usize>> {
     }
 }
 
-/// Tokens made with `slots` busy: enough for every slot to make three, and at least 16 so
-/// that the CPU figures (1/100 s resolution) divide finely (`UKEY_BENCH_TOKENS` overrides).
+/// Tokens made with `slots` busy: enough for every slot to make three, and at least 48 so
+/// that a run lasts a few seconds even on one slot and the per-token CPU figures are not
+/// at the mercy of one noisy moment (`UKEY_BENCH_TOKENS` overrides).
 fn tokens_for(slots: usize) -> Result<usize> {
     match std::env::var("UKEY_BENCH_TOKENS") {
         Ok(n) => n.trim().parse().context("UKEY_BENCH_TOKENS"),
-        Err(_) => Ok((3 * slots).max(16)),
+        Err(_) => Ok((3 * slots).max(48)),
     }
 }
 
@@ -229,7 +230,7 @@ async fn bench() -> Result<()> {
     print_baseline("hsm-sim", &sim_baseline);
     let softhsm_tokens = match std::env::var("UKEY_BENCH_SOFTHSM_TOKENS") {
         Ok(n) => n.trim().parse().context("UKEY_BENCH_SOFTHSM_TOKENS")?,
-        Err(_) => 12,
+        Err(_) => 24,
     };
     let softhsm_baseline = softhsm_baseline(softhsm_tokens)?;
     print_baseline("SoftHSM2", &softhsm_baseline);

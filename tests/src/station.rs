@@ -362,6 +362,41 @@ impl Station {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// `ukey-agent status` for this station's configuration: its exit code and what it
+    /// printed (standard output, then standard error).
+    pub fn agent_status(&self) -> (Option<i32>, String) {
+        let out = Command::new(crate::workspace_binary("ukey-agent"))
+            .args(["status", "--config"])
+            .arg(self.dir().join("agent.toml"))
+            .output()
+            .unwrap_or_else(|e| panic!("ukey-agent status: {e}"));
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    /// `ukey-agent status` once it mentions `needle` (at most a minute). The agent rewrites
+    /// its snapshot file every few seconds; there is nothing to wait on but the file.
+    pub async fn status_with(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, text) = self.agent_status();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "`ukey-agent status` never said {needle:?}:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The folder of this test's files.
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -2,7 +2,6 @@
 //! table, and `ukey-agent status` shows the desk at a glance.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hsm_sim::panel::{EmulatedPanel, PanelOptions};
@@ -14,22 +13,6 @@ use ukey_protocol::keys::KeyAlgorithm;
 use ukey_tests::station::{PRODUCTION_TIMEOUT, Station, light_until};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn status(station: &Station) -> (Option<i32>, String) {
-    let out = Command::new(ukey_tests::workspace_binary("ukey-agent"))
-        .args(["status", "--config"])
-        .arg(station.dir().join("agent.toml"))
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panel_lights_and_status_follow_the_desk() {
@@ -62,7 +45,7 @@ async fn panel_lights_and_status_follow_the_desk() {
     // `status` shows the station, the broker, the token and its state.
     let deadline = Instant::now() + WAIT;
     let (code, text) = loop {
-        let (code, text) = status(&station);
+        let (code, text) = station.agent_status();
         if code == Some(0) && text.contains("active") || Instant::now() > deadline {
             break (code, text);
         }
@@ -76,7 +59,7 @@ async fn panel_lights_and_status_follow_the_desk() {
 
     // Stopped: `status` says so and exits 1.
     assert_eq!(station.stop_agent().and_then(|s| s.code()), Some(0));
-    let (code, text) = status(&station);
+    let (code, text) = station.agent_status();
     assert!(
         code == Some(1) || text.contains("NOT RUNNING"),
         "{code:?} {text}"

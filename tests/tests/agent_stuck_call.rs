@@ -13,7 +13,6 @@
 //! or the agent's status file, with a deadline.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hsm_sim::panel::{BoardEvent, EmulatedPanel, PanelOptions};
@@ -59,32 +58,6 @@ fn light_was_set(events: &std::sync::mpsc::Receiver<BoardEvent>, slot: u8, light
             Ok(_) => {}
             Err(_) => return false,
         }
-    }
-}
-
-/// `ukey-agent status` once it mentions `needle`.
-async fn status_with(station: &Station, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = Command::new(ukey_tests::workspace_binary("ukey-agent"))
-            .args(["status", "--config"])
-            .arg(station.dir().join("agent.toml"))
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if text.contains(needle) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "`ukey-agent status` never said {needle:?}:\n{text}"
-        );
-        // The snapshot file is rewritten by the agent; there is nothing to wait on.
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -142,7 +115,7 @@ async fn a_stalled_call_raises_an_alert_that_clears_when_it_returns() {
     );
 
     // The operator sees it in `status`, and the slot asks for attention.
-    let text = status_with(&station, "STUCK").await;
+    let text = station.status_with("STUCK").await;
     assert!(text.contains(job.as_str()), "{text}");
     assert!(text.contains("a call has not returned"), "{text}");
     assert!(

@@ -12,9 +12,6 @@
 //! board's lights, or the agent's status file, with a deadline.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
-use std::time::{Duration, Instant};
-
 use hsm_sim::panel::{EmulatedPanel, PanelOptions};
 use hsm_sim::platform::{JobRecord, Misbehaviour, Times};
 use ukey_agent::panel::Light;
@@ -119,33 +116,6 @@ fn never_timed_out(record: &JobRecord) {
     assert!(record.problems().is_empty(), "{:?}", record.problems());
 }
 
-/// `ukey-agent status` once its snapshot (refreshed by the agent every second) mentions
-/// `needle`.
-async fn status_with(station: &Station, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = Command::new(ukey_tests::workspace_binary("ukey-agent"))
-            .args(["status", "--config"])
-            .arg(station.dir().join("agent.toml"))
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if text.contains(needle) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "`ukey-agent status` never said {needle:?}:\n{text}"
-        );
-        // The snapshot file is rewritten periodically; there is nothing to wait on.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_platform_raises_an_alert_and_the_job_succeeds_when_it_answers() {
     let mut station = Station::sim(1).await;
@@ -180,7 +150,7 @@ async fn a_silent_platform_raises_an_alert_and_the_job_succeeds_when_it_answers(
     );
     // The staff may take the token out: its light says done.
     light_until(&board, &lights, 0, Light::Done);
-    let text = status_with(&station, "acknowledgement is overdue").await;
+    let text = station.status_with("acknowledgement is overdue").await;
     assert!(text.contains(job.as_str()), "{text}");
 
     // Still silent: the bind event keeps coming, the job does not end.

@@ -659,14 +659,11 @@ mod suite {
         openssl_verify_csr(store, &csr);
     }
 
-    /// Renames `label`'s key pair to another label and id through a session of its own, as
-    /// another application on the machine could: the objects, and so their handles, stay.
-    fn rename_key_pair_elsewhere(store: &Store, serial: &str, label: KeyLabel) {
+    /// A read/write session of its own on the token `serial`, as another application on the
+    /// machine would open one (the library is already initialized by this process's `Module`).
+    fn session_elsewhere(store: &Store, serial: &str) -> cryptoki::session::Session {
         use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-        use cryptoki::object::Attribute;
-        use cryptoki::session::UserType;
         let p = Pkcs11::new(&store.module).unwrap();
-        // The library is already initialized by this process's `Module`.
         let _ = p.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
         let slot = p
             .get_slots_with_token()
@@ -674,7 +671,15 @@ mod suite {
             .into_iter()
             .find(|s| p.get_token_info(*s).unwrap().serial_number().trim() == serial)
             .expect("the token's slot");
-        let s = p.open_rw_session(slot).unwrap();
+        p.open_rw_session(slot).unwrap()
+    }
+
+    /// Renames `label`'s key pair to another label and id through a session of its own, as
+    /// another application on the machine could: the objects, and so their handles, stay.
+    fn rename_key_pair_elsewhere(store: &Store, serial: &str, label: KeyLabel) {
+        use cryptoki::object::Attribute;
+        use cryptoki::session::UserType;
+        let s = session_elsewhere(store, serial);
         // Login state is per application: already logged in through the `Token`.
         let _ = s.login(UserType::User, Some(&USER_PIN.into()));
         let found = s
@@ -704,17 +709,8 @@ mod suite {
         from: KeyLabel,
         to: Option<KeyLabel>,
     ) {
-        use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
         use cryptoki::object::{Attribute, ObjectClass};
-        let p = Pkcs11::new(&store.module).unwrap();
-        let _ = p.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
-        let slot = p
-            .get_slots_with_token()
-            .unwrap()
-            .into_iter()
-            .find(|s| p.get_token_info(*s).unwrap().serial_number().trim() == serial)
-            .expect("the token's slot");
-        let s = p.open_rw_session(slot).unwrap();
+        let s = session_elsewhere(store, serial);
         let found = s
             .find_objects(&[
                 Attribute::Class(ObjectClass::PUBLIC_KEY),

@@ -16,7 +16,7 @@ use ukey_protocol::event::{ExecutionState, Step, StepData, StepEvent};
 use ukey_protocol::ids::{JobId, TokenSerial};
 use ukey_protocol::job::JobKind;
 use ukey_protocol::keys::KeyAlgorithm;
-use ukey_tests::station::{ObjectCount, PRODUCTION_TIMEOUT, Station};
+use ukey_tests::station::{ObjectCount, PRODUCTION_TIMEOUT, Station, assert_events_exactly_once};
 
 /// A finished Ukey: three key pairs and three certificates, nothing more.
 const FINISHED: ObjectCount = ObjectCount {
@@ -53,25 +53,6 @@ async fn wait_end(station: &Station, job: &JobId) -> JobRecord {
     wait_job(station, job, |r| r.state().is_some_and(|s| s.is_terminal())).await
 }
 
-/// Every event once (by event id), sequence numbers 1..=n without gaps or repeats, and no
-/// protocol problem seen by the platform.
-fn events_exactly_once(record: &JobRecord) {
-    let seqs: Vec<u64> = record.events().iter().map(|e| e.seq).collect();
-    assert_eq!(
-        seqs,
-        (1..=seqs.len() as u64).collect::<Vec<_>>(),
-        "each seq once, no gaps: {:#?}",
-        record.events()
-    );
-    let ids: BTreeSet<_> = record.events().iter().map(|e| e.event_id.clone()).collect();
-    assert_eq!(ids.len(), seqs.len(), "one event id per seq");
-    assert!(
-        record.problems().is_empty(),
-        "the platform saw problems: {:?}",
-        record.problems()
-    );
-}
-
 /// The events that report the end of a step the token ran say when that step started, and a
 /// start is never after its end — also the events re-made from the journal after a SIGKILL
 /// (the journal keeps when each record was written, and so when each step became due).
@@ -103,7 +84,7 @@ async fn succeeded(station: &Station, job: &JobId) -> (JobRecord, TokenSerial) {
     for step in JobKind::New.plan(false) {
         assert!(steps.contains(step), "no {step} event in {steps:?}");
     }
-    events_exactly_once(&record);
+    assert_events_exactly_once(&record);
     step_ends_carry_their_start(&record);
     assert!(record.bound_certificates().is_some_and(|c| c.len() == 3));
     let serial = record
@@ -169,7 +150,7 @@ async fn refused(
         record.token_serial().map(|s| s.as_str()),
         Some(serial.as_str())
     );
-    events_exactly_once(&record);
+    assert_events_exactly_once(&record);
 
     // Nothing written: the keys are there, no certificate is.
     let objects = station.objects(&serial);
@@ -710,7 +691,7 @@ async fn token_pulled_and_never_returned_fails_retryable() {
     wait_step(&station, &job, Step::Initialize).await;
     station.rack().remove(0).unwrap();
     let record = wait_end(&station, &job).await;
-    events_exactly_once(&record);
+    assert_events_exactly_once(&record);
     assert!(record.events().iter().any(is_parked), "parked first");
     let last = record.last_event().unwrap();
     assert_eq!(

@@ -19,7 +19,7 @@ use ukey_protocol::event::{ExecutionState, Step};
 use ukey_protocol::ids::JobId;
 use ukey_protocol::job::JobKind;
 use ukey_protocol::keys::KeyAlgorithm;
-use ukey_tests::station::{ObjectCount, PRODUCTION_TIMEOUT, Station};
+use ukey_tests::station::{ObjectCount, PRODUCTION_TIMEOUT, Station, assert_events_exactly_once};
 
 /// The agent's log line for each live compaction.
 const COMPACTED: &str = "journal compacted while running";
@@ -142,20 +142,7 @@ async fn succeeded(station: &Station, job: &JobId) -> JobRecord {
     for step in JobKind::New.plan(false) {
         assert!(steps.contains(step), "no {step} event in {steps:?}");
     }
-    let seqs: Vec<u64> = record.events().iter().map(|e| e.seq).collect();
-    assert_eq!(
-        seqs,
-        (1..=seqs.len() as u64).collect::<Vec<_>>(),
-        "each seq once, no gaps: {:#?}",
-        record.events()
-    );
-    let ids: BTreeSet<_> = record.events().iter().map(|e| e.event_id.clone()).collect();
-    assert_eq!(ids.len(), seqs.len(), "one event id per seq");
-    assert!(
-        record.problems().is_empty(),
-        "the platform saw problems: {:?}",
-        record.problems()
-    );
+    assert_events_exactly_once(&record);
     let serial = record.token_serial().expect("the job names its token");
     assert_eq!(station.objects(serial.as_str()), FINISHED, "{serial}");
     record

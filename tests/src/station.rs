@@ -362,6 +362,55 @@ impl Station {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// Plugs an emulated indicator panel with `slots` slots into the desk: appends its
+    /// `[panel]` table to [`Station::extra_config`] (so extra `[timeouts]` lines go before
+    /// this call) and returns the board and its events.
+    pub fn attach_emulated_panel(
+        &mut self,
+        slots: u8,
+    ) -> (
+        hsm_sim::panel::EmulatedPanel,
+        std::sync::mpsc::Receiver<hsm_sim::panel::BoardEvent>,
+    ) {
+        let link = self.dir().join("panel");
+        let board = hsm_sim::panel::EmulatedPanel::start(hsm_sim::panel::PanelOptions {
+            slots,
+            link: Some(link.clone()),
+            ..hsm_sim::panel::PanelOptions::default()
+        })
+        .unwrap_or_else(|e| panic!("emulated panel: {e}"));
+        self.extra_config.push_str(&format!(
+            "[panel]\ndevice = {:?}\n",
+            link.display().to_string()
+        ));
+        board
+    }
+
+    /// Waits until the `new` job `job` succeeded; checks that every step of its plan was
+    /// reported and every event arrived once ([`assert_events_exactly_once`]).
+    pub async fn new_job_succeeded(
+        &self,
+        job: &ukey_protocol::ids::JobId,
+    ) -> hsm_sim::platform::JobRecord {
+        use ukey_protocol::event::{ExecutionState, Step};
+        let record = self
+            .platform
+            .wait_for_state(job, ExecutionState::Succeeded, PRODUCTION_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| self.fail_with_log(e));
+        let steps: Vec<Step> = record.events().iter().map(|e| e.step).collect();
+        for step in ukey_protocol::job::JobKind::New.plan(false) {
+            assert!(steps.contains(step), "no {step} event in {steps:?}");
+        }
+        assert_events_exactly_once(&record);
+        record
+    }
+
+    /// Panics with `e` and everything the agent logged (for a failed wait).
+    pub fn fail_with_log(&self, e: impl std::fmt::Display) -> ! {
+        panic!("{e}\n--- agent log ---\n{}", self.agent_log())
+    }
+
     /// `ukey-agent status` for this station's configuration: its exit code and what it
     /// printed (standard output, then standard error).
     pub fn agent_status(&self) -> (Option<i32>, String) {

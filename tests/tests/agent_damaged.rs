@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use hsm_sim::panel::{EmulatedPanel, PanelOptions};
 use hsm_sim::rack::LatencyChange;
 use hsm_sim::rack::fault::{Fault, FaultAction};
 use hsm_sim::rack::latency::Op;
@@ -22,14 +21,7 @@ const WAIT: Duration = Duration::from_secs(60);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_token_is_one_damaged_slot_and_the_others_are_served() {
     let mut station = Station::sim(3).await;
-    let link = station.dir().join("panel");
-    let (board, events) = EmulatedPanel::start(PanelOptions {
-        slots: 3,
-        link: Some(link.clone()),
-        ..PanelOptions::default()
-    })
-    .unwrap();
-    station.extra_config = format!("[panel]\ndevice = {:?}\n", link.display().to_string());
+    let (board, events) = station.attach_emulated_panel(3);
     let first = TokenSerial::new(station.insert_blank(0)).unwrap();
     let bad = TokenSerial::new(station.insert_blank(1)).unwrap();
     let last = TokenSerial::new(station.insert_blank(2)).unwrap();

@@ -4,7 +4,6 @@
 
 use std::time::{Duration, Instant};
 
-use hsm_sim::panel::{EmulatedPanel, PanelOptions};
 use hsm_sim::platform::JobDraft;
 use ukey_agent::panel::{ButtonAction, Light};
 use ukey_protocol::event::ExecutionState;
@@ -17,14 +16,7 @@ const WAIT: Duration = Duration::from_secs(60);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panel_lights_and_status_follow_the_desk() {
     let mut station = Station::sim(2).await;
-    let link = station.dir().join("panel");
-    let (board, events) = EmulatedPanel::start(PanelOptions {
-        slots: 2,
-        link: Some(link.clone()),
-        ..PanelOptions::default()
-    })
-    .unwrap();
-    station.extra_config = format!("[panel]\ndevice = {:?}\n", link.display().to_string());
+    let (board, events) = station.attach_emulated_panel(2);
     station.start_agent().await;
 
     let job = station.dispatch_new(KeyAlgorithm::P256).await;

@@ -26,10 +26,6 @@ const FINISHED: ObjectCount = ObjectCount {
     other: 0,
 };
 
-fn fail_with_log(station: &Station, e: impl std::fmt::Display) -> ! {
-    panic!("{e}\n--- agent log ---\n{}", station.agent_log())
-}
-
 /// Waits until `job`'s record satisfies `pred`.
 async fn wait_job(
     station: &Station,
@@ -40,7 +36,7 @@ async fn wait_job(
         .platform
         .wait_for(job, pred, PRODUCTION_TIMEOUT)
         .await
-        .unwrap_or_else(|e| fail_with_log(station, e))
+        .unwrap_or_else(|e| station.fail_with_log(e))
 }
 
 /// Waits until the platform has an event of `step` for `job`.
@@ -75,16 +71,7 @@ fn step_ends_carry_their_start(record: &JobRecord) {
 /// Waits until `job` succeeded and checks its events: every step of the plan reported,
 /// each event once. Returns the job's token.
 async fn succeeded(station: &Station, job: &JobId) -> (JobRecord, TokenSerial) {
-    let record = station
-        .platform
-        .wait_for_state(job, ExecutionState::Succeeded, PRODUCTION_TIMEOUT)
-        .await
-        .unwrap_or_else(|e| fail_with_log(station, e));
-    let steps: Vec<Step> = record.events().iter().map(|e| e.step).collect();
-    for step in JobKind::New.plan(false) {
-        assert!(steps.contains(step), "no {step} event in {steps:?}");
-    }
-    assert_events_exactly_once(&record);
+    let record = station.new_job_succeeded(job).await;
     step_ends_carry_their_start(&record);
     assert!(record.bound_certificates().is_some_and(|c| c.len() == 3));
     let serial = record
@@ -635,7 +622,7 @@ async fn token_pulled_while_waiting_for_certificates() {
             Duration::from_secs(30),
         )
         .await
-        .unwrap_or_else(|e| fail_with_log(&station, e));
+        .unwrap_or_else(|e| station.fail_with_log(e));
     let parked = record.events().iter().find(|e| is_parked(e)).unwrap();
     assert_eq!(parked.step, Step::VerifyCertificates);
     assert_eq!(station.objects(&serial).certificates, 0);
@@ -669,7 +656,7 @@ async fn token_pulled_while_the_agent_was_down() {
             Duration::from_secs(30),
         )
         .await
-        .unwrap_or_else(|e| fail_with_log(&station, e));
+        .unwrap_or_else(|e| station.fail_with_log(e));
     let parked = record.events().iter().find(|e| is_parked(e)).unwrap();
     assert_eq!(parked.step, Step::GenerateKeys);
 

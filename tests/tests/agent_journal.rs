@@ -19,7 +19,7 @@ use ukey_protocol::event::{ExecutionState, Step};
 use ukey_protocol::ids::JobId;
 use ukey_protocol::job::JobKind;
 use ukey_protocol::keys::KeyAlgorithm;
-use ukey_tests::station::{ObjectCount, PRODUCTION_TIMEOUT, Station, assert_events_exactly_once};
+use ukey_tests::station::{ObjectCount, PRODUCTION_TIMEOUT, Station};
 
 /// The agent's log line for each live compaction.
 const COMPACTED: &str = "journal compacted while running";
@@ -39,10 +39,6 @@ async fn desk(slots: usize) -> Station {
     let mut station = Station::sim(slots).await;
     station.extra_config = "[journal]\ncompact_after_records = 8\n".to_owned();
     station
-}
-
-fn fail_with_log(station: &Station, e: impl std::fmt::Display) -> ! {
-    panic!("{e}\n--- agent log ---\n{}", station.agent_log())
 }
 
 /// The journal's records as JSON values (kind and ids readable, content sealed).
@@ -82,7 +78,7 @@ async fn wait_journal(
             return records;
         }
         if tokio::time::Instant::now() >= deadline {
-            fail_with_log(station, format!("journal never held {what}: {records:#?}"));
+            station.fail_with_log(format!("journal never held {what}: {records:#?}"));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -133,16 +129,7 @@ fn compactions(station: &Station) -> Vec<(u64, u64, u64, u64)> {
 /// Waits until `job` succeeded; checks every event arrived once after de-duplication by
 /// event id (sequence numbers 1..=n, one id each) and the platform saw no problem.
 async fn succeeded(station: &Station, job: &JobId) -> JobRecord {
-    let record = station
-        .platform
-        .wait_for_state(job, ExecutionState::Succeeded, PRODUCTION_TIMEOUT)
-        .await
-        .unwrap_or_else(|e| fail_with_log(station, e));
-    let steps: Vec<Step> = record.events().iter().map(|e| e.step).collect();
-    for step in JobKind::New.plan(false) {
-        assert!(steps.contains(step), "no {step} event in {steps:?}");
-    }
-    assert_events_exactly_once(&record);
+    let record = station.new_job_succeeded(job).await;
     let serial = record.token_serial().expect("the job names its token");
     assert_eq!(station.objects(serial.as_str()), FINISHED, "{serial}");
     record
@@ -213,7 +200,7 @@ async fn killed_after_a_live_compaction_resumes_and_still_knows_finished_jobs() 
         .platform
         .wait_for(&a, |r| r.has_step(Step::Claim), PRODUCTION_TIMEOUT)
         .await
-        .unwrap_or_else(|e| fail_with_log(&station, e));
+        .unwrap_or_else(|e| station.fail_with_log(e));
     let c = station.dispatch_new(KeyAlgorithm::P256).await;
     let record_a = succeeded(&station, &a).await;
     let events_a = record_a.events().len();
@@ -249,7 +236,7 @@ async fn killed_after_a_live_compaction_resumes_and_still_knows_finished_jobs() 
         .platform
         .wait_for(&b, |r| r.has_step(Step::Receive), PRODUCTION_TIMEOUT)
         .await
-        .unwrap_or_else(|e| fail_with_log(&station, e));
+        .unwrap_or_else(|e| station.fail_with_log(e));
     station.kill_agent();
     assert!(
         station.objects(&serial_c).private_keys < 3,

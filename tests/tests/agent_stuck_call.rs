@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use hsm_sim::panel::{BoardEvent, EmulatedPanel, PanelOptions};
+use hsm_sim::panel::BoardEvent;
 use hsm_sim::rack::fault::{Fault, FaultAction};
 use ukey_agent::panel::Light;
 use ukey_agent::panel::line::HostLine;
@@ -29,10 +29,6 @@ const ALERT: &str = "token-call-stuck";
 /// Long enough past the 1 s limit for the alert, the status and the light to be seen while
 /// the call still runs.
 const STALL_MS: u64 = 5000;
-
-fn fail_with_log(station: &Station, e: impl std::fmt::Display) -> ! {
-    panic!("{e}\n--- agent log ---\n{}", station.agent_log())
-}
 
 fn stuck_alert(inventory: &Inventory) -> Option<&DeskAlert> {
     inventory.alerts.iter().find(|a| a.code.as_str() == ALERT)
@@ -64,17 +60,8 @@ fn light_was_set(events: &std::sync::mpsc::Receiver<BoardEvent>, slot: u8, light
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_call_raises_an_alert_that_clears_when_it_returns() {
     let mut station = Station::sim(1).await;
-    let link = station.dir().join("panel");
-    let (_board, events) = EmulatedPanel::start(PanelOptions {
-        slots: 1,
-        link: Some(link.clone()),
-        ..PanelOptions::default()
-    })
-    .unwrap();
-    station.extra_config = format!(
-        "wedged_call_secs = 1\n[panel]\ndevice = {:?}\n",
-        link.display().to_string()
-    );
+    station.extra_config = "wedged_call_secs = 1\n".into();
+    let (_board, events) = station.attach_emulated_panel(1);
     station.start_agent().await;
     let serial = station.insert_blank(0);
     // The first key generation hangs for a while, then completes normally.
@@ -95,7 +82,7 @@ async fn a_stalled_call_raises_an_alert_that_clears_when_it_returns() {
             stuck_alert(r.current_inventory(&station_id)?).cloned()
         })
         .await
-        .unwrap_or_else(|e| fail_with_log(&station, e));
+        .unwrap_or_else(|e| station.fail_with_log(e));
     for needle in [
         serial.as_str(),
         "slot 0",
@@ -128,7 +115,7 @@ async fn a_stalled_call_raises_an_alert_that_clears_when_it_returns() {
         .platform
         .wait_for_state(&job, ExecutionState::Succeeded, PRODUCTION_TIMEOUT)
         .await
-        .unwrap_or_else(|e| fail_with_log(&station, e));
+        .unwrap_or_else(|e| station.fail_with_log(e));
     assert!(
         record.events().iter().all(|e| e.error.is_none()),
         "{:#?}",
@@ -145,7 +132,7 @@ async fn a_stalled_call_raises_an_alert_that_clears_when_it_returns() {
             stuck_alert(inventory).is_none().then_some(())
         })
         .await
-        .unwrap_or_else(|e| fail_with_log(&station, e));
+        .unwrap_or_else(|e| station.fail_with_log(e));
     assert!(
         light_was_set(&events, 0, Light::Done),
         "slot 0 never showed done"
@@ -177,7 +164,7 @@ async fn no_alert_when_nothing_is_slow() {
         .platform
         .wait_for_state(&job, ExecutionState::Succeeded, PRODUCTION_TIMEOUT)
         .await
-        .unwrap_or_else(|e| fail_with_log(&station, e));
+        .unwrap_or_else(|e| station.fail_with_log(e));
     let records = station.platform.snapshot();
     let inventories = records.inventory();
     assert!(!inventories.is_empty());

@@ -12,7 +12,6 @@
 //! board's lights, or the agent's status file, with a deadline.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use hsm_sim::panel::{EmulatedPanel, PanelOptions};
 use hsm_sim::platform::{JobRecord, Misbehaviour, Times};
 use ukey_agent::panel::Light;
 use ukey_protocol::event::{ExecutionState, Step};
@@ -25,10 +24,6 @@ const ALERT: &str = "platform-unconfirmed";
 
 /// Short enough to pass within the test, long enough that the bind event is sent before.
 const BIND_ACK_SECS: u64 = 2;
-
-fn fail_with_log(station: &Station, e: impl std::fmt::Display) -> ! {
-    panic!("{e}\n--- agent log ---\n{}", station.agent_log())
-}
 
 /// A desk whose platform does not acknowledge anything, with short bind-ack and resend times.
 async fn silent_desk(station: &mut Station) {
@@ -46,7 +41,7 @@ async fn bound(station: &Station, job: &JobId) -> (JobRecord, EventId) {
         .platform
         .wait_for(job, |r| r.has_step(Step::Bind), PRODUCTION_TIMEOUT)
         .await
-        .unwrap_or_else(|e| fail_with_log(station, e));
+        .unwrap_or_else(|e| station.fail_with_log(e));
     let bind = record
         .events()
         .iter()
@@ -78,8 +73,8 @@ async fn inventory_until<T>(
             f(r.current_inventory(&station_id)?).map(Ok)
         })
         .await
-        .unwrap_or_else(|e| fail_with_log(station, e));
-    found.unwrap_or_else(|e| fail_with_log(station, e))
+        .unwrap_or_else(|e| station.fail_with_log(e));
+    found.unwrap_or_else(|e| station.fail_with_log(e))
 }
 
 fn unconfirmed_alert<'a>(inventory: &'a Inventory, job: &JobId) -> Option<&'a DeskAlert> {
@@ -119,14 +114,7 @@ fn never_timed_out(record: &JobRecord) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_platform_raises_an_alert_and_the_job_succeeds_when_it_answers() {
     let mut station = Station::sim(1).await;
-    let link = station.dir().join("panel");
-    let (board, lights) = EmulatedPanel::start(PanelOptions {
-        slots: 1,
-        link: Some(link.clone()),
-        ..PanelOptions::default()
-    })
-    .unwrap();
-    station.extra_config = format!("[panel]\ndevice = {:?}\n", link.display().to_string());
+    let (board, lights) = station.attach_emulated_panel(1);
     silent_desk(&mut station).await;
     let job = station.dispatch_new(KeyAlgorithm::P256).await;
     let serial = station.insert_blank(0);
@@ -167,7 +155,7 @@ async fn a_silent_platform_raises_an_alert_and_the_job_succeeds_when_it_answers(
             PRODUCTION_TIMEOUT,
         )
         .await
-        .unwrap_or_else(|e| fail_with_log(&station, e));
+        .unwrap_or_else(|e| station.fail_with_log(e));
     assert_eq!(record.state(), Some(ExecutionState::InProgress));
     assert_eq!(station.platform.snapshot().acks_sent(), 0);
     never_timed_out(&record);
@@ -178,7 +166,7 @@ async fn a_silent_platform_raises_an_alert_and_the_job_succeeds_when_it_answers(
         .platform
         .wait_for_state(&job, ExecutionState::Succeeded, PRODUCTION_TIMEOUT)
         .await
-        .unwrap_or_else(|e| fail_with_log(&station, e));
+        .unwrap_or_else(|e| station.fail_with_log(e));
     never_timed_out(&record);
     let last = record.last_event().unwrap();
     assert_eq!(
@@ -240,7 +228,7 @@ async fn a_pulled_token_and_a_restart_while_unconfirmed_still_end_in_success() {
         .platform
         .wait_for_state(&job, ExecutionState::Succeeded, PRODUCTION_TIMEOUT)
         .await
-        .unwrap_or_else(|e| fail_with_log(&station, e));
+        .unwrap_or_else(|e| station.fail_with_log(e));
     never_timed_out(&record);
     assert_eq!(
         record.token_serial().map(|s| s.as_str()),

@@ -445,7 +445,8 @@ impl<'a> Desk<'a> {
                     if self.remaining == 0 {
                         break;
                     }
-                    if self.seats[i].serial.is_some() {
+                    // A finished token left in its slot keeps it.
+                    if self.seats[i].serial.is_some() || !matches!(rack.serial_in(i), Ok(None)) {
                         continue;
                     }
                     let options = InsertOptions {
@@ -705,9 +706,20 @@ impl<'a> Desk<'a> {
             }
         );
         self.progress.note(&line);
-        // Taken out only to make room for a blank token: the last ones stay, lit. An
-        // interrupted token stays where it is, for the agent to park its job.
-        let taken_out = self.remaining > 0 && !matches!(outcome, Outcome::Interrupted(_));
+        // Taken out only to make room for a blank token: the last ones stay, lit. Slots
+        // already emptied (by tokens that finished in the same pass) take the blank tokens
+        // first. An interrupted token stays where it is, for the agent to park its job.
+        let empty = match &self.tokens {
+            Tokens::Rack(rack) => (0..self.seats.len())
+                .filter(|&j| {
+                    j != i
+                        && self.seats[j].serial.is_none()
+                        && matches!(rack.serial_in(j), Ok(None))
+                })
+                .count(),
+            Tokens::Module => 0,
+        };
+        let taken_out = self.remaining > empty && !matches!(outcome, Outcome::Interrupted(_));
         if let (Tokens::Rack(rack), Some(_), true) = (&self.tokens, &seat.serial, taken_out) {
             // The token may be out already (pulled and never returned).
             let _ = rack.remove(i);

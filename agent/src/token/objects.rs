@@ -286,7 +286,7 @@ impl Token {
                 Err(e) if is_stale_handle(&e) => {}
                 Err(e) => return Err(e),
             }
-            tracing::debug!(serial = ?self.serial, %label, class = kind.as_str(), "a remembered handle is stale: searching again");
+            tracing::debug!(serial = self.logged_serial(), %label, class = kind.as_str(), "a remembered handle is stale: searching again");
             self.forget_handles();
         }
         let found = self.find_one(kind, label)?;
@@ -393,7 +393,7 @@ impl Token {
         };
         let (public_handle, private_handle) =
             self.with_session(|s| s.generate_key_pair(&mechanism, &public, &private))?;
-        tracing::info!(serial = ?self.serial, %label, %algorithm, "key pair generated");
+        tracing::debug!(serial = self.logged_serial(), %label, %algorithm, "key pair generated");
         let key_type = Some(key_type_of(algorithm));
         let public_key = Remembered {
             handle: public_handle,
@@ -602,9 +602,9 @@ impl Token {
             self.with_session(|s| s.destroy_object(*handle))?;
         }
         if handles.is_empty() {
-            tracing::debug!(serial = ?self.serial, %label, "no objects to destroy");
+            tracing::debug!(serial = self.logged_serial(), %label, "no objects to destroy");
         } else {
-            tracing::info!(serial = ?self.serial, %label, count = handles.len(), "objects destroyed");
+            tracing::info!(serial = self.logged_serial(), %label, count = handles.len(), "objects destroyed");
         }
         Ok(handles.len())
     }
@@ -660,7 +660,7 @@ impl Token {
             Attribute::Value(cert.der().to_vec()),
         ];
         self.with_session(|s| s.create_object(&template))?;
-        tracing::info!(serial = ?self.serial, %label, "certificate installed");
+        tracing::debug!(serial = self.logged_serial(), %label, "certificate installed");
         Ok(())
     }
 

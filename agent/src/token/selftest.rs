@@ -112,7 +112,7 @@ impl Token {
             }
             .map(Some)
         })?;
-        tracing::info!(serial = ?self.serial, %label, mechanism, "self-test passed");
+        tracing::debug!(serial = self.logged_serial(), %label, mechanism, "self-test passed");
         Ok(KeySelfTest {
             label,
             algorithm,
@@ -278,7 +278,7 @@ impl Token {
         let value = self.with_session(|s| s.get_attributes(derived, &[AttributeType::Value]));
         // The derived secret is a session object; remove it at once either way.
         if let Err(e) = self.with_session(|s| s.destroy_object(derived)) {
-            tracing::debug!(serial = ?self.serial, error = %e, "destroying the ECDH secret failed");
+            tracing::debug!(serial = self.logged_serial(), error = %e, "destroying the ECDH secret failed");
         }
         let value = value?;
         let agreed = value.iter().find_map(|a| match a {

@@ -85,6 +85,11 @@ impl std::fmt::Debug for Token {
 }
 
 impl Token {
+    /// The serial as a log field: `serial=ABC`, or no field for a token without one yet.
+    pub(crate) fn logged_serial(&self) -> Option<tracing::field::DisplayValue<&str>> {
+        self.serial.as_deref().map(tracing::field::display)
+    }
+
     /// Opens the present token with this serial.
     pub fn open(module: &Module, serial: &str) -> Result<Token, TokenError> {
         let present = module
@@ -297,7 +302,10 @@ impl Token {
             && let Ok(mut handles) = open.handles.try_borrow_mut()
             && !handles.is_empty()
         {
-            tracing::debug!(serial = ?self.serial, "forgetting remembered object handles");
+            tracing::debug!(
+                serial = self.logged_serial(),
+                "forgetting remembered object handles"
+            );
             handles.forget_all();
         }
     }
@@ -323,7 +331,7 @@ impl Token {
         if let Some(open) = self.session.borrow_mut().take()
             && let Err(e) = metered(|| open.session.close())
         {
-            tracing::debug!(serial = ?self.serial, error = %e, "closing a session failed");
+            tracing::debug!(serial = self.logged_serial(), error = %e, "closing a session failed");
         }
         self.login.set(None);
     }
@@ -394,7 +402,11 @@ impl Token {
             .map_err(|e| self.map_err(e))?;
         let after = PresentToken::from_info(self.slot, &info);
         self.serial = Some(after.serial.clone()).filter(|s| !s.is_empty());
-        tracing::info!(serial = ?self.serial, slot = self.slot.id(), "token initialized");
+        tracing::debug!(
+            serial = self.logged_serial(),
+            slot = self.slot.id(),
+            "token initialized"
+        );
         Ok(after)
     }
 
@@ -594,7 +606,7 @@ impl Drop for Token {
         if self.login.get().is_some()
             && let Err(e) = self.logout()
         {
-            tracing::debug!(serial = ?self.serial, error = %e, "logout on drop failed");
+            tracing::debug!(serial = self.logged_serial(), error = %e, "logout on drop failed");
         }
         self.close_session();
     }

@@ -160,7 +160,7 @@ impl Token {
                     purpose: "sign",
                 },
                 _ => {
-                    tracing::debug!(serial = ?self.serial, %label, error = %e, "signing failed");
+                    tracing::debug!(serial = self.logged_serial(), %label, error = %e, "signing failed");
                     e
                 }
             })

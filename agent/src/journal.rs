@@ -19,6 +19,11 @@
 //! fsync may reach the disk out of order, and what follows such a hole was never fsync'd, so
 //! it is cut off like a torn tail.
 //!
+//! The file grows in zero-filled chunks of [`GROWTH`] bytes, written ahead of the records:
+//! an fsync that leaves a file's size alone only writes the data, where one that changes the
+//! size writes the inode too (a second, synchronous I/O). The zeros after the last record are
+//! free room, not damage: a scan ends at them.
+//!
 //! Compaction is the caller's: it knows which records still matter and hands a snapshot to
 //! [`Journal::rewrite`], which replaces the file atomically (write, fsync, rename, fsync the
 //! folder).
@@ -92,6 +97,15 @@ pub const MAX_RECORD_LEN: usize = 16 * 1024 * 1024;
 
 const MAGIC: [u8; 4] = *b"UKR1";
 const HEADER_LEN: usize = 16;
+
+/// The file grows by zero-filled chunks of this size (see the module docs).
+pub const GROWTH: u64 = 64 * 1024;
+
+/// `len` rounded up to the next whole chunk of [`GROWTH`] (a chunk more when already whole,
+/// so that there is always room after the content).
+fn allocation_for(len: u64) -> u64 {
+    (len / GROWTH + 1) * GROWTH
+}
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
     move |source| StoreError::Io {
@@ -246,6 +260,8 @@ pub struct Journal<R> {
     file: File,
     /// Length of the file's good content; a failed append is cut back to it.
     len: u64,
+    /// Length of the file: the content, then zeros up to here.
+    allocated: u64,
     records: usize,
     _record: PhantomData<fn(R) -> R>,
 }
@@ -289,20 +305,26 @@ impl<R: Serialize + DeserializeOwned> Journal<R> {
             offset: offset as u64,
             reason: reason.to_string(),
         })?;
-        if scan.valid_len < bytes.len() {
+        let tail = &bytes[scan.valid_len..];
+        let mut allocated = bytes.len() as u64;
+        if tail.iter().any(|b| *b != 0) {
             tracing::warn!(
                 path = %path.display(),
                 dropped_bytes = bytes.len() - scan.valid_len,
                 "journal ends with a torn record (a crash during an append); cutting it off"
             );
+            // Cut, not zeroed: an unsynced record after a hole must not survive to be
+            // half-overwritten by the next append.
             file.set_len(scan.valid_len as u64)
                 .map_err(io_err("truncate", &path))?;
             file.sync_all().map_err(io_err("fsync", &path))?;
+            allocated = scan.valid_len as u64;
         }
         Ok(Journal {
             path,
             file,
             len: scan.valid_len as u64,
+            allocated,
             records: scan.records.len(),
             _record: PhantomData,
         })
@@ -382,6 +404,12 @@ impl<R: Serialize + DeserializeOwned> Journal<R> {
         if bytes.is_empty() {
             return Ok(());
         }
+        let end = self.len + bytes.len() as u64;
+        if end > self.allocated {
+            // The next chunk of zeros goes with these records, in the same write and fsync.
+            bytes.resize(bytes.len() + (allocation_for(end) - end) as usize, 0);
+        }
+        let written = self.len + bytes.len() as u64;
         let result = self
             .file
             .write_all_at(&bytes, self.len)
@@ -395,14 +423,16 @@ impl<R: Serialize + DeserializeOwned> Journal<R> {
             });
         match result {
             Ok(()) => {
-                self.len += bytes.len() as u64;
+                self.len = end;
+                self.allocated = self.allocated.max(written);
                 self.records += records.len();
                 Ok(())
             }
             Err(e) => {
-                if let Err(cut) = self.file.set_len(self.len) {
-                    tracing::error!(path = %self.path.display(), error = %cut,
-                        "cannot cut a failed append back; the next open drops the torn record");
+                match self.file.set_len(self.len) {
+                    Ok(()) => self.allocated = self.len,
+                    Err(cut) => tracing::error!(path = %self.path.display(), error = %cut,
+                        "cannot cut a failed append back; the next open drops the torn record"),
                 }
                 Err(e)
             }
@@ -416,6 +446,8 @@ impl<R: Serialize + DeserializeOwned> Journal<R> {
         for record in records {
             content.extend_from_slice(&self.encode(record)?);
         }
+        let len = content.len() as u64;
+        content.resize(allocation_for(len) as usize, 0);
         let mut tmp_name = self.path.file_name().unwrap_or_default().to_os_string();
         tmp_name.push(".rewrite");
         let tmp = self.path.with_file_name(tmp_name);
@@ -434,7 +466,8 @@ impl<R: Serialize + DeserializeOwned> Journal<R> {
         // From the rename on, the new file is the journal: appends must go to it even when
         // the folder's fsync below fails (the old handle names an unlinked file).
         self.file = file;
-        self.len = content.len() as u64;
+        self.len = len;
+        self.allocated = content.len() as u64;
         self.records = records.len();
         sync_dir(parent_of(&self.path))
     }
@@ -442,6 +475,11 @@ impl<R: Serialize + DeserializeOwned> Journal<R> {
     /// Number of records in the file (appended since the last rewrite, plus the rewrite's).
     pub fn record_count(&self) -> usize {
         self.records
+    }
+
+    /// Length of the records in the file, in bytes (the file itself is longer: zeros follow).
+    pub fn content_len(&self) -> u64 {
+        self.len
     }
 
     /// The journal's file.
@@ -459,6 +497,17 @@ impl<R: Serialize + DeserializeOwned> Journal<R> {
             len: payload.len(),
         })
     }
+}
+
+/// A log file's records without the zeros that follow them (a record ends in `}`), for
+/// tests that tear or damage files.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn content_of(path: &Path) -> Vec<u8> {
+    let mut bytes = std::fs::read(path).unwrap();
+    let end = bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+    bytes.truncate(end);
+    bytes
 }
 
 #[cfg(test)]
@@ -482,6 +531,40 @@ mod tests {
 
     fn file_len(path: &Path) -> u64 {
         std::fs::metadata(path).unwrap().len()
+    }
+
+    #[test]
+    fn the_file_grows_by_zeroed_chunks_and_their_room_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.journal");
+        let mut j = Journal::<Rec>::open(&path).unwrap();
+        j.append(&rec(0)).unwrap();
+        assert_eq!(
+            file_len(&path),
+            GROWTH,
+            "one chunk, written with the first record"
+        );
+        let mut i = 1;
+        while j.content_len() + 60 < GROWTH {
+            j.append_unsynced(&rec(i)).unwrap();
+            assert_eq!(file_len(&path), GROWTH, "no size change within the chunk");
+            i += 1;
+        }
+        assert_eq!(content_of(&path).len() as u64, j.content_len());
+        drop(j);
+        // Reopened: the zeros are room, not a torn tail; appends go after the records.
+        let mut j = Journal::<Rec>::open(&path).unwrap();
+        assert_eq!(file_len(&path), GROWTH);
+        j.append_all(&[rec(i), rec(i + 1), rec(i + 2)]).unwrap();
+        assert_eq!(
+            file_len(&path),
+            2 * GROWTH,
+            "the next chunk, with the records past it"
+        );
+        assert_eq!(content_of(&path).len() as u64, j.content_len());
+        drop(j);
+        let j = Journal::<Rec>::open(&path).unwrap();
+        assert_eq!(j.replay().unwrap(), (0..i + 3).map(rec).collect::<Vec<_>>());
     }
 
     #[test]
@@ -521,7 +604,7 @@ mod tests {
             j.append(&rec(0)).unwrap();
             j.append(&rec(1)).unwrap();
         }
-        let good = std::fs::read(&path).unwrap();
+        let good = content_of(&path);
         let one = frame(&serde_json::to_vec(&rec(2)).unwrap()).unwrap();
         // A crash can stop an append after any number of bytes.
         for cut in 1..one.len() {
@@ -568,19 +651,27 @@ mod tests {
     }
 
     #[test]
-    fn a_tail_of_zeros_or_garbage_is_a_torn_write() {
+    fn a_tail_of_garbage_is_a_torn_write_and_one_of_zeros_is_room() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jobs.journal");
         {
             let mut j = Journal::<Rec>::open(&path).unwrap();
             j.append(&rec(0)).unwrap();
         }
-        let good = std::fs::read(&path).unwrap();
-        for tail in [vec![0u8; 4096], b"UKR1\xff\xff\xff\xff garbage".to_vec()] {
+        let good = content_of(&path);
+        for (tail, kept) in [
+            (vec![0u8; 4096], 4096),
+            (b"UKR1\xff\xff\xff\xff garbage".to_vec(), 0),
+            ([&b"UKR1\xff"[..], &[0u8; 100]].concat(), 0),
+        ] {
             std::fs::write(&path, [&good[..], &tail[..]].concat()).unwrap();
-            let j = Journal::<Rec>::open(&path).unwrap();
+            let mut j = Journal::<Rec>::open(&path).unwrap();
             assert_eq!(j.replay().unwrap(), vec![rec(0)]);
-            assert_eq!(file_len(&path), good.len() as u64);
+            assert_eq!(file_len(&path), (good.len() + kept) as u64);
+            j.append(&rec(1)).unwrap();
+            drop(j);
+            let j = Journal::<Rec>::open(&path).unwrap();
+            assert_eq!(j.replay().unwrap(), vec![rec(0), rec(1)]);
         }
     }
 

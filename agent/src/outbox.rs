@@ -361,6 +361,7 @@ impl Outbox {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::journal::content_of;
 
     fn entry(i: u32) -> OutboxEntry {
         OutboxEntry {
@@ -478,12 +479,12 @@ mod tests {
             ob.push(entry(1)).unwrap();
         }
         let path = dir.path().join(OUTBOX_FILE);
-        let full = std::fs::read(&path).unwrap();
+        let full = content_of(&path);
         {
             let mut ob = Outbox::open(dir.path()).unwrap();
             ob.push(entry(2)).unwrap();
         }
-        let with_third = std::fs::read(&path).unwrap();
+        let with_third = content_of(&path);
         // Simulate a crash in the middle of writing the third record.
         let torn = &with_third[..full.len() + (with_third.len() - full.len()) / 2];
         std::fs::write(&path, torn).unwrap();
@@ -504,12 +505,12 @@ mod tests {
             let mut ob = Outbox::open(dir.path()).unwrap();
             ob.push(entry(0)).unwrap();
         }
-        let before = std::fs::read(&path).unwrap();
+        let before = content_of(&path);
         {
             let mut ob = Outbox::open(dir.path()).unwrap();
             ob.acknowledge(["ev-0"]).unwrap();
         }
-        let after = std::fs::read(&path).unwrap();
+        let after = content_of(&path);
         std::fs::write(&path, &after[..after.len() - 3]).unwrap();
         let ob = Outbox::open(dir.path()).unwrap();
         assert_eq!(
@@ -536,9 +537,7 @@ mod tests {
         }
         let expected: Vec<String> = (0..300).step_by(3).map(|i| format!("ev-{i}")).collect();
         assert_eq!(ids(&ob), expected);
-        let len = std::fs::metadata(dir.path().join(OUTBOX_FILE))
-            .unwrap()
-            .len();
+        let len = ob.log.content_len();
         drop(ob);
         let ob = Outbox::open(dir.path()).unwrap();
         assert_eq!(ids(&ob), expected);

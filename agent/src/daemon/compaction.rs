@@ -128,7 +128,7 @@ impl Daemon {
             return Ok(());
         }
         let started = Instant::now();
-        let bytes_before = self.journal_bytes();
+        let bytes_before = self.journal.content_len();
         // Order matters. A finished job's step events went to the outbox without an fsync:
         // its last journal record is what re-makes them after a power loss. The rewrite
         // drops that record, so every event must be on disk in the outbox first; a crash
@@ -151,16 +151,11 @@ impl Daemon {
             records_before = before,
             records_after = keep.len(),
             bytes_before,
-            bytes_after = self.journal_bytes(),
+            bytes_after = self.journal.content_len(),
             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
             "journal compacted while running"
         );
         Ok(())
-    }
-
-    /// The journal file's size, for the log line (0 when it cannot be read).
-    fn journal_bytes(&self) -> u64 {
-        std::fs::metadata(self.journal.path()).map_or(0, |m| m.len())
     }
 }
 

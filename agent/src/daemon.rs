@@ -369,7 +369,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     );
     link_config.keep_alive = Duration::from_secs(config.broker.keep_alive_secs);
     link_config.resend_after = Some(config.timeouts.resend());
-    link_config.subscriptions = topics.station_subscriptions();
+    // The platform's event acknowledgements need no PUBACK: a lost one only makes an event
+    // be published again (PROTOCOL.md, "Delivery").
+    let acks = topics.acks();
+    (
+        link_config.subscriptions_at_most_once,
+        link_config.subscriptions,
+    ) = topics
+        .station_subscriptions()
+        .into_iter()
+        .partition(|filter| *filter == acks);
     link_config.presence_topic = topics.presence();
     link_config.birth_payload = encode(presence(PresenceStatus::Online))?;
     link_config.death_payload = encode(presence(PresenceStatus::Offline))?;
@@ -1123,6 +1132,8 @@ impl Daemon {
             // No record follows a finished job's last one until a compaction drops them all,
             // which makes the outbox durable first (`compact_if_due`).
             self.replayable.remove(job_id);
+            // One that ended while queued (expired, timed out waiting for its token).
+            self.queue.retain(|j| j != job_id);
             self.dead_records += entry.records;
             if let Some(seat) = entry.token.as_ref().and_then(|k| self.seats.get_mut(k)) {
                 seat.outcome = Some(state);
@@ -2126,6 +2137,17 @@ impl Daemon {
             })
             .map(|(k, _)| k.clone())
             .collect();
+        // A targeted job can only take a free, readable, initialized token. With neither that
+        // nor a blank one seated (the usual case: every seat busy), no queued job can claim,
+        // and a long queue costs nothing on each turn of the loop.
+        if blanks.is_empty()
+            && !self
+                .seats
+                .values()
+                .any(|s| s.job.is_none() && s.state != TokenState::Damaged && !s.present.is_blank())
+        {
+            return Ok(());
+        }
         let mut i = 0;
         while i < self.queue.len() {
             let Some(entry) = self.jobs.get(&self.queue[i]) else {

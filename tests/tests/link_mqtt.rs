@@ -553,6 +553,40 @@ async fn an_incoming_message_not_acknowledged_is_redelivered_after_a_reconnect()
     agent.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_on_an_at_most_once_filter_is_never_redelivered() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let platform = Platform::start(&broker, "platform", &[]).await;
+    // (The test consumer takes `acks` for itself: another topic stands in for it.)
+    let hints = format!("{PREFIX}/jobs/j1/cancel");
+    let mut config = link_config(&broker);
+    config.subscriptions = vec![jobs_topic()];
+    config.subscriptions_at_most_once = vec![hints.clone()];
+
+    let mut agent = Agent::start(config.clone(), dir.path());
+    wait_connected(&agent.handle, 1).await;
+    platform.publish(&hints, b"hint-1".to_vec()).await;
+    let first = agent.consumer.next_message().await;
+    assert_eq!(first.payload(), b"hint-1");
+    // Never acknowledged, as a crash would leave it; at QoS 0 there is nothing to owe.
+    drop(first);
+    agent.stop().await;
+
+    let mut agent = Agent::start(config, dir.path());
+    wait_connected(&agent.handle, 1).await;
+    platform.publish(&jobs_topic(), b"job-1".to_vec()).await;
+    let next = agent.consumer.next_message().await;
+    assert_eq!(
+        next.payload(),
+        b"job-1",
+        "the message on the at-most-once filter came back: log {}",
+        broker.log()
+    );
+    next.ack().await.unwrap();
+    agent.stop().await;
+}
+
 /// Starts a link on a runtime of its own, so that dropping that runtime kills the link's
 /// connection without an MQTT DISCONNECT, as a crash of the agent would.
 async fn start_on_own_runtime(

@@ -88,7 +88,8 @@ pub(super) struct Driver {
     client: AsyncClient,
     eventloop: EventLoop,
     incoming: mpsc::Sender<Incoming>,
-    subscriptions: Vec<String>,
+    /// Filters and the QoS each is subscribed at.
+    subscriptions: Vec<(String, QoS)>,
     presence_topic: String,
     birth: Vec<u8>,
     death: Vec<u8>,
@@ -187,7 +188,17 @@ impl Driver {
             client,
             eventloop,
             incoming,
-            subscriptions: config.subscriptions,
+            subscriptions: config
+                .subscriptions
+                .into_iter()
+                .map(|f| (f, QoS::AtLeastOnce))
+                .chain(
+                    config
+                        .subscriptions_at_most_once
+                        .into_iter()
+                        .map(|f| (f, QoS::AtMostOnce)),
+                )
+                .collect(),
             presence_topic: config.presence_topic,
             birth: config.birth_payload,
             death: config.death_payload,
@@ -268,7 +279,7 @@ impl Driver {
                         let filters = self
                             .subscriptions
                             .iter()
-                            .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+                            .map(|(f, qos)| rumqttc::SubscribeFilter::new(f.clone(), *qos));
                         self.client.try_subscribe_many(filters)
                     }
                 }

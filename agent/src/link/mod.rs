@@ -99,6 +99,12 @@ pub struct LinkConfig {
     pub tls: Option<TlsFiles>,
     /// Topic filters subscribed (QoS 1) on every connect.
     pub subscriptions: Vec<String>,
+    /// Topic filters subscribed at most once (QoS 0) on every connect: for messages whose
+    /// loss repairs itself and that need no PUBACK from the station (the platform's event
+    /// acknowledgements: an event not acknowledged is published again after a reconnect and
+    /// after [`LinkConfig::resend_after`], and acknowledged again). Over one TCP connection
+    /// nothing is lost; only what arrives while the station is away is not queued for it.
+    pub subscriptions_at_most_once: Vec<String>,
     /// Topic of the retained birth and death (will) messages.
     pub presence_topic: String,
     /// Published retained on every connect.
@@ -132,6 +138,7 @@ impl LinkConfig {
             keep_alive: Duration::from_secs(30),
             tls: None,
             subscriptions: Vec::new(),
+            subscriptions_at_most_once: Vec::new(),
             presence_topic: "presence".to_string(),
             birth_payload: Vec::new(),
             death_payload: Vec::new(),
@@ -158,7 +165,11 @@ impl LinkConfig {
         if self.keep_alive < Duration::from_secs(1) {
             return bad("keep_alive", "must be at least one second".into());
         }
-        for filter in &self.subscriptions {
+        for filter in self
+            .subscriptions
+            .iter()
+            .chain(&self.subscriptions_at_most_once)
+        {
             if filter.is_empty() || !rumqttc::valid_filter(filter) {
                 return bad("subscriptions", format!("invalid topic filter {filter:?}"));
             }

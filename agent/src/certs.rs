@@ -585,7 +585,6 @@ fn check_chain(
     let mut used = vec![false; intermediates.len()];
     for _ in 0..=MAX_CHAIN {
         let issuer_name = current.tbs_certificate().issuer();
-        let issuer_text = issuer_name.to_string();
         let mut bad: Option<String> = None;
         for anchor in &anchors.anchors {
             if anchor.tbs_certificate().subject() == issuer_name {
@@ -614,14 +613,15 @@ fn check_chain(
             }
             None => {
                 return Err(match bad {
+                    // Formatted only for the error: a name's text costs more than its check.
                     Some(reason) => CertError::BadSignature {
                         label,
-                        issuer: issuer_text,
+                        issuer: issuer_name.to_string(),
                         reason,
                     },
                     None => CertError::UnknownIssuer {
                         label,
-                        issuer: issuer_text,
+                        issuer: issuer_name.to_string(),
                     },
                 });
             }

@@ -182,8 +182,8 @@ impl JournalKey {
             )
             .map_err(|_| "journal encryption failed".to_owned())?;
         Ok(Sealed {
-            nonce: hex::encode(nonce),
-            ct: hex::encode(ct),
+            nonce: crate::journal::to_hex(&nonce),
+            ct: crate::journal::to_hex(&ct),
         })
     }
 

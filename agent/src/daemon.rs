@@ -261,7 +261,7 @@ struct Daemon {
     modules: Vec<Module>,
     jobs: BTreeMap<JobId, JobEntry>,
     /// Accepted jobs waiting for a token, oldest first.
-    queue: VecDeque<JobId>,
+    queue: VecDeque<Waiting>,
     /// Finished jobs, for recognising redeliveries.
     /// Per job, its step events pushed to the outbox without an fsync since the job's last
     /// journal record (that record re-makes them after a crash; the next one would not).
@@ -683,11 +683,12 @@ impl Daemon {
             };
             match entry.machine.state().clone() {
                 JobState::Queued => {
+                    let waiting = Waiting::of(&id, entry);
                     if entry.machine.is_targeted() {
                         // The wait restarts with the agent: the platform's job expiry bounds it.
                         self.arm(&id, Timer::TargetToken);
                     }
-                    self.queue.push_back(id.clone());
+                    self.queue.push_back(waiting);
                 }
                 JobState::AwaitingCertificates { .. } => {
                     self.send_job_csr(&id);
@@ -935,7 +936,9 @@ impl Daemon {
         if targeted {
             self.arm(&job_id, Timer::TargetToken);
         }
-        self.queue.push_back(job_id);
+        if let Some(entry) = self.jobs.get(&job_id) {
+            self.queue.push_back(Waiting::of(&job_id, entry));
+        }
         // A waiting targeted job may make a token already plugged in the wrong one.
         self.inventory_dirty = true;
         self.try_claim_all().await
@@ -1021,7 +1024,7 @@ impl Daemon {
                     .is_some_and(|e| !e.machine.is_finished())
                 {
                     tracing::info!(job = %job_id, "canceled by the platform");
-                    self.queue.retain(|j| *j != job_id);
+                    self.queue.retain(|w| w.job != job_id);
                     self.feed(
                         &job_id,
                         Input::Cancel {
@@ -1128,12 +1131,17 @@ impl Daemon {
                 JobState::Finished(s) => *s,
                 _ => ExecutionState::Failed,
             };
-            tracing::info!(job = %job_id, state = %state, "job finished");
+            match &entry.token {
+                Some(token) => {
+                    tracing::info!(job = %job_id, %token, state = %state, "job finished")
+                }
+                None => tracing::info!(job = %job_id, state = %state, "job finished"),
+            }
             // No record follows a finished job's last one until a compaction drops them all,
             // which makes the outbox durable first (`compact_if_due`).
             self.replayable.remove(job_id);
             // One that ended while queued (expired, timed out waiting for its token).
-            self.queue.retain(|j| j != job_id);
+            self.queue.retain(|w| w.job != *job_id);
             self.dead_records += entry.records;
             if let Some(seat) = entry.token.as_ref().and_then(|k| self.seats.get_mut(k)) {
                 seat.outcome = Some(state);
@@ -1241,14 +1249,25 @@ impl Daemon {
     }
 
     fn outbox_entry(&self, job_id: &JobId, event: &StepEvent) -> Result<OutboxEntry, DaemonError> {
-        tracing::info!(
-            job = %job_id,
-            seq = event.seq,
-            step = %event.step,
-            state = %event.state,
-            error = event.error.as_ref().map(|e| e.code.as_str()).unwrap_or(""),
-            "step event"
-        );
+        // The platform has every step event; the log keeps the milestones (accepted, claimed,
+        // finished) and the errors, not a line per step of every token.
+        match &event.error {
+            Some(error) => tracing::info!(
+                job = %job_id,
+                seq = event.seq,
+                step = %event.step,
+                state = %event.state,
+                error = error.code.as_str(),
+                "step event"
+            ),
+            None => tracing::debug!(
+                job = %job_id,
+                seq = event.seq,
+                step = %event.step,
+                state = %event.state,
+                "step event"
+            ),
+        }
         let payload = match event.encode() {
             Ok(payload) => payload,
             Err(e) => {
@@ -1619,7 +1638,7 @@ impl Daemon {
             broker,
             outbox_depth: self.link.outbox_depth(),
             outbox_oldest_secs: self.link.outbox_oldest_age().map(|d| d.as_secs()),
-            queued_jobs: self.queue.iter().map(ToString::to_string).collect(),
+            queued_jobs: self.queue.iter().map(|w| w.job.to_string()).collect(),
             running_jobs: self
                 .jobs
                 .iter()
@@ -1924,10 +1943,10 @@ impl Daemon {
     /// What [`Daemon::wrong_token`] and the lights need to know of the jobs, gathered once for
     /// all seats (the queue and the job table may be long; the seats are up to a rack's).
     fn desk_view(&self) -> DeskView<'_> {
-        let mut waiting = self.queue.iter().filter_map(|id| {
-            let target = self.jobs.get(id)?.doc.target_token_serial.as_ref()?;
-            Some((id, target))
-        });
+        let mut waiting = self
+            .queue
+            .iter()
+            .filter_map(|w| Some((&w.job, w.target.as_ref()?)));
         let first_waiting = waiting.next();
         let mut targets: BTreeSet<&str> = waiting.map(|(_, t)| t.as_str().trim()).collect();
         if let Some((_, t)) = first_waiting {
@@ -2104,14 +2123,14 @@ impl Daemon {
         let Some(job_id) = job_id else { return };
         if let Some(entry) = self.jobs.get_mut(&job_id) {
             entry.token = None;
+            if !self.queue.iter().any(|w| w.job == job_id) {
+                self.queue.push_front(Waiting::of(&job_id, entry));
+            }
         }
         if let Some(seat) = self.seats.get_mut(key)
             && seat.job.as_ref() == Some(&job_id)
         {
             seat.job = None;
-        }
-        if !self.queue.contains(&job_id) {
-            self.queue.push_front(job_id.clone());
         }
         self.inventory_dirty = true;
         tracing::info!(job = %job_id, token = %key, "claim not started; the job waits for a token again");
@@ -2150,12 +2169,12 @@ impl Daemon {
         }
         let mut i = 0;
         while i < self.queue.len() {
-            let Some(entry) = self.jobs.get(&self.queue[i]) else {
-                // Ended while queued (canceled, expired).
+            if !self.jobs.contains_key(&self.queue[i].job) {
+                // Ended while queued (every end removes it; this is a safety net).
                 self.queue.remove(i);
                 continue;
-            };
-            let free = match &entry.doc.target_token_serial {
+            }
+            let free = match &self.queue[i].target {
                 Some(target) => {
                     let key = TokenKey::Serial(target.to_string());
                     self.seats
@@ -2174,8 +2193,8 @@ impl Daemon {
                 i += 1;
                 continue;
             };
-            if let Some(job_id) = self.queue.remove(i) {
-                self.claim(job_id, key)?;
+            if let Some(waiting) = self.queue.remove(i) {
+                self.claim(waiting.job, key)?;
             }
         }
         Ok(())
@@ -2638,6 +2657,23 @@ fn micros(d: Duration) -> u64 {
 }
 
 /// The jobs as the desk's lights and alerts see them (see `Daemon::desk_view`).
+/// A job in the queue, waiting for a token.
+#[derive(Debug)]
+struct Waiting {
+    job: JobId,
+    /// The token it names (`renew`, `change`, `unlock`), or `None` for any blank one.
+    target: Option<TokenSerial>,
+}
+
+impl Waiting {
+    fn of(job: &JobId, entry: &JobEntry) -> Waiting {
+        Waiting {
+            job: job.clone(),
+            target: entry.doc.target_token_serial.clone(),
+        }
+    }
+}
+
 struct DeskView<'a> {
     /// The oldest queued job that names a token, and that token.
     first_waiting: Option<(&'a JobId, &'a TokenSerial)>,

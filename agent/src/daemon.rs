@@ -672,9 +672,11 @@ impl Daemon {
         }
         let old = self.journal.replay()?;
         let jobs = &self.jobs;
-        let keep = compacted(old, |id| jobs.contains_key(id), &self.finished, now_utc());
+        let now = now_utc();
+        let keep = compacted(old, |id| jobs.contains_key(id), &self.finished, now);
         self.journal.rewrite(&keep)?;
         self.dead_records = 0;
+        self.forget_expired(now);
 
         // Resume what was waiting, oldest first.
         for id in accepted_order {

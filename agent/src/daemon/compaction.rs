@@ -16,6 +16,10 @@
 //! knows). [`compaction_due`] says when the running daemon compacts; see its docs for the
 //! bound on the rewrite's cost.
 //!
+//! The daemon's memory follows the same rule ([`Daemon::forget_expired`]): after a
+//! compaction it forgets the finished jobs whose documents expired and their nonces, so a
+//! daemon that runs for months holds what its journal holds, not every job it ever saw.
+//!
 //! What this module does not do: read or write the journal, or make the outbox durable
 //! before a rewrite (the daemon does both, in that order).
 
@@ -146,6 +150,7 @@ impl Daemon {
         );
         self.journal.rewrite(&keep)?;
         self.dead_records = 0;
+        self.forget_expired(now_utc());
         // Counts and sizes only: records hold job content.
         tracing::info!(
             records_before = before,
@@ -156,6 +161,37 @@ impl Daemon {
             "journal compacted while running"
         );
         Ok(())
+    }
+}
+
+/// Forgets the finished jobs whose documents expired before `now`, then every nonce that
+/// neither a live job (`live`) nor a remembered finished job carries: [`compacted`]'s rule
+/// for `Done` records, applied to the daemon's memory. A redelivery of a forgotten job is
+/// refused as expired, and so is a replay of its nonce (signed into that expired document).
+pub(super) fn forget_expired<'a>(
+    finished: &mut BTreeMap<JobId, FinishedJob>,
+    nonces: &mut BTreeSet<Nonce>,
+    live: impl Iterator<Item = &'a Nonce>,
+    now: OffsetDateTime,
+) {
+    finished.retain(|_, f| f.expires_at > now);
+    // Owned: compaction is rare, and the nonces are short.
+    let known: BTreeSet<Nonce> = live
+        .cloned()
+        .chain(finished.values().map(|f| f.nonce.clone()))
+        .collect();
+    nonces.retain(|n| known.contains(n));
+}
+
+impl Daemon {
+    /// [`forget_expired`] on the daemon's finished jobs and nonces.
+    pub(super) fn forget_expired(&mut self, now: OffsetDateTime) {
+        forget_expired(
+            &mut self.finished,
+            &mut self.nonces,
+            self.jobs.values().map(|e| &e.doc.nonce),
+            now,
+        );
     }
 }
 
@@ -283,6 +319,26 @@ mod tests {
             input("live"),
         ];
         assert_eq!(json(&keep), json(&expected));
+    }
+
+    #[test]
+    fn memory_forgets_expired_finished_jobs_and_nonces_nobody_carries() {
+        let mut remembered: BTreeMap<JobId, FinishedJob> =
+            [finished("old", -1), finished("fresh", 3600)].into();
+        let mut nonces: BTreeSet<Nonce> = ["old", "fresh", "live", "stray"]
+            .into_iter()
+            .map(nonce)
+            .collect();
+        let live = [nonce("live")];
+        forget_expired(&mut remembered, &mut nonces, live.iter(), now());
+        assert_eq!(
+            remembered.keys().cloned().collect::<Vec<_>>(),
+            [id("fresh")]
+        );
+        assert_eq!(nonces, [nonce("fresh"), nonce("live")].into());
+        // Nothing left to forget: a second pass keeps everything.
+        forget_expired(&mut remembered, &mut nonces, live.iter(), now());
+        assert_eq!(nonces.len(), 2);
     }
 
     #[test]

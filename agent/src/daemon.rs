@@ -2658,7 +2658,6 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// The jobs as the desk's lights and alerts see them (see `Daemon::desk_view`).
 /// A job in the queue, waiting for a token.
 #[derive(Debug)]
 struct Waiting {
@@ -2676,6 +2675,7 @@ impl Waiting {
     }
 }
 
+/// The jobs as the desk's lights and alerts see them (see `Daemon::desk_view`).
 struct DeskView<'a> {
     /// The oldest queued job that names a token, and that token.
     first_waiting: Option<(&'a JobId, &'a TokenSerial)>,

@@ -221,7 +221,7 @@ async fn bench() -> Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         cpu_model()
     );
-    let agent = ukey_tests::workspace_binary("ukey-agent");
+    let agent = ukey_tests::agent_binary();
     println!("agent:   {}", agent.display());
     println!();
 

@@ -68,6 +68,23 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
+/// The agent the harness starts: `$UKEY_AGENT_BIN` when set (`scripts/bench-ab` runs another
+/// revision's agent through it), else this workspace's `ukey-agent`.
+pub fn agent_binary() -> PathBuf {
+    match std::env::var_os("UKEY_AGENT_BIN") {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            assert!(
+                path.exists(),
+                "UKEY_AGENT_BIN={} does not exist",
+                path.display()
+            );
+            path
+        }
+        None => workspace_binary("ukey-agent"),
+    }
+}
+
 /// Path of hsm-sim's PKCS#11 module (`libhsm_sim.so`).
 pub fn hsm_sim_module() -> PathBuf {
     workspace_binary("libhsm_sim.so")

@@ -308,7 +308,7 @@ impl Station {
         let log = std::fs::File::create(self.log_path(self.starts))
             .unwrap_or_else(|e| panic!("agent log: {e}"));
         let (key, value) = self.module_env();
-        let child = Command::new(crate::workspace_binary("ukey-agent"))
+        let child = Command::new(crate::agent_binary())
             .args(["run", "--config"])
             .arg(&config)
             .env(key, value)
@@ -414,7 +414,7 @@ impl Station {
     /// `ukey-agent status` for this station's configuration: its exit code and what it
     /// printed (standard output, then standard error).
     pub fn agent_status(&self) -> (Option<i32>, String) {
-        let out = Command::new(crate::workspace_binary("ukey-agent"))
+        let out = Command::new(crate::agent_binary())
             .args(["status", "--config"])
             .arg(self.dir().join("agent.toml"))
             .output()
@@ -512,7 +512,7 @@ impl Station {
         let config = self.dir.path().join("agent.toml");
         assert!(config.exists(), "start the first agent before the second");
         let (key, value) = self.module_env();
-        let child = tokio::process::Command::new(crate::workspace_binary("ukey-agent"))
+        let child = tokio::process::Command::new(crate::agent_binary())
             .args(["run", "--config"])
             .arg(&config)
             .env(key, value)

@@ -281,10 +281,11 @@ pub struct TimeoutConfig {
     /// proves nothing: a broker that lost the platform's session drops what it is sent.
     #[serde(default = "default_resend")]
     pub resend_secs: u64,
-    /// How long one call on a token (a step's work on it) may run before the desk raises a
+    /// How long one PKCS#11 call on a token may run before the desk raises a
     /// `token-call-stuck` alert: the module or the device has likely stopped answering
-    /// (default 120; RSA generation on real hardware takes up to a minute). The job is not
-    /// failed for it; the alert goes when the call returns.
+    /// (default 120; one RSA generation on real hardware takes up to a minute). Each call is
+    /// timed on its own, so a long step of many calls raises nothing. The job is not failed
+    /// for it; the alert goes when the call returns.
     #[serde(default = "default_wedged_call")]
     pub wedged_call_secs: u64,
 }

@@ -10,10 +10,11 @@
 //!   started finishes (shutdown never cuts a token write in half).
 //! - Dropping the [`TokenWorker`] ends the thread after queued calls; [`TokenWorker::close`]
 //!   also waits for that.
-//! - The worker records when the call now running started ([`TokenWorker::running_for`]), so
-//!   the daemon can tell a token whose module has stopped answering (a wedged PKCS#11 call)
-//!   from its periodic checks, with no thread or timer per call. It does not interrupt such a
-//!   call: nothing can, short of pulling the token.
+//! - The worker records when the PKCS#11 call now running on its thread started
+//!   ([`TokenWorker::running_for`], kept by [`crate::token::meter`]), so the daemon can tell
+//!   a token whose module has stopped answering (a wedged call) from its periodic checks,
+//!   with no thread or timer per call. A long step is many calls, each timed on its own. The
+//!   worker does not interrupt a wedged call: nothing can, short of pulling the token.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc;
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use crate::token::meter::{CallClock, announce_calls_to};
 use crate::token::{Token, TokenError};
 
 type Job = Box<dyn FnOnce(&mut Token) + Send>;
@@ -31,17 +33,9 @@ type Job = Box<dyn FnOnce(&mut Token) + Send>;
 pub struct TokenWorker {
     jobs: mpsc::Sender<Job>,
     serial: Arc<Mutex<Option<String>>>,
-    /// When the call now running on the thread started; `None` while idle.
-    busy_since: Arc<Mutex<Option<Instant>>>,
+    /// When the PKCS#11 call now running on the thread started; `None` between calls.
+    busy_since: CallClock,
     exited: oneshot::Receiver<()>,
-}
-
-fn set_busy(busy: &Mutex<Option<Instant>>, since: Option<Instant>) {
-    // A poisoned lock only means a reader panicked; the value is still a plain `Option`.
-    let mut guard = busy
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    *guard = since;
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -62,9 +56,12 @@ impl TokenWorker {
         let (exit_tx, exited) = oneshot::channel::<()>();
         let name = format!("token-{}", token.serial().unwrap_or("blank"));
         let shared_serial = Arc::clone(&serial);
+        let busy_since = CallClock::default();
+        let announced = Arc::clone(&busy_since);
         std::thread::Builder::new()
             .name(name)
             .spawn(move || {
+                announce_calls_to(announced);
                 let mut token = token;
                 // Ends when every sender is gone, i.e. the handle was dropped.
                 while let Ok(job) = queue.recv() {
@@ -82,19 +79,19 @@ impl TokenWorker {
         Ok(TokenWorker {
             jobs,
             serial,
-            busy_since: Arc::new(Mutex::new(None)),
+            busy_since,
             exited,
         })
     }
 
-    /// When the call now running on the token's thread started; `None` when the thread is
-    /// idle. Each call has its own start, so a later call is never taken for an earlier one.
+    /// When the PKCS#11 call now running on the token's thread started; `None` between
+    /// calls. Each call has its own start, so a later call is never taken for an earlier one.
     pub fn call_started(&self) -> Option<Instant> {
         self.busy_since.lock().ok().and_then(|since| *since)
     }
 
-    /// How long the call now running on the token's thread has been running; `None` when
-    /// the thread is idle. A call that never returns keeps growing this.
+    /// How long the PKCS#11 call now running on the token's thread has been running; `None`
+    /// between calls. A call that never returns keeps growing this.
     pub fn running_for(&self) -> Option<Duration> {
         self.call_started().map(|since| since.elapsed())
     }
@@ -111,18 +108,13 @@ impl TokenWorker {
         T: Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let busy = Arc::clone(&self.busy_since);
         let job: Job = Box::new(move |token: &mut Token| {
-            set_busy(&busy, Some(Instant::now()));
             let serial = token.serial().map(str::to_string);
             let result = catch_unwind(AssertUnwindSafe(|| f(token))).unwrap_or_else(|payload| {
                 let message = panic_message(payload.as_ref());
                 tracing::error!(serial = ?serial, %message, "a token call panicked");
                 Err(TokenError::WorkerPanicked { serial, message })
             });
-            // Idle again before the caller hears back: it never sees its own finished call
-            // as running.
-            set_busy(&busy, None);
             // The caller may have stopped waiting; the work is done either way.
             let _ = reply.send(result);
         });

@@ -6,7 +6,8 @@
 //! alert naming the token, its slot, the job and the step, the slot's panel light asks for
 //! attention, `ukey-agent status` shows the stuck call, and the log has one warning; when the
 //! call returns the alert goes (one info line) and the job succeeds. With nothing slow, no
-//! alert is ever raised.
+//! alert is ever raised, and neither with a step longer than the limit whose calls each
+//! return in time (the limit is per PKCS#11 call, not per step).
 //!
 //! Real Mosquitto, the simulated platform, an hsm-sim rack, the real `ukey-agent` binary and
 //! the emulated indicator panel. Every wait is on the platform's records, the board's events
@@ -16,7 +17,9 @@
 use std::time::{Duration, Instant};
 
 use hsm_sim::panel::BoardEvent;
+use hsm_sim::rack::LatencyChange;
 use hsm_sim::rack::fault::{Fault, FaultAction};
+use hsm_sim::rack::latency::Op;
 use ukey_agent::panel::Light;
 use ukey_agent::panel::line::HostLine;
 use ukey_protocol::event::{ExecutionState, Step};
@@ -169,6 +172,41 @@ async fn no_alert_when_nothing_is_slow() {
     let inventories = records.inventory();
     assert!(!inventories.is_empty());
     for inventory in inventories {
+        assert!(stuck_alert(inventory).is_none(), "{inventory:#?}");
+    }
+    let log = station.agent_log();
+    assert!(!log.contains("has not returned"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_longer_than_the_limit_made_of_short_calls_raises_no_alert() {
+    let mut station = Station::sim(1).await;
+    station.extra_config = "wedged_call_secs = 1\n".into();
+    station.start_agent().await;
+    station.insert_blank(0);
+    // Three key generations of 600 ms each: the step takes about 1.8 s, no call 1 s.
+    station
+        .rack()
+        .set_latency(Some(0), LatencyChange::Op(Op::KeygenP256, 600))
+        .unwrap();
+    let job = station.dispatch_new(KeyAlgorithm::P256).await;
+    let record = station
+        .platform
+        .wait_for_state(&job, ExecutionState::Succeeded, PRODUCTION_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| station.fail_with_log(e));
+    let keys = record
+        .events()
+        .iter()
+        .find(|e| e.step == Step::GenerateKeys && e.started_at.is_some())
+        .cloned()
+        .unwrap_or_else(|| panic!("no timed generate-keys event: {:#?}", record.events()));
+    let took = keys.at - keys.started_at.unwrap();
+    assert!(
+        took > time::Duration::milliseconds(1500),
+        "the step must outlast the limit for this test to mean anything: {took}"
+    );
+    for inventory in station.platform.snapshot().inventory() {
         assert!(stuck_alert(inventory).is_none(), "{inventory:#?}");
     }
     let log = station.agent_log();

@@ -8,14 +8,44 @@
 //! Reading a thread's CPU clock costs one system call (a few hundred nanoseconds here), two
 //! per PKCS#11 call. Time a module spends on other threads of its own (none of the modules
 //! this project runs has any) is not counted.
+//!
+//! The meter also tells when the call now running started, for threads that ask for it
+//! ([`announce_calls_to`]): a token worker's thread does, so that the daemon can tell one
+//! PKCS#11 call that does not return (a wedged module or device) from a long step made of
+//! many calls that do.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use rustix::time::{ClockId, clock_gettime};
 
 static MODULE_CPU_NS: AtomicU64 = AtomicU64::new(0);
 static MODULE_CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// When the PKCS#11 call now running on a thread started; `None` between calls.
+pub(crate) type CallClock = Arc<Mutex<Option<Instant>>>;
+
+thread_local! {
+    /// Where this thread announces its calls, if anywhere.
+    static CALL_CLOCK: RefCell<Option<CallClock>> = const { RefCell::new(None) };
+}
+
+/// From now on, every [`metered`] call on this thread sets `clock` to its start while it
+/// runs and back to `None` when it returns.
+pub(crate) fn announce_calls_to(clock: CallClock) {
+    CALL_CLOCK.with(|c| *c.borrow_mut() = Some(clock));
+}
+
+fn announce(since: Option<Instant>) {
+    CALL_CLOCK.with(|c| {
+        if let Some(clock) = c.borrow().as_ref() {
+            // A poisoned lock only means a reader panicked; the value is a plain `Option`.
+            *clock.lock().unwrap_or_else(PoisonError::into_inner) = since;
+        }
+    });
+}
 
 fn clock_ns(clock: ClockId) -> u64 {
     let t = clock_gettime(clock);
@@ -28,6 +58,15 @@ fn clock_ns(clock: ClockId) -> u64 {
 /// Runs `call` (one call into a PKCS#11 module, nothing else) and adds the CPU time this
 /// thread spent in it to the module total.
 pub(crate) fn metered<T>(call: impl FnOnce() -> T) -> T {
+    /// Announces the end of the call however it ends (a panic unwinds through here too).
+    struct Announced;
+    impl Drop for Announced {
+        fn drop(&mut self) {
+            announce(None);
+        }
+    }
+    announce(Some(Instant::now()));
+    let _announced = Announced;
     let start = clock_ns(ClockId::ThreadCPUTime);
     let out = call();
     let spent = clock_ns(ClockId::ThreadCPUTime).saturating_sub(start);
@@ -52,6 +91,7 @@ pub fn process_cpu() -> Duration {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -62,6 +102,30 @@ mod tests {
             x = x.wrapping_add(1);
         }
         x
+    }
+
+    #[test]
+    fn a_thread_that_asks_sees_when_its_running_call_started() {
+        let clock: CallClock = Arc::default();
+        // Not announced before the thread asks.
+        metered(|| ());
+        assert_eq!(*clock.lock().unwrap(), None);
+        announce_calls_to(Arc::clone(&clock));
+        let before = Instant::now();
+        let during = metered(|| *clock.lock().unwrap());
+        let started = during.expect("set while the call runs");
+        assert!(started >= before);
+        assert_eq!(*clock.lock().unwrap(), None, "cleared when it returns");
+        // Another call has its own start.
+        let next = metered(|| *clock.lock().unwrap()).unwrap();
+        assert!(next >= started);
+        // Other threads announce nothing here.
+        std::thread::spawn(|| metered(|| ())).join().unwrap();
+        assert_eq!(*clock.lock().unwrap(), None);
+        // A call that panics has ended too.
+        let panicked = std::panic::catch_unwind(|| metered(|| panic!("module bug")));
+        assert!(panicked.is_err());
+        assert_eq!(*clock.lock().unwrap(), None, "cleared by the unwinding");
     }
 
     #[test]

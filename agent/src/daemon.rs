@@ -37,7 +37,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -211,6 +211,10 @@ struct Seat {
     /// The slot scan cannot read the token (`C_GetTokenInfo` fails): `present` is what was
     /// known before, if anything.
     unreadable: bool,
+    /// Readings of this token that failed in a row (it is `damaged`), and when the scan may
+    /// read it again: failed readings back off (see [`crate::desk::reread_delay`]).
+    failed_readings: u32,
+    reread_at: Option<Instant>,
 }
 
 impl Seat {
@@ -230,6 +234,8 @@ impl Seat {
             worker_wanted: false,
             damage: None,
             unreadable: false,
+            failed_readings: 0,
+            reread_at: None,
         }
     }
 }
@@ -1747,7 +1753,9 @@ impl Daemon {
                             || seat.present.label != present.label;
                         // A damaged token is read again until it reads well (one reading at
                         // a time); its failure is logged only when it changes.
-                        let retry = seat.state == TokenState::Damaged && seat.observing == 0;
+                        let retry = seat.state == TokenState::Damaged
+                            && seat.observing == 0
+                            && seat.reread_at.is_none_or(|at| Instant::now() >= at);
                         let was_unreadable = std::mem::take(&mut seat.unreadable);
                         if was_unreadable {
                             tracing::info!(token = %key, slot = present.slot, "token can be read again");
@@ -1897,6 +1905,8 @@ impl Daemon {
                 if seat.damage.take().is_some() {
                     tracing::info!(token = %key, "token reads well again");
                 }
+                seat.failed_readings = 0;
+                seat.reread_at = None;
                 seat.state = classify(&obs, SystemTime::now(), warning);
                 seat.present = obs.present.clone();
                 seat.certificates = obs
@@ -1916,6 +1926,10 @@ impl Daemon {
                     seat.damage = Some(damage);
                 }
                 seat.state = TokenState::Damaged;
+                seat.failed_readings = seat.failed_readings.saturating_add(1);
+                let scan = Duration::from_millis(self.config.pkcs11.scan_interval_ms);
+                seat.reread_at =
+                    Some(Instant::now() + crate::desk::reread_delay(scan, seat.failed_readings));
             }
         }
         self.inventory_dirty = true;

@@ -172,10 +172,43 @@ pub fn light(
     }
 }
 
+/// The longest wait between two readings of a damaged token.
+pub const REREAD_MAX: Duration = Duration::from_secs(30);
+
+/// How long the scan waits before it reads a damaged token again after `failures` failed
+/// readings in a row: one scan interval after the first, doubling up to [`REREAD_MAX`]. A
+/// token (or a module) that keeps failing is not asked again twenty times a second; a change
+/// the scan sees (flags, label, the token out and back), a reading that works, or the
+/// panel's retry button reads it at once.
+pub fn reread_delay(scan_interval: Duration, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    scan_interval
+        .saturating_mul(1 << doublings)
+        .min(REREAD_MAX)
+        .max(scan_interval)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn a_damaged_token_is_read_again_less_and_less_often() {
+        let scan = Duration::from_millis(50);
+        let delays: Vec<Duration> = (1..=12).map(|n| reread_delay(scan, n)).collect();
+        assert_eq!(delays[0], scan, "the first retry is the next scan");
+        assert_eq!(delays[1], 2 * scan);
+        assert_eq!(delays[4], 16 * scan);
+        assert!(delays.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(*delays.last().unwrap(), REREAD_MAX);
+        assert_eq!(reread_delay(scan, u32::MAX), REREAD_MAX);
+        // A scan interval longer than the cap is never cut below itself.
+        assert_eq!(
+            reread_delay(Duration::from_secs(60), 3),
+            Duration::from_secs(60)
+        );
+    }
     use crate::token::TokenFlags;
 
     fn present(label: &str, initialized: bool) -> PresentToken {

@@ -227,3 +227,92 @@ async fn an_unreadable_token_is_one_damaged_slot_and_the_others_are_served() {
         "once per change\n{log}"
     );
 }
+
+/// The token in slot `slot` of the current inventory (`None`: the slot is empty), once
+/// `pred` holds for it.
+async fn wait_slot(
+    station: &Station,
+    slot: u32,
+    what: &str,
+    pred: impl Fn(Option<&TokenInfo>) -> bool,
+) -> Option<TokenInfo> {
+    let station_id = station.station_id.clone();
+    station
+        .platform
+        .wait_until(what, WAIT, |r| {
+            let token = r
+                .current_inventory(&station_id)?
+                .slots
+                .iter()
+                .find(|s| s.slot == slot)
+                .and_then(|s| s.token.clone());
+            pred(token.as_ref()).then_some(token)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", station.agent_log()))
+}
+
+/// How many calls the token's armed faults have seen.
+fn fault_seen(station: &Station, serial: &TokenSerial) -> u32 {
+    station
+        .rack()
+        .modify_token(serial.as_str(), |t| {
+            t.faults().first().map_or(0, |f| f.seen())
+        })
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_keeps_failing_is_read_again_less_and_less_often() {
+    let mut station = Station::sim(1).await;
+    station.start_agent().await;
+    let serial = TokenSerial::new(station.insert_blank(0)).unwrap();
+    wait_slot(&station, 0, "the blank token", |t| {
+        t.is_some_and(|t| t.serial.as_ref() == Some(&serial))
+    })
+    .await;
+    // Out, initialized elsewhere, and back with a listing of its objects that always fails.
+    station.rack().remove(0).unwrap();
+    wait_slot(&station, 0, "the slot empty", |t| t.is_none()).await;
+    station
+        .rack()
+        .modify_token(serial.as_str(), |t| {
+            t.init_token(b"12345678", "bank token").unwrap();
+            // CKR_DEVICE_ERROR on each of the next 500 calls. One-shot faults, not a sticky
+            // one: each counts every call, so the first left says how many there were.
+            for nth in 1..=500 {
+                let fault = Fault::new("C_FindObjectsInit", nth, FaultAction::Fail { rv: 0x30 });
+                t.faults_mut().push(fault.unwrap());
+            }
+        })
+        .unwrap();
+    station.reinsert(0, serial.as_str());
+    let damaged = wait_slot(&station, 0, "the token damaged", |t| {
+        t.is_some_and(|t| t.state == TokenState::Damaged)
+    })
+    .await
+    .unwrap();
+    assert_eq!(damaged.serial.as_ref(), Some(&serial));
+
+    // The desk scans every 50 ms: read again on every scan, that would be some 60 readings in
+    // three seconds; backing off (50, 100, 200 ... ms) it is about seven.
+    let before = fault_seen(&station, &serial);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let readings = fault_seen(&station, &serial) - before;
+    assert!(
+        readings >= 1,
+        "never read again (before: {before})\n{}",
+        station.agent_log()
+    );
+    assert!(readings <= 12, "{readings} readings in 3 s");
+
+    // It reads again: the next reading (at most half a minute away) classifies it.
+    station.rack().clear_faults(0).unwrap();
+    let healed = wait_slot(&station, 0, "the token classified", |t| {
+        t.is_some_and(|t| t.state == TokenState::Foreign && t.damage.is_none())
+    })
+    .await
+    .unwrap();
+    assert_eq!(healed.serial.as_ref(), Some(&serial));
+    assert!(station.agent_running());
+}

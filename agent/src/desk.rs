@@ -177,7 +177,7 @@ pub const REREAD_MAX: Duration = Duration::from_secs(30);
 
 /// How long the scan waits before it reads a damaged token again after `failures` failed
 /// readings in a row: one scan interval after the first, doubling up to [`REREAD_MAX`]. A
-/// token (or a module) that keeps failing is not asked again twenty times a second; a change
+/// token (or a module) that keeps failing is not asked again on every scan; a change
 /// the scan sees (flags, label, the token out and back), a reading that works, or the
 /// panel's retry button reads it at once.
 pub fn reread_delay(scan_interval: Duration, failures: u32) -> Duration {

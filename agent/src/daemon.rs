@@ -376,7 +376,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     link_config.keep_alive = Duration::from_secs(config.broker.keep_alive_secs);
     link_config.resend_after = Some(config.timeouts.resend());
     // The platform's event acknowledgements need no PUBACK: a lost one only makes an event
-    // be published again (PROTOCOL.md, "Delivery").
+    // be published again (PROTOCOL.md, "Acknowledgement and de-duplication").
     let acks = topics.acks();
     (
         link_config.subscriptions_at_most_once,
@@ -1139,12 +1139,8 @@ impl Daemon {
                 JobState::Finished(s) => *s,
                 _ => ExecutionState::Failed,
             };
-            match &entry.token {
-                Some(token) => {
-                    tracing::info!(job = %job_id, %token, state = %state, "job finished")
-                }
-                None => tracing::info!(job = %job_id, state = %state, "job finished"),
-            }
+            let token = entry.token.as_ref().map(tracing::field::display);
+            tracing::info!(job = %job_id, token, state = %state, "job finished");
             // No record follows a finished job's last one until a compaction drops them all,
             // which makes the outbox durable first (`compact_if_due`).
             self.replayable.remove(job_id);

@@ -268,10 +268,10 @@ struct Daemon {
     jobs: BTreeMap<JobId, JobEntry>,
     /// Accepted jobs waiting for a token, oldest first.
     queue: VecDeque<Waiting>,
-    /// Finished jobs, for recognising redeliveries.
     /// Per job, its step events pushed to the outbox without an fsync since the job's last
     /// journal record (that record re-makes them after a crash; the next one would not).
     replayable: BTreeMap<JobId, Vec<String>>,
+    /// Finished jobs, for recognising redeliveries (until their documents expire).
     finished: BTreeMap<JobId, FinishedJob>,
     /// Journal records of jobs finished since the last compaction (see `compact_if_due`).
     dead_records: usize,

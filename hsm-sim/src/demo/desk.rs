@@ -445,8 +445,7 @@ impl<'a> Desk<'a> {
                     if self.remaining == 0 {
                         break;
                     }
-                    // A finished token left in its slot keeps it.
-                    if self.seats[i].serial.is_some() || !matches!(rack.serial_in(i), Ok(None)) {
+                    if !self.takes_a_blank(rack, i) {
                         continue;
                     }
                     let options = InsertOptions {
@@ -679,6 +678,12 @@ impl<'a> Desk<'a> {
         Ok(())
     }
 
+    /// Whether slot `i` is free for the next blank token: no token of the desk's there, and
+    /// none in the rack either (a finished token left in its slot keeps it).
+    fn takes_a_blank(&self, rack: &Rack, i: usize) -> bool {
+        self.seats[i].serial.is_none() && matches!(rack.serial_in(i), Ok(None))
+    }
+
     /// Records a finished token, takes it out of the rack and frees the line.
     fn finish_seat(&mut self, i: usize, job: Option<JobRecord>, outcome: Outcome) {
         let seat = &self.seats[i];
@@ -711,11 +716,7 @@ impl<'a> Desk<'a> {
         // first. An interrupted token stays where it is, for the agent to park its job.
         let empty = match &self.tokens {
             Tokens::Rack(rack) => (0..self.seats.len())
-                .filter(|&j| {
-                    j != i
-                        && self.seats[j].serial.is_none()
-                        && matches!(rack.serial_in(j), Ok(None))
-                })
+                .filter(|&j| j != i && self.takes_a_blank(rack, j))
                 .count(),
             Tokens::Module => 0,
         };

@@ -575,6 +575,19 @@ impl Engine {
             .ok_or(CKR_MECHANISM_INVALID)
     }
 
+    /// The longest PIN the token in `slot` accepts (`C_InitToken`): the C ABI reads no more.
+    pub fn slot_pin_max(&self, slot: CK_SLOT_ID) -> Result<usize, Rv> {
+        let (_, serial, _) = self.present(slot)?;
+        Ok(self.token(&serial)?.pin_bounds().1)
+    }
+
+    /// The longest PIN the token of session `h` accepts (`C_Login`, `C_InitPIN`,
+    /// `C_SetPIN`): the C ABI reads no more, since a longer one cannot be the token's PIN.
+    pub fn session_pin_max(&self, h: CK_SESSION_HANDLE) -> Result<usize, Rv> {
+        let ctx = self.ctx(h)?;
+        Ok(self.token(&ctx.serial)?.pin_bounds().1)
+    }
+
     /// `C_InitToken`.
     pub fn init_token(&self, slot: CK_SLOT_ID, so_pin: &[u8], label: &str) -> Result<(), Rv> {
         let (idx, serial, insertion) = self.present(slot)?;

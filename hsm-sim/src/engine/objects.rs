@@ -175,7 +175,7 @@ impl Engine {
         let mut st = self.lock()?;
         let s = st.sessions.get_mut(&h).ok_or(CKR_SESSION_HANDLE_INVALID)?;
         let (found, pos) = s.find.as_mut().ok_or(CKR_OPERATION_NOT_INITIALIZED)?;
-        let end = (*pos + max).min(found.len());
+        let end = pos.saturating_add(max).min(found.len());
         let out = found[*pos..end].to_vec();
         *pos = end;
         Ok(out)

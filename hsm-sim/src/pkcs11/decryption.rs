@@ -4,7 +4,7 @@
 
 use cryptoki_sys::*;
 
-use super::{bytes, eng, mechanism, param, rv};
+use super::{MAX_DATA_LEN, bytes, capacity, eng, mechanism, param, param_bytes, shell};
 use crate::engine::DecryptOutcome;
 use crate::rack::Rv;
 use crate::rack::crypto::{DecryptMechanism, HashAlg};
@@ -23,8 +23,8 @@ unsafe fn decrypt_mechanism(p: *const CK_MECHANISM) -> Result<DecryptMechanism, 
                 if op.source != CKZ_DATA_SPECIFIED {
                     return Err(CKR_MECHANISM_PARAM_INVALID);
                 }
-                // SAFETY: the parameter's label holds `ulSourceDataLen` bytes.
-                unsafe { bytes(op.pSourceData as *const u8, op.ulSourceDataLen) }?.to_vec()
+                // SAFETY: the parameter's label holds `ulSourceDataLen` bytes (checked first).
+                unsafe { param_bytes(op.pSourceData as *const u8, op.ulSourceDataLen) }?.to_vec()
             };
             DecryptMechanism::RsaOaep {
                 hash: HashAlg::from_mechanism(op.hashAlg)?,
@@ -42,15 +42,17 @@ pub(super) unsafe extern "C" fn C_DecryptInit(
     mech: *mut CK_MECHANISM,
     key: CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    rv(eng().and_then(|e| {
+    shell(|| {
+        let e = eng()?;
         // SAFETY: the caller passes a valid mechanism.
         let m = unsafe { decrypt_mechanism(mech) }?;
         e.decrypt_init(session, m, key)
-    }))
+    })
 }
 
 /// `C_Decrypt` (5.9), with the length-query convention (a NULL buffer gets the modulus
-/// length, an upper bound).
+/// length, an upper bound). Input longer than [`MAX_DATA_LEN`] →
+/// `CKR_ENCRYPTED_DATA_LEN_RANGE`, unread.
 pub(super) unsafe extern "C" fn C_Decrypt(
     session: CK_SESSION_HANDLE,
     data: *mut CK_BYTE,
@@ -58,17 +60,18 @@ pub(super) unsafe extern "C" fn C_Decrypt(
     out: *mut CK_BYTE,
     out_len: *mut CK_ULONG,
 ) -> CK_RV {
-    if out_len.is_null() {
-        return CKR_ARGUMENTS_BAD;
-    }
-    rv(eng().and_then(|e| {
-        // SAFETY: the caller passes `data_len` readable bytes.
-        let data = unsafe { bytes(data, data_len) }?;
+    shell(|| {
+        if out_len.is_null() {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        let e = eng()?;
+        // SAFETY: the caller passes `data_len` readable bytes (checked against the limit).
+        let data = unsafe { bytes(data, data_len, MAX_DATA_LEN, CKR_ENCRYPTED_DATA_LEN_RANGE) }?;
         let capacity = if out.is_null() {
             None
         } else {
             // SAFETY: checked non-null above.
-            Some(unsafe { *out_len } as usize)
+            Some(capacity::<u8>(unsafe { *out_len })?)
         };
         match e.decrypt(session, data, capacity)? {
             DecryptOutcome::Length(n) => {
@@ -91,5 +94,5 @@ pub(super) unsafe extern "C" fn C_Decrypt(
                 Ok(())
             }
         }
-    }))
+    })
 }

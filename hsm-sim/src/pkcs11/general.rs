@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use cryptoki_sys::*;
 
-use super::{FUNCTION_LIST, pad, put, rv};
+use super::{FUNCTION_LIST, pad, put, shell};
 use crate::engine::{self, ExternalLock};
 use crate::rack::Rv;
 
@@ -83,20 +83,23 @@ unsafe fn initialize(args: *mut c_void) -> Result<(), Rv> {
 /// and, without it, the application's mutex callbacks.
 pub(super) unsafe extern "C" fn C_Initialize(args: *mut c_void) -> CK_RV {
     // SAFETY: `args` is null or a CK_C_INITIALIZE_ARGS, as the specification requires.
-    rv(unsafe { initialize(args) })
+    shell(|| unsafe { initialize(args) })
 }
 
 /// `C_Finalize` (5.4).
 pub(super) unsafe extern "C" fn C_Finalize(reserved: *mut c_void) -> CK_RV {
-    if !reserved.is_null() {
-        return CKR_ARGUMENTS_BAD;
-    }
-    rv(engine::finalize())
+    shell(|| {
+        if !reserved.is_null() {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        engine::finalize()
+    })
 }
 
 /// `C_GetInfo` (5.4).
 pub(super) unsafe extern "C" fn C_GetInfo(info: *mut CK_INFO) -> CK_RV {
-    let r = engine::get().and_then(|_| {
+    shell(|| {
+        engine::get()?;
         let i = CK_INFO {
             cryptokiVersion: CK_VERSION {
                 major: 2,
@@ -109,8 +112,7 @@ pub(super) unsafe extern "C" fn C_GetInfo(info: *mut CK_INFO) -> CK_RV {
         };
         // SAFETY: `info` is null (rejected) or writable, as the caller promises.
         unsafe { put(info, i) }
-    });
-    rv(r)
+    })
 }
 
 /// `C_GetFunctionList` (5.4): the one exported symbol.
@@ -129,5 +131,5 @@ pub(super) unsafe extern "C" fn get_function_list(list: *mut *mut CK_FUNCTION_LI
     // and applications must not write through it.
     let p = &FUNCTION_LIST as *const CK_FUNCTION_LIST as *mut CK_FUNCTION_LIST;
     // SAFETY: `list` is null (rejected) or writable, as the caller promises.
-    rv(unsafe { put(list, p) })
+    shell(|| unsafe { put(list, p) })
 }

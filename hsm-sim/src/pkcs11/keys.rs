@@ -4,7 +4,7 @@
 
 use cryptoki_sys::*;
 
-use super::{bytes, eng, mechanism, param, put, rv, template};
+use super::{eng, mechanism, param, param_bytes, put, shell, template};
 use crate::engine::keys::{EcdhParams, KeyGen};
 
 /// `C_GenerateKeyPair` (5.13).
@@ -18,10 +18,11 @@ pub(super) unsafe extern "C" fn C_GenerateKeyPair(
     pub_key: *mut CK_OBJECT_HANDLE,
     priv_key: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    if pub_key.is_null() || priv_key.is_null() {
-        return CKR_ARGUMENTS_BAD;
-    }
-    rv(eng().and_then(|e| {
+    shell(|| {
+        if pub_key.is_null() || priv_key.is_null() {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        let e = eng()?;
         // SAFETY: the caller passes a valid mechanism and templates of the stated sizes.
         let (m, public, private) = unsafe {
             (
@@ -41,7 +42,7 @@ pub(super) unsafe extern "C" fn C_GenerateKeyPair(
             put(pub_key, p)?;
             put(priv_key, s)
         }
-    }))
+    })
 }
 
 /// `C_DeriveKey` (5.13): ECDH with `CKD_NULL`.
@@ -53,10 +54,11 @@ pub(super) unsafe extern "C" fn C_DeriveKey(
     count: CK_ULONG,
     key: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    if key.is_null() {
-        return CKR_ARGUMENTS_BAD;
-    }
-    rv(eng().and_then(|e| {
+    shell(|| {
+        if key.is_null() {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        let e = eng()?;
         // SAFETY: the caller passes a valid mechanism and a template of `count` attributes.
         let (m, t) = unsafe { (mechanism(mech)?, template(attrs, count)?) };
         if m.mechanism != CKM_ECDH1_DERIVE {
@@ -64,11 +66,11 @@ pub(super) unsafe extern "C" fn C_DeriveKey(
         }
         // SAFETY: the parameter of CKM_ECDH1_DERIVE is a CK_ECDH1_DERIVE_PARAMS (size checked).
         let p: CK_ECDH1_DERIVE_PARAMS = unsafe { param(m) }?;
-        // SAFETY: the parameter's pointers hold the stated lengths.
+        // SAFETY: the parameter's pointers hold the stated lengths (checked first).
         let (shared, public) = unsafe {
             (
-                bytes(p.pSharedData, p.ulSharedDataLen)?,
-                bytes(p.pPublicData, p.ulPublicDataLen)?,
+                param_bytes(p.pSharedData, p.ulSharedDataLen)?,
+                param_bytes(p.pPublicData, p.ulPublicDataLen)?,
             )
         };
         let params = EcdhParams {
@@ -79,5 +81,5 @@ pub(super) unsafe extern "C" fn C_DeriveKey(
         let h = e.derive_ecdh(session, params, base, t)?;
         // SAFETY: checked non-null above.
         unsafe { put(key, h) }
-    }))
+    })
 }

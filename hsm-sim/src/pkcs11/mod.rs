@@ -1,8 +1,17 @@
 //! The C ABI: `C_GetFunctionList` and the PKCS#11 v2.40 functions behind it.
 //!
 //! This is the only place with `unsafe` in the crate. Each `extern "C"` function is a thin
-//! shell: it turns raw pointers into Rust values (checking them), calls the engine's safe
-//! inner function, and maps its `Result<_, Rv>` to a `CK_RV`. Files follow the chapters of
+//! shell: it turns raw pointers into Rust values, calls the engine's safe inner function,
+//! and maps its `Result<_, Rv>` to a `CK_RV` through `shell`, which also stops any panic at
+//! the C boundary (`CKR_GENERAL_ERROR`).
+//!
+//! Every pointer and length is checked here, before memory is touched, by the helpers below:
+//! NULL with a length is `CKR_ARGUMENTS_BAD`; a count or length that no buffer can have
+//! (above `isize::MAX` bytes, `CK_UNAVAILABLE_INFORMATION` included) is `CKR_ARGUMENTS_BAD`;
+//! inputs above the `MAX_…` limits (templates, attribute values, data, mechanism parameters,
+//! random lengths) and PINs longer than the token's longest get the specification's code for
+//! "too long" without being read. A length within them that is not the buffer's true size
+//! cannot be detected by any C library: that stays the caller's contract. Files follow the chapters of
 //! the specification (section 5 of PKCS#11 v2.40 Base): general purpose, slot and token
 //! management, session management, object management, key management, signing, decryption,
 //! random number generation; functions the simulator does not implement return
@@ -109,11 +118,32 @@ pub(crate) static FUNCTION_LIST: CK_FUNCTION_LIST = CK_FUNCTION_LIST {
     C_WaitForSlotEvent: Some(slots::C_WaitForSlotEvent),
 };
 
-/// Maps an inner function's result to the code the application sees.
-fn rv(r: Result<(), Rv>) -> CK_RV {
-    match r {
-        Ok(()) => CKR_OK,
-        Err(rv) => rv,
+/// Most attributes in one template (`C_CreateObject`, `C_GetAttributeValue`, …): far above
+/// the few dozen attribute types an object has, far below a count no array can hold.
+pub const MAX_TEMPLATE_ATTRIBUTES: usize = 256;
+/// Longest attribute value a template may carry (the default token's whole storage).
+pub const MAX_ATTRIBUTE_LEN: usize = 64 * 1024;
+/// Longest input to `C_Sign` or `C_Decrypt`.
+pub const MAX_DATA_LEN: usize = 1024 * 1024;
+/// Longest byte string inside a mechanism parameter (an OAEP label, ECDH public or shared
+/// data).
+pub const MAX_PARAMETER_LEN: usize = 64 * 1024;
+/// Most bytes one `C_GenerateRandom` call fills.
+pub const MAX_RANDOM_LEN: usize = 1024 * 1024;
+
+/// The shell around every exported function: runs its inner function, maps its `Result` to
+/// the code the application sees, and stops a panic at the C boundary (unwinding into C is
+/// undefined; Rust would abort the application) as `CKR_GENERAL_ERROR`.
+///
+/// A panic that held the engine's state lock poisons it, so later calls return
+/// `CKR_GENERAL_ERROR` too until `C_Finalize` and a new `C_Initialize`: nothing half-changed is
+/// ever used. Token state on disk is only replaced whole, so it stays the last committed one.
+fn shell(f: impl FnOnce() -> Result<(), Rv>) -> CK_RV {
+    // AssertUnwindSafe: see above; no state that a panic may have broken is used afterwards.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(())) => CKR_OK,
+        Ok(Err(rv)) => rv,
+        Err(_) => CKR_GENERAL_ERROR,
     }
 }
 
@@ -122,21 +152,112 @@ fn eng() -> Result<Arc<Engine>, Rv> {
     engine::get()
 }
 
-/// Borrows `len` bytes at `p`; a null pointer is only valid for zero bytes.
+/// A count of `T`s a caller says its buffer holds, checked before the buffer is touched: a
+/// count of more bytes than any object can have (`isize::MAX`, so `CK_UNAVAILABLE_INFORMATION`
+/// too) is `CKR_ARGUMENTS_BAD`, above `max` (a limit of ours) `too_many`.
+fn count<T>(n: CK_ULONG, max: usize, too_many: Rv) -> Result<usize, Rv> {
+    let n = usize::try_from(n).map_err(|_| CKR_ARGUMENTS_BAD)?;
+    let addressable = isize::MAX as usize / std::mem::size_of::<T>().max(1);
+    if n > addressable {
+        return Err(CKR_ARGUMENTS_BAD);
+    }
+    if n > max {
+        return Err(too_many);
+    }
+    Ok(n)
+}
+
+/// The capacity of an output buffer of `T`s (a `*pulSignatureLen`, a `ulMaxObjectCount`):
+/// any size a real buffer can have.
+fn capacity<T>(n: CK_ULONG) -> Result<usize, Rv> {
+    count::<T>(n, usize::MAX, CKR_ARGUMENTS_BAD)
+}
+
+/// Borrows `n` items at `p`: NULL only for none (else `CKR_ARGUMENTS_BAD`); `n` checked by
+/// [`count`] before anything is read.
 ///
 /// # Safety
-/// `p` must be null or point to `len` readable bytes that stay valid for the call.
-unsafe fn bytes<'a>(p: *const CK_BYTE, len: CK_ULONG) -> Result<&'a [u8], Rv> {
+/// `p` must be null or point to `n` readable items that stay valid for the call, whenever
+/// `n` passes the checks.
+unsafe fn items<'a, T>(p: *const T, n: CK_ULONG, max: usize, too_many: Rv) -> Result<&'a [T], Rv> {
     if p.is_null() {
-        return if len == 0 {
+        return if n == 0 {
             Ok(&[])
         } else {
             Err(CKR_ARGUMENTS_BAD)
         };
     }
-    let len = usize::try_from(len).map_err(|_| CKR_ARGUMENTS_BAD)?;
-    // SAFETY: the caller guarantees `p` points to `len` readable bytes.
-    Ok(unsafe { std::slice::from_raw_parts(p, len) })
+    let n = count::<T>(n, max, too_many)?;
+    // SAFETY: non-null, `n * size_of::<T>() <= isize::MAX`, and the caller guarantees `n`
+    // readable items.
+    Ok(unsafe { std::slice::from_raw_parts(p, n) })
+}
+
+/// [`items`] for writing.
+///
+/// # Safety
+/// `p` must be null or point to `n` writable items that stay valid and unaliased for the
+/// call, whenever `n` passes the checks.
+unsafe fn items_mut<'a, T>(
+    p: *mut T,
+    n: CK_ULONG,
+    max: usize,
+    too_many: Rv,
+) -> Result<&'a mut [T], Rv> {
+    if p.is_null() {
+        return if n == 0 {
+            Ok(&mut [])
+        } else {
+            Err(CKR_ARGUMENTS_BAD)
+        };
+    }
+    let n = count::<T>(n, max, too_many)?;
+    // SAFETY: as in `items`, for writing.
+    Ok(unsafe { std::slice::from_raw_parts_mut(p, n) })
+}
+
+/// Borrows `len` bytes at `p`, at most `max` (else `too_long`, nothing read).
+///
+/// # Safety
+/// As [`items`].
+unsafe fn bytes<'a>(
+    p: *const CK_BYTE,
+    len: CK_ULONG,
+    max: usize,
+    too_long: Rv,
+) -> Result<&'a [u8], Rv> {
+    // SAFETY: forwarded with the same contract.
+    unsafe { items(p, len, max, too_long) }
+}
+
+/// Borrows a PIN: a NULL pointer is `CKR_ARGUMENTS_BAD` (a simulated token has no protected
+/// authentication path); a PIN longer than the token's longest (`max`, at most 255) is never
+/// read: `too_long`.
+///
+/// # Safety
+/// As [`items`].
+unsafe fn pin_bytes<'a>(
+    p: *const CK_UTF8CHAR,
+    len: CK_ULONG,
+    max: usize,
+    too_long: Rv,
+) -> Result<&'a [u8], Rv> {
+    if p.is_null() {
+        return Err(CKR_ARGUMENTS_BAD);
+    }
+    // SAFETY: forwarded with the same contract.
+    unsafe { bytes(p, len, max, too_long) }
+}
+
+/// Borrows a byte string inside a mechanism parameter; anything wrong with it is
+/// `CKR_MECHANISM_PARAM_INVALID`.
+///
+/// # Safety
+/// As [`items`].
+unsafe fn param_bytes<'a>(p: *const CK_BYTE, len: CK_ULONG) -> Result<&'a [u8], Rv> {
+    // SAFETY: forwarded with the same contract.
+    unsafe { bytes(p, len, MAX_PARAMETER_LEN, CKR_MECHANISM_PARAM_INVALID) }
+        .map_err(|_| CKR_MECHANISM_PARAM_INVALID)
 }
 
 /// Stores `v` at `p`.
@@ -165,13 +286,13 @@ unsafe fn write_ulongs(
         return Err(CKR_ARGUMENTS_BAD);
     }
     // SAFETY: checked non-null; the caller guarantees validity.
-    let cap = unsafe { *count };
+    let cap = capacity::<CK_ULONG>(unsafe { *count })?;
     // SAFETY: as above.
     unsafe { *count = items.len() as CK_ULONG };
     if out.is_null() {
         return Ok(());
     }
-    if (cap as usize) < items.len() {
+    if cap < items.len() {
         return Err(CKR_BUFFER_TOO_SMALL);
     }
     // SAFETY: `out` holds at least `cap >= items.len()` writable items.
@@ -179,25 +300,27 @@ unsafe fn write_ulongs(
     Ok(())
 }
 
-/// Copies a template in (types and values).
+/// Copies a template in (types and values): at most [`MAX_TEMPLATE_ATTRIBUTES`] attributes
+/// (else `CKR_ARGUMENTS_BAD`), each value at most [`MAX_ATTRIBUTE_LEN`] bytes (else
+/// `CKR_ATTRIBUTE_VALUE_INVALID`), all checked before a value is read.
 ///
 /// # Safety
 /// `p` must be null (with `n == 0`) or point to `n` attributes whose `pValue` point to
 /// `ulValueLen` readable bytes.
 unsafe fn template(p: *const CK_ATTRIBUTE, n: CK_ULONG) -> Result<Template, Rv> {
-    if p.is_null() {
-        return if n == 0 {
-            Template::new(Vec::new())
-        } else {
-            Err(CKR_ARGUMENTS_BAD)
-        };
-    }
     // SAFETY: the caller guarantees `n` attributes at `p`.
-    let attrs = unsafe { std::slice::from_raw_parts(p, n as usize) };
+    let attrs = unsafe { items(p, n, MAX_TEMPLATE_ATTRIBUTES, CKR_ARGUMENTS_BAD) }?;
     let mut entries = Vec::with_capacity(attrs.len());
     for a in attrs {
         // SAFETY: the caller guarantees each value holds `ulValueLen` bytes.
-        let v = unsafe { bytes(a.pValue as *const CK_BYTE, a.ulValueLen) }?;
+        let v = unsafe {
+            bytes(
+                a.pValue as *const CK_BYTE,
+                a.ulValueLen,
+                MAX_ATTRIBUTE_LEN,
+                CKR_ATTRIBUTE_VALUE_INVALID,
+            )
+        }?;
         entries.push((a.type_, v.to_vec()));
     }
     Template::new(entries)
@@ -208,7 +331,7 @@ unsafe fn template(p: *const CK_ATTRIBUTE, n: CK_ULONG) -> Result<Template, Rv> 
 /// # Safety
 /// `m.pParameter` must be null or point to `m.ulParameterLen` readable bytes.
 unsafe fn param<T: Copy>(m: &CK_MECHANISM) -> Result<T, Rv> {
-    if m.pParameter.is_null() || m.ulParameterLen as usize != std::mem::size_of::<T>() {
+    if m.pParameter.is_null() || m.ulParameterLen != std::mem::size_of::<T>() as CK_ULONG {
         return Err(CKR_MECHANISM_PARAM_INVALID);
     }
     // SAFETY: non-null and exactly the size of `T`; read_unaligned copes with any alignment.

@@ -2,7 +2,7 @@
 
 use cryptoki_sys::*;
 
-use super::{eng, put, rv, template};
+use super::{MAX_TEMPLATE_ATTRIBUTES, capacity, eng, items_mut, put, shell, template};
 use crate::rack::object::AttrRead;
 
 /// `C_CreateObject` (5.7).
@@ -12,16 +12,17 @@ pub(super) unsafe extern "C" fn C_CreateObject(
     count: CK_ULONG,
     object: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    if object.is_null() {
-        return CKR_ARGUMENTS_BAD;
-    }
-    rv(eng().and_then(|e| {
+    shell(|| {
+        if object.is_null() {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        let e = eng()?;
         // SAFETY: the caller passes `count` attributes.
         let t = unsafe { template(attrs, count) }?;
         let h = e.create_object(session, t)?;
         // SAFETY: checked non-null above.
         unsafe { put(object, h) }
-    }))
+    })
 }
 
 /// `C_DestroyObject` (5.7).
@@ -29,7 +30,7 @@ pub(super) unsafe extern "C" fn C_DestroyObject(
     session: CK_SESSION_HANDLE,
     object: CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    rv(eng().and_then(|e| e.destroy_object(session, object)))
+    shell(|| eng()?.destroy_object(session, object))
 }
 
 /// `C_GetAttributeValue` (5.7): per attribute, the value, its length (NULL `pValue`), or
@@ -41,52 +42,60 @@ pub(super) unsafe extern "C" fn C_GetAttributeValue(
     attrs: *mut CK_ATTRIBUTE,
     count: CK_ULONG,
 ) -> CK_RV {
-    if attrs.is_null() && count > 0 {
-        return CKR_ARGUMENTS_BAD;
-    }
-    let attrs: &mut [CK_ATTRIBUTE] = if count == 0 {
-        &mut []
-    } else {
-        // SAFETY: non-null; the caller passes `count` writable attributes.
-        unsafe { std::slice::from_raw_parts_mut(attrs, count as usize) }
-    };
-    let types: Vec<CK_ATTRIBUTE_TYPE> = attrs.iter().map(|a| a.type_).collect();
-    let reads = match eng().and_then(|e| e.get_attributes(session, object, &types)) {
-        Ok(r) => r,
-        Err(rv) => return rv,
-    };
-    let mut result = CKR_OK;
-    for (a, read) in attrs.iter_mut().zip(reads) {
-        match read {
-            AttrRead::Sensitive => {
-                a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
-                result = CKR_ATTRIBUTE_SENSITIVE;
-            }
-            AttrRead::Invalid => {
-                a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
-                if result == CKR_OK || result == CKR_BUFFER_TOO_SMALL {
-                    result = CKR_ATTRIBUTE_TYPE_INVALID;
-                }
-            }
-            AttrRead::Value(v) => {
-                if a.pValue.is_null() {
-                    a.ulValueLen = v.len() as CK_ULONG;
-                } else if (a.ulValueLen as usize) < v.len() {
+    shell(|| {
+        // SAFETY: the caller passes `count` writable attributes (the count checked first).
+        let attrs = unsafe { items_mut(attrs, count, MAX_TEMPLATE_ATTRIBUTES, CKR_ARGUMENTS_BAD) }?;
+        // Every capacity is checked before anything is written: a value buffer that claims
+        // more bytes than memory holds (`CK_UNAVAILABLE_INFORMATION` left from an earlier
+        // call, say) is refused whole. A NULL `pValue` is a length query: its length is
+        // only written.
+        let mut caps = Vec::with_capacity(attrs.len());
+        for a in attrs.iter() {
+            caps.push(if a.pValue.is_null() {
+                0
+            } else {
+                capacity::<u8>(a.ulValueLen)?
+            });
+        }
+        let types: Vec<CK_ATTRIBUTE_TYPE> = attrs.iter().map(|a| a.type_).collect();
+        let reads = eng()?.get_attributes(session, object, &types)?;
+        let mut result = CKR_OK;
+        for ((a, read), cap) in attrs.iter_mut().zip(reads).zip(caps) {
+            match read {
+                AttrRead::Sensitive => {
                     a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
-                    if result == CKR_OK {
-                        result = CKR_BUFFER_TOO_SMALL;
+                    result = CKR_ATTRIBUTE_SENSITIVE;
+                }
+                AttrRead::Invalid => {
+                    a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+                    if result == CKR_OK || result == CKR_BUFFER_TOO_SMALL {
+                        result = CKR_ATTRIBUTE_TYPE_INVALID;
                     }
-                } else {
-                    // SAFETY: `pValue` holds `ulValueLen >= v.len()` writable bytes.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(v.as_ptr(), a.pValue as *mut u8, v.len())
-                    };
-                    a.ulValueLen = v.len() as CK_ULONG;
+                }
+                AttrRead::Value(v) => {
+                    if a.pValue.is_null() {
+                        a.ulValueLen = v.len() as CK_ULONG;
+                    } else if cap < v.len() {
+                        a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+                        if result == CKR_OK {
+                            result = CKR_BUFFER_TOO_SMALL;
+                        }
+                    } else {
+                        // SAFETY: `pValue` holds `ulValueLen >= v.len()` writable bytes.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(v.as_ptr(), a.pValue as *mut u8, v.len())
+                        };
+                        a.ulValueLen = v.len() as CK_ULONG;
+                    }
                 }
             }
         }
-    }
-    result
+        if result == CKR_OK {
+            Ok(())
+        } else {
+            Err(result)
+        }
+    })
 }
 
 /// `C_SetAttributeValue` (5.7).
@@ -96,11 +105,12 @@ pub(super) unsafe extern "C" fn C_SetAttributeValue(
     attrs: *mut CK_ATTRIBUTE,
     count: CK_ULONG,
 ) -> CK_RV {
-    rv(eng().and_then(|e| {
+    shell(|| {
+        let e = eng()?;
         // SAFETY: the caller passes `count` attributes.
         let t = unsafe { template(attrs, count) }?;
         e.set_attributes(session, object, t)
-    }))
+    })
 }
 
 /// `C_FindObjectsInit` (5.7).
@@ -109,11 +119,12 @@ pub(super) unsafe extern "C" fn C_FindObjectsInit(
     attrs: *mut CK_ATTRIBUTE,
     count: CK_ULONG,
 ) -> CK_RV {
-    rv(eng().and_then(|e| {
+    shell(|| {
+        let e = eng()?;
         // SAFETY: the caller passes `count` attributes.
         let t = unsafe { template(attrs, count) }?;
         e.find_init(session, t)
-    }))
+    })
 }
 
 /// `C_FindObjects` (5.7).
@@ -123,21 +134,21 @@ pub(super) unsafe extern "C" fn C_FindObjects(
     max: CK_ULONG,
     found: *mut CK_ULONG,
 ) -> CK_RV {
-    if found.is_null() || (objects.is_null() && max > 0) {
-        return CKR_ARGUMENTS_BAD;
-    }
-    rv(eng()
-        .and_then(|e| e.find_next(session, max as usize))
-        .and_then(|hs| {
-            // SAFETY: `objects` holds `max >= hs.len()` handles; `found` is non-null.
-            unsafe {
-                std::ptr::copy_nonoverlapping(hs.as_ptr(), objects, hs.len());
-                put(found, hs.len() as CK_ULONG)
-            }
-        }))
+    shell(|| {
+        if found.is_null() || (objects.is_null() && max > 0) {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        let max = capacity::<CK_OBJECT_HANDLE>(max)?;
+        let hs = eng()?.find_next(session, max)?;
+        // SAFETY: `objects` holds `max >= hs.len()` handles; `found` is non-null.
+        unsafe {
+            std::ptr::copy_nonoverlapping(hs.as_ptr(), objects, hs.len());
+            put(found, hs.len() as CK_ULONG)
+        }
+    })
 }
 
 /// `C_FindObjectsFinal` (5.7).
 pub(super) unsafe extern "C" fn C_FindObjectsFinal(session: CK_SESSION_HANDLE) -> CK_RV {
-    rv(eng().and_then(|e| e.find_final(session)))
+    shell(|| eng()?.find_final(session))
 }

@@ -2,7 +2,7 @@
 
 use cryptoki_sys::*;
 
-use super::{eng, rv};
+use super::{MAX_RANDOM_LEN, eng, items_mut, shell};
 
 /// `C_SeedRandom` (5.15): the token's generator takes no seed.
 pub(super) unsafe extern "C" fn C_SeedRandom(
@@ -10,27 +10,23 @@ pub(super) unsafe extern "C" fn C_SeedRandom(
     _seed: *mut CK_BYTE,
     _len: CK_ULONG,
 ) -> CK_RV {
-    rv(eng()
-        .and_then(|e| e.session_info(session))
-        .and(Err(CKR_RANDOM_SEED_NOT_SUPPORTED)))
+    shell(|| {
+        eng()?.session_info(session)?;
+        Err(CKR_RANDOM_SEED_NOT_SUPPORTED)
+    })
 }
 
-/// `C_GenerateRandom` (5.15).
+/// `C_GenerateRandom` (5.15): at most [`MAX_RANDOM_LEN`] bytes a call (more →
+/// `CKR_ARGUMENTS_BAD`).
 pub(super) unsafe extern "C" fn C_GenerateRandom(
     session: CK_SESSION_HANDLE,
     out: *mut CK_BYTE,
     len: CK_ULONG,
 ) -> CK_RV {
-    if out.is_null() && len > 0 {
-        return CKR_ARGUMENTS_BAD;
-    }
-    rv(eng().and_then(|e| {
-        let buf: &mut [u8] = if len == 0 {
-            &mut []
-        } else {
-            // SAFETY: non-null; the caller passes `len` writable bytes.
-            unsafe { std::slice::from_raw_parts_mut(out, len as usize) }
-        };
+    shell(|| {
+        let e = eng()?;
+        // SAFETY: the caller passes `len` writable bytes (checked against the limit first).
+        let buf = unsafe { items_mut(out, len, MAX_RANDOM_LEN, CKR_ARGUMENTS_BAD) }?;
         e.generate_random(session, buf)
-    }))
+    })
 }

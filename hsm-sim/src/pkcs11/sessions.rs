@@ -4,7 +4,7 @@ use std::ffi::c_void;
 
 use cryptoki_sys::*;
 
-use super::{bytes, eng, put, rv};
+use super::{eng, pin_bytes, put, shell};
 
 /// `C_OpenSession` (5.6). Notification callbacks are accepted and never called.
 pub(super) unsafe extern "C" fn C_OpenSession(
@@ -14,23 +14,24 @@ pub(super) unsafe extern "C" fn C_OpenSession(
     _notify: CK_NOTIFY,
     session: *mut CK_SESSION_HANDLE,
 ) -> CK_RV {
-    if session.is_null() {
-        return CKR_ARGUMENTS_BAD;
-    }
-    rv(eng()
-        .and_then(|e| e.open_session(slot, flags))
+    shell(|| {
+        if session.is_null() {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        let h = eng()?.open_session(slot, flags)?;
         // SAFETY: checked non-null above.
-        .and_then(|h| unsafe { put(session, h) }))
+        unsafe { put(session, h) }
+    })
 }
 
 /// `C_CloseSession` (5.6).
 pub(super) unsafe extern "C" fn C_CloseSession(session: CK_SESSION_HANDLE) -> CK_RV {
-    rv(eng().and_then(|e| e.close_session(session)))
+    shell(|| eng()?.close_session(session))
 }
 
 /// `C_CloseAllSessions` (5.6).
 pub(super) unsafe extern "C" fn C_CloseAllSessions(slot: CK_SLOT_ID) -> CK_RV {
-    rv(eng().and_then(|e| e.close_all_sessions(slot)))
+    shell(|| eng()?.close_all_sessions(slot))
 }
 
 /// `C_GetSessionInfo` (5.6).
@@ -38,7 +39,8 @@ pub(super) unsafe extern "C" fn C_GetSessionInfo(
     session: CK_SESSION_HANDLE,
     info: *mut CK_SESSION_INFO,
 ) -> CK_RV {
-    rv(eng().and_then(|e| e.session_info(session)).and_then(|s| {
+    shell(|| {
+        let s = eng()?.session_info(session)?;
         let i = CK_SESSION_INFO {
             slotID: s.slot,
             state: s.state,
@@ -47,28 +49,27 @@ pub(super) unsafe extern "C" fn C_GetSessionInfo(
         };
         // SAFETY: `info` is null (rejected) or writable.
         unsafe { put(info, i) }
-    }))
+    })
 }
 
-/// `C_Login` (5.6).
+/// `C_Login` (5.6). A PIN longer than the token allows cannot be right: `CKR_PIN_INCORRECT`,
+/// unread and not counted against the retries.
 pub(super) unsafe extern "C" fn C_Login(
     session: CK_SESSION_HANDLE,
     user: CK_USER_TYPE,
     pin: *mut CK_UTF8CHAR,
     pin_len: CK_ULONG,
 ) -> CK_RV {
-    rv(eng().and_then(|e| {
-        if pin.is_null() {
-            // No protected authentication path on a simulated token.
-            return Err(CKR_ARGUMENTS_BAD);
-        }
-        // SAFETY: non-null; the caller passes `pin_len` bytes.
-        let pin = unsafe { bytes(pin, pin_len) }?;
+    shell(|| {
+        let e = eng()?;
+        let max = e.session_pin_max(session)?;
+        // SAFETY: the caller passes `pin_len` bytes (checked against `max` first).
+        let pin = unsafe { pin_bytes(pin, pin_len, max, CKR_PIN_INCORRECT) }?;
         e.login(session, user, pin)
-    }))
+    })
 }
 
 /// `C_Logout` (5.6).
 pub(super) unsafe extern "C" fn C_Logout(session: CK_SESSION_HANDLE) -> CK_RV {
-    rv(eng().and_then(|e| e.logout(session)))
+    shell(|| eng()?.logout(session))
 }

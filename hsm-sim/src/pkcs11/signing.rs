@@ -4,7 +4,7 @@
 
 use cryptoki_sys::*;
 
-use super::{bytes, eng, mechanism, param, rv};
+use super::{MAX_DATA_LEN, bytes, capacity, eng, mechanism, param, shell};
 use crate::engine::SignOutcome;
 use crate::rack::Rv;
 use crate::rack::crypto::{HashAlg, SignMechanism};
@@ -40,14 +40,16 @@ pub(super) unsafe extern "C" fn C_SignInit(
     mech: *mut CK_MECHANISM,
     key: CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    rv(eng().and_then(|e| {
+    shell(|| {
+        let e = eng()?;
         // SAFETY: the caller passes a valid mechanism.
         let m = unsafe { sign_mechanism(mech) }?;
         e.sign_init(session, m, key)
-    }))
+    })
 }
 
-/// `C_Sign` (5.11), with the length-query convention.
+/// `C_Sign` (5.11), with the length-query convention. Data longer than [`MAX_DATA_LEN`] →
+/// `CKR_DATA_LEN_RANGE`, unread.
 pub(super) unsafe extern "C" fn C_Sign(
     session: CK_SESSION_HANDLE,
     data: *mut CK_BYTE,
@@ -55,17 +57,18 @@ pub(super) unsafe extern "C" fn C_Sign(
     sig: *mut CK_BYTE,
     sig_len: *mut CK_ULONG,
 ) -> CK_RV {
-    if sig_len.is_null() {
-        return CKR_ARGUMENTS_BAD;
-    }
-    rv(eng().and_then(|e| {
-        // SAFETY: the caller passes `data_len` readable bytes.
-        let data = unsafe { bytes(data, data_len) }?;
+    shell(|| {
+        if sig_len.is_null() {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        let e = eng()?;
+        // SAFETY: the caller passes `data_len` readable bytes (checked against the limit).
+        let data = unsafe { bytes(data, data_len, MAX_DATA_LEN, CKR_DATA_LEN_RANGE) }?;
         let capacity = if sig.is_null() {
             None
         } else {
             // SAFETY: checked non-null above.
-            Some(unsafe { *sig_len } as usize)
+            Some(capacity::<u8>(unsafe { *sig_len })?)
         };
         match e.sign(session, data, capacity)? {
             SignOutcome::Length(n) => {
@@ -88,5 +91,5 @@ pub(super) unsafe extern "C" fn C_Sign(
                 Ok(())
             }
         }
-    }))
+    })
 }

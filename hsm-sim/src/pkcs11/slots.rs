@@ -5,7 +5,7 @@ use std::ffi::c_void;
 
 use cryptoki_sys::*;
 
-use super::{bytes, eng, pad, put, rv, write_ulongs};
+use super::{bytes, eng, pad, pin_bytes, put, shell, write_ulongs};
 
 /// `C_GetSlotList` (5.5): all rack slots, or only those holding a token.
 pub(super) unsafe extern "C" fn C_GetSlotList(
@@ -13,15 +13,17 @@ pub(super) unsafe extern "C" fn C_GetSlotList(
     list: *mut CK_SLOT_ID,
     count: *mut CK_ULONG,
 ) -> CK_RV {
-    rv(eng()
-        .and_then(|e| e.slot_list(token_present != 0))
+    shell(|| {
+        let slots = eng()?.slot_list(token_present != 0)?;
         // SAFETY: pointers as the caller passed them, checked inside.
-        .and_then(|slots| unsafe { write_ulongs(list, count, &slots) }))
+        unsafe { write_ulongs(list, count, &slots) }
+    })
 }
 
 /// `C_GetSlotInfo` (5.5).
 pub(super) unsafe extern "C" fn C_GetSlotInfo(slot: CK_SLOT_ID, info: *mut CK_SLOT_INFO) -> CK_RV {
-    rv(eng().and_then(|e| e.slot_info(slot)).and_then(|s| {
+    shell(|| {
+        let s = eng()?.slot_info(slot)?;
         let i = CK_SLOT_INFO {
             slotDescription: pad(&s.description),
             manufacturerID: pad(&s.manufacturer),
@@ -31,7 +33,7 @@ pub(super) unsafe extern "C" fn C_GetSlotInfo(slot: CK_SLOT_ID, info: *mut CK_SL
         };
         // SAFETY: `info` is null (rejected) or writable.
         unsafe { put(info, i) }
-    }))
+    })
 }
 
 /// `C_GetTokenInfo` (5.5).
@@ -39,7 +41,8 @@ pub(super) unsafe extern "C" fn C_GetTokenInfo(
     slot: CK_SLOT_ID,
     info: *mut CK_TOKEN_INFO,
 ) -> CK_RV {
-    rv(eng().and_then(|e| e.token_info(slot)).and_then(|t| {
+    shell(|| {
+        let t = eng()?.token_info(slot)?;
         let i = CK_TOKEN_INFO {
             label: pad(&t.label),
             manufacturerID: pad(&t.manufacturer),
@@ -62,7 +65,7 @@ pub(super) unsafe extern "C" fn C_GetTokenInfo(
         };
         // SAFETY: `info` is null (rejected) or writable.
         unsafe { put(info, i) }
-    }))
+    })
 }
 
 /// `C_GetMechanismList` (5.5).
@@ -71,10 +74,11 @@ pub(super) unsafe extern "C" fn C_GetMechanismList(
     list: *mut CK_MECHANISM_TYPE,
     count: *mut CK_ULONG,
 ) -> CK_RV {
-    rv(eng()
-        .and_then(|e| e.mechanism_list(slot))
+    shell(|| {
+        let m = eng()?.mechanism_list(slot)?;
         // SAFETY: pointers as the caller passed them, checked inside.
-        .and_then(|m| unsafe { write_ulongs(list, count, &m) }))
+        unsafe { write_ulongs(list, count, &m) }
+    })
 }
 
 /// `C_GetMechanismInfo` (5.5).
@@ -83,56 +87,59 @@ pub(super) unsafe extern "C" fn C_GetMechanismInfo(
     mech: CK_MECHANISM_TYPE,
     info: *mut CK_MECHANISM_INFO,
 ) -> CK_RV {
-    rv(eng()
-        .and_then(|e| e.mechanism_info(slot, mech))
-        .and_then(|(min, max, flags)| {
-            let i = CK_MECHANISM_INFO {
-                ulMinKeySize: min,
-                ulMaxKeySize: max,
-                flags,
-            };
-            // SAFETY: `info` is null (rejected) or writable.
-            unsafe { put(info, i) }
-        }))
+    shell(|| {
+        let (min, max, flags) = eng()?.mechanism_info(slot, mech)?;
+        let i = CK_MECHANISM_INFO {
+            ulMinKeySize: min,
+            ulMaxKeySize: max,
+            flags,
+        };
+        // SAFETY: `info` is null (rejected) or writable.
+        unsafe { put(info, i) }
+    })
 }
 
-/// `C_InitToken` (5.5): a blank token takes the SO PIN; an initialized one needs it.
+/// `C_InitToken` (5.5): a blank token takes the SO PIN; an initialized one needs it. An SO
+/// PIN longer than the token allows → `CKR_PIN_LEN_RANGE`, unread and not counted.
 pub(super) unsafe extern "C" fn C_InitToken(
     slot: CK_SLOT_ID,
     pin: *mut CK_UTF8CHAR,
     pin_len: CK_ULONG,
     label: *mut CK_UTF8CHAR,
 ) -> CK_RV {
-    rv(eng().and_then(|e| {
-        if pin.is_null() || label.is_null() {
+    shell(|| {
+        let e = eng()?;
+        if label.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
         }
-        // SAFETY: non-null; the caller passes `pin_len` bytes of PIN and a 32-byte label.
-        let pin = unsafe { bytes(pin, pin_len) }?;
-        // SAFETY: as above.
-        let label = unsafe { bytes(label, 32) }?;
+        let max = e.slot_pin_max(slot)?;
+        // SAFETY: the caller passes `pin_len` bytes of PIN (checked against `max` first).
+        let pin = unsafe { pin_bytes(pin, pin_len, max, CKR_PIN_LEN_RANGE) }?;
+        // SAFETY: non-null; the caller passes a 32-byte label, as the specification says.
+        let label = unsafe { bytes(label, 32, 32, CKR_ARGUMENTS_BAD) }?;
         let label = String::from_utf8_lossy(label);
         e.init_token(slot, pin, &label)
-    }))
+    })
 }
 
-/// `C_InitPIN` (5.5): the SO sets the user PIN (and unlocks it).
+/// `C_InitPIN` (5.5): the SO sets the user PIN (and unlocks it). A PIN longer than the token
+/// allows → `CKR_PIN_LEN_RANGE`, unread.
 pub(super) unsafe extern "C" fn C_InitPIN(
     session: CK_SESSION_HANDLE,
     pin: *mut CK_UTF8CHAR,
     pin_len: CK_ULONG,
 ) -> CK_RV {
-    rv(eng().and_then(|e| {
-        if pin.is_null() {
-            return Err(CKR_ARGUMENTS_BAD);
-        }
-        // SAFETY: non-null; the caller passes `pin_len` bytes.
-        let pin = unsafe { bytes(pin, pin_len) }?;
+    shell(|| {
+        let e = eng()?;
+        let max = e.session_pin_max(session)?;
+        // SAFETY: the caller passes `pin_len` bytes (checked against `max` first).
+        let pin = unsafe { pin_bytes(pin, pin_len, max, CKR_PIN_LEN_RANGE) }?;
         e.init_pin(session, pin)
-    }))
+    })
 }
 
-/// `C_SetPIN` (5.5).
+/// `C_SetPIN` (5.5). An old PIN longer than the token allows cannot be right:
+/// `CKR_PIN_INCORRECT`, unread and not counted; a new one → `CKR_PIN_LEN_RANGE`.
 pub(super) unsafe extern "C" fn C_SetPIN(
     session: CK_SESSION_HANDLE,
     old: *mut CK_UTF8CHAR,
@@ -140,14 +147,18 @@ pub(super) unsafe extern "C" fn C_SetPIN(
     new: *mut CK_UTF8CHAR,
     new_len: CK_ULONG,
 ) -> CK_RV {
-    rv(eng().and_then(|e| {
-        if old.is_null() || new.is_null() {
-            return Err(CKR_ARGUMENTS_BAD);
-        }
-        // SAFETY: non-null; the caller passes the stated lengths.
-        let (old, new) = unsafe { (bytes(old, old_len)?, bytes(new, new_len)?) };
+    shell(|| {
+        let e = eng()?;
+        let max = e.session_pin_max(session)?;
+        // SAFETY: the caller passes the stated lengths (checked against `max` first).
+        let (old, new) = unsafe {
+            (
+                pin_bytes(old, old_len, max, CKR_PIN_INCORRECT)?,
+                pin_bytes(new, new_len, max, CKR_PIN_LEN_RANGE)?,
+            )
+        };
         e.set_pin(session, old, new)
-    }))
+    })
 }
 
 /// `C_WaitForSlotEvent` (5.5): blocks until a token is inserted or removed, or returns
@@ -157,11 +168,12 @@ pub(super) unsafe extern "C" fn C_WaitForSlotEvent(
     slot: *mut CK_SLOT_ID,
     reserved: *mut c_void,
 ) -> CK_RV {
-    if slot.is_null() || !reserved.is_null() {
-        return CKR_ARGUMENTS_BAD;
-    }
-    rv(eng()
-        .and_then(|e| e.wait_for_slot_event(flags & CKF_DONT_BLOCK != 0))
+    shell(|| {
+        if slot.is_null() || !reserved.is_null() {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        let s = eng()?.wait_for_slot_event(flags & CKF_DONT_BLOCK != 0)?;
         // SAFETY: checked non-null above.
-        .and_then(|s| unsafe { put(slot, s) }))
+        unsafe { put(slot, s) }
+    })
 }

@@ -2,7 +2,8 @@
 //! integration tests (length queries, `CKR_BUFFER_TOO_SMALL`, `CK_UNAVAILABLE_INFORMATION`,
 //! argument checks, the application's mutex callbacks).
 //!
-//! The module has one engine per process, so everything runs in one test function.
+//! The module has one engine per process, so everything that needs it runs in one test
+//! function; the shell and the length checks are tested on their own.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::ffi::c_void;
@@ -355,4 +356,75 @@ fn c_abi_conventions() {
             CKR_CRYPTOKI_NOT_INITIALIZED
         );
     }
+}
+
+#[test]
+fn a_panic_stops_at_the_c_boundary() {
+    assert_eq!(
+        super::shell(|| panic!("a bug in the engine")),
+        CKR_GENERAL_ERROR
+    );
+    assert_eq!(super::shell(|| Err(CKR_PIN_INCORRECT)), CKR_PIN_INCORRECT);
+    assert_eq!(super::shell(|| Ok(())), CKR_OK);
+}
+
+#[test]
+fn lengths_are_refused_before_memory_is_touched() {
+    use super::*;
+    // Non-null pointers to nothing: a check that came after a read would crash here.
+    let p = std::ptr::NonNull::<u8>::dangling().as_ptr();
+    let a = std::ptr::NonNull::<CK_ATTRIBUTE>::dangling().as_ptr();
+    let big = MAX_DATA_LEN as CK_ULONG + 1;
+    // SAFETY: every call is refused before its pointer is dereferenced (what is tested).
+    unsafe {
+        let range = CKR_DATA_LEN_RANGE;
+        assert_eq!(
+            bytes(p, CK_UNAVAILABLE_INFORMATION, MAX_DATA_LEN, range),
+            Err(CKR_ARGUMENTS_BAD)
+        );
+        assert_eq!(bytes(p, big, MAX_DATA_LEN, range), Err(range));
+        assert_eq!(
+            bytes(null_mut(), 1, MAX_DATA_LEN, range),
+            Err(CKR_ARGUMENTS_BAD)
+        );
+        assert_eq!(bytes(null_mut(), 0, MAX_DATA_LEN, range), Ok(&[][..]));
+        assert_eq!(
+            pin_bytes(p, 33, 32, CKR_PIN_INCORRECT),
+            Err(CKR_PIN_INCORRECT)
+        );
+        assert_eq!(
+            pin_bytes(null_mut(), 0, 32, CKR_PIN_INCORRECT),
+            Err(CKR_ARGUMENTS_BAD)
+        );
+        assert_eq!(param_bytes(p, 1 << 61), Err(CKR_MECHANISM_PARAM_INVALID));
+        let too_many = MAX_TEMPLATE_ATTRIBUTES as CK_ULONG + 1;
+        assert_eq!(template(a, too_many).err(), Some(CKR_ARGUMENTS_BAD));
+        assert_eq!(template(a, 1 << 61).err(), Some(CKR_ARGUMENTS_BAD));
+        let mut lying = CK_ATTRIBUTE {
+            type_: CKA_LABEL,
+            pValue: p as *mut c_void,
+            ulValueLen: MAX_ATTRIBUTE_LEN as CK_ULONG + 1,
+        };
+        assert_eq!(template(&lying, 1).err(), Some(CKR_ATTRIBUTE_VALUE_INVALID));
+        lying.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+        assert_eq!(template(&lying, 1).err(), Some(CKR_ARGUMENTS_BAD));
+        let r = items_mut(
+            p,
+            MAX_RANDOM_LEN as CK_ULONG + 1,
+            MAX_RANDOM_LEN,
+            CKR_ARGUMENTS_BAD,
+        );
+        assert_eq!(r.err(), Some(CKR_ARGUMENTS_BAD));
+    }
+    // An output buffer may claim any size memory can hold, and no more.
+    assert_eq!(capacity::<u8>(1 << 40), Ok(1 << 40));
+    let handles = (isize::MAX as usize / std::mem::size_of::<CK_OBJECT_HANDLE>()) as CK_ULONG;
+    assert_eq!(
+        capacity::<CK_OBJECT_HANDLE>(handles + 1),
+        Err(CKR_ARGUMENTS_BAD)
+    );
+    assert_eq!(
+        capacity::<u8>(CK_UNAVAILABLE_INFORMATION),
+        Err(CKR_ARGUMENTS_BAD)
+    );
 }

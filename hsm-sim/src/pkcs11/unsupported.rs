@@ -4,12 +4,14 @@
 
 use cryptoki_sys::*;
 
+use super::shell;
+
 macro_rules! unsupported {
     ($($name:ident ( $($ty:ty),* ) => $rv:expr;)*) => {
         $(
             #[doc = concat!("`", stringify!($name), "`: not supported.")]
             pub(super) unsafe extern "C" fn $name($(_: $ty),*) -> CK_RV {
-                $rv
+                shell(|| Err($rv))
             }
         )*
     };

@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 use cryptoki_sys::*;
 use hsm_sim::rack::{InsertOptions, Rack, RackConfig};
 
-/// A length no buffer has: more bytes than a process can address on 64-bit Linux, yet small
-/// enough that `len * size_of::<CK_ATTRIBUTE>()` overflows only in the module's arithmetic.
+/// 2^61: more bytes than a process can map on 64-bit Linux, yet below `isize::MAX`, so only
+/// the module's limits (not the "no buffer is that large" check) can refuse it as a byte
+/// length.
 const HUGE: CK_ULONG = 1 << 61;
 /// `~0`: `CK_UNAVAILABLE_INFORMATION`, what a failed `C_GetAttributeValue` leaves behind.
 const ALL_ONES: CK_ULONG = CK_UNAVAILABLE_INFORMATION;
@@ -1127,8 +1128,8 @@ fn cases() -> Vec<Case> {
     c
 }
 
-/// Functions the module does not implement: NULL pointers with huge lengths, and zero
-/// lengths with a dangling-free but meaningless handle; both must be refused untouched.
+/// Functions the module does not implement: NULL pointers with huge lengths, or handles
+/// that name nothing; each must be refused without touching its arguments.
 fn unsupported_cases() -> Vec<Case> {
     use Setup::User;
     let n = null_mut::<CK_BYTE>;

@@ -571,6 +571,9 @@ impl Config {
                         key,
                         PRIVATE_KEY_LABELS,
                     );
+                    if let Some(text) = crate::private_files::key_mode_problem(key) {
+                        problem("broker.tls.client_key", text);
+                    }
                 }
                 (Some(_), None) => problem(
                     "broker.tls.client_key",
@@ -668,6 +671,9 @@ impl Config {
             &self.trust.station_key,
             PRIVATE_KEY_LABELS,
         );
+        if let Some(text) = crate::private_files::key_mode_problem(&self.trust.station_key) {
+            problem("trust.station_key", text);
+        }
 
         let t = &self.timeouts;
         for (key, value) in [

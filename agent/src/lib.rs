@@ -14,6 +14,7 @@ pub mod link;
 pub mod logging;
 pub mod outbox;
 pub mod panel;
+pub mod private_files;
 pub mod profile;
 pub mod status;
 pub mod steps;

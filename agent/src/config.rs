@@ -77,6 +77,10 @@ pub struct Config {
     /// `human` (default) or `json` log lines on stderr.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Log filter directives (`info`, `ukey_agent=debug`, ...); absent: `RUST_LOG`, else
+    /// `info`. SIGHUP applies a changed value without a restart.
+    #[serde(default)]
+    pub log_level: Option<String>,
     /// The MQTT broker.
     pub broker: BrokerConfig,
     /// PKCS#11 modules.
@@ -517,6 +521,11 @@ impl Config {
             })
         };
 
+        if let Some(level) = &self.log_level
+            && let Err(e) = crate::logging::filter_for(Some(level))
+        {
+            problem("log_level", format!("{level:?}: {e}"));
+        }
         if !valid_id(&self.station_id) {
             problem(
                 "station_id",

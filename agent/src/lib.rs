@@ -16,6 +16,7 @@ pub mod outbox;
 pub mod panel;
 pub mod private_files;
 pub mod profile;
+pub mod reload;
 pub mod status;
 pub mod steps;
 pub mod stuck;

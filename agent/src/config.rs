@@ -77,6 +77,10 @@ pub struct Config {
     /// `human` (default) or `json` log lines on stderr.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// Log filter directives (`info`, `ukey_agent=debug`, ...); absent: `RUST_LOG`, else
+    /// `info`. SIGHUP applies a changed value without a restart.
+    #[serde(default)]
+    pub log_level: Option<String>,
     /// The MQTT broker.
     pub broker: BrokerConfig,
     /// PKCS#11 modules.
@@ -517,6 +521,11 @@ impl Config {
             })
         };
 
+        if let Some(level) = &self.log_level
+            && let Err(e) = crate::logging::filter_for(Some(level))
+        {
+            problem("log_level", format!("{level:?}: {e}"));
+        }
         if !valid_id(&self.station_id) {
             problem(
                 "station_id",
@@ -571,6 +580,9 @@ impl Config {
                         key,
                         PRIVATE_KEY_LABELS,
                     );
+                    if let Some(text) = crate::private_files::key_mode_problem(key) {
+                        problem("broker.tls.client_key", text);
+                    }
                 }
                 (Some(_), None) => problem(
                     "broker.tls.client_key",
@@ -668,6 +680,9 @@ impl Config {
             &self.trust.station_key,
             PRIVATE_KEY_LABELS,
         );
+        if let Some(text) = crate::private_files::key_mode_problem(&self.trust.station_key) {
+            problem("trust.station_key", text);
+        }
 
         let t = &self.timeouts;
         for (key, value) in [

@@ -319,10 +319,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let topics = Topics::new(&config.broker.topic_prefix, &station)
         .map_err(|e| DaemonError::Config(format!("broker.topic_prefix: {e}")))?;
     let state_dir = config.state_dir.clone();
-    std::fs::create_dir_all(&state_dir).map_err(|source| DaemonError::StateDir {
-        path: state_dir.clone(),
-        source,
-    })?;
+    crate::private_files::secure_state_dir(&state_dir)
+        .map(|tightened| {
+            if !tightened.is_empty() {
+                tracing::warn!(count = tightened.len(), first = %tightened[0].display(),
+                    "state folder: made files 0600 and folders 0700 that group or others could read");
+            }
+        })
+        .map_err(|source| DaemonError::StateDir {
+            path: state_dir.clone(),
+            source,
+        })?;
     let journal: Journal<Record> = Journal::open(state_dir.join("journal.log"))?;
     let outbox = Outbox::open(state_dir.join("outbox"))?;
 
@@ -551,7 +558,7 @@ fn next_presence_seq(dir: &std::path::Path) -> Result<u64, DaemonError> {
         .unwrap_or(0);
     let next = last + 1;
     let tmp = dir.join("presence.seq.tmp");
-    std::fs::write(&tmp, next.to_string())
+    crate::private_files::write(&tmp, next.to_string().as_bytes())
         .and_then(|()| std::fs::rename(&tmp, &path))
         .map_err(|source| DaemonError::StateDir {
             path: path.clone(),

@@ -32,7 +32,7 @@
 //! journal. This module does not interpret records, keep them in memory, or decide when to
 //! compact. The on-disk outbox ([`crate::outbox`]) is built on the same log.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::marker::PhantomData;
 use std::os::unix::fs::FileExt;
@@ -297,7 +297,7 @@ impl<R: Serialize + DeserializeOwned> Journal<R> {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         let existed = path.exists();
-        let mut file = OpenOptions::new()
+        let mut file = crate::private_files::options()
             .read(true)
             .write(true)
             .create(true)
@@ -306,6 +306,7 @@ impl<R: Serialize + DeserializeOwned> Journal<R> {
             .map_err(io_err("open", &path))?;
         lock(&file, &path)?;
         if !existed {
+            crate::private_files::fix_created(&file).map_err(io_err("chmod 600", &path))?;
             file.sync_all().map_err(io_err("fsync", &path))?;
             sync_dir(parent_of(&path))?;
         }
@@ -463,13 +464,14 @@ impl<R: Serialize + DeserializeOwned> Journal<R> {
         let mut tmp_name = self.path.file_name().unwrap_or_default().to_os_string();
         tmp_name.push(".rewrite");
         let tmp = self.path.with_file_name(tmp_name);
-        let mut file = OpenOptions::new()
+        let mut file = crate::private_files::options()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
             .open(&tmp)
             .map_err(io_err("create", &tmp))?;
+        crate::private_files::fix_created(&file).map_err(io_err("chmod 600", &tmp))?;
         // Lock the new file before it replaces the old one, so the lock never lapses.
         lock(&file, &tmp)?;
         file.write_all(&content).map_err(io_err("write", &tmp))?;

@@ -23,7 +23,13 @@ use ukey_agent::config::Config;
 ///   0 success; 1 runtime failure; 2 bad command line; 3 invalid configuration.
 ///
 /// ENVIRONMENT
-///   RUST_LOG   log filter (default "info"), e.g. RUST_LOG=ukey_agent=debug
+///   RUST_LOG   log filter when the configuration has no log_level (default "info"),
+///              e.g. RUST_LOG=ukey_agent=debug
+///
+/// SIGNALS
+///   SIGTERM, SIGINT   stop gracefully (see `run`)
+///   SIGHUP            re-read the configuration: a changed log_level applies at once;
+///                     other changed keys are named in the log and wait for a restart
 #[derive(Debug, Parser)]
 #[command(name = "ukey-agent", version, verbatim_doc_comment)]
 struct Cli {
@@ -130,7 +136,8 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(3);
         }
     };
-    ukey_agent::logging::init(config.log_format);
+    let log = ukey_agent::logging::init(config.log_format, config.log_level.as_deref());
+    let reloader = ukey_agent::reload::Reloader::new(path, &config, log);
     // One thread for all async work: the daemon is one task that owns the desk's state, and
     // the link's driver is the only other busy task; every blocking call (PKCS#11, USB,
     // compaction) has its own thread. A single runtime thread spares the cross-thread
@@ -147,6 +154,16 @@ fn run(path: &std::path::Path) -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        // SIGHUP's default action ends the process (systemd's reload would kill the agent
+        // mid-job): take it over before anything else runs.
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hangups) => {
+                tokio::spawn(reload_on_hangup(hangups, reloader));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot handle SIGHUP; a reload would stop the agent")
+            }
+        }
         let shutdown = tokio_util::sync::CancellationToken::new();
         let signals = shutdown.clone();
         tokio::spawn(async move {
@@ -161,6 +178,31 @@ fn run(path: &std::path::Path) -> ExitCode {
             tracing::error!(error = %e, "agent stopped with an error");
             eprintln!("ukey-agent: {e}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// Re-reads the configuration on every SIGHUP (see `ukey_agent::reload`), off the runtime's
+/// thread since the check reads the files the configuration names.
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    mut reloader: ukey_agent::reload::Reloader,
+) {
+    while hangups.recv().await.is_some() {
+        let task = tokio::task::spawn_blocking(move || {
+            reloader.reload_and_log();
+            reloader
+        });
+        match task.await {
+            Ok(back) => reloader = back,
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: the reload failed; later reloads are ignored");
+                // Keep the handler installed: an unhandled SIGHUP would end the agent.
+                while hangups.recv().await.is_some() {
+                    tracing::warn!("SIGHUP ignored");
+                }
+                return;
+            }
         }
     }
 }

@@ -141,7 +141,7 @@ impl Outbox {
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
         let dir = dir.as_ref().to_path_buf();
         if !dir.exists() {
-            std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+            crate::private_files::create_dir(&dir).map_err(|source| StoreError::Io {
                 action: "create folder",
                 path: dir.clone(),
                 source,

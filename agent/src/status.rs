@@ -130,7 +130,7 @@ pub fn write(dir: &Path, snapshot: &Snapshot) -> Result<(), StatusError> {
         path: path.clone(),
         reason: e.to_string(),
     })?;
-    std::fs::write(&tmp, text)
+    crate::private_files::write(&tmp, &text)
         .and_then(|()| std::fs::rename(&tmp, &path))
         .map_err(|source| StatusError::Write { path, source })
 }

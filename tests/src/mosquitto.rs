@@ -14,6 +14,9 @@ pub struct Mosquitto {
     dir: TempDir,
     port: u16,
     child: Option<Child>,
+    /// A configuration of the caller's (see [`Mosquitto::start_with_config`]) instead of the
+    /// harness's own.
+    config: Option<String>,
 }
 
 fn mosquitto_binary() -> PathBuf {
@@ -33,10 +36,22 @@ impl Mosquitto {
     /// Starts a broker and waits until it accepts connections.
     pub fn start() -> Mosquitto {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        Mosquitto::start_in(dir, None)
+    }
+
+    /// Starts a broker with the configuration `text`, in which `@PORT@` stands for the free
+    /// port to listen on. Its folder ([`Mosquitto::dir`]) holds the files the caller put
+    /// there (certificates, ACLs), with read access for all, and an empty, writable `db/`.
+    pub fn start_with_config(dir: TempDir, text: &str) -> Mosquitto {
+        Mosquitto::start_in(dir, Some(text.to_owned()))
+    }
+
+    fn start_in(dir: TempDir, config: Option<String>) -> Mosquitto {
         let mut broker = Mosquitto {
             dir,
             port: 0,
             child: None,
+            config,
         };
         let mut last_err = String::new();
         // A port found free can be taken before mosquitto binds it: try a few.
@@ -54,9 +69,27 @@ impl Mosquitto {
     }
 
     fn spawn(&mut self) -> Result<(), String> {
-        let conf = self.dir.path().join("mosquitto.conf");
         let persist = self.dir.path().join("db");
         std::fs::create_dir_all(&persist).map_err(|e| e.to_string())?;
+        if let Some(template) = &self.config {
+            // Started as root, mosquitto drops to its own user before it reads its files:
+            // let it read these throwaway test files and write its database.
+            use std::os::unix::fs::PermissionsExt;
+            let open = |path: &Path, mode: u32| {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| format!("{}: {e}", path.display()))
+            };
+            open(self.dir.path(), 0o755)?;
+            open(&persist, 0o777)?;
+            for entry in std::fs::read_dir(self.dir.path()).map_err(|e| e.to_string())? {
+                let path = entry.map_err(|e| e.to_string())?.path();
+                if path.is_file() {
+                    open(&path, 0o644)?;
+                }
+            }
+            let text = template.replace("@PORT@", &self.port.to_string());
+            return self.run_with(&text);
+        }
         let text = format!(
             "listener {port} 127.0.0.1\n\
              allow_anonymous true\n\
@@ -71,6 +104,16 @@ impl Mosquitto {
             loc = persist.display(),
             log = self.dir.path().join("mosquitto.log").display(),
         );
+        self.run_with(&text)
+    }
+
+    /// The broker's folder (its configuration, log and database).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn run_with(&mut self, text: &str) -> Result<(), String> {
+        let conf = self.dir.path().join("mosquitto.conf");
         std::fs::write(&conf, text).map_err(|e| e.to_string())?;
         let child = Command::new(mosquitto_binary())
             .arg("-c")

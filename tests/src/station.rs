@@ -135,15 +135,42 @@ impl Station {
     }
 
     async fn with(dir: TempDir, tokens: Tokens) -> Station {
-        let broker = Mosquitto::start();
-        let station_id = StationId::new("desk-test").unwrap_or_else(|e| panic!("{e}"));
-        let platform = Platform::start(PlatformConfig::new(
-            "127.0.0.1",
-            broker.port(),
-            station_id.clone(),
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("platform start: {e}"));
+        Station::with_broker(dir, tokens, Mosquitto::start(), |_| {}).await
+    }
+
+    /// A desk on an hsm-sim rack of `slots` slots, with `broker` (started by the caller, e.g.
+    /// from a configuration template) and the platform's configuration adjusted by `platform`
+    /// (e.g. its TLS client certificate). The station id is [`STATION_ID`].
+    pub async fn sim_with_broker(
+        slots: usize,
+        broker: Mosquitto,
+        platform: impl FnOnce(&mut PlatformConfig),
+    ) -> Station {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let rack = Rack::init(
+            &dir.path().join("rack"),
+            RackConfig {
+                slots,
+                ..Default::default()
+            },
+            false,
+        )
+        .unwrap_or_else(|e| panic!("rack init: {e}"));
+        Station::with_broker(dir, Tokens::Sim { rack }, broker, platform).await
+    }
+
+    async fn with_broker(
+        dir: TempDir,
+        tokens: Tokens,
+        broker: Mosquitto,
+        tweak: impl FnOnce(&mut PlatformConfig),
+    ) -> Station {
+        let station_id = StationId::new(STATION_ID).unwrap_or_else(|e| panic!("{e}"));
+        let mut config = PlatformConfig::new("127.0.0.1", broker.port(), station_id.clone());
+        tweak(&mut config);
+        let platform = Platform::start(config).await.unwrap_or_else(|e| {
+            panic!("platform start: {e}\n--- broker log ---\n{}", broker.log())
+        });
         Station {
             broker,
             platform,
@@ -539,6 +566,9 @@ impl Drop for Station {
         self.kill_agent();
     }
 }
+
+/// The station id of every test desk.
+pub const STATION_ID: &str = "desk-test";
 
 /// A generous bound for one token's whole production on a busy 2-core machine.
 pub const PRODUCTION_TIMEOUT: Duration = Duration::from_secs(120);

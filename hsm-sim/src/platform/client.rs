@@ -78,6 +78,20 @@ pub struct PlatformConfig {
     pub client_id: Option<String>,
     /// How long [`Platform::start`] waits for the broker to accept the subscriptions.
     pub connect_timeout: Duration,
+    /// TLS with a client certificate (a broker that tells the platform from stations by
+    /// certificate, as `deploy/mosquitto/` does). Default: plain TCP.
+    pub tls: Option<PlatformTls>,
+}
+
+/// The files for a TLS connection with a client certificate (PEM).
+#[derive(Debug, Clone)]
+pub struct PlatformTls {
+    /// CA certificate(s) the broker's certificate must chain to.
+    pub ca_file: PathBuf,
+    /// The platform's client certificate.
+    pub client_cert: PathBuf,
+    /// Its private key.
+    pub client_key: PathBuf,
 }
 
 impl PlatformConfig {
@@ -91,6 +105,7 @@ impl PlatformConfig {
             keys: KeySource::Generate(KeyOptions::default()),
             client_id: None,
             connect_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -217,6 +232,19 @@ impl Platform {
             .set_keep_alive(Duration::from_secs(10))
             .set_clean_session(false)
             .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+        if let Some(tls) = &config.tls {
+            // rumqttc builds its rustls configuration with the process-wide provider; an
+            // error here means one is installed already, which is all that is needed.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let read = |path: &PathBuf| std::fs::read(path).map_err(|e| PlatformError::io(path, e));
+            options.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Simple {
+                    ca: read(&tls.ca_file)?,
+                    alpn: None,
+                    client_auth: Some((read(&tls.client_cert)?, read(&tls.client_key)?)),
+                },
+            ));
+        }
         let (client, mut eventloop) = AsyncClient::new(options, 64);
         // No Nagle delay on small request/answer packets (see the agent's link).
         let mut network = eventloop.network_options();

@@ -24,7 +24,7 @@ pub mod misbehave;
 pub mod records;
 
 pub use ca::{CaAlgorithm, Issue, RejectionCode, TestCa, subject_data};
-pub use client::{KeySource, MAX_PACKET_BYTES, Platform, PlatformConfig, SignedJob};
+pub use client::{KeySource, MAX_PACKET_BYTES, Platform, PlatformConfig, PlatformTls, SignedJob};
 pub use error::PlatformError;
 pub use jobs::{JobDraft, Order, Person, build_job, sign};
 pub use keys::{DEFAULT_JOB_KEY_ID, KeyOptions, PlatformKeys, StationTrust};

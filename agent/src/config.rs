@@ -788,6 +788,7 @@ mod tests {
         assert_eq!(config.journal.compact_after_records, 256);
         assert_eq!(config.models.len(), 1);
         assert_eq!(config.models[0].vendor_id, 0x096e);
+        assert_eq!(config.models[0].interface, Interface::Pkcs11);
     }
 
     #[test]

@@ -213,9 +213,9 @@ pub trait Device: Send + fmt::Debug {
     /// ([`TokenError::Removed`] when another token took its place).
     fn describe(&self) -> Result<PresentToken, TokenError>;
 
-    /// Initializes the token with a new SO PIN, user PIN and token label, and returns its
-    /// state right after (a blank SoftHSM2 slot gets its serial now). On an initialized token
-    /// this wipes it (every key pair and certificate).
+    /// Initializes the token with a new SO PIN, user PIN and token label. A token that had
+    /// no serial gets it now ([`Device::serial`]; SoftHSM2's spare slot). On an initialized
+    /// token this wipes it (every key pair and certificate).
     ///
     /// `seen` is the state the caller has *just* read with [`Device::describe`] (read again
     /// when it describes another position or serial). Refused ([`TokenError::NotBlank`])
@@ -228,7 +228,7 @@ pub trait Device: Send + fmt::Debug {
         so_pin: &SecretString,
         user_pin: &SecretString,
         authorization: &Authorization,
-    ) -> Result<PresentToken, TokenError>;
+    ) -> Result<(), TokenError>;
 
     /// Verifies the user PIN; the operations that need it may follow. A wrong PIN is
     /// [`TokenError::WrongPin`] with what the token says of the tries left, a locked one
@@ -335,7 +335,7 @@ impl<D: Device + ?Sized> Device for Box<D> {
         so_pin: &SecretString,
         user_pin: &SecretString,
         authorization: &Authorization,
-    ) -> Result<PresentToken, TokenError> {
+    ) -> Result<(), TokenError> {
         (**self).initialize(seen, label, so_pin, user_pin, authorization)
     }
     fn login_user(&self, pin: &SecretString) -> Result<(), TokenError> {

@@ -54,11 +54,10 @@ impl Device for Token {
         so_pin: &SecretString,
         user_pin: &SecretString,
         authorization: &Authorization,
-    ) -> Result<PresentToken, TokenError> {
+    ) -> Result<(), TokenError> {
         // The state right after `C_InitToken` is what `C_InitPIN` is guarded by.
         let initialized = self.init_token_as_seen(seen, so_pin, label, authorization)?;
-        self.init_user_pin_as_seen(&initialized, so_pin, user_pin)?;
-        Ok(initialized)
+        self.init_user_pin_as_seen(&initialized, so_pin, user_pin)
     }
 
     fn login_user(&self, pin: &SecretString) -> Result<(), TokenError> {

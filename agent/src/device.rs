@@ -58,22 +58,21 @@
 //! | [`Device::remove_certificate`] | nothing to remove: importing the renewed certificate replaced the old one (returns `false`) |
 //! | [`Device::self_test`] | seal keys: `SKF_ECCSignData` over a fresh challenge, verified on the host; encryption key: `SKF_ECCExportSessionKey`/`SKF_ECCDecrypt` of a secret encrypted on the host to its public key |
 //! | wipe | [`Device::initialize`] with an authorization naming the token (`SKF_DeleteApplication`, then a new one) |
-pub use crate::desk::Observation;
-pub use crate::token::{Authorization, KeySelfTest, PresentToken, SlotSurvey, TokenError};
-
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
-use ukey_protocol::KeyAlgorithm;
-use ukey_protocol::KeyLabel;
+use ukey_protocol::{KeyAlgorithm, KeyLabel};
 use x509_cert::Certificate;
 use x509_cert::name::Name;
 use x509_cert::spki::SubjectPublicKeyInfoOwned;
 
 use crate::certs::VerifiedCertificate;
+
+pub use crate::desk::Observation;
+pub use crate::token::{Authorization, KeySelfTest, PresentToken, SlotSurvey, TokenError};
 
 /// The interface a vendor library speaks (the `interface` of a `[[models]]` entry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]

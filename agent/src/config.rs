@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::device::Interface;
+
 /// The default MQTT topic prefix.
 pub const DEFAULT_TOPIC_PREFIX: &str = "ukey/v1";
 
@@ -194,8 +196,11 @@ pub struct ModelConfig {
     pub vendor_id: u16,
     /// USB product id.
     pub product_id: u16,
-    /// The PKCS#11 module for this model.
+    /// The vendor library for this model.
     pub module: PathBuf,
+    /// The interface the library speaks (default `pkcs11`; `skf` is not supported yet).
+    #[serde(default)]
+    pub interface: Interface,
     /// Shortest user PIN the model accepts (default 6).
     #[serde(default = "default_pin_min")]
     pub pin_min: usize,
@@ -624,6 +629,15 @@ impl Config {
                 );
             }
             check_file(&mut problem, &key("module"), &model.module);
+            if model.interface != Interface::Pkcs11 {
+                problem(
+                    &key("interface"),
+                    format!(
+                        "\"{}\" is not yet supported by this agent: only \"pkcs11\" is",
+                        model.interface
+                    ),
+                );
+            }
             if model.pin_min < 4 || model.pin_min > model.pin_max || model.pin_max > 255 {
                 problem(
                     &key("pin_min"),
@@ -789,6 +803,7 @@ mod tests {
         assert_eq!(config.journal.compact_after_records, 256);
         assert_eq!(config.models.len(), 1);
         assert_eq!(config.models[0].vendor_id, 0x096e);
+        assert_eq!(config.models[0].interface, Interface::Pkcs11);
     }
 
     #[test]
@@ -857,6 +872,38 @@ station_key = "station.pem"
             ca.problem.contains(&dir.path().display().to_string()),
             "{ca}"
         );
+    }
+
+    #[test]
+    fn a_model_interface_defaults_to_pkcs11_and_skf_is_refused_for_now() {
+        let model = |interface: &str| {
+            format!(
+                "{MINIMAL}[[models]]\nname = \"K3\"\nvendor_id = 0x096e\nproduct_id = 0x0702\n\
+                 module = \"/usr/lib/softhsm/libsofthsm2.so\"\n{interface}"
+            )
+        };
+        let config = Config::parse(&model("")).unwrap();
+        assert_eq!(config.models[0].interface, Interface::Pkcs11);
+        assert!(
+            !config
+                .check()
+                .iter()
+                .any(|p| p.key == "models[0].interface"),
+            "{:?}",
+            config.check()
+        );
+        let config = Config::parse(&model("interface = \"pkcs11\"\n")).unwrap();
+        assert_eq!(config.models[0].interface, Interface::Pkcs11);
+        let config = Config::parse(&model("interface = \"skf\"\n")).unwrap();
+        assert_eq!(config.models[0].interface, Interface::Skf);
+        let problems = config.check();
+        let p = problems
+            .iter()
+            .find(|p| p.key == "models[0].interface")
+            .unwrap_or_else(|| panic!("{problems:?}"));
+        assert!(p.problem.contains("\"skf\" is not yet supported"), "{p}");
+        let err = Config::parse(&model("interface = \"pkcs#11\"\n")).unwrap_err();
+        assert!(err.contains("interface"), "{err}");
     }
 
     #[test]

@@ -53,7 +53,6 @@ use ukey_protocol::inventory::{
     CertificateExpiry, DeskAlert, Inventory, SlotInfo, TokenDamage, TokenInfo, TokenState,
 };
 use ukey_protocol::job::{JobDocument, JobKind};
-use ukey_protocol::keys::KeyLabel;
 use ukey_protocol::presence::{Presence, PresenceStatus};
 use ukey_protocol::signed::{JobEnvelope, check_nonce};
 use ukey_protocol::topic::{Topic, Topics};
@@ -62,6 +61,7 @@ use ukey_protocol::{Message, V1};
 use crate::certs::VerifiedCertificate;
 use crate::config::{Config, UsbWatcherKind};
 use crate::desk::{Observation, TokenKey, classify};
+use crate::device::{self, DeviceLibrary, Interface};
 use crate::job::{Action, Input, JobMachine, JobState, Report, StepOutput, Timer, code};
 use crate::journal::{Journal, StoreError};
 use crate::link::{Incoming, Link, LinkConfig, LinkError, LinkHandle, TlsFiles};
@@ -70,7 +70,7 @@ use crate::panel::{ButtonAction, ButtonPress, Light, Panel, PanelHandle};
 use crate::status::{RunningJob, Snapshot, TokenLine};
 use crate::steps::{self, Pins, StepFailure};
 use crate::stuck::{RunningCall, StuckCalls};
-use crate::token::{Module, PresentToken, SlotSurvey, Token, TokenError, UnreadableSlot};
+use crate::token::{PresentToken, SlotSurvey, TokenError, UnreadableSlot};
 use crate::trust::{Sealed, TrustError, TrustMaterial};
 use crate::usb::{self, ModelFilter, UsbEvent};
 use crate::worker::TokenWorker;
@@ -264,7 +264,7 @@ struct Daemon {
     station: StationId,
     link: LinkHandle,
     journal: Journal<Record>,
-    modules: Vec<Module>,
+    modules: Vec<Arc<dyn DeviceLibrary>>,
     jobs: BTreeMap<JobId, JobEntry>,
     /// Accepted jobs waiting for a token, oldest first.
     queue: VecDeque<Waiting>,
@@ -334,16 +334,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let outbox = Outbox::open(state_dir.join("outbox"))?;
 
     let mut modules = Vec::new();
-    let mut paths: Vec<PathBuf> = vec![config.pkcs11.default_module.clone()];
+    let mut libraries: Vec<(PathBuf, Interface)> =
+        vec![(config.pkcs11.default_module.clone(), Interface::Pkcs11)];
     for model in &config.models {
-        if !paths.contains(&model.module) {
-            paths.push(model.module.clone());
+        if !libraries.iter().any(|(path, _)| *path == model.module) {
+            libraries.push((model.module.clone(), model.interface));
         }
     }
     let mut module_problems = Vec::new();
-    for path in paths {
+    for (path, interface) in libraries {
         let shown = path.clone();
-        match tokio::task::spawn_blocking(move || Module::load(&path))
+        match tokio::task::spawn_blocking(move || device::load(interface, &path))
             .await
             .map_err(|e| DaemonError::Config(e.to_string()))?
         {
@@ -1880,7 +1881,7 @@ impl Daemon {
         let number = seat.observation;
         let tx = self.events.clone();
         tokio::task::spawn_blocking(move || {
-            let result = observe_token(&module, present, revoked);
+            let result = module.observe(present, revoked);
             let _ = tx.blocking_send(Event::Observed(key, number, result));
         });
     }
@@ -2069,7 +2070,8 @@ impl Daemon {
         let present = seat.present.clone();
         let tx = self.events.clone();
         tokio::task::spawn_blocking(move || {
-            let result = Token::at(&module, &present)
+            let result = module
+                .open(&present)
                 .and_then(TokenWorker::spawn)
                 .map(Arc::new);
             let _ = tx.blocking_send(Event::WorkerReady(key, result));
@@ -2731,60 +2733,6 @@ fn rejection_code(e: &ukey_protocol::ProtocolError) -> &'static str {
         P::Replay { .. } => "replayed-nonce",
         _ => "invalid-job",
     }
-}
-
-fn observe_token(
-    module: &Module,
-    present: PresentToken,
-    revoked: bool,
-) -> Result<Observation, TokenError> {
-    // What the last scan saw may be stale (a token just initialized still looks blank in it):
-    // read the token's flags again before classifying, so a finished token is never taken
-    // for a blank one.
-    let present = if present.serial.is_empty() {
-        present
-    } else {
-        module
-            .find_by_serial(&present.serial)?
-            .ok_or_else(|| TokenError::Removed {
-                serial: Some(present.serial.clone()),
-                slot: present.slot,
-                function: "C_GetTokenInfo".into(),
-            })?
-    };
-    if present.is_blank() {
-        return Ok(Observation {
-            present,
-            keys: Vec::new(),
-            certificates: Vec::new(),
-            revoked,
-        });
-    }
-    let token = Token::at(module, &present)?;
-    let objects = token.objects()?;
-    let keys = KeyLabel::ALL
-        .into_iter()
-        .filter(|label| {
-            objects.iter().any(|o| {
-                o.key_label() == Some(*label) && o.kind == crate::token::ObjectKind::PublicKey
-            })
-        })
-        .collect();
-    let certificates = token
-        .installed_certificates()?
-        .into_iter()
-        .filter_map(|(label, der)| {
-            crate::certs::not_after(&der)
-                .ok()
-                .map(|not_after| (label, not_after))
-        })
-        .collect();
-    Ok(Observation {
-        present,
-        keys,
-        certificates,
-        revoked,
-    })
 }
 
 /// Whether the job keeps the token's keys and PINs (`renew`, `change` without rekey): its

@@ -8,6 +8,7 @@ pub mod certs;
 pub mod config;
 pub mod daemon;
 pub mod desk;
+pub mod device;
 pub mod job;
 pub mod journal;
 pub mod link;

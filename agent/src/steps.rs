@@ -1,5 +1,8 @@
 //! The token work of each job step: blocking code that runs on a token's worker thread.
 //!
+//! Steps reach the token only through the device seam ([`Device`]): the same step runs on a
+//! PKCS#11 token or on any other interface behind it.
+//!
 //! Each function does one step of DESIGN.md's pipeline and **reconciles with what the token
 //! already holds**, because after a crash (or a pulled token) the same step runs again:
 //! `initialize` re-initializes a token that this very job had started, `generate_keys`
@@ -26,8 +29,9 @@ use zeroize::Zeroizing;
 use crate::certs::{
     CertError, Expected, TrustAnchors, ValidityPolicy, VerifiedCertificate, verify_certificate,
 };
+use crate::device::Device;
 use crate::profile::SubjectData;
-use crate::token::{Authorization, KeySelfTest, PinOwner, Token, TokenError};
+use crate::token::{Authorization, KeySelfTest, PinOwner, TokenError};
 
 /// The prefix of the token label the agent writes; a token whose label starts with it was
 /// personalized by a ukey-station desk.
@@ -231,7 +235,8 @@ pub fn subject_data(job: &JobDocument) -> SubjectData {
     }
 }
 
-/// Step `initialize`: `C_InitToken` with the SO PIN and the job's label, then `C_InitPIN`.
+/// Step `initialize`: the token is initialized with the SO PIN, the job's label and the user
+/// PIN ([`Device::initialize`]).
 ///
 /// On a blank token. On a token that already carries this job's label (the agent died during
 /// this step or the next), the job names the token through its journal, so it is wiped and
@@ -240,13 +245,13 @@ pub fn subject_data(job: &JobDocument) -> SubjectData {
 /// initialized again with that same SO PIN (read from the job, not from `pins`, so a PIN that
 /// does not open never costs an SO retry).
 pub fn initialize(
-    token: &mut Token,
+    token: &mut dyn Device,
     job: &JobDocument,
     pins: &Pins,
     station_key: &UnsealKey,
 ) -> Result<(), StepFailure> {
     let label = token_label(job);
-    let present = token.info()?;
+    let present = token.describe()?;
     let named = job
         .target_token_serial
         .as_ref()
@@ -291,20 +296,16 @@ pub fn initialize(
         }
         .into());
     };
-    // `present` was read just above, and the token's state right after `C_InitToken` is what
-    // `C_InitPIN` is guarded by: neither is read a second time.
-    let initialized = token
-        .init_token_as_seen(&present, &so, &label, &authorization)
-        .map_err(so_failure)?;
+    // `present` was read just above: it is not read a second time.
     token
-        .init_user_pin_as_seen(&initialized, &so, &pins.user)
+        .initialize(&present, &label, &so, &pins.user, &authorization)
         .map_err(so_failure)?;
     Ok(())
 }
 
 /// Step `generate-keys`: the three key pairs, after removing any half-made one.
 pub fn generate_keys(
-    token: &mut Token,
+    token: &mut dyn Device,
     job: &JobDocument,
     pins: &Pins,
 ) -> Result<BTreeMap<KeyLabel, SubjectPublicKeyInfoOwned>, StepFailure> {
@@ -323,7 +324,7 @@ pub fn generate_keys(
         let (leftovers, key) = token.replace_key_pair(label, alg).inspect_err(|e| {
             if matches!(e, TokenError::AttributeCheck { .. }) {
                 // A key that failed its read-back must not stay on the token.
-                let _ = token.destroy_objects(label);
+                let _ = token.discard_key_pair(label);
             }
         })?;
         if leftovers > 0 {
@@ -336,7 +337,7 @@ pub fn generate_keys(
 
 /// Step `request-certificates`: a PKCS#10 CSR per label, signed on the token.
 pub fn request_certificates(
-    token: &mut Token,
+    token: &mut dyn Device,
     job: &JobDocument,
     pins: &Pins,
     serial: &TokenSerial,
@@ -348,7 +349,7 @@ pub fn request_certificates(
         let name = subject
             .subject(label)
             .map_err(|e| StepFailure::Failed(step_error("job-subject", e.to_string(), false)))?;
-        let csr = token.build_csr(label, &name)?;
+        let csr = token.sign_csr(label, &name)?;
         requests.push(CertificateRequest {
             label,
             csr: Some(Base64Bytes::new(csr)),
@@ -377,7 +378,7 @@ pub struct Trust {
 /// object, no PIN), the job's subject, the label's key usage and the configured CAs.
 /// Nothing is written.
 pub fn verify_certificates(
-    token: &Token,
+    token: &dyn Device,
     job: &JobDocument,
     bundle: &CertBundle,
     trust: &Trust,
@@ -426,7 +427,7 @@ pub fn verify_certificates(
 /// rekey: the station has no user PIN) the certificates are written as the public objects
 /// they are, in a read/write session without login, which PKCS#11 allows.
 pub fn install(
-    token: &mut Token,
+    token: &mut dyn Device,
     pins: Option<&Pins>,
     certs: &[VerifiedCertificate],
 ) -> Result<usize, StepFailure> {
@@ -439,7 +440,7 @@ pub fn install(
 
 /// Step `activate`: every key proves itself (sign / decrypt or agree on the token, checked
 /// in software), then the session logs out.
-pub fn activate(token: &mut Token, pins: &Pins) -> Result<Vec<KeySelfTest>, StepFailure> {
+pub fn activate(token: &mut dyn Device, pins: &Pins) -> Result<Vec<KeySelfTest>, StepFailure> {
     token.login_user(&pins.user)?;
     let result = token.self_test(&KeyLabel::ALL);
     let logout = token.logout();
@@ -516,12 +517,12 @@ pub fn job_so_pin(job: &JobDocument, station_key: &UnsealKey) -> Result<SecretSt
 /// the token changes. Run again after a crash, the step simply sets another fresh PIN: only
 /// the PIN of the reported event counts.
 pub fn reset_pin(
-    token: &mut Token,
+    token: &mut dyn Device,
     job: &JobDocument,
     station_key: &UnsealKey,
     platform: &SealRecipient,
 ) -> Result<StepData, StepFailure> {
-    let present = token.info()?;
+    let present = token.describe()?;
     if present.flags.so_pin_locked {
         return Err(StepFailure::Failed(step_error(
             "so-pin-locked",
@@ -534,9 +535,7 @@ pub fn reset_pin(
     }
     let so = job_so_pin(job, station_key)?;
     let fresh = Pins::generate(present.min_pin_len, present.max_pin_len)?;
-    token
-        .set_user_pin_as_so(&so, &fresh.user)
-        .map_err(so_failure)?;
+    token.reset_user_pin(&so, &fresh.user).map_err(so_failure)?;
     let user_pin = seal(
         platform,
         &SealContext::for_job(&job.job_id, SealPurpose::UserPin),
@@ -564,7 +563,7 @@ fn so_failure(e: TokenError) -> StepFailure {
 /// Step `read-keys` (`renew`, `change` without rekey): every label's public key and current
 /// certificate are on the token (public objects, no PIN), and each key is of the algorithm
 /// the job describes.
-pub fn read_keys(token: &Token, job: &JobDocument) -> Result<(), StepFailure> {
+pub fn read_keys(token: &dyn Device, job: &JobDocument) -> Result<(), StepFailure> {
     for label in KeyLabel::ALL {
         let key = token.public_key(label)?;
         let Some(alg) = job.key_spec(label) else {
@@ -595,7 +594,7 @@ pub fn read_keys(token: &Token, job: &JobDocument) -> Result<(), StepFailure> {
 /// Step `request-certificates` for the jobs that keep the keys: per label the current
 /// certificate (the one that expires last) and the public key, both read without a PIN.
 pub fn request_renewal(
-    token: &Token,
+    token: &dyn Device,
     job: &JobDocument,
     serial: &TokenSerial,
 ) -> Result<CsrBundle, StepFailure> {
@@ -628,7 +627,10 @@ pub fn request_renewal(
 /// one in `bundle` is deleted — but only once the new one is on the token, so a token is
 /// never left without a certificate. Run again after a crash, it finishes what is left.
 /// Returns how many were removed.
-pub fn remove_old_certificates(token: &Token, bundle: &CertBundle) -> Result<usize, StepFailure> {
+pub fn remove_old_certificates(
+    token: &dyn Device,
+    bundle: &CertBundle,
+) -> Result<usize, StepFailure> {
     let mut removed = 0;
     for label in KeyLabel::ALL {
         let Some(new) = bundle.certificates.iter().find(|c| c.label == label) else {

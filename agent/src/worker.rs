@@ -1,9 +1,12 @@
 //! Blocking stays off the runtime: one dedicated thread per token, reached by a channel.
 //!
-//! [`TokenWorker::spawn`] moves a [`Token`] onto its own OS thread; async code runs closures
+//! [`TokenWorker::spawn`] moves a [`Device`] onto its own OS thread; async code runs closures
 //! on it with [`TokenWorker::call`] and awaits the result through a oneshot reply. Calls run
-//! one at a time, in order. A PKCS#11 session is `Send` but not `Sync` and its calls block,
-//! so no session is ever touched from a runtime thread or held across an `.await`.
+//! one at a time, in order. A device (a PKCS#11 session) is `Send` but not `Sync` and its
+//! calls block, so no device is ever touched from a runtime thread or held across an
+//! `.await`. The daemon's workers hold a `Box<dyn Device>` (the default type): they never
+//! know which interface is behind it; a caller that holds a concrete [`crate::token::Token`]
+//! gets a worker whose closures see it as such.
 //!
 //! - A closure that panics yields [`TokenError::WorkerPanicked`]; the worker keeps serving.
 //! - Dropping the future of `call` does not cancel the closure: a token write that has
@@ -23,15 +26,16 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use crate::device::Device;
+use crate::token::TokenError;
 use crate::token::meter::{CallClock, announce_calls_to};
-use crate::token::{Token, TokenError};
 
-type Job = Box<dyn FnOnce(&mut Token) + Send>;
+type Job<D> = Box<dyn FnOnce(&mut D) + Send>;
 
-/// The async handle of a token's worker thread.
+/// The async handle of a token's worker thread, which owns the token's `D`.
 #[derive(Debug)]
-pub struct TokenWorker {
-    jobs: mpsc::Sender<Job>,
+pub struct TokenWorker<D = Box<dyn Device>> {
+    jobs: mpsc::Sender<Job<D>>,
     serial: Arc<Mutex<Option<String>>>,
     /// When the PKCS#11 call now running on the thread started; `None` between calls.
     busy_since: CallClock,
@@ -48,11 +52,11 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-impl TokenWorker {
+impl<D: Device + 'static> TokenWorker<D> {
     /// Starts the worker thread that owns `token`.
-    pub fn spawn(token: Token) -> Result<TokenWorker, TokenError> {
+    pub fn spawn(token: D) -> Result<TokenWorker<D>, TokenError> {
         let serial = Arc::new(Mutex::new(token.serial().map(str::to_string)));
-        let (jobs, queue) = mpsc::channel::<Job>();
+        let (jobs, queue) = mpsc::channel::<Job<D>>();
         let (exit_tx, exited) = oneshot::channel::<()>();
         let name = format!("token-{}", token.serial().unwrap_or("blank"));
         let shared_serial = Arc::clone(&serial);
@@ -104,11 +108,11 @@ impl TokenWorker {
     /// Runs `f` on the token's thread and returns its result.
     pub async fn call<F, T>(&self, f: F) -> Result<T, TokenError>
     where
-        F: FnOnce(&mut Token) -> Result<T, TokenError> + Send + 'static,
+        F: FnOnce(&mut D) -> Result<T, TokenError> + Send + 'static,
         T: Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move |token: &mut Token| {
+        let job: Job<D> = Box::new(move |token: &mut D| {
             let serial = token.serial().map(str::to_string);
             let result = catch_unwind(AssertUnwindSafe(|| f(token))).unwrap_or_else(|payload| {
                 let message = panic_message(payload.as_ref());

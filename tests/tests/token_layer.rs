@@ -1350,7 +1350,7 @@ mod sim_only {
             .build()
             .unwrap();
         let results = rt.block_on(async {
-            let workers: Vec<TokenWorker> = serials
+            let workers: Vec<TokenWorker<Token>> = serials
                 .iter()
                 .map(|s| TokenWorker::spawn(Token::open(&module, s).unwrap()).unwrap())
                 .collect();

@@ -1,4 +1,5 @@
-//! The token layer's one error type, [`TokenError`], and the mapping of PKCS#11 return codes.
+//! The token layer's one error type, [`TokenError`] (also the error of the device seam,
+//! [`crate::device`]), and the mapping of PKCS#11 return codes.
 //!
 //! Every PKCS#11 failure names the function that failed, the `CKR_` code, the slot and the
 //! token serial (when known). PIN failures carry what the token says about tries left.
@@ -98,6 +99,16 @@ pub enum TokenError {
         /// What cryptoki reported.
         #[source]
         source: CkError,
+    },
+    /// The configuration names a token interface this agent cannot speak yet.
+    #[error(
+        "token interface {interface:?} (library {path}) is not supported yet: only \"pkcs11\" is"
+    )]
+    InterfaceUnsupported {
+        /// The interface, as the configuration names it (e.g. `skf`).
+        interface: &'static str,
+        /// The library's path.
+        path: PathBuf,
     },
     /// A PKCS#11 call failed with a return code that has no more specific variant.
     #[error("{function} failed with {} on token {} (slot {})", ckr_name(*.rv), Serial(.serial), slot.map_or("?".to_string(), |s| s.to_string()))]

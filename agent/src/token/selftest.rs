@@ -28,10 +28,11 @@ use x509_cert::spki::SubjectPublicKeyInfoOwned;
 use zeroize::Zeroizing;
 
 use super::error::TokenError;
-use super::objects::{ObjectKind, latest};
+use super::objects::ObjectKind;
 use super::session::Token;
 use super::signer::is_mechanism_refusal;
 use crate::certs::{key_algorithm, rsa_public_key};
+use crate::device::latest;
 
 /// What the self-test did for one key.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,8 +17,8 @@
 //! The open session also carries the object handles found or created through it
 //! (`handles.rs`): they are forgotten with the session, and whenever the login changes.
 //!
-//! Key, object and certificate operations are in `objects.rs`, CSRs in `signer.rs`, the
-//! activation self-test in `selftest.rs`.
+//! Key pairs are in `keys.rs`, objects in `objects.rs`, certificates in `certificates.rs`,
+//! CSRs in `signer.rs`, the activation self-test in `selftest.rs`.
 
 use std::cell::{Cell, Ref, RefCell};
 use std::time::Duration;

@@ -242,8 +242,6 @@ impl Daemon {
         if let Some(entry) = self.jobs.get(&job_id) {
             self.queue.push_back(Waiting::of(&job_id, entry));
         }
-        // A waiting targeted job may make a token already plugged in the wrong one.
-        self.inventory_dirty = true;
         self.try_claim_all().await
     }
 

@@ -246,7 +246,6 @@ impl Daemon {
         {
             seat.job = None;
         }
-        self.inventory_dirty = true;
         tracing::info!(job = %job_id, token = %key, "claim not started; the job waits for a token again");
     }
 
@@ -309,7 +308,6 @@ impl Daemon {
             seat.job = Some(job_id.clone());
             seat.state = TokenState::InProduction;
         }
-        self.inventory_dirty = true;
         tracing::info!(job = %job_id, kind = %doc.kind, token = %key, "token claims job");
         self.start_worker(key);
         Ok(())
@@ -335,7 +333,6 @@ impl Daemon {
             seat.acknowledged = false;
             self.observe(key);
         }
-        self.inventory_dirty = true;
     }
 }
 

@@ -5,7 +5,7 @@
 //! What this module does not do: decide the next step (the job machine), publish events
 //! (`sink`), or start steps (`runner`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use time::OffsetDateTime;
@@ -19,7 +19,7 @@ use ukey_protocol::job::JobDocument;
 
 use crate::certs::VerifiedCertificate;
 use crate::desk::TokenKey;
-use crate::job::{Action, Input, JobMachine, JobState, Report, Timer};
+use crate::job::{Action, Input, JobMachine, JobState, Report};
 use crate::link::Incoming;
 use crate::steps::Pins;
 
@@ -44,8 +44,6 @@ pub(super) struct JobEntry {
     pub(super) running: bool,
     /// The step last started and when: its end's event carries the start time.
     pub(super) step_started: Option<(Step, OffsetDateTime)>,
-    /// Generation per timer: a fired timer of an older generation is ignored.
-    pub(super) timers: BTreeMap<Timer, u64>,
     /// How many journal records are this job's: dead weight once it finished.
     pub(super) records: usize,
 }
@@ -63,7 +61,6 @@ impl JobEntry {
             token: None,
             running: false,
             step_started: None,
-            timers: BTreeMap::new(),
             records: 0,
         }
     }
@@ -177,8 +174,6 @@ impl Daemon {
                         },
                     )
                     .await?;
-                    // Alerts and tokens that named the job change.
-                    self.inventory_dirty = true;
                 }
             }
             Ok(_) => tracing::warn!(job = %job_id, "cancel naming another job ignored"),
@@ -204,8 +199,6 @@ impl Daemon {
                     .collect();
                 for job_id in waiting {
                     self.feed(&job_id, Input::FinalAcknowledged).await?;
-                    // Its token (released at the last step) and any alert no longer name it.
-                    self.inventory_dirty = true;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "malformed ack ignored"),
@@ -282,6 +275,7 @@ impl Daemon {
             // One that ended while queued (expired, timed out waiting for its token).
             self.queue.retain(|w| w.job != *job_id);
             self.dead_records += entry.records;
+            self.timers.disarm_all(job_id);
             if let Some(seat) = entry.token.as_ref().and_then(|k| self.seats.get_mut(k)) {
                 seat.outcome = Some(state);
                 seat.acknowledged = false;
@@ -291,7 +285,6 @@ impl Daemon {
             for seat in self.seats.values_mut() {
                 if seat.job.as_ref() == Some(job_id) {
                     seat.job = None;
-                    self.inventory_dirty = true;
                 }
             }
             self.finished

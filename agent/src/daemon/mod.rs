@@ -64,7 +64,6 @@ use ukey_protocol::topic::Topics;
 
 use crate::config::Config;
 use crate::desk::{Observation, TokenKey};
-use crate::job::Timer;
 use crate::journal::{Journal, StoreError};
 use crate::link::{Link, LinkError, LinkHandle};
 use crate::outbox::Outbox;
@@ -78,6 +77,7 @@ use crate::worker::TokenWorker;
 mod admission;
 mod claims;
 mod compaction;
+mod inventory;
 mod jobs;
 mod records;
 mod reports;
@@ -88,10 +88,12 @@ mod startup;
 mod timers;
 
 use compaction::FinishedJob;
+use inventory::DeskReport;
 use jobs::{JobEntry, Waiting};
 use records::Record;
 use runner::StepDone;
 use seats::Seat;
+use timers::Timers;
 
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +132,6 @@ enum Event {
     Scanned(Vec<(usize, Result<SlotSurvey, TokenError>)>),
     Observed(TokenKey, u64, Result<Observation, TokenError>),
     StepDone(Box<StepDone>),
-    TimerFired(JobId, Timer, u64),
     WorkerReady(TokenKey, Result<Arc<TokenWorker>, TokenError>),
 }
 
@@ -158,9 +159,11 @@ struct Daemon {
     revoked: BTreeSet<String>,
     events: mpsc::Sender<Event>,
     inventory_seq: u64,
-    inventory_dirty: bool,
+    /// The inventory published last: the next goes out when the state differs from it.
+    inventory_published: Option<DeskReport>,
     claiming: bool,
-    timer_gen: u64,
+    /// The jobs' armed timers.
+    timers: Timers,
     /// A slot scan has completed since start: a token missing from `seats` is really away.
     scanned: bool,
     /// The desk's indicator panel (a no-op handle without one).
@@ -232,9 +235,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         revoked: BTreeSet::new(),
         events: events_tx,
         inventory_seq: u64::try_from(now_utc().unix_timestamp()).unwrap_or(0) * 1000,
-        inventory_dirty: true,
+        inventory_published: None,
         claiming: true,
-        timer_gen: 0,
+        timers: Timers::new(),
         scanned: false,
         panel,
         lit: BTreeSet::new(),
@@ -277,6 +280,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     // `INVENTORY_EVERY` later.
     let now = tokio::time::Instant::now();
     let mut inventory_sent = now.checked_sub(INVENTORY_EVERY).unwrap_or(now);
+    // The state changed since the last inventory, which waits for `INVENTORY_EVERY` to pass.
+    let mut inventory_waiting = false;
     let mut calls_tick = tokio::time::interval(daemon.stuck_calls.check_every());
     calls_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -298,6 +303,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
                 break;
             }
             Some(message) = incoming.recv() => daemon.on_message(message).await?,
+            (job_id, timer) = daemon.timers.next() => daemon.on_timer(job_id, timer).await?,
             Some(event) = events_rx.recv() => {
                 if let Event::Scanned(_) = &event {
                     scanning = false;
@@ -327,16 +333,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
                 daemon.write_status();
             }
             _ = calls_tick.tick() => daemon.check_token_calls(),
-            _ = tokio::time::sleep_until(inventory_sent + INVENTORY_EVERY), if daemon.inventory_dirty => {}
+            _ = tokio::time::sleep_until(inventory_sent + INVENTORY_EVERY), if inventory_waiting => {}
         }
-        if daemon.inventory_dirty && inventory_sent.elapsed() >= INVENTORY_EVERY {
-            daemon.publish_inventory();
+        let report = daemon.desk_report();
+        inventory_waiting = daemon.inventory_changed(&report);
+        if inventory_waiting && inventory_sent.elapsed() >= INVENTORY_EVERY {
+            daemon.publish_inventory(report);
             inventory_sent = tokio::time::Instant::now();
+            inventory_waiting = false;
         }
         daemon.update_lights();
     }
-    if daemon.inventory_dirty {
-        daemon.publish_inventory();
+    let report = daemon.desk_report();
+    if daemon.inventory_changed(&report) {
+        daemon.publish_inventory(report);
     }
     usb_stop.cancel();
     let mut last = daemon.snapshot();
@@ -365,9 +375,6 @@ impl Daemon {
             }
             Event::WorkerReady(key, result) => self.on_worker(key, result).await,
             Event::StepDone(done) => self.on_step_done(*done).await,
-            Event::TimerFired(job_id, timer, generation) => {
-                self.on_timer(job_id, timer, generation).await
-            }
         }
     }
 }

@@ -8,17 +8,15 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use ukey_protocol::event::ExecutionState;
-use ukey_protocol::ids::{JobId, TokenSerial};
-use ukey_protocol::inventory::{DeskAlert, Inventory, SlotInfo, TokenInfo, TokenState};
-use ukey_protocol::{Message, V1};
+use ukey_protocol::inventory::TokenState;
 
-use crate::job::{JobState, code};
+use crate::job::JobState;
 use crate::panel::{ButtonAction, ButtonPress, Light};
 use crate::status::{RunningJob, Snapshot, TokenLine};
 use crate::stuck::RunningCall;
 
 use super::claims::wrong_token;
-use super::jobs::JobEntry;
+use super::inventory::inventory_slot;
 use super::seats::Seat;
 use super::{Daemon, now_utc};
 
@@ -216,12 +214,6 @@ impl Daemon {
         });
     }
 
-    /// A token's slot as the inventory numbers it: module × 1000 + PKCS#11 slot id.
-    pub(super) fn inventory_slot(seat: &Seat) -> u32 {
-        u32::try_from(seat.module * 1000 + usize::try_from(seat.present.slot % 1000).unwrap_or(0))
-            .unwrap_or(u32::MAX)
-    }
-
     /// Looks at the call each token's worker is running: a call past
     /// `timeouts.wedged_call_secs` raises a `token-call-stuck` alert (see [`crate::stuck`]),
     /// which goes when the call returns. The job is left alone.
@@ -239,7 +231,7 @@ impl Daemon {
                 Some(RunningCall {
                     key: key.clone(),
                     started,
-                    slot: Self::inventory_slot(seat),
+                    slot: inventory_slot(seat),
                     job: job.map(|(id, _)| id.clone()).or_else(|| seat.job.clone()),
                     step: job.and_then(|(_, e)| e.step_started.map(|(step, _)| step)),
                 })
@@ -252,150 +244,7 @@ impl Daemon {
             .stuck_calls
             .update(std::time::Instant::now(), now_utc(), running)
         {
-            self.inventory_dirty = true;
             self.write_status();
         }
-    }
-
-    pub(super) fn publish_inventory(&mut self) {
-        self.inventory_dirty = false;
-        self.inventory_seq += 1;
-        let mut slots: Vec<SlotInfo> = Vec::new();
-        for (key, seat) in &self.seats {
-            let slot = Self::inventory_slot(seat);
-            let serial = key.serial().and_then(|s| TokenSerial::new(s).ok());
-            let damaged = seat.state == TokenState::Damaged;
-            // A token without a serial shows only when damaged (a blank SoftHSM2 slot does not).
-            let token = (serial.is_some() || damaged).then(|| TokenInfo {
-                serial,
-                model: if seat.present.model.is_empty() {
-                    "unknown".into()
-                } else {
-                    seat.present.model.chars().take(64).collect()
-                },
-                state: seat.state,
-                // A finished token still names its job until the platform confirms it.
-                job_id: seat
-                    .job
-                    .clone()
-                    .or_else(|| self.unconfirmed_job(&seat.present.serial).cloned()),
-                certificates: seat.certificates.clone(),
-                damage: seat.damage.clone().filter(|_| damaged),
-            });
-            if slots.iter().any(|s| s.slot == slot) {
-                continue;
-            }
-            slots.push(SlotInfo { slot, token });
-        }
-        slots.truncate(ukey_protocol::inventory::MAX_SLOTS);
-        let alerts = self.alerts();
-        let inventory = Inventory {
-            alerts,
-            v: V1,
-            station_id: self.station.clone(),
-            seq: self.inventory_seq,
-            at: now_utc(),
-            slots,
-        };
-        match inventory.encode() {
-            Ok(payload) => {
-                if let Err(e) = self.link.publish_retained(self.topics.inventory(), payload) {
-                    tracing::warn!(error = %e, "inventory not published");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "inventory cannot be encoded"),
-        }
-    }
-
-    /// Desk problems that are not a token's state, for the inventory.
-    pub(super) fn alerts(&self) -> Vec<DeskAlert> {
-        let mut alerts = Vec::new();
-        for (path, reason) in &self.module_problems {
-            alerts.push(DeskAlert {
-                code: code("module-missing"),
-                port: None,
-                message: ukey_protocol::fit_text(
-                    &format!(
-                        "PKCS#11 module {} cannot be loaded: {reason}",
-                        path.display()
-                    ),
-                    512,
-                ),
-            });
-        }
-        let view = self.desk_view();
-        for (key, seat) in &self.seats {
-            if let Some((job, wanted)) = wrong_token(seat, &view) {
-                alerts.push(DeskAlert {
-                    code: code("wrong-token"),
-                    port: None,
-                    message: ukey_protocol::fit_text(
-                        &format!(
-                            "token {key} is not the one job {job} waits for ({wanted}); it is left untouched"
-                        ),
-                        512,
-                    ),
-                });
-            }
-        }
-        for (port, (code_str, message)) in &self.usb_problems {
-            alerts.push(DeskAlert {
-                code: code(code_str),
-                port: Some(ukey_protocol::fit_text(port, 64)),
-                message: ukey_protocol::fit_text(message, 512),
-            });
-        }
-        alerts.extend(self.stuck_calls.alerts());
-        // Last, so that an outage with a full rack cannot crowd out the problems above; what
-        // does not fit is summed up in the last alert.
-        let overdue: Vec<(&JobId, &JobEntry)> = self
-            .jobs
-            .iter()
-            .filter(|(_, e)| e.machine.unconfirmed() == Some(true))
-            .collect();
-        let room = ukey_protocol::inventory::MAX_ALERTS.saturating_sub(alerts.len());
-        let shown = if overdue.len() > room {
-            room.saturating_sub(1)
-        } else {
-            overdue.len()
-        };
-        let t = &self.config.timeouts;
-        for (job_id, entry) in &overdue[..shown] {
-            alerts.push(DeskAlert {
-                code: code("platform-unconfirmed"),
-                port: None,
-                message: ukey_protocol::fit_text(
-                    &format!(
-                        "job {job_id}: token {} is finished (it may be taken out), but the platform has not acknowledged the {} event for over {} s; the event is sent again every {} s and the job succeeds when the platform acknowledges it",
-                        entry.machine.serial().map_or("-", |s| s.as_str()),
-                        entry.machine.current_step().map_or("last", |s| s.as_str()),
-                        t.bind_ack_secs,
-                        t.resend_secs,
-                    ),
-                    512,
-                ),
-            });
-        }
-        if shown < overdue.len() && room > 0 {
-            let rest: Vec<String> = overdue[shown..]
-                .iter()
-                .map(|(id, e)| format!("{id} ({})", e.machine.serial().map_or("-", |s| s.as_str())))
-                .collect();
-            alerts.push(DeskAlert {
-                code: code("platform-unconfirmed"),
-                port: None,
-                message: ukey_protocol::fit_text(
-                    &format!(
-                        "{} more jobs with finished tokens whose last event the platform has not acknowledged for over {} s: {}",
-                        rest.len(),
-                        t.bind_ack_secs,
-                        rest.join(", ")
-                    ),
-                    512,
-                ),
-            });
-        }
-        alerts.truncate(ukey_protocol::inventory::MAX_ALERTS);
-        alerts
     }
 }

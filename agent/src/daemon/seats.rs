@@ -155,9 +155,7 @@ impl Daemon {
         match event {
             UsbEvent::Arrived(d) => {
                 tracing::info!(port = %d.port_path, id = %d.id(), serial = ?d.serial, "Ukey plugged in");
-                if self.usb_problems.remove(&d.port_path).is_some() {
-                    self.inventory_dirty = true;
-                }
+                self.usb_problems.remove(&d.port_path);
                 if let Some(serial) = d.serial.as_ref().filter(|s| !s.is_empty()) {
                     self.usb_ids
                         .insert(serial.clone(), (d.vendor_id, d.product_id));
@@ -170,9 +168,7 @@ impl Daemon {
             }
             UsbEvent::Left(d) => {
                 tracing::info!(port = %d.port_path, id = %d.id(), "Ukey pulled out");
-                if self.usb_problems.remove(&d.port_path).is_some() {
-                    self.inventory_dirty = true;
-                }
+                self.usb_problems.remove(&d.port_path);
                 self.usb_pending.retain(|_, (port, _)| *port != d.port_path);
             }
             UsbEvent::Inaccessible { device, reason } => {
@@ -188,7 +184,6 @@ impl Daemon {
                         ),
                     ),
                 );
-                self.inventory_dirty = true;
             }
         }
     }
@@ -198,7 +193,6 @@ impl Daemon {
         let now = tokio::time::Instant::now();
         let seats = &self.seats;
         let problems = &mut self.usb_problems;
-        let mut changed = false;
         self.usb_pending.retain(|serial, (port, deadline)| {
             if let Some(seat) = seats.get(&TokenKey::Serial(serial.clone())) {
                 tracing::info!(%serial, %port, slot = seat.present.slot, "USB arrival matched to its PKCS#11 slot");
@@ -217,14 +211,10 @@ impl Daemon {
                         format!("Ukey {serial} at USB port {port} shows no PKCS#11 slot: check its model's module"),
                     ),
                 );
-                changed = true;
                 return false;
             }
             true
         });
-        if changed {
-            self.inventory_dirty = true;
-        }
     }
 
     pub(super) async fn on_scan(
@@ -278,7 +268,6 @@ impl Daemon {
                         };
                         self.seats
                             .insert(key.clone(), Seat::new(module, present, state));
-                        self.inventory_dirty = true;
                         self.observe(key.clone());
                     }
                 }
@@ -298,7 +287,6 @@ impl Daemon {
         for key in gone {
             if let Some(seat) = self.seats.remove(&key) {
                 tracing::info!(token = %key, job = ?seat.job.as_ref().map(|j| j.as_str()), "token gone");
-                self.inventory_dirty = true;
             }
         }
         self.resume_jobs_on_present_tokens().await?;
@@ -340,13 +328,11 @@ impl Daemon {
         seat.observation += 1;
         if seat.job.is_none() && seat.state != TokenState::Damaged {
             seat.state = TokenState::Damaged;
-            self.inventory_dirty = true;
         }
         let damage = crate::desk::damage(&error);
         if seat.damage.as_ref() != Some(&damage) {
             tracing::warn!(token = %key, slot, job = ?seat.job.as_ref().map(|j| j.as_str()), error = %error, "token cannot be read: shown as damaged, no job is taken on it");
             seat.damage = Some(damage);
-            self.inventory_dirty = true;
         }
         key
     }
@@ -436,7 +422,6 @@ impl Daemon {
                     Some(Instant::now() + crate::desk::reread_delay(scan, seat.failed_readings));
             }
         }
-        self.inventory_dirty = true;
         if let Some(seat) = self.seats.get(&key)
             && let Some((job, wanted)) = self.wrong_token_now(seat)
         {

@@ -46,6 +46,7 @@ fn error_code_literals_are_valid() {
         include_str!("../job.rs"),
         include_str!("../steps.rs"),
         include_str!("../daemon/admission.rs"),
+        include_str!("../daemon/inventory.rs"),
         include_str!("../daemon/reports.rs"),
         include_str!("../daemon/runner.rs"),
         include_str!("../stuck.rs"),

@@ -33,7 +33,7 @@ pub(super) async fn ack(message: Incoming) {
 #[derive(Debug)]
 pub(super) enum Admission {
     /// A verified job, new to this station: journal and queue it.
-    Accept(JobDocument),
+    Accept(Box<JobDocument>),
     /// A redelivery of a job known here (same job id, same nonce): nothing to do.
     Duplicate(JobId),
     /// An unverifiable message that reuses a known job id: logged, never reported as that
@@ -91,7 +91,7 @@ pub(super) fn admit<'a>(
         .verify(keyring, station, now)
         .and_then(|doc| check_nonce(&doc, seen).map(|()| doc));
     match (verified, unverified) {
-        (Ok(doc), _) => Admission::Accept(doc),
+        (Ok(doc), _) => Admission::Accept(Box::new(doc)),
         (Err(e), Ok(unverified)) => Admission::Reject {
             job_id: unverified.job_id,
             code: rejection_code(&e),
@@ -166,7 +166,7 @@ impl Daemon {
             now_utc(),
         );
         let doc = match admission {
-            Admission::Accept(doc) => doc,
+            Admission::Accept(doc) => *doc,
             Admission::Duplicate(job_id) => {
                 tracing::info!(job = %job_id, "duplicate delivery of a known job ignored");
                 ack(message).await;

@@ -7,7 +7,7 @@
 //! What this module does not do: write records (feeding a job does, see `jobs`), or decide
 //! what compaction keeps (`compaction`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -19,12 +19,14 @@ use ukey_protocol::job::{JobDocument, JobKind};
 use ukey_protocol::signed::JobEnvelope;
 
 use crate::desk::TokenKey;
+use crate::job::Report;
 use crate::job::{Action, Input, JobMachine, JobState, Timer};
 use crate::steps::Pins;
-use crate::trust::Sealed;
+use crate::trust::{JournalKey, Sealed};
 
 use super::compaction::{FinishedJob, compacted};
 use super::jobs::{JobEntry, Waiting, reports_of};
+use super::sink::step_event;
 use super::{Daemon, DaemonError, now_utc};
 
 /// One journal record. Job content is encrypted with the journal key (see the module docs).
@@ -77,95 +79,185 @@ impl RecordKind {
     }
 }
 
+/// What the journal's records rebuild (see [`replayed`]).
+#[derive(Default)]
+pub(super) struct Replayed {
+    /// Every job the records name, as its last record left it.
+    pub(super) jobs: BTreeMap<JobId, JobEntry>,
+    /// Finished jobs known by their `Done` records.
+    pub(super) finished: BTreeMap<JobId, FinishedJob>,
+    /// Every nonce accepted.
+    pub(super) nonces: BTreeSet<Nonce>,
+    /// Lost tokens named by accepted `replace` jobs (trimmed serials).
+    pub(super) revoked: BTreeSet<String>,
+    /// Jobs in the order they were accepted: the queue keeps it across a restart.
+    pub(super) accepted_order: Vec<JobId>,
+    /// Per job, the events of its last journaled record: pushed to the outbox again.
+    pub(super) last_events: BTreeMap<JobId, Vec<StepEvent>>,
+}
+
+/// Rebuilds the jobs from the journal's records (pure but for the decryption): each job's
+/// machine is fed its inputs again, which makes the same events (ids included) at the
+/// records' times. A record that cannot be opened stops the replay: the journal is not this
+/// station's, or it was tampered with.
+pub(super) fn replayed(records: Vec<Record>, key: &JournalKey) -> Result<Replayed, DaemonError> {
+    let mut r = Replayed::default();
+    for record in records {
+        match record {
+            Record::Job { job_id, envelope } => {
+                r.accepted_order.push(job_id.clone());
+                let doc = open_job(key, &job_id, &envelope)?;
+                r.nonces.insert(doc.nonce.clone());
+                // The lost token of a replacement stays revoked even if its own record
+                // never reached the journal.
+                if doc.kind == JobKind::Replace
+                    && let Some(old) = &doc.old_token_serial
+                {
+                    r.revoked.insert(old.as_str().trim().to_owned());
+                }
+                let machine = JobMachine::new(job_id.clone(), doc.kind, doc.rekey);
+                let mut entry = JobEntry::new(Arc::new(doc), machine);
+                entry.records = 1;
+                // The `queued` event was made at acceptance; replaying keeps the seq.
+                let accepted = entry.machine.accepted();
+                r.jobs.insert(job_id.clone(), entry);
+                let events = events_of(
+                    r.jobs.get(&job_id),
+                    &job_id,
+                    reports_of(vec![accepted]),
+                    now_utc(),
+                );
+                r.last_events.insert(job_id, events);
+            }
+            Record::Pins { job_id, pins } => {
+                let bytes = open_record(key, &job_id, RecordKind::Pins, &pins)?;
+                let opened = Pins::from_bytes(&bytes).map_err(DaemonError::Journal)?;
+                if let Some(entry) = r.jobs.get_mut(&job_id) {
+                    entry.pins = Some(Arc::new(opened));
+                    entry.records += 1;
+                }
+            }
+            Record::Input { job_id, at, input } => {
+                let input: Input = open_json(key, &job_id, RecordKind::Input, &input)?;
+                let Some(entry) = r.jobs.get_mut(&job_id) else {
+                    continue;
+                };
+                entry.records += 1;
+                if let Input::CertificatesArrived { bundle } = &input {
+                    entry.certs = Some(bundle.clone());
+                }
+                // Inputs were valid when journaled; an error here means the journal
+                // is from another version: log and go on with the rest.
+                let actions = match entry.machine.on(input) {
+                    Ok(actions) => actions,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "journal input not applicable on replay");
+                        continue;
+                    }
+                };
+                // Events as they were made: at the record's time, a step's end with the
+                // time its start was journaled.
+                let events = events_of(
+                    r.jobs.get(&job_id),
+                    &job_id,
+                    reports_of(actions.clone()),
+                    at,
+                );
+                r.last_events.insert(job_id.clone(), events);
+                if let Some(entry) = r.jobs.get_mut(&job_id) {
+                    for action in &actions {
+                        if let Action::Execute(step) = action {
+                            entry.step_started = Some((*step, at));
+                        }
+                    }
+                }
+            }
+            Record::Csr { job_id, bundle } => {
+                let bundle = open_json(key, &job_id, RecordKind::Csr, &bundle)?;
+                if let Some(entry) = r.jobs.get_mut(&job_id) {
+                    entry.csr = Some(bundle);
+                    entry.records += 1;
+                }
+            }
+            Record::Done {
+                job_id,
+                nonce,
+                expires_at,
+            } => {
+                r.nonces.insert(nonce.clone());
+                r.finished.insert(job_id, FinishedJob { nonce, expires_at });
+            }
+            Record::Revoked { serial } => {
+                r.revoked.insert(serial.as_str().trim().to_owned());
+            }
+        }
+    }
+    Ok(r)
+}
+
+/// The events of `reports`, made at `at` (a replay re-makes them as they were); a step's
+/// end carries the time its start was journaled (`entry`'s).
+fn events_of(
+    entry: Option<&JobEntry>,
+    job_id: &JobId,
+    reports: Vec<Report>,
+    at: OffsetDateTime,
+) -> Vec<StepEvent> {
+    let started = entry.and_then(|e| e.step_started);
+    reports
+        .iter()
+        .map(|report| step_event(job_id, report, started, at))
+        .collect()
+}
+
+/// Opens a record's content sealed for `job_id` and `kind`.
+fn open_record(
+    key: &JournalKey,
+    job_id: &JobId,
+    kind: RecordKind,
+    sealed: &Sealed,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, DaemonError> {
+    key.open(&kind.context(job_id), sealed)
+        .map_err(DaemonError::Journal)
+}
+
+/// Opens a record's JSON content sealed for `job_id` and `kind`.
+fn open_json<T: serde::de::DeserializeOwned>(
+    key: &JournalKey,
+    job_id: &JobId,
+    kind: RecordKind,
+    sealed: &Sealed,
+) -> Result<T, DaemonError> {
+    let bytes = open_record(key, job_id, kind, sealed)?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| DaemonError::Journal(format!("{}: {e}", kind.context(job_id))))
+}
+
+/// Opens a `Job` record: the job's signed envelope, verified when it was accepted.
+fn open_job(key: &JournalKey, job_id: &JobId, sealed: &Sealed) -> Result<JobDocument, DaemonError> {
+    let bytes = key
+        .open(job_id.as_str(), sealed)
+        .map_err(DaemonError::Journal)?;
+    let envelope = JobEnvelope::decode(&bytes).map_err(|e| DaemonError::Journal(e.to_string()))?;
+    JobDocument::decode(envelope.job_bytes()).map_err(|e| DaemonError::Journal(e.to_string()))
+}
+
 impl Daemon {
     /// Rebuilds every job from the journal, then compacts it.
     pub(super) async fn replay(&mut self) -> Result<(), DaemonError> {
         let records = self.journal.replay()?;
-        // Per job, the events of its last journaled record: pushed to the outbox again.
-        let mut last_events: BTreeMap<JobId, Vec<StepEvent>> = BTreeMap::new();
-        // Jobs in the order they were accepted: the queue keeps it across a restart.
-        let mut accepted_order: Vec<JobId> = Vec::new();
-        for record in records {
-            match record {
-                Record::Job { job_id, envelope } => {
-                    accepted_order.push(job_id.clone());
-                    let doc = self.open_job(&job_id, &envelope)?;
-                    self.nonces.insert(doc.nonce.clone());
-                    // The lost token of a replacement stays revoked even if its own record
-                    // never reached the journal.
-                    if doc.kind == JobKind::Replace
-                        && let Some(old) = &doc.old_token_serial
-                    {
-                        self.revoked.insert(old.as_str().trim().to_owned());
-                    }
-                    let machine = JobMachine::new(job_id.clone(), doc.kind, doc.rekey);
-                    let mut entry = JobEntry::new(Arc::new(doc), machine);
-                    entry.records = 1;
-                    // The `queued` event was made at acceptance; replaying keeps the seq.
-                    let accepted = entry.machine.accepted();
-                    self.jobs.insert(job_id.clone(), entry);
-                    let events = self.events_of(&job_id, reports_of(vec![accepted]), now_utc());
-                    last_events.insert(job_id, events);
-                }
-                Record::Pins { job_id, pins } => {
-                    let bytes = self.open_record(&job_id, RecordKind::Pins, &pins)?;
-                    let opened = Pins::from_bytes(&bytes).map_err(DaemonError::Journal)?;
-                    if let Some(entry) = self.jobs.get_mut(&job_id) {
-                        entry.pins = Some(Arc::new(opened));
-                        entry.records += 1;
-                    }
-                }
-                Record::Input { job_id, at, input } => {
-                    let input: Input = self.open_json(&job_id, RecordKind::Input, &input)?;
-                    let Some(entry) = self.jobs.get_mut(&job_id) else {
-                        continue;
-                    };
-                    entry.records += 1;
-                    if let Input::CertificatesArrived { bundle } = &input {
-                        entry.certs = Some(bundle.clone());
-                    }
-                    // Inputs were valid when journaled; an error here means the journal
-                    // is from another version: log and go on with the rest.
-                    let actions = match entry.machine.on(input) {
-                        Ok(actions) => actions,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "journal input not applicable on replay");
-                            continue;
-                        }
-                    };
-                    // Events as they were made: at the record's time, a step's end with the
-                    // time its start was journaled.
-                    let events = self.events_of(&job_id, reports_of(actions.clone()), at);
-                    last_events.insert(job_id.clone(), events);
-                    if let Some(entry) = self.jobs.get_mut(&job_id) {
-                        for action in &actions {
-                            if let Action::Execute(step) = action {
-                                entry.step_started = Some((*step, at));
-                            }
-                        }
-                    }
-                }
-                Record::Csr { job_id, bundle } => {
-                    let bundle = self.open_json(&job_id, RecordKind::Csr, &bundle)?;
-                    if let Some(entry) = self.jobs.get_mut(&job_id) {
-                        entry.csr = Some(bundle);
-                        entry.records += 1;
-                    }
-                }
-                Record::Done {
-                    job_id,
-                    nonce,
-                    expires_at,
-                } => {
-                    self.nonces.insert(nonce.clone());
-                    self.finished
-                        .insert(job_id, FinishedJob { nonce, expires_at });
-                }
-                Record::Revoked { serial } => {
-                    self.revoked.insert(serial.as_str().trim().to_owned());
-                }
-            }
-        }
+        let Replayed {
+            jobs,
+            finished,
+            nonces,
+            revoked,
+            accepted_order,
+            last_events,
+        } = replayed(records, &self.trust.journal_key)?;
+        self.jobs = jobs;
+        self.finished = finished;
+        self.nonces = nonces;
+        self.revoked = revoked;
         for (job_id, events) in last_events {
             for event in events {
                 self.publish_replayable_event(&job_id, &event)?;
@@ -245,18 +337,6 @@ impl Daemon {
             .map_err(DaemonError::Journal)
     }
 
-    pub(super) fn open_record(
-        &self,
-        job_id: &JobId,
-        kind: RecordKind,
-        sealed: &Sealed,
-    ) -> Result<zeroize::Zeroizing<Vec<u8>>, DaemonError> {
-        self.trust
-            .journal_key
-            .open(&kind.context(job_id), sealed)
-            .map_err(DaemonError::Journal)
-    }
-
     pub(super) fn seal_json<T: Serialize>(
         &self,
         job_id: &JobId,
@@ -268,30 +348,7 @@ impl Daemon {
             .map_err(|e| DaemonError::Journal(format!("{}: {e}", kind.context(job_id))))?;
         self.seal_record(job_id, kind, &bytes)
     }
-
-    pub(super) fn open_json<T: serde::de::DeserializeOwned>(
-        &self,
-        job_id: &JobId,
-        kind: RecordKind,
-        sealed: &Sealed,
-    ) -> Result<T, DaemonError> {
-        let bytes = self.open_record(job_id, kind, sealed)?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| DaemonError::Journal(format!("{}: {e}", kind.context(job_id))))
-    }
-
-    pub(super) fn open_job(
-        &self,
-        job_id: &JobId,
-        sealed: &Sealed,
-    ) -> Result<JobDocument, DaemonError> {
-        let bytes = self
-            .trust
-            .journal_key
-            .open(job_id.as_str(), sealed)
-            .map_err(DaemonError::Journal)?;
-        let envelope =
-            JobEnvelope::decode(&bytes).map_err(|e| DaemonError::Journal(e.to_string()))?;
-        JobDocument::decode(envelope.job_bytes()).map_err(|e| DaemonError::Journal(e.to_string()))
-    }
 }
+
+#[cfg(test)]
+mod tests;

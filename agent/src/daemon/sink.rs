@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 use ukey_protocol::bundle::CsrBundle;
-use ukey_protocol::event::StepEvent;
+use ukey_protocol::event::{Step, StepEvent};
 use ukey_protocol::ids::JobId;
 use ukey_protocol::{Message, V1};
 
@@ -16,6 +16,31 @@ use crate::job::{Action, JobState, Report};
 use crate::outbox::OutboxEntry;
 
 use super::{Daemon, DaemonError, now_utc};
+
+/// The step event of a job's `report`, made at `at`; a step's end carries its start time
+/// when `started` is that step's start.
+pub(super) fn step_event(
+    job_id: &JobId,
+    report: &Report,
+    started: Option<(Step, OffsetDateTime)>,
+    at: OffsetDateTime,
+) -> StepEvent {
+    StepEvent {
+        v: V1,
+        event_id: report.event_id.clone(),
+        job_id: job_id.clone(),
+        seq: report.seq,
+        step: report.step,
+        state: report.state,
+        token_serial: report.token_serial.clone(),
+        error: report.error.clone(),
+        data: report.data.clone(),
+        started_at: started
+            .filter(|(step, _)| *step == report.step)
+            .map(|(_, at)| at),
+        at,
+    }
+}
 
 impl Daemon {
     pub(super) async fn perform_reports(
@@ -32,42 +57,10 @@ impl Daemon {
         Ok(())
     }
 
-    /// The events of `reports`, made at `at` (a replay re-makes them as they were).
-    pub(super) fn events_of(
-        &self,
-        job_id: &JobId,
-        reports: Vec<Report>,
-        at: OffsetDateTime,
-    ) -> Vec<StepEvent> {
-        reports
-            .iter()
-            .map(|report| StepEvent {
-                at,
-                ..self.event_from(job_id, report)
-            })
-            .collect()
-    }
-
+    /// The step event of `report`, made now.
     pub(super) fn event_from(&self, job_id: &JobId, report: &Report) -> StepEvent {
-        let started_at = self
-            .jobs
-            .get(job_id)
-            .and_then(|e| e.step_started)
-            .filter(|(step, _)| *step == report.step)
-            .map(|(_, at)| at);
-        StepEvent {
-            v: V1,
-            event_id: report.event_id.clone(),
-            job_id: job_id.clone(),
-            seq: report.seq,
-            step: report.step,
-            state: report.state,
-            token_serial: report.token_serial.clone(),
-            error: report.error.clone(),
-            data: report.data.clone(),
-            started_at,
-            at: now_utc(),
-        }
+        let started = self.jobs.get(job_id).and_then(|e| e.step_started);
+        step_event(job_id, report, started, now_utc())
     }
 
     /// Publishes an event that nothing in the journal can make again (a rejection): it is

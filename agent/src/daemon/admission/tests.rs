@@ -65,7 +65,7 @@ fn rejected_with(admission: Admission) -> (String, &'static str) {
 fn a_good_job_is_accepted() {
     let doc = job("new", "j-good");
     match decide(&signed(&doc, &key(7)), &BTreeSet::new(), NOW) {
-        Admission::Accept(accepted) => assert_eq!(accepted, doc),
+        Admission::Accept(accepted) => assert_eq!(*accepted, doc),
         other => panic!("expected acceptance, got {other:?}"),
     }
 }

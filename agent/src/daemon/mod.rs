@@ -279,8 +279,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     // once, changes in a burst (a busy desk) go out together, the newest state at most
     // `INVENTORY_EVERY` later.
     let now = tokio::time::Instant::now();
-    let mut inventory_sent = now.checked_sub(INVENTORY_EVERY).unwrap_or(now);
-    // The state changed since the last inventory, which waits for `INVENTORY_EVERY` to pass.
+    let mut inventory_checked = now.checked_sub(INVENTORY_EVERY).unwrap_or(now);
+    // Something happened since the last check: the next one is due `INVENTORY_EVERY` after it
+    // (the inventory is built at most that often, not on every event of a busy desk).
     let mut inventory_waiting = false;
     let mut calls_tick = tokio::time::interval(daemon.stuck_calls.check_every());
     calls_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -333,14 +334,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
                 daemon.write_status();
             }
             _ = calls_tick.tick() => daemon.check_token_calls(),
-            _ = tokio::time::sleep_until(inventory_sent + INVENTORY_EVERY), if inventory_waiting => {}
+            _ = tokio::time::sleep_until(inventory_checked + INVENTORY_EVERY), if inventory_waiting => {}
         }
-        let report = daemon.desk_report();
-        inventory_waiting = daemon.inventory_changed(&report);
-        if inventory_waiting && inventory_sent.elapsed() >= INVENTORY_EVERY {
-            daemon.publish_inventory(report);
-            inventory_sent = tokio::time::Instant::now();
-            inventory_waiting = false;
+        inventory_waiting = inventory_checked.elapsed() < INVENTORY_EVERY;
+        if !inventory_waiting {
+            inventory_checked = tokio::time::Instant::now();
+            let report = daemon.desk_report();
+            if daemon.inventory_changed(&report) {
+                daemon.publish_inventory(report);
+            }
         }
         daemon.update_lights();
     }

@@ -30,7 +30,8 @@ use time::OffsetDateTime;
 use ukey_protocol::ids::{JobId, Nonce};
 use ukey_protocol::job::JobDocument;
 
-use super::{Daemon, DaemonError, Record, now_utc};
+use super::records::Record;
+use super::{Daemon, DaemonError, now_utc};
 
 /// A finished job, as far as a redelivery of it needs to be recognised.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,282 @@
+//! Admission: the platform's messages routed by topic, and a job document verified,
+//! de-duplicated, journaled and queued, or rejected with an event that says why.
+//!
+//! What this module does not do: run or claim jobs (`claims`), or feed accepted ones (`jobs`).
+
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use ukey_protocol::ProtocolError;
+use ukey_protocol::event::{ExecutionState, Step, StepError, StepEvent};
+use ukey_protocol::ids::{EventId, JobId, Nonce, StationId};
+use ukey_protocol::job::JobDocument;
+use ukey_protocol::signed::{JobEnvelope, JobKeyring, NonceSet, check_nonce};
+use ukey_protocol::topic::Topic;
+use ukey_protocol::{Message, V1};
+
+use crate::job::{JobMachine, Timer, code};
+use crate::link::Incoming;
+
+use super::jobs::{JobEntry, Waiting};
+use super::records::Record;
+use super::{Daemon, DaemonError, now_utc};
+
+/// Acknowledges a message to the broker (after what it asked for is durable).
+pub(super) async fn ack(message: Incoming) {
+    if let Err(e) = message.ack().await {
+        tracing::debug!(error = %e, "broker acknowledgement not sent (link stopping)");
+    }
+}
+
+/// What admission decided about a job message (see [`admit`]).
+#[derive(Debug)]
+pub(super) enum Admission {
+    /// A verified job, new to this station: journal and queue it.
+    Accept(Box<JobDocument>),
+    /// A redelivery of a job known here (same job id, same nonce): nothing to do.
+    Duplicate(JobId),
+    /// An unverifiable message that reuses a known job id: logged, never reported as that
+    /// job's event (only the platform may speak on a real job's topic).
+    ForgedReuse {
+        /// The job id it reuses.
+        job_id: JobId,
+        /// Why it does not verify.
+        error: ProtocolError,
+    },
+    /// Refused: reported to the platform as the job's `rejected` event.
+    Reject {
+        /// The job refused.
+        job_id: JobId,
+        /// The event's error code.
+        code: &'static str,
+        /// Why, for the event's message.
+        reason: String,
+    },
+    /// Unverifiable and without a readable job id: there is no job to report on.
+    Unreadable(ProtocolError),
+}
+
+/// Decides about a job message (pure): `known` gives the nonce of a job this station knows
+/// (running or finished) by its id, `seen` the nonces accepted before.
+///
+/// A redelivery is recognised by job id first, before the nonce check that would call it a
+/// replay. A different job under a known id is rejected only when it verifies.
+pub(super) fn admit<'a>(
+    envelope: &JobEnvelope,
+    known: impl Fn(&JobId) -> Option<&'a Nonce>,
+    keyring: &JobKeyring,
+    station: &StationId,
+    seen: &impl NonceSet,
+    now: OffsetDateTime,
+) -> Admission {
+    let unverified = JobDocument::decode(envelope.job_bytes());
+    if let Ok(unverified) = &unverified
+        && let Some(nonce) = known(&unverified.job_id)
+    {
+        let job_id = unverified.job_id.clone();
+        if *nonce == unverified.nonce {
+            return Admission::Duplicate(job_id);
+        }
+        return match envelope.verify(keyring, station, now) {
+            Err(error) => Admission::ForgedReuse { job_id, error },
+            Ok(_) => Admission::Reject {
+                job_id,
+                code: "duplicate-job-id",
+                reason: "a different job with this job id was accepted before".into(),
+            },
+        };
+    }
+    let verified = envelope
+        .verify(keyring, station, now)
+        .and_then(|doc| check_nonce(&doc, seen).map(|()| doc));
+    match (verified, unverified) {
+        (Ok(doc), _) => Admission::Accept(Box::new(doc)),
+        (Err(e), Ok(unverified)) => Admission::Reject {
+            job_id: unverified.job_id,
+            code: rejection_code(&e),
+            reason: e.to_string(),
+        },
+        (Err(e), Err(_)) => Admission::Unreadable(e),
+    }
+}
+
+/// The rejection event's code for a job that does not verify.
+pub(super) fn rejection_code(e: &ukey_protocol::ProtocolError) -> &'static str {
+    use ukey_protocol::ProtocolError as P;
+    match e {
+        P::UnknownKeyId { .. } | P::BadSignature { .. } | P::SignatureAlgorithmMismatch { .. } => {
+            "bad-signature"
+        }
+        P::WrongStation { .. } => "wrong-station",
+        P::Expired { .. } => "expired",
+        P::NotYetValid { .. } => "not-yet-valid",
+        P::Replay { .. } => "replayed-nonce",
+        _ => "invalid-job",
+    }
+}
+
+impl Daemon {
+    /// Routes a message from the platform by its topic.
+    pub(super) async fn on_message(&mut self, message: Incoming) -> Result<(), DaemonError> {
+        let topic = match self.topics.parse(message.topic()) {
+            Ok(topic) => topic,
+            Err(e) => {
+                tracing::warn!(topic = message.topic(), error = %e, "message on an unexpected topic ignored");
+                ack(message).await;
+                return Ok(());
+            }
+        };
+        match topic {
+            Topic::Jobs => self.on_job(message).await,
+            Topic::JobCerts(job_id) => self.on_certs(job_id, message).await,
+            Topic::JobCancel(job_id) => self.on_cancel(job_id, message).await,
+            Topic::Acks => self.on_ack(message).await,
+            other => {
+                tracing::debug!(topic = ?other, "message not for the station ignored");
+                ack(message).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// A job document: verify, de-duplicate, journal, then acknowledge to the broker.
+    pub(super) async fn on_job(&mut self, message: Incoming) -> Result<(), DaemonError> {
+        let envelope = match JobEnvelope::decode(message.payload()) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                // Without a readable job id there is no job to report on: log and drop.
+                tracing::warn!(error = %e, "malformed job message dropped");
+                ack(message).await;
+                return Ok(());
+            }
+        };
+        let known = |id: &JobId| {
+            self.jobs
+                .get(id)
+                .map(|e| &e.doc.nonce)
+                .or_else(|| self.finished.get(id).map(|f| &f.nonce))
+        };
+        let admission = admit(
+            &envelope,
+            known,
+            &self.trust.keyring,
+            &self.station,
+            &self.nonces,
+            now_utc(),
+        );
+        let doc = match admission {
+            Admission::Accept(doc) => *doc,
+            Admission::Duplicate(job_id) => {
+                tracing::info!(job = %job_id, "duplicate delivery of a known job ignored");
+                ack(message).await;
+                return Ok(());
+            }
+            Admission::ForgedReuse { job_id, error } => {
+                // Only the platform may speak on a real job's topic: an unverifiable message
+                // that reuses a known job id is logged, never reported as that job's event.
+                tracing::warn!(job = %job_id, error = %error, "unverifiable message reusing a known job id ignored");
+                ack(message).await;
+                return Ok(());
+            }
+            Admission::Reject {
+                job_id,
+                code,
+                reason,
+            } => {
+                self.reject(&job_id, &envelope, code, &reason).await?;
+                ack(message).await;
+                return Ok(());
+            }
+            Admission::Unreadable(error) => {
+                tracing::warn!(error = %error, "unverifiable job without a job id dropped");
+                ack(message).await;
+                return Ok(());
+            }
+        };
+        let envelope_bytes = envelope
+            .encode()
+            .map_err(|e| DaemonError::Journal(e.to_string()))?;
+        let sealed = self
+            .trust
+            .journal_key
+            .seal(doc.job_id.as_str(), &envelope_bytes)
+            .map_err(DaemonError::Journal)?;
+        let job_id = doc.job_id.clone();
+        let mut machine = JobMachine::new(job_id.clone(), doc.kind, doc.rekey);
+        let first = machine.accepted();
+        // Order: the job to the journal, its `queued` event to the outbox (re-made from the
+        // journal after a crash), then the broker's ack (a crash before it: the broker
+        // delivers the job again, a known duplicate).
+        let mut records = vec![Record::Job {
+            job_id: job_id.clone(),
+            envelope: sealed,
+        }];
+        let newly_revoked = doc
+            .old_token_serial
+            .as_ref()
+            .filter(|old| !self.revoked.contains(old.as_str().trim()));
+        if let Some(old) = newly_revoked {
+            records.push(Record::Revoked {
+                serial: old.clone(),
+            });
+        }
+        self.journal.append_all(&records)?;
+        self.perform_reports(&job_id, std::slice::from_ref(&first))
+            .await?;
+        if let Some(old) = newly_revoked {
+            self.revoked.insert(old.as_str().trim().to_owned());
+            self.mark_revoked(old.as_str().trim());
+        }
+        ack(message).await;
+        tracing::info!(job = %job_id, kind = %doc.kind, order = %doc.order_number, "job accepted");
+        self.nonces.insert(doc.nonce.clone());
+        let targeted = machine.is_targeted();
+        let mut entry = JobEntry::new(Arc::new(doc), machine);
+        // The `Job` record (a `Revoked` one is nobody's: compaction keeps it).
+        entry.records = 1;
+        self.jobs.insert(job_id.clone(), entry);
+        if targeted {
+            self.arm(&job_id, Timer::TargetToken);
+        }
+        if let Some(entry) = self.jobs.get(&job_id) {
+            self.queue.push_back(Waiting::of(&job_id, entry));
+        }
+        self.try_claim_all().await
+    }
+
+    pub(super) async fn reject(
+        &mut self,
+        job_id: &JobId,
+        envelope: &JobEnvelope,
+        code_str: &'static str,
+        reason: &str,
+    ) -> Result<(), DaemonError> {
+        tracing::warn!(job = %job_id, code = code_str, %reason, "job rejected");
+        // The id derives from the message, so a redelivered bad job is one event, not many.
+        let digest = Sha256::digest(envelope.job_bytes());
+        let event_id = EventId::new(format!("r{}", hex::encode(&digest[..16])))
+            .map_err(|e| DaemonError::Journal(e.to_string()))?;
+        let event = StepEvent {
+            v: V1,
+            event_id: event_id.clone(),
+            job_id: job_id.clone(),
+            seq: 1,
+            step: Step::Receive,
+            state: ExecutionState::Rejected,
+            token_serial: None,
+            error: Some(StepError {
+                code: code(code_str),
+                message: ukey_protocol::fit_text(reason, 512),
+                retryable: false,
+            }),
+            data: None,
+            started_at: None,
+            at: now_utc(),
+        };
+        self.publish_event(job_id, &event).await
+    }
+}
+
+#[cfg(test)]
+mod tests;

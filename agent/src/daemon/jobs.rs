@@ -1,0 +1,296 @@
+//! The job table and its queue: what the daemon knows of each job, and feeding a job's
+//! machine an input (journal, outbox, then the other actions). Certificate responses,
+//! cancels and the platform's acknowledgements arrive here as inputs.
+//!
+//! What this module does not do: decide the next step (the job machine), publish events
+//! (`sink`), or start steps (`runner`).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+use ukey_protocol::Message;
+use ukey_protocol::ack::Ack;
+use ukey_protocol::bundle::{CertBundle, CertOutcome, CertResponse, CsrBundle};
+use ukey_protocol::cancel::Cancel;
+use ukey_protocol::event::{ExecutionState, Step};
+use ukey_protocol::ids::{EventId, JobId, TokenSerial};
+use ukey_protocol::job::JobDocument;
+
+use crate::certs::VerifiedCertificate;
+use crate::desk::TokenKey;
+use crate::job::{Action, Input, JobMachine, JobState, Report};
+use crate::link::Incoming;
+use crate::steps::Pins;
+
+use super::admission::ack;
+use super::compaction::FinishedJob;
+use super::records::{Record, RecordKind};
+use super::{Daemon, DaemonError, now_utc};
+
+/// A job the daemon knows.
+pub(super) struct JobEntry {
+    pub(super) doc: Arc<JobDocument>,
+    pub(super) machine: JobMachine,
+    pub(super) pins: Option<Arc<Pins>>,
+    pub(super) csr: Option<CsrBundle>,
+    /// When the CSR bundle was last published: unanswered, it is published again.
+    pub(super) csr_sent: Option<tokio::time::Instant>,
+    pub(super) certs: Option<CertBundle>,
+    pub(super) verified: Option<Arc<Vec<VerifiedCertificate>>>,
+    /// The desk key of the token it works on.
+    pub(super) token: Option<TokenKey>,
+    /// A step is running on the token.
+    pub(super) running: bool,
+    /// The step last started and when: its end's event carries the start time.
+    pub(super) step_started: Option<(Step, OffsetDateTime)>,
+    /// How many journal records are this job's: dead weight once it finished.
+    pub(super) records: usize,
+}
+
+impl JobEntry {
+    pub(super) fn new(doc: Arc<JobDocument>, machine: JobMachine) -> JobEntry {
+        JobEntry {
+            doc,
+            machine,
+            pins: None,
+            csr: None,
+            csr_sent: None,
+            certs: None,
+            verified: None,
+            token: None,
+            running: false,
+            step_started: None,
+            records: 0,
+        }
+    }
+}
+
+/// A job in the queue, waiting for a token.
+#[derive(Debug)]
+pub(super) struct Waiting {
+    pub(super) job: JobId,
+    /// The token it names (`renew`, `change`, `unlock`), or `None` for any blank one.
+    pub(super) target: Option<TokenSerial>,
+}
+
+impl Waiting {
+    pub(super) fn of(job: &JobId, entry: &JobEntry) -> Waiting {
+        Waiting {
+            job: job.clone(),
+            target: entry.doc.target_token_serial.clone(),
+        }
+    }
+}
+
+/// Whether the platform gives `input` again when the agent loses it, so that its journal
+/// record needs no fsync of its own (the job's next fsync'd record, or any later fsync,
+/// makes it durable). A certificate response lost in a power loss leaves the job waiting
+/// for certificates: the agent sends its CSR bundle again and the platform answers it the
+/// same way. A lost final acknowledgement leaves the job waiting for it: its `bind` event is
+/// sent again (from the outbox, or re-made from the journal) and acknowledged again.
+pub(super) fn platform_repeats(input: &Input) -> bool {
+    matches!(
+        input,
+        Input::CertificatesArrived { .. }
+            | Input::CertificatesRejected { .. }
+            | Input::FinalAcknowledged
+    )
+}
+
+/// The step events among `actions`.
+pub(super) fn reports_of(actions: Vec<Action>) -> Vec<Report> {
+    actions
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Report(report) => Some(*report),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Daemon {
+    pub(super) async fn on_certs(
+        &mut self,
+        job_id: JobId,
+        message: Incoming,
+    ) -> Result<(), DaemonError> {
+        let response = match CertResponse::decode(message.payload()) {
+            Ok(r) if r.job_id == job_id => r,
+            Ok(_) => {
+                tracing::warn!(job = %job_id, "certificate response for another job on this topic ignored");
+                ack(message).await;
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(job = %job_id, error = %e, "malformed certificate response ignored");
+                ack(message).await;
+                return Ok(());
+            }
+        };
+        let waiting = self
+            .jobs
+            .get(&job_id)
+            .is_some_and(|e| matches!(e.machine.state(), JobState::AwaitingCertificates { .. }));
+        if !waiting {
+            tracing::info!(job = %job_id, "certificate response while not waiting for one ignored");
+            ack(message).await;
+            return Ok(());
+        }
+        let input = match response.outcome {
+            CertOutcome::Issued(bundle) => {
+                if let Some(entry) = self.jobs.get_mut(&job_id) {
+                    entry.certs = Some(bundle.clone());
+                }
+                Input::CertificatesArrived { bundle }
+            }
+            CertOutcome::Rejected(r) => Input::CertificatesRejected {
+                reason: format!("{}: {}", r.code, r.reason),
+            },
+        };
+        self.feed(&job_id, input).await?;
+        ack(message).await;
+        Ok(())
+    }
+
+    pub(super) async fn on_cancel(
+        &mut self,
+        job_id: JobId,
+        message: Incoming,
+    ) -> Result<(), DaemonError> {
+        match Cancel::decode(message.payload()) {
+            Ok(cancel) if cancel.job_id == job_id => {
+                if self
+                    .jobs
+                    .get(&job_id)
+                    .is_some_and(|e| !e.machine.is_finished())
+                {
+                    tracing::info!(job = %job_id, "canceled by the platform");
+                    self.queue.retain(|w| w.job != job_id);
+                    self.feed(
+                        &job_id,
+                        Input::Cancel {
+                            reason: cancel.reason,
+                        },
+                    )
+                    .await?;
+                }
+            }
+            Ok(_) => tracing::warn!(job = %job_id, "cancel naming another job ignored"),
+            Err(e) => tracing::warn!(job = %job_id, error = %e, "malformed cancel ignored"),
+        }
+        ack(message).await;
+        Ok(())
+    }
+
+    pub(super) async fn on_ack(&mut self, message: Incoming) -> Result<(), DaemonError> {
+        match Ack::decode(message.payload()) {
+            Ok(a) => {
+                let ids: Vec<String> = a.event_ids.iter().map(|e| e.to_string()).collect();
+                if let Err(e) = self.link.acknowledge(ids).await {
+                    tracing::warn!(error = %e, "outbox acknowledgement failed");
+                }
+                let acked: BTreeSet<&EventId> = a.event_ids.iter().collect();
+                let waiting: Vec<JobId> = self
+                    .jobs
+                    .iter()
+                    .filter(|(_, e)| matches!(e.machine.state(), JobState::AwaitingFinalAck { event_id, .. } if acked.contains(event_id)))
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for job_id in waiting {
+                    self.feed(&job_id, Input::FinalAcknowledged).await?;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "malformed ack ignored"),
+        }
+        ack(message).await;
+        Ok(())
+    }
+
+    /// Feeds `input` to a job: journal, outbox, then the other actions.
+    pub(super) async fn feed(&mut self, job_id: &JobId, input: Input) -> Result<(), DaemonError> {
+        self.feed_with(job_id, input, Vec::new()).await
+    }
+
+    /// [`Daemon::feed`], journaling `records` in the same write and fsync, before the input.
+    pub(super) async fn feed_with(
+        &mut self,
+        job_id: &JobId,
+        input: Input,
+        mut records: Vec<Record>,
+    ) -> Result<(), DaemonError> {
+        let Some(entry) = self.jobs.get_mut(job_id) else {
+            return Ok(());
+        };
+        let actions = match entry.machine.on(input.clone()) {
+            Ok(actions) => actions,
+            Err(e) => {
+                tracing::warn!(error = %e, "input ignored");
+                return Ok(());
+            }
+        };
+        records.push(Record::Input {
+            job_id: job_id.clone(),
+            at: now_utc(),
+            input: self.seal_json(job_id, RecordKind::Input, &input)?,
+        });
+        // This record takes over from the job's last one, which alone re-makes its events
+        // after a crash: those events must be on disk first, unless already acknowledged.
+        if let Some(ids) = self.replayable.remove(job_id) {
+            self.link.make_durable(&ids)?;
+        }
+        if platform_repeats(&input) {
+            self.journal.append_all_unsynced(&records)?;
+        } else {
+            self.journal.append_all(&records)?;
+        }
+        // Every record passed to `feed_with` is this job's (PINs, a CSR bundle, the input).
+        if let Some(entry) = self.jobs.get_mut(job_id) {
+            entry.records += records.len();
+        }
+        self.perform_reports(job_id, &actions).await?;
+        for action in actions {
+            match action {
+                Action::Report(_) => {}
+                Action::Execute(step) => self.execute(job_id, step),
+                Action::Arm(timer) => self.arm(job_id, timer),
+                Action::Disarm(timer) => self.disarm(job_id, timer),
+                Action::Release => self.release(job_id),
+            }
+        }
+        let finished = self
+            .jobs
+            .get(job_id)
+            .is_some_and(|e| e.machine.is_finished());
+        if finished && let Some(entry) = self.jobs.remove(job_id) {
+            let state = match entry.machine.state() {
+                JobState::Finished(s) => *s,
+                _ => ExecutionState::Failed,
+            };
+            let token = entry.token.as_ref().map(tracing::field::display);
+            tracing::info!(job = %job_id, token, state = %state, "job finished");
+            // No record follows a finished job's last one until a compaction drops them all,
+            // which makes the outbox durable first (`compact_if_due`).
+            self.replayable.remove(job_id);
+            // One that ended while queued (expired, timed out waiting for its token).
+            self.queue.retain(|w| w.job != *job_id);
+            self.dead_records += entry.records;
+            self.timers.disarm_all(job_id);
+            if let Some(seat) = entry.token.as_ref().and_then(|k| self.seats.get_mut(k)) {
+                seat.outcome = Some(state);
+                seat.acknowledged = false;
+            }
+            // A job that ended before its claim took effect (canceled, timed out) had no
+            // `Release`: free whatever token still names it.
+            for seat in self.seats.values_mut() {
+                if seat.job.as_ref() == Some(job_id) {
+                    seat.job = None;
+                }
+            }
+            self.finished
+                .insert(job_id.clone(), FinishedJob::of(&entry.doc));
+            self.compact_if_due()?;
+        }
+        self.try_claim_all().await
+    }
+}

@@ -1,0 +1,354 @@
+//! The job journal's records: their schema, their sealing with the journal key, and the
+//! replay that rebuilds every job from them at start-up.
+//!
+//! Every record that holds job content (the document, PINs, inputs, CSR bundles) is encrypted
+//! with the journal key, bound to its job and kind; ids, serials and times are not.
+//!
+//! What this module does not do: write records (feeding a job does, see `jobs`), or decide
+//! what compaction keeps (`compaction`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use ukey_protocol::Message;
+use ukey_protocol::event::StepEvent;
+use ukey_protocol::ids::{JobId, Nonce, TokenSerial};
+use ukey_protocol::job::{JobDocument, JobKind};
+use ukey_protocol::signed::JobEnvelope;
+
+use crate::desk::TokenKey;
+use crate::job::Report;
+use crate::job::{Action, Input, JobMachine, JobState, Timer};
+use crate::steps::Pins;
+use crate::trust::{JournalKey, Sealed};
+
+use super::compaction::{FinishedJob, compacted};
+use super::jobs::{JobEntry, Waiting, reports_of};
+use super::sink::step_event;
+use super::{Daemon, DaemonError, now_utc};
+
+/// One journal record. Job content is encrypted with the journal key (see the module docs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+pub(super) enum Record {
+    /// A job was accepted: its signed envelope, encrypted with the journal key.
+    Job { job_id: JobId, envelope: Sealed },
+    /// The PINs chosen for a job's token.
+    Pins { job_id: JobId, pins: Sealed },
+    /// Something happened to a job, at `at`: the [`Input`] (which may carry a certificate
+    /// bundle, with people's names in it).
+    Input {
+        job_id: JobId,
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+        input: Sealed,
+    },
+    /// The CSR bundle sent for a job (re-sent after a restart): a [`CsrBundle`].
+    Csr { job_id: JobId, bundle: Sealed },
+    /// An accepted `replace` job names this lost token: plugged in here, it shows as
+    /// `revoked` and no job runs on it. Kept through compaction.
+    Revoked { serial: TokenSerial },
+    /// Compaction summary of a finished job: enough to recognise a redelivery.
+    Done {
+        job_id: JobId,
+        nonce: Nonce,
+        #[serde(with = "time::serde::rfc3339")]
+        expires_at: OffsetDateTime,
+    },
+}
+
+/// What an encrypted journal record holds: part of the encryption's context, so that one
+/// kind of record cannot be passed off as another, nor one job's as another's.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum RecordKind {
+    Pins,
+    Input,
+    Csr,
+}
+
+impl RecordKind {
+    pub(super) fn context(self, job_id: &JobId) -> String {
+        let kind = match self {
+            RecordKind::Pins => "pins",
+            RecordKind::Input => "input",
+            RecordKind::Csr => "csr",
+        };
+        format!("{job_id}/{kind}")
+    }
+}
+
+/// What the journal's records rebuild (see [`replayed`]).
+#[derive(Default)]
+pub(super) struct Replayed {
+    /// Every job the records name, as its last record left it.
+    pub(super) jobs: BTreeMap<JobId, JobEntry>,
+    /// Finished jobs known by their `Done` records.
+    pub(super) finished: BTreeMap<JobId, FinishedJob>,
+    /// Every nonce accepted.
+    pub(super) nonces: BTreeSet<Nonce>,
+    /// Lost tokens named by accepted `replace` jobs (trimmed serials).
+    pub(super) revoked: BTreeSet<String>,
+    /// Jobs in the order they were accepted: the queue keeps it across a restart.
+    pub(super) accepted_order: Vec<JobId>,
+    /// Per job, the events of its last journaled record: pushed to the outbox again.
+    pub(super) last_events: BTreeMap<JobId, Vec<StepEvent>>,
+}
+
+/// Rebuilds the jobs from the journal's records (pure but for the decryption): each job's
+/// machine is fed its inputs again, which makes the same events (ids included) at the
+/// records' times. A record that cannot be opened stops the replay: the journal is not this
+/// station's, or it was tampered with.
+pub(super) fn replayed(records: Vec<Record>, key: &JournalKey) -> Result<Replayed, DaemonError> {
+    let mut r = Replayed::default();
+    for record in records {
+        match record {
+            Record::Job { job_id, envelope } => {
+                r.accepted_order.push(job_id.clone());
+                let doc = open_job(key, &job_id, &envelope)?;
+                r.nonces.insert(doc.nonce.clone());
+                // The lost token of a replacement stays revoked even if its own record
+                // never reached the journal.
+                if doc.kind == JobKind::Replace
+                    && let Some(old) = &doc.old_token_serial
+                {
+                    r.revoked.insert(old.as_str().trim().to_owned());
+                }
+                let machine = JobMachine::new(job_id.clone(), doc.kind, doc.rekey);
+                let mut entry = JobEntry::new(Arc::new(doc), machine);
+                entry.records = 1;
+                // The `queued` event was made at acceptance; replaying keeps the seq.
+                let accepted = entry.machine.accepted();
+                r.jobs.insert(job_id.clone(), entry);
+                let events = events_of(
+                    r.jobs.get(&job_id),
+                    &job_id,
+                    reports_of(vec![accepted]),
+                    now_utc(),
+                );
+                r.last_events.insert(job_id, events);
+            }
+            Record::Pins { job_id, pins } => {
+                let bytes = open_record(key, &job_id, RecordKind::Pins, &pins)?;
+                let opened = Pins::from_bytes(&bytes).map_err(DaemonError::Journal)?;
+                if let Some(entry) = r.jobs.get_mut(&job_id) {
+                    entry.pins = Some(Arc::new(opened));
+                    entry.records += 1;
+                }
+            }
+            Record::Input { job_id, at, input } => {
+                let input: Input = open_json(key, &job_id, RecordKind::Input, &input)?;
+                let Some(entry) = r.jobs.get_mut(&job_id) else {
+                    continue;
+                };
+                entry.records += 1;
+                if let Input::CertificatesArrived { bundle } = &input {
+                    entry.certs = Some(bundle.clone());
+                }
+                // Inputs were valid when journaled; an error here means the journal
+                // is from another version: log and go on with the rest.
+                let actions = match entry.machine.on(input) {
+                    Ok(actions) => actions,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "journal input not applicable on replay");
+                        continue;
+                    }
+                };
+                // Events as they were made: at the record's time, a step's end with the
+                // time its start was journaled.
+                let events = events_of(
+                    r.jobs.get(&job_id),
+                    &job_id,
+                    reports_of(actions.clone()),
+                    at,
+                );
+                r.last_events.insert(job_id.clone(), events);
+                if let Some(entry) = r.jobs.get_mut(&job_id) {
+                    for action in &actions {
+                        if let Action::Execute(step) = action {
+                            entry.step_started = Some((*step, at));
+                        }
+                    }
+                }
+            }
+            Record::Csr { job_id, bundle } => {
+                let bundle = open_json(key, &job_id, RecordKind::Csr, &bundle)?;
+                if let Some(entry) = r.jobs.get_mut(&job_id) {
+                    entry.csr = Some(bundle);
+                    entry.records += 1;
+                }
+            }
+            Record::Done {
+                job_id,
+                nonce,
+                expires_at,
+            } => {
+                r.nonces.insert(nonce.clone());
+                r.finished.insert(job_id, FinishedJob { nonce, expires_at });
+            }
+            Record::Revoked { serial } => {
+                r.revoked.insert(serial.as_str().trim().to_owned());
+            }
+        }
+    }
+    Ok(r)
+}
+
+/// The events of `reports`, made at `at` (a replay re-makes them as they were); a step's
+/// end carries the time its start was journaled (`entry`'s).
+fn events_of(
+    entry: Option<&JobEntry>,
+    job_id: &JobId,
+    reports: Vec<Report>,
+    at: OffsetDateTime,
+) -> Vec<StepEvent> {
+    let started = entry.and_then(|e| e.step_started);
+    reports
+        .iter()
+        .map(|report| step_event(job_id, report, started, at))
+        .collect()
+}
+
+/// Opens a record's content sealed for `job_id` and `kind`.
+fn open_record(
+    key: &JournalKey,
+    job_id: &JobId,
+    kind: RecordKind,
+    sealed: &Sealed,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, DaemonError> {
+    key.open(&kind.context(job_id), sealed)
+        .map_err(DaemonError::Journal)
+}
+
+/// Opens a record's JSON content sealed for `job_id` and `kind`.
+fn open_json<T: serde::de::DeserializeOwned>(
+    key: &JournalKey,
+    job_id: &JobId,
+    kind: RecordKind,
+    sealed: &Sealed,
+) -> Result<T, DaemonError> {
+    let bytes = open_record(key, job_id, kind, sealed)?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| DaemonError::Journal(format!("{}: {e}", kind.context(job_id))))
+}
+
+/// Opens a `Job` record: the job's signed envelope, verified when it was accepted.
+fn open_job(key: &JournalKey, job_id: &JobId, sealed: &Sealed) -> Result<JobDocument, DaemonError> {
+    let bytes = key
+        .open(job_id.as_str(), sealed)
+        .map_err(DaemonError::Journal)?;
+    let envelope = JobEnvelope::decode(&bytes).map_err(|e| DaemonError::Journal(e.to_string()))?;
+    JobDocument::decode(envelope.job_bytes()).map_err(|e| DaemonError::Journal(e.to_string()))
+}
+
+impl Daemon {
+    /// Rebuilds every job from the journal, then compacts it.
+    pub(super) async fn replay(&mut self) -> Result<(), DaemonError> {
+        let records = self.journal.replay()?;
+        let Replayed {
+            jobs,
+            finished,
+            nonces,
+            revoked,
+            accepted_order,
+            last_events,
+        } = replayed(records, &self.trust.journal_key)?;
+        self.jobs = jobs;
+        self.finished = finished;
+        self.nonces = nonces;
+        self.revoked = revoked;
+        for (job_id, events) in last_events {
+            for event in events {
+                self.publish_replayable_event(&job_id, &event)?;
+            }
+        }
+        // Compaction below drops finished jobs' records, which could re-make their events:
+        // the outbox must hold them durably first.
+        self.link.sync_outbox()?;
+        self.replayable.clear();
+        // A step that runs again after the restart reports its own new start.
+        for entry in self.jobs.values_mut() {
+            entry.step_started = None;
+        }
+        // Compact: finished jobs shrink to a `Done` record; unfinished ones keep everything.
+        let finished: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, e)| e.machine.is_finished())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in finished {
+            if let Some(entry) = self.jobs.remove(&id) {
+                self.finished.insert(id, FinishedJob::of(&entry.doc));
+            }
+        }
+        let old = self.journal.replay()?;
+        let jobs = &self.jobs;
+        let now = now_utc();
+        let keep = compacted(old, |id| jobs.contains_key(id), &self.finished, now);
+        self.journal.rewrite(&keep)?;
+        self.dead_records = 0;
+        self.forget_expired(now);
+
+        // Resume what was waiting, oldest first.
+        for id in accepted_order {
+            let Some(entry) = self.jobs.get(&id) else {
+                continue;
+            };
+            match entry.machine.state().clone() {
+                JobState::Queued => {
+                    let waiting = Waiting::of(&id, entry);
+                    if entry.machine.is_targeted() {
+                        // The wait restarts with the agent: the platform's job expiry bounds it.
+                        self.arm(&id, Timer::TargetToken);
+                    }
+                    self.queue.push_back(waiting);
+                }
+                JobState::AwaitingCertificates { .. } => {
+                    self.send_job_csr(&id);
+                    self.arm(&id, Timer::Certificates);
+                }
+                JobState::Parked { .. } => self.arm(&id, Timer::TokenReturn),
+                JobState::AwaitingFinalAck { .. } => self.arm(&id, Timer::FinalAck),
+                // A step was running: it runs again once the token is seen (scan).
+                JobState::Running { .. } | JobState::Finished(_) => {}
+            }
+            if let Some(entry) = self.jobs.get_mut(&id) {
+                entry.token = entry
+                    .machine
+                    .serial()
+                    .map(|s| TokenKey::Serial(s.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Encrypts a record's content with the journal key, bound to its job and kind.
+    pub(super) fn seal_record(
+        &self,
+        job_id: &JobId,
+        kind: RecordKind,
+        plaintext: &[u8],
+    ) -> Result<Sealed, DaemonError> {
+        self.trust
+            .journal_key
+            .seal(&kind.context(job_id), plaintext)
+            .map_err(DaemonError::Journal)
+    }
+
+    pub(super) fn seal_json<T: Serialize>(
+        &self,
+        job_id: &JobId,
+        kind: RecordKind,
+        value: &T,
+    ) -> Result<Sealed, DaemonError> {
+        let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(512));
+        serde_json::to_writer(&mut *bytes, value)
+            .map_err(|e| DaemonError::Journal(format!("{}: {e}", kind.context(job_id))))?;
+        self.seal_record(job_id, kind, &bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests;

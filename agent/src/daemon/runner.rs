@@ -1,0 +1,378 @@
+//! The step runner: a job's step started on its token's worker with what the step needs, and
+//! its end fed back to the job (with its CSR bundle journaled first).
+//!
+//! What this module does not do: touch token objects itself (the steps module, on the
+//! worker), or decide the next step (the job machine).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+use ukey_protocol::Message;
+use ukey_protocol::bundle::{CertBundle, CsrBundle};
+use ukey_protocol::event::{Step, StepData, StepError};
+use ukey_protocol::ids::{JobId, TokenSerial};
+use ukey_protocol::job::{JobDocument, JobKind};
+
+use crate::certs::VerifiedCertificate;
+use crate::job::{Input, JobState, StepOutput, code};
+use crate::steps::{self, Pins, StepFailure};
+use crate::token::TokenError;
+use crate::trust::TrustMaterial;
+use crate::worker::TokenWorker;
+
+use super::records::{Record, RecordKind};
+use super::{Daemon, DaemonError, Event, now_utc};
+
+pub(super) struct StepDone {
+    pub(super) job_id: JobId,
+    pub(super) step: Step,
+    pub(super) outcome: Result<StepOutput, StepFailure>,
+    pub(super) verified: Option<Arc<Vec<VerifiedCertificate>>>,
+    pub(super) csr: Option<CsrBundle>,
+}
+
+/// Whether the job keeps the token's keys and PINs (`renew`, `change` without rekey): its
+/// certificates are requested with renewal requests and written without a user login.
+pub(super) fn keeps_keys(doc: &JobDocument) -> bool {
+    matches!(doc.kind, JobKind::Renew) || (doc.kind == JobKind::Change && !doc.rekey)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn run_step(
+    step: Step,
+    job_id: JobId,
+    doc: Arc<JobDocument>,
+    pins: Option<Arc<Pins>>,
+    serial: Option<TokenSerial>,
+    certs: Option<CertBundle>,
+    verified: Option<Arc<Vec<VerifiedCertificate>>>,
+    trust: Arc<TrustMaterial>,
+    worker: Arc<TokenWorker>,
+) -> StepDone {
+    let mut done = StepDone {
+        job_id: job_id.clone(),
+        step,
+        outcome: Ok(StepOutput::Done),
+        verified: None,
+        csr: None,
+    };
+    let missing = |what: &str| {
+        StepFailure::Failed(StepError {
+            code: code("internal"),
+            message: format!("{what} missing for step {step}"),
+            retryable: true,
+        })
+    };
+    let flatten = |r: Result<Result<StepOutput, StepFailure>, TokenError>| match r {
+        Ok(inner) => inner,
+        Err(e) => Err(StepFailure::from(e)),
+    };
+    done.outcome = match step {
+        Step::Initialize => match pins {
+            None => Err(missing("PINs")),
+            Some(pins) => flatten(
+                worker
+                    .call(move |token| {
+                        Ok(steps::initialize(token, &doc, &pins, &trust.station_key).and_then(|()| {
+                            let serial = token.serial().and_then(|s| TokenSerial::new(s).ok());
+                            serial
+                                .map(|serial| StepOutput::Initialized { serial })
+                                .ok_or_else(|| StepFailure::Failed(StepError {
+                                    code: code("token-serial"),
+                                    message: "the token has no usable serial number after initialization".into(),
+                                    retryable: false,
+                                }))
+                        }))
+                    })
+                    .await,
+            ),
+        },
+        Step::GenerateKeys => match pins {
+            None => Err(missing("PINs")),
+            Some(pins) => flatten(
+                worker
+                    .call(move |token| Ok(steps::generate_keys(token, &doc, &pins).map(|_| StepOutput::Done)))
+                    .await,
+            ),
+        },
+        Step::RequestCertificates => match (pins, serial) {
+            (pins, Some(serial)) if pins.is_some() || keeps_keys(&doc) => {
+                let result = worker
+                    .call(move |token| {
+                        Ok(match pins {
+                            Some(pins) if !keeps_keys(&doc) => {
+                                steps::request_certificates(token, &doc, &pins, &serial)
+                            }
+                            _ => steps::request_renewal(token, &doc, &serial),
+                        })
+                    })
+                    .await;
+                match result {
+                    Ok(Ok(bundle)) => match bundle.encode() {
+                        Ok(bytes) => {
+                            let sha = hex::encode(Sha256::digest(&bytes));
+                            done.csr = Some(bundle);
+                            Ok(StepOutput::Data(StepData::Requested { bundle_sha256: sha }))
+                        }
+                        Err(e) => Err(StepFailure::Failed(StepError {
+                            code: code("csr-encoding"),
+                            message: ukey_protocol::fit_text(&e.to_string(), 512),
+                            retryable: false,
+                        })),
+                    },
+                    Ok(Err(f)) => Err(f),
+                    Err(e) => Err(StepFailure::from(e)),
+                }
+            }
+            _ => Err(missing("PINs or token serial")),
+        },
+        Step::VerifyCertificates | Step::Install => match certs {
+            None => Err(missing("certificates")),
+            Some(bundle) => {
+                let install = step == Step::Install;
+                let known = verified.clone();
+                let result = worker
+                    .call(move |token| {
+                        let verified = match known {
+                            Some(v) => v,
+                            None => match steps::verify_certificates(token, &doc, &bundle, &trust.certificates, SystemTime::now()) {
+                                Ok(v) => Arc::new(v),
+                                Err(f) => return Ok(Err(f)),
+                            },
+                        };
+                        if install {
+                            if pins.is_none() && !keeps_keys(&doc) {
+                                return Ok(Err(StepFailure::Failed(StepError {
+                                    code: code("internal"),
+                                    message: "PINs missing for step install".into(),
+                                    retryable: true,
+                                })));
+                            }
+                            if let Err(f) = steps::install(token, pins.as_deref(), &verified) {
+                                return Ok(Err(f));
+                            }
+                        }
+                        Ok(Ok(verified))
+                    })
+                    .await;
+                match result {
+                    Ok(Ok(v)) => {
+                        done.verified = Some(v);
+                        Ok(StepOutput::Done)
+                    }
+                    Ok(Err(f)) => Err(f),
+                    Err(e) => Err(StepFailure::from(e)),
+                }
+            }
+        },
+        Step::Activate => match pins {
+            None => Err(missing("PINs")),
+            Some(pins) => flatten(
+                worker
+                    .call(move |token| Ok(steps::activate(token, &pins).map(|_| StepOutput::Done)))
+                    .await,
+            ),
+        },
+        Step::Bind => match (pins, verified) {
+            (pins, _) if pins.is_none() && !keeps_keys(&doc) => Err(missing("PINs")),
+            (pins, Some(verified)) => {
+                steps::bind_report(&job_id, &verified, pins.as_deref(), &trust.platform_seal)
+                    .map(|report| StepOutput::Data(StepData::Bind(report)))
+            }
+            (pins, None) => {
+                // After a restart: verify again (read-only) to rebuild the fingerprints.
+                match certs {
+                    None => Err(missing("certificates")),
+                    Some(bundle) => {
+                        let trust2 = Arc::clone(&trust);
+                        let result = worker
+                            .call(move |token| Ok(steps::verify_certificates(token, &doc, &bundle, &trust2.certificates, SystemTime::now())))
+                            .await;
+                        match result {
+                            Ok(Ok(v)) => {
+                                let report = steps::bind_report(&job_id, &v, pins.as_deref(), &trust.platform_seal);
+                                done.verified = Some(Arc::new(v));
+                                report.map(|r| StepOutput::Data(StepData::Bind(r)))
+                            }
+                            Ok(Err(f)) => Err(f),
+                            Err(e) => Err(StepFailure::from(e)),
+                        }
+                    }
+                }
+            }
+        },
+        Step::ResetPin => {
+            let trust = Arc::clone(&trust);
+            flatten(
+                worker
+                    .call(move |token| {
+                        Ok(steps::reset_pin(token, &doc, &trust.station_key, &trust.platform_seal)
+                            .map(StepOutput::Data))
+                    })
+                    .await,
+            )
+        }
+        Step::ReadKeys => flatten(
+            worker
+                .call(move |token| Ok(steps::read_keys(token, &doc).map(|()| StepOutput::Done)))
+                .await,
+        ),
+        Step::RemoveOldCertificates => match certs {
+            None => Err(missing("certificates")),
+            Some(bundle) => flatten(
+                worker
+                    .call(move |token| {
+                        Ok(steps::remove_old_certificates(token, &bundle).map(|removed| {
+                            tracing::info!(job = %job_id, removed, "old certificates removed");
+                            StepOutput::Done
+                        }))
+                    })
+                    .await,
+            ),
+        },
+        other => Err(StepFailure::Failed(StepError {
+            code: code("step-unsupported"),
+            message: format!("step {other} is not supported by this agent version"),
+            retryable: false,
+        })),
+    };
+    done
+}
+
+impl Daemon {
+    /// Runs (again) the step a running job is at: after a restart, or once its token is back.
+    pub(super) fn execute_current(&mut self, job_id: &JobId) {
+        let step = self.jobs.get(job_id).and_then(|e| match e.machine.state() {
+            JobState::Running { index, .. } => e.machine.plan().get(*index).copied(),
+            _ => None,
+        });
+        if let Some(step) = step {
+            self.execute(job_id, step);
+        }
+    }
+
+    pub(super) fn execute(&mut self, job_id: &JobId, step: Step) {
+        let Some(entry) = self.jobs.get_mut(job_id) else {
+            return;
+        };
+        if entry.running {
+            return;
+        }
+        if !self.claiming {
+            // Stopping: a step that has not started is not started now (it runs after the
+            // restart, from the journal); running steps finish.
+            tracing::info!(job = %job_id, step = %step, "not started: the agent is stopping");
+            return;
+        }
+        let worker = entry
+            .token
+            .as_ref()
+            .and_then(|k| self.seats.get(k))
+            .and_then(|s| s.worker.clone());
+        let doc = Arc::clone(&entry.doc);
+        let pins = entry.pins.clone();
+        let serial = entry.machine.serial().cloned();
+        let certs = entry.certs.clone();
+        let verified = entry.verified.clone();
+        let trust = Arc::clone(&self.trust);
+        let tx = self.events.clone();
+        let job_id = job_id.clone();
+        let Some(worker) = worker else {
+            let away = self.scanned
+                && entry
+                    .token
+                    .as_ref()
+                    .is_none_or(|k| !self.seats.contains_key(k));
+            if away {
+                // Pulled while no step ran (e.g. while the platform issued): the step meets a
+                // pulled token, so the job parks, reports it and waits for the token's return.
+                tracing::info!(job = %job_id, step = %step, "the token is not plugged in: parking");
+                entry.running = true;
+                let done = StepDone {
+                    job_id,
+                    step,
+                    outcome: Err(StepFailure::Removed),
+                    verified: None,
+                    csr: None,
+                };
+                tokio::spawn(async move {
+                    let _ = tx.send(Event::StepDone(Box::new(done))).await;
+                });
+                return;
+            }
+            // The token is here but its worker is still opening, or it was not seen yet after
+            // a restart: the step runs when the worker is ready.
+            tracing::info!(job = %job_id, step = %step, "waiting for the token");
+            return;
+        };
+        entry.running = true;
+        entry.step_started = Some((step, now_utc()));
+        tracing::debug!(job = %job_id, step = %step, "step started");
+        tokio::spawn(async move {
+            let done = run_step(
+                step, job_id, doc, pins, serial, certs, verified, trust, worker,
+            )
+            .await;
+            let _ = tx.send(Event::StepDone(Box::new(done))).await;
+        });
+    }
+
+    pub(super) async fn on_step_done(&mut self, done: StepDone) -> Result<(), DaemonError> {
+        let job_id = done.job_id.clone();
+        let Some(entry) = self.jobs.get_mut(&job_id) else {
+            return Ok(());
+        };
+        entry.running = false;
+        if let Some(v) = done.verified {
+            entry.verified = Some(v);
+        }
+        let mut records = Vec::new();
+        if let Some(csr) = &done.csr {
+            entry.csr = Some(csr.clone());
+            records.push(Record::Csr {
+                job_id: job_id.clone(),
+                bundle: self.seal_json(&job_id, RecordKind::Csr, csr)?,
+            });
+        }
+        let input = match done.outcome {
+            Ok(output) => {
+                if let StepOutput::Initialized { serial } = &output {
+                    self.rekey_seat(&job_id, serial);
+                }
+                Input::StepSucceeded {
+                    step: done.step,
+                    output,
+                }
+            }
+            Err(StepFailure::Removed) => {
+                // The worker's session died with the token; a new one is opened on return.
+                if let Some(key) = self.jobs.get(&job_id).and_then(|e| e.token.clone())
+                    && let Some(seat) = self.seats.get_mut(&key)
+                {
+                    seat.worker = None;
+                }
+                Input::TokenRemoved { step: done.step }
+            }
+            Err(StepFailure::Failed(error)) => {
+                tracing::warn!(job = %job_id, step = %done.step, code = %error.code, message = %error.message, "step failed");
+                Input::StepFailed {
+                    step: done.step,
+                    error,
+                }
+            }
+        };
+        self.feed_with(&job_id, input, records).await?;
+        if done.csr.is_some() {
+            // Journaled with the step's end: only now may the platform see it.
+            self.send_job_csr(&job_id);
+        }
+        // The step's end is reported: later events (a timeout, the final ack) are not its end.
+        if let Some(entry) = self.jobs.get_mut(&job_id)
+            && entry.step_started.is_some_and(|(s, _)| s == done.step)
+        {
+            entry.step_started = None;
+        }
+        Ok(())
+    }
+}

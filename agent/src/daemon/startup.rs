@@ -1,0 +1,163 @@
+//! Start-up wiring that is not the loop: the PKCS#11 modules, the link's settings, the
+//! presence sequence number kept across restarts and the USB watcher's thread.
+//!
+//! What this module does not do: load trust material or open the journal (`run` does, in
+//! order, because each step can refuse to start the daemon).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use ukey_protocol::ids::StationId;
+use ukey_protocol::presence::{Presence, PresenceStatus};
+use ukey_protocol::topic::Topics;
+use ukey_protocol::{Message, V1};
+
+use crate::config::{Config, UsbWatcherKind};
+use crate::device::{self, DeviceLibrary, Interface};
+use crate::link::{LinkConfig, TlsFiles};
+use crate::usb::{self, ModelFilter, UsbEvent};
+
+use super::{Daemon, DaemonError, now_utc};
+
+/// Loads the configured PKCS#11 modules (the default one and each model's): one that cannot
+/// be loaded is reported (its tokens are not served) as long as another one loads.
+pub(super) async fn load_modules(
+    config: &Config,
+) -> Result<(Vec<Arc<dyn DeviceLibrary>>, Vec<(PathBuf, String)>), DaemonError> {
+    let mut modules = Vec::new();
+    let mut libraries: Vec<(PathBuf, Interface)> =
+        vec![(config.pkcs11.default_module.clone(), Interface::Pkcs11)];
+    for model in &config.models {
+        if !libraries.iter().any(|(path, _)| *path == model.module) {
+            libraries.push((model.module.clone(), model.interface));
+        }
+    }
+    let mut module_problems = Vec::new();
+    for (path, interface) in libraries {
+        let shown = path.clone();
+        match tokio::task::spawn_blocking(move || device::load(interface, &path))
+            .await
+            .map_err(|e| DaemonError::Config(e.to_string()))?
+        {
+            Ok(module) => modules.push(module),
+            Err(e) => {
+                tracing::error!(module = %shown.display(), error = %e, "PKCS#11 module cannot be loaded: its tokens will not be served");
+                module_problems.push((shown, e.to_string()));
+            }
+        }
+    }
+    if modules.is_empty() {
+        return Err(DaemonError::Config(format!(
+            "no PKCS#11 module could be loaded: {}",
+            module_problems
+                .iter()
+                .map(|(p, e)| format!("{}: {e}", p.display()))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )));
+    }
+
+    Ok((modules, module_problems))
+}
+
+/// The link's settings: the broker, the station's subscriptions, and the presence messages
+/// (birth and last will) numbered by `presence_seq`.
+pub(super) fn link_config(
+    config: &Config,
+    topics: &Topics,
+    station: &StationId,
+    presence_seq: u64,
+) -> Result<LinkConfig, DaemonError> {
+    let presence = |status| Presence {
+        v: V1,
+        station_id: station.clone(),
+        status,
+        seq: presence_seq,
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        at: now_utc(),
+    };
+    let encode = |p: Presence| p.encode().map_err(|e| DaemonError::Config(e.to_string()));
+    let mut link_config = LinkConfig::new(
+        config.broker.host.clone(),
+        config.broker.port(),
+        config.broker.client_id(&config.station_id),
+    );
+    link_config.keep_alive = Duration::from_secs(config.broker.keep_alive_secs);
+    link_config.resend_after = Some(config.timeouts.resend());
+    // The platform's event acknowledgements need no PUBACK: a lost one only makes an event
+    // be published again (PROTOCOL.md, "Acknowledgement and de-duplication").
+    let acks = topics.acks();
+    (
+        link_config.subscriptions_at_most_once,
+        link_config.subscriptions,
+    ) = topics
+        .station_subscriptions()
+        .into_iter()
+        .partition(|filter| *filter == acks);
+    link_config.presence_topic = topics.presence();
+    link_config.birth_payload = encode(presence(PresenceStatus::Online))?;
+    link_config.death_payload = encode(presence(PresenceStatus::Offline))?;
+    link_config.tls = config.broker.tls.as_ref().map(|t| TlsFiles {
+        ca_file: t.ca_file.clone(),
+        client_cert: t.client_cert.clone(),
+        client_key: t.client_key.clone(),
+    });
+    Ok(link_config)
+}
+
+/// A presence sequence number that grows across restarts (kept in the state folder).
+pub(super) fn next_presence_seq(dir: &std::path::Path) -> Result<u64, DaemonError> {
+    let path = dir.join("presence.seq");
+    let last: u64 = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let next = last + 1;
+    let tmp = dir.join("presence.seq.tmp");
+    crate::private_files::write(&tmp, next.to_string().as_bytes())
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|source| DaemonError::StateDir {
+            path: path.clone(),
+            source,
+        })?;
+    Ok(next)
+}
+
+impl Daemon {
+    pub(super) fn start_usb_watcher(
+        &self,
+        tx: mpsc::Sender<UsbEvent>,
+        stop: CancellationToken,
+    ) -> Option<std::thread::JoinHandle<Result<(), usb::UsbError>>> {
+        let filter = ModelFilter::new(
+            self.config
+                .models
+                .iter()
+                .map(|m| (m.vendor_id, m.product_id)),
+        );
+        let poll = Duration::from_millis(self.config.pkcs11.scan_interval_ms.max(100));
+        let watcher: Box<dyn usb::UsbWatcher> = match self.config.usb.watcher {
+            UsbWatcherKind::None => return None,
+            UsbWatcherKind::Rusb => Box::new(usb::RusbWatcher::new(filter, poll)),
+            UsbWatcherKind::Sim => {
+                let dir = self.config.usb.sim_dir.clone()?;
+                Box::new(usb::SnapshotWatcher::new(
+                    "hsm-sim virtual bus",
+                    move || usb::read_sim_bus(&dir),
+                    filter,
+                    poll,
+                ))
+            }
+        };
+        match usb::spawn(watcher, tx, stop) {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                tracing::warn!(error = %e, "USB watcher thread could not start; slot scan only");
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! Unit tests of the journal: appends, replay, torn and damaged files, the lock.
+
+use super::*;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Rec {
+    job: String,
+    step: u32,
+}
+
+fn rec(step: u32) -> Rec {
+    Rec {
+        job: format!("job-{step}"),
+        step,
+    }
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().len()
+}
+
+#[test]
+fn the_file_grows_by_zeroed_chunks_and_their_room_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.journal");
+    let mut j = Journal::<Rec>::open(&path).unwrap();
+    j.append(&rec(0)).unwrap();
+    assert_eq!(
+        file_len(&path),
+        GROWTH,
+        "one chunk, written with the first record"
+    );
+    let mut i = 1;
+    while j.content_len() + 60 < GROWTH {
+        j.append_unsynced(&rec(i)).unwrap();
+        assert_eq!(file_len(&path), GROWTH, "no size change within the chunk");
+        i += 1;
+    }
+    assert_eq!(content_of(&path).len() as u64, j.content_len());
+    drop(j);
+    // Reopened: the zeros are room, not a torn tail; appends go after the records.
+    let mut j = Journal::<Rec>::open(&path).unwrap();
+    assert_eq!(file_len(&path), GROWTH);
+    j.append_all(&[rec(i), rec(i + 1), rec(i + 2)]).unwrap();
+    assert_eq!(
+        file_len(&path),
+        2 * GROWTH,
+        "the next chunk, with the records past it"
+    );
+    assert_eq!(content_of(&path).len() as u64, j.content_len());
+    drop(j);
+    let j = Journal::<Rec>::open(&path).unwrap();
+    assert_eq!(j.replay().unwrap(), (0..i + 3).map(rec).collect::<Vec<_>>());
+}
+
+#[test]
+fn to_hex_is_lower_case_hex() {
+    let bytes: Vec<u8> = (0..=255).collect();
+    assert_eq!(to_hex(&bytes), hex::encode(&bytes));
+    assert_eq!(to_hex(&[0xab, 0x01]), "ab01");
+    assert_eq!(to_hex(&[]), "");
+}
+
+#[test]
+fn appended_records_replay_in_order_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.journal");
+    {
+        let mut j = Journal::<Rec>::open(&path).unwrap();
+        assert!(j.replay().unwrap().is_empty());
+        for i in 0..5 {
+            j.append(&rec(i)).unwrap();
+        }
+        assert_eq!(j.record_count(), 5);
+    }
+    let j = Journal::<Rec>::open(&path).unwrap();
+    assert_eq!(j.replay().unwrap(), (0..5).map(rec).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_second_open_of_the_same_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.journal");
+    let _first = Journal::<Rec>::open(&path).unwrap();
+    let second = Journal::<Rec>::open(&path);
+    assert!(
+        matches!(second, Err(StoreError::Locked { .. })),
+        "{second:?}"
+    );
+}
+
+#[test]
+fn every_torn_tail_is_cut_off_and_appending_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.journal");
+    {
+        let mut j = Journal::<Rec>::open(&path).unwrap();
+        j.append(&rec(0)).unwrap();
+        j.append(&rec(1)).unwrap();
+    }
+    let good = content_of(&path);
+    let one = frame(&serde_json::to_vec(&rec(2)).unwrap()).unwrap();
+    // A crash can stop an append after any number of bytes.
+    for cut in 1..one.len() {
+        std::fs::write(&path, [&good[..], &one[..cut]].concat()).unwrap();
+        let mut j = Journal::<Rec>::open(&path).unwrap();
+        assert_eq!(file_len(&path), good.len() as u64, "cut at {cut}");
+        assert_eq!(j.replay().unwrap(), vec![rec(0), rec(1)]);
+        j.append(&rec(3)).unwrap();
+        drop(j);
+        let j = Journal::<Rec>::open(&path).unwrap();
+        assert_eq!(j.replay().unwrap(), vec![rec(0), rec(1), rec(3)]);
+    }
+}
+
+#[test]
+fn a_batch_torn_anywhere_keeps_a_prefix_of_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.journal");
+    {
+        let mut j = Journal::<Rec>::open(&path).unwrap();
+        j.append(&rec(0)).unwrap();
+        j.append_all(&[rec(1), rec(2)]).unwrap();
+        j.append_unsynced(&rec(3)).unwrap();
+        assert_eq!(j.record_count(), 4);
+    }
+    let whole = std::fs::read(&path).unwrap();
+    let first = frame(&serde_json::to_vec(&rec(0)).unwrap()).unwrap().len();
+    let second = frame(&serde_json::to_vec(&rec(1)).unwrap()).unwrap().len();
+    let batch_end = first + second + frame(&serde_json::to_vec(&rec(2)).unwrap()).unwrap().len();
+    for cut in first..=batch_end {
+        std::fs::write(&path, &whole[..cut]).unwrap();
+        let j = Journal::<Rec>::open(&path).unwrap();
+        let expected: Vec<Rec> = match cut {
+            c if c < first + second => vec![rec(0)],
+            c if c < batch_end => vec![rec(0), rec(1)],
+            _ => vec![rec(0), rec(1), rec(2)],
+        };
+        assert_eq!(j.replay().unwrap(), expected, "cut at {cut}");
+    }
+    std::fs::write(&path, &whole).unwrap();
+    let j = Journal::<Rec>::open(&path).unwrap();
+    assert_eq!(j.replay().unwrap(), (0..4).map(rec).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_tail_of_garbage_is_a_torn_write_and_one_of_zeros_is_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.journal");
+    {
+        let mut j = Journal::<Rec>::open(&path).unwrap();
+        j.append(&rec(0)).unwrap();
+    }
+    let good = content_of(&path);
+    for (tail, kept) in [
+        (vec![0u8; 4096], 4096),
+        (b"UKR1\xff\xff\xff\xff garbage".to_vec(), 0),
+        ([&b"UKR1\xff"[..], &[0u8; 100]].concat(), 0),
+    ] {
+        std::fs::write(&path, [&good[..], &tail[..]].concat()).unwrap();
+        let mut j = Journal::<Rec>::open(&path).unwrap();
+        assert_eq!(j.replay().unwrap(), vec![rec(0)]);
+        assert_eq!(file_len(&path), (good.len() + kept) as u64);
+        j.append(&rec(1)).unwrap();
+        drop(j);
+        let j = Journal::<Rec>::open(&path).unwrap();
+        assert_eq!(j.replay().unwrap(), vec![rec(0), rec(1)]);
+    }
+}
+
+#[test]
+fn damage_in_the_middle_is_an_error_not_a_silent_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.journal");
+    {
+        let mut j = Journal::<Rec>::open(&path).unwrap();
+        for i in 0..3 {
+            j.append(&rec(i)).unwrap();
+        }
+    }
+    let mut bytes = std::fs::read(&path).unwrap();
+    // Flip a payload byte of the first record.
+    bytes[HEADER_LEN + 2] ^= 0x20;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Journal::<Rec>::open(&path).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Corrupt { offset: 0, .. }),
+        "{err:?}"
+    );
+    // The file is left as it was for an operator to look at.
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+}
+
+#[test]
+fn a_page_never_written_back_ends_the_log_like_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.journal");
+    {
+        let mut j = Journal::<Rec>::open(&path).unwrap();
+        j.append(&rec(0)).unwrap();
+        for i in 1..400 {
+            j.append_unsynced(&rec(i)).unwrap();
+        }
+    }
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.len() > 3 * PAGE, "records span several pages");
+    // A power loss wrote pages 0 and 2 back, page 1 never: it reads as zeros.
+    bytes[PAGE..2 * PAGE].fill(0);
+    std::fs::write(&path, &bytes).unwrap();
+    let j = Journal::<Rec>::open(&path).unwrap();
+    let kept = j.replay().unwrap();
+    assert!(!kept.is_empty() && kept.len() < 400, "{} kept", kept.len());
+    assert_eq!(kept, (0..kept.len() as u32).map(rec).collect::<Vec<_>>());
+    assert!(file_len(&path) <= PAGE as u64, "cut at the hole");
+
+    // The rest of a page zeroed from inside a record: the same.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let cut = bytes.len();
+    drop(j);
+    {
+        let mut j = Journal::<Rec>::open(&path).unwrap();
+        for i in 0..400 {
+            j.append_unsynced(&rec(1000 + i)).unwrap();
+        }
+    }
+    bytes = std::fs::read(&path).unwrap();
+    let hole_end = (cut / PAGE + 2) * PAGE;
+    assert!(bytes.len() > hole_end + PAGE);
+    bytes[cut + 10..hole_end].fill(0);
+    std::fs::write(&path, &bytes).unwrap();
+    let j = Journal::<Rec>::open(&path).unwrap();
+    assert_eq!(j.replay().unwrap(), kept);
+}
+
+#[test]
+fn a_record_of_another_type_is_reported_as_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.journal");
+    {
+        let mut j = Journal::<String>::open(&path).unwrap();
+        j.append(&"not a Rec".to_string()).unwrap();
+    }
+    let j = Journal::<Rec>::open(&path).unwrap();
+    assert!(matches!(j.replay(), Err(StoreError::Corrupt { .. })));
+}
+
+#[test]
+fn rewrite_replaces_the_content_atomically_and_appends_follow_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.journal");
+    let mut j = Journal::<Rec>::open(&path).unwrap();
+    for i in 0..10 {
+        j.append(&rec(i)).unwrap();
+    }
+    j.rewrite(&[rec(7), rec(9)]).unwrap();
+    assert_eq!(j.record_count(), 2);
+    j.append(&rec(10)).unwrap();
+    assert_eq!(j.replay().unwrap(), vec![rec(7), rec(9), rec(10)]);
+    // The lock moved to the new file with the rewrite.
+    assert!(matches!(
+        Journal::<Rec>::open(&path),
+        Err(StoreError::Locked { .. })
+    ));
+    drop(j);
+    let j = Journal::<Rec>::open(&path).unwrap();
+    assert_eq!(j.replay().unwrap(), vec![rec(7), rec(9), rec(10)]);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+}
+
+#[test]
+fn a_crash_before_the_rename_leaves_the_old_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.journal");
+    {
+        let mut j = Journal::<Rec>::open(&path).unwrap();
+        j.append(&rec(1)).unwrap();
+    }
+    // A half-written rewrite file next to it is ignored (and replaced by the next rewrite).
+    std::fs::write(dir.path().join("jobs.journal.rewrite"), b"UKR1 half").unwrap();
+    let mut j = Journal::<Rec>::open(&path).unwrap();
+    assert_eq!(j.replay().unwrap(), vec![rec(1)]);
+    j.rewrite(&[rec(2)]).unwrap();
+    assert_eq!(j.replay().unwrap(), vec![rec(2)]);
+}

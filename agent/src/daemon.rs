@@ -47,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 use ukey_protocol::ack::Ack;
 use ukey_protocol::bundle::{CertBundle, CertOutcome, CertResponse, CsrBundle};
 use ukey_protocol::cancel::Cancel;
+use ukey_protocol::codes::{self, Code};
 use ukey_protocol::event::{ExecutionState, Step, StepData, StepError, StepEvent};
 use ukey_protocol::ids::{EventId, JobId, Nonce, StationId, TokenSerial};
 use ukey_protocol::inventory::{
@@ -295,7 +296,7 @@ struct Daemon {
     /// Token serial → USB (vendor, product), from USB arrivals: which model a token is.
     usb_ids: BTreeMap<String, (u16, u16)>,
     /// USB devices present but not accessible (port → reason), shown by `status`.
-    usb_problems: BTreeMap<String, (&'static str, String)>,
+    usb_problems: BTreeMap<String, (Code, String)>,
     /// PKCS#11 modules that could not be loaded (path, reason): reported, not fatal, so the
     /// other models keep working.
     module_problems: Vec<(PathBuf, String)>,
@@ -870,7 +871,7 @@ impl Daemon {
                 self.reject(
                     &unverified.job_id,
                     &envelope,
-                    "duplicate-job-id",
+                    codes::DUPLICATE_JOB_ID,
                     "a different job with this job id was accepted before",
                 )
                 .await?;
@@ -956,10 +957,10 @@ impl Daemon {
         &mut self,
         job_id: &JobId,
         envelope: &JobEnvelope,
-        code_str: &'static str,
+        code_str: Code,
         reason: &str,
     ) -> Result<(), DaemonError> {
-        tracing::warn!(job = %job_id, code = code_str, %reason, "job rejected");
+        tracing::warn!(job = %job_id, code = %code_str, %reason, "job rejected");
         // The id derives from the message, so a redelivered bad job is one event, not many.
         let digest = Sha256::digest(envelope.job_bytes());
         let event_id = EventId::new(format!("r{}", hex::encode(&digest[..16])))
@@ -1459,7 +1460,7 @@ impl Daemon {
                 self.usb_problems.insert(
                     device.port_path.clone(),
                     (
-                        "usb-not-accessible",
+                        codes::USB_NOT_ACCESSIBLE,
                         format!(
                             "Ukey {} at USB port {}: {reason}",
                             device.id(),
@@ -1492,7 +1493,7 @@ impl Daemon {
                 problems.insert(
                     port.clone(),
                     (
-                        "no-slot-for-token",
+                        codes::NO_SLOT_FOR_TOKEN,
                         format!("Ukey {serial} at USB port {port} shows no PKCS#11 slot: check its model's module"),
                     ),
                 );
@@ -2542,7 +2543,7 @@ impl Daemon {
         let mut alerts = Vec::new();
         for (path, reason) in &self.module_problems {
             alerts.push(DeskAlert {
-                code: code("module-missing"),
+                code: code(codes::MODULE_MISSING),
                 port: None,
                 message: ukey_protocol::fit_text(
                     &format!(
@@ -2557,7 +2558,7 @@ impl Daemon {
         for (key, seat) in &self.seats {
             if let Some((job, wanted)) = self.wrong_token_among(seat, &view) {
                 alerts.push(DeskAlert {
-                    code: code("wrong-token"),
+                    code: code(codes::WRONG_TOKEN),
                     port: None,
                     message: ukey_protocol::fit_text(
                         &format!(
@@ -2570,7 +2571,7 @@ impl Daemon {
         }
         for (port, (code_str, message)) in &self.usb_problems {
             alerts.push(DeskAlert {
-                code: code(code_str),
+                code: code(*code_str),
                 port: Some(ukey_protocol::fit_text(port, 64)),
                 message: ukey_protocol::fit_text(message, 512),
             });
@@ -2592,7 +2593,7 @@ impl Daemon {
         let t = &self.config.timeouts;
         for (job_id, entry) in &overdue[..shown] {
             alerts.push(DeskAlert {
-                code: code("platform-unconfirmed"),
+                code: code(codes::PLATFORM_UNCONFIRMED),
                 port: None,
                 message: ukey_protocol::fit_text(
                     &format!(
@@ -2612,7 +2613,7 @@ impl Daemon {
                 .map(|(id, e)| format!("{id} ({})", e.machine.serial().map_or("-", |s| s.as_str())))
                 .collect();
             alerts.push(DeskAlert {
-                code: code("platform-unconfirmed"),
+                code: code(codes::PLATFORM_UNCONFIRMED),
                 port: None,
                 message: ukey_protocol::fit_text(
                     &format!(
@@ -2712,17 +2713,17 @@ async fn ack(message: Incoming) {
     }
 }
 
-fn rejection_code(e: &ukey_protocol::ProtocolError) -> &'static str {
+fn rejection_code(e: &ukey_protocol::ProtocolError) -> Code {
     use ukey_protocol::ProtocolError as P;
     match e {
         P::UnknownKeyId { .. } | P::BadSignature { .. } | P::SignatureAlgorithmMismatch { .. } => {
-            "bad-signature"
+            codes::BAD_SIGNATURE
         }
-        P::WrongStation { .. } => "wrong-station",
-        P::Expired { .. } => "expired",
-        P::NotYetValid { .. } => "not-yet-valid",
-        P::Replay { .. } => "replayed-nonce",
-        _ => "invalid-job",
+        P::WrongStation { .. } => codes::WRONG_STATION,
+        P::Expired { .. } => codes::EXPIRED,
+        P::NotYetValid { .. } => codes::NOT_YET_VALID,
+        P::Replay { .. } => codes::REPLAYED_NONCE,
+        _ => codes::INVALID_JOB,
     }
 }
 
@@ -2807,7 +2808,7 @@ async fn run_step(
     };
     let missing = |what: &str| {
         StepFailure::Failed(StepError {
-            code: code("internal"),
+            code: code(codes::INTERNAL),
             message: format!("{what} missing for step {step}"),
             retryable: true,
         })
@@ -2827,7 +2828,7 @@ async fn run_step(
                             serial
                                 .map(|serial| StepOutput::Initialized { serial })
                                 .ok_or_else(|| StepFailure::Failed(StepError {
-                                    code: code("token-serial"),
+                                    code: code(codes::TOKEN_SERIAL),
                                     message: "the token has no usable serial number after initialization".into(),
                                     retryable: false,
                                 }))
@@ -2864,7 +2865,7 @@ async fn run_step(
                             Ok(StepOutput::Data(StepData::Requested { bundle_sha256: sha }))
                         }
                         Err(e) => Err(StepFailure::Failed(StepError {
-                            code: code("csr-encoding"),
+                            code: code(codes::CSR_ENCODING),
                             message: ukey_protocol::fit_text(&e.to_string(), 512),
                             retryable: false,
                         })),
@@ -2892,7 +2893,7 @@ async fn run_step(
                         if install {
                             if pins.is_none() && !keeps_keys(&doc) {
                                 return Ok(Err(StepFailure::Failed(StepError {
-                                    code: code("internal"),
+                                    code: code(codes::INTERNAL),
                                     message: "PINs missing for step install".into(),
                                     retryable: true,
                                 })));
@@ -2980,7 +2981,7 @@ async fn run_step(
             ),
         },
         other => Err(StepFailure::Failed(StepError {
-            code: code("step-unsupported"),
+            code: code(codes::STEP_UNSUPPORTED),
             message: format!("step {other} is not supported by this agent version"),
             retryable: false,
         })),

@@ -14,7 +14,6 @@ pub mod link;
 pub mod logging;
 pub mod outbox;
 pub mod panel;
-pub mod profile;
 pub mod status;
 pub mod steps;
 pub mod stuck;

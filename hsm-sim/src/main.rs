@@ -1,4 +1,3 @@
-//! `hsm-sim`: a simulated production desk — a virtual Ukey rack behind a real PKCS#11 module.
 //! The `hsm-sim` command-line tool: parses arguments and hands them to `hsm_sim::cli`.
 #![forbid(unsafe_code)]
 
@@ -15,7 +14,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("hsm-sim: {e}");
-            ExitCode::from(e.exit_status())
+            ExitCode::FAILURE
         }
     }
 }

@@ -6,8 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = hsm_sim::cli::Cli::parse();
-    match hsm_sim::cli::run(cli) {
+    match run(hsm_sim::cli::Cli::parse()) {
         Ok(out) => {
             print!("{out}");
             ExitCode::SUCCESS
@@ -17,4 +16,8 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run(cli: hsm_sim::cli::Cli) -> anyhow::Result<String> {
+    Ok(hsm_sim::cli::run(cli)?)
 }

@@ -32,10 +32,7 @@ fn lock_graph() -> BTreeMap<String, Vec<String>> {
             None => Vec::new(),
         };
         // Several versions of one crate share a name: the union is good enough here.
-        graph
-            .entry(name)
-            .or_insert_with(Vec::new)
-            .extend(deps);
+        graph.entry(name).or_insert_with(Vec::new).extend(deps);
     }
     graph
 }

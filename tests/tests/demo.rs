@@ -171,6 +171,22 @@ fn demo_finds_the_module_cargo_left_in_deps() {
     assert_eq!(s["module"], stale.to_str().unwrap(), "{s:#}");
 }
 
+/// `hsm-sim demo` (the demo's former home) says where the demo went, whatever follows it.
+#[test]
+fn hsm_sim_demo_points_to_ukey_demo() {
+    let out = Command::new(workspace_binary("hsm-sim"))
+        .args(["demo", "--tokens", "2", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cargo run --release -p ukey-demo"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
 #[test]
 fn demo_on_softhsm_through_mosquitto() {
     let softhsm = SoftHsm::new();

@@ -2,7 +2,7 @@
 //!
 //! Pure: no IO, no token. [`verify_certificate`] accepts a certificate only if its public key
 //! is the on-token key (SPKI compared byte for byte), its subject and key usage are exactly
-//! those of the [`crate::profile`] for its label, it is an end-entity certificate, its
+//! those of the [`ukey_protocol::profile`] for its label, it is an end-entity certificate, its
 //! validity window is sane, and it chains through given intermediates to a configured trust
 //! anchor with signatures that verify (ecdsa-with-SHA256 on P-256, checked with ring, or
 //! sha256WithRSAEncryption, checked with rsa).
@@ -21,7 +21,7 @@ use x509_cert::Certificate;
 use x509_cert::ext::pkix::{BasicConstraints, KeyUsage};
 use x509_cert::spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
 
-use crate::profile::{ProfileError, SubjectData, key_usage, key_usage_text};
+use ukey_protocol::profile::{ProfileError, SubjectData, key_usage, key_usage_text};
 
 /// `id-ecPublicKey` (1.2.840.10045.2.1).
 pub const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
@@ -634,8 +634,8 @@ fn check_chain(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::profile::UkeyProfile;
     use p256::elliptic_curve::Generate;
+    use ukey_protocol::profile::UkeyProfile;
     use x509_cert::builder::profile::BuilderProfile;
     use x509_cert::builder::{Builder, CertificateBuilder};
     use x509_cert::certificate::TbsCertificate;

@@ -31,6 +31,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use ukey_protocol::bundle::CertBundle;
+use ukey_protocol::codes::{self, Code};
 use ukey_protocol::event::{ExecutionState, Step, StepData, StepError};
 use ukey_protocol::ids::{ErrorCode, EventId, JobId, TokenSerial};
 use ukey_protocol::job::JobKind;
@@ -258,17 +259,9 @@ pub struct JobMachine {
     final_report: Option<Box<Report>>,
 }
 
-/// The [`ErrorCode`] of a literal the agent reports. Every literal passed here (in this
-/// crate) is checked by the test `error_code_literals_are_valid`; an invalid one would report
-/// `internal` rather than panic.
-pub(crate) fn code(s: &'static str) -> ErrorCode {
-    ErrorCode::new(s).unwrap_or_else(|_| unreachable_code(s))
-}
-
-#[cold]
-fn unreachable_code(s: &str) -> ErrorCode {
-    // Only reachable if a literal above breaks the rules, which `error_codes_are_valid` tests.
-    ErrorCode::new("internal").unwrap_or_else(|_| panic!("invalid error code literal {s}"))
+/// The [`ErrorCode`] of one of the protocol's [`codes`] (checked when it was compiled).
+pub(crate) fn code(code: Code) -> ErrorCode {
+    code.to_error_code()
 }
 
 impl JobMachine {
@@ -468,7 +461,7 @@ impl JobMachine {
                 ExecutionState::TimedOut,
                 None,
                 Some(StepError {
-                    code: code("target-token-timeout"),
+                    code: code(codes::TARGET_TOKEN_TIMEOUT),
                     message: "the token the job names was not plugged in in time".into(),
                     retryable: true,
                 }),
@@ -542,7 +535,7 @@ impl JobMachine {
                     serial.clone(),
                     None,
                     Some(StepData::Parked {
-                        reason: code("token-removed"),
+                        reason: code(codes::TOKEN_REMOVED),
                     }),
                 );
                 self.state = JobState::Parked { serial, index };
@@ -570,7 +563,7 @@ impl JobMachine {
                     ExecutionState::Failed,
                     serial,
                     Some(StepError {
-                        code: code("token-return-timeout"),
+                        code: code(codes::TOKEN_RETURN_TIMEOUT),
                         message: "the token was pulled out and not plugged in again in time".into(),
                         retryable: true,
                     }),
@@ -596,7 +589,7 @@ impl JobMachine {
                     ExecutionState::Failed,
                     serial,
                     Some(StepError {
-                        code: code("certificates-rejected"),
+                        code: code(codes::CERTIFICATES_REJECTED),
                         message: truncate(&format!("the platform refused to issue: {reason}")),
                         retryable: false,
                     }),
@@ -614,7 +607,7 @@ impl JobMachine {
                 ExecutionState::TimedOut,
                 serial,
                 Some(StepError {
-                    code: code("certificates-timeout"),
+                    code: code(codes::CERTIFICATES_TIMEOUT),
                     message: "no certificates arrived from the platform in time".into(),
                     retryable: true,
                 }),
@@ -699,7 +692,7 @@ fn disarm_for(state: &JobState) -> Vec<Action> {
 /// The error of a job the platform canceled.
 fn canceled(reason: &str) -> StepError {
     StepError {
-        code: code("canceled"),
+        code: code(codes::CANCELED),
         message: truncate(&format!("canceled by the platform: {reason}")),
         retryable: false,
     }

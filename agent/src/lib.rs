@@ -16,7 +16,6 @@ pub mod logging;
 pub mod outbox;
 pub mod panel;
 pub mod private_files;
-pub mod profile;
 pub mod reload;
 pub mod status;
 pub mod steps;

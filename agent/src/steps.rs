@@ -18,6 +18,7 @@ use secrecy::{ExposeSecret, SecretString};
 use spki::SubjectPublicKeyInfoOwned;
 use spki::der::Encode;
 use ukey_protocol::bundle::{CertBundle, CertificateRequest, CsrBundle};
+use ukey_protocol::codes::{self, Code};
 use ukey_protocol::event::{BindReport, CertFingerprint, StepData, StepError};
 use ukey_protocol::ids::{JobId, TokenSerial};
 use ukey_protocol::job::JobDocument;
@@ -30,8 +31,8 @@ use crate::certs::{
     CertError, Expected, TrustAnchors, ValidityPolicy, VerifiedCertificate, verify_certificate,
 };
 use crate::device::Device;
-use crate::profile::SubjectData;
 use crate::token::{Authorization, KeySelfTest, PinOwner, TokenError};
+use ukey_protocol::profile::SubjectData;
 
 /// The prefix of the token label the agent writes; a token whose label starts with it was
 /// personalized by a ukey-station desk.
@@ -168,7 +169,7 @@ pub enum StepFailure {
     Failed(StepError),
 }
 
-fn step_error(code: &'static str, message: impl Into<String>, retryable: bool) -> StepError {
+fn step_error(code: Code, message: impl Into<String>, retryable: bool) -> StepError {
     StepError {
         code: crate::job::code(code),
         message: ukey_protocol::fit_text(&message.into(), 512),
@@ -182,21 +183,21 @@ impl From<TokenError> for StepFailure {
             return StepFailure::Removed;
         }
         let (code, retryable) = match &e {
-            TokenError::WrongPin { .. } => ("wrong-pin", false),
-            TokenError::PinLocked { .. } => ("pin-locked", false),
-            TokenError::PinLength { .. } => ("pin-length", false),
-            TokenError::NotBlank { .. } => ("token-not-blank", false),
-            TokenError::WrongToken { .. } => ("wrong-token", false),
-            TokenError::AttributeCheck { .. } => ("key-attribute-check", false),
+            TokenError::WrongPin { .. } => (codes::WRONG_PIN, false),
+            TokenError::PinLocked { .. } => (codes::PIN_LOCKED, false),
+            TokenError::PinLength { .. } => (codes::PIN_LENGTH, false),
+            TokenError::NotBlank { .. } => (codes::TOKEN_NOT_BLANK, false),
+            TokenError::WrongToken { .. } => (codes::WRONG_TOKEN, false),
+            TokenError::AttributeCheck { .. } => (codes::KEY_ATTRIBUTE_CHECK, false),
             TokenError::ObjectExists { .. } | TokenError::ObjectMissing { .. } => {
-                ("token-objects", true)
+                (codes::TOKEN_OBJECTS, true)
             }
-            TokenError::MechanismUnsupported { .. } => ("mechanism-unsupported", false),
-            TokenError::SelfTest { .. } => ("self-test-failed", false),
-            TokenError::Csr { .. } => ("csr-failed", true),
-            TokenError::NotFound { .. } => ("token-not-found", true),
-            TokenError::Blank { .. } => ("token-blank", false),
-            _ => ("token-error", true),
+            TokenError::MechanismUnsupported { .. } => (codes::MECHANISM_UNSUPPORTED, false),
+            TokenError::SelfTest { .. } => (codes::SELF_TEST_FAILED, false),
+            TokenError::Csr { .. } => (codes::CSR_FAILED, true),
+            TokenError::NotFound { .. } => (codes::TOKEN_NOT_FOUND, true),
+            TokenError::Blank { .. } => (codes::TOKEN_BLANK, false),
+            _ => (codes::TOKEN_ERROR, true),
         };
         StepFailure::Failed(step_error(code, e.to_string(), retryable))
     }
@@ -205,21 +206,23 @@ impl From<TokenError> for StepFailure {
 impl From<CertError> for StepFailure {
     fn from(e: CertError) -> StepFailure {
         let code = match &e {
-            CertError::PublicKeyMismatch { .. } => "certificate-key-mismatch",
+            CertError::PublicKeyMismatch { .. } => codes::CERTIFICATE_KEY_MISMATCH,
             CertError::SubjectMismatch { .. } | CertError::Profile { .. } => {
-                "certificate-subject-mismatch"
+                codes::CERTIFICATE_SUBJECT_MISMATCH
             }
             CertError::KeyUsageMissing { .. } | CertError::KeyUsageMismatch { .. } => {
-                "certificate-key-usage"
+                codes::CERTIFICATE_KEY_USAGE
             }
-            CertError::IsCa { .. } => "certificate-is-ca",
+            CertError::IsCa { .. } => codes::CERTIFICATE_IS_CA,
             CertError::UnknownIssuer { .. } | CertError::ChainTooLong { .. } => {
-                "certificate-unknown-issuer"
+                codes::CERTIFICATE_UNKNOWN_ISSUER
             }
-            CertError::BadSignature { .. } => "certificate-bad-signature",
-            CertError::Expired { .. } | CertError::NotYetValid { .. } => "certificate-validity",
-            CertError::ValidityTooLong { .. } => "certificate-validity",
-            _ => "certificate-invalid",
+            CertError::BadSignature { .. } => codes::CERTIFICATE_BAD_SIGNATURE,
+            CertError::Expired { .. } | CertError::NotYetValid { .. } => {
+                codes::CERTIFICATE_VALIDITY
+            }
+            CertError::ValidityTooLong { .. } => codes::CERTIFICATE_VALIDITY,
+            _ => codes::CERTIFICATE_INVALID,
         };
         // The platform sent a bad certificate: asking again gives the same one.
         StepFailure::Failed(step_error(code, e.to_string(), false))
@@ -267,7 +270,7 @@ pub fn initialize(
         }
         if present.flags.so_pin_locked {
             return Err(StepFailure::Failed(step_error(
-                "so-pin-locked",
+                codes::SO_PIN_LOCKED,
                 format!("the SO PIN of token {serial} is locked: it cannot be re-keyed"),
                 false,
             )));
@@ -314,7 +317,7 @@ pub fn generate_keys(
     for label in KeyLabel::ALL {
         let Some(alg) = job.key_spec(label) else {
             return Err(StepFailure::Failed(step_error(
-                "job-key-spec",
+                codes::JOB_KEY_SPEC,
                 format!("the job has no key spec for {label}"),
                 false,
             )));
@@ -346,9 +349,9 @@ pub fn request_certificates(
     token.login_user(&pins.user)?;
     let mut requests = Vec::with_capacity(3);
     for label in KeyLabel::ALL {
-        let name = subject
-            .subject(label)
-            .map_err(|e| StepFailure::Failed(step_error("job-subject", e.to_string(), false)))?;
+        let name = subject.subject(label).map_err(|e| {
+            StepFailure::Failed(step_error(codes::JOB_SUBJECT, e.to_string(), false))
+        })?;
         let csr = token.sign_csr(label, &name)?;
         requests.push(CertificateRequest {
             label,
@@ -398,7 +401,7 @@ pub fn verify_certificates(
             .find(|c| c.label == label)
             .ok_or_else(|| {
                 StepFailure::Failed(step_error(
-                    "certificate-missing",
+                    codes::CERTIFICATE_MISSING,
                     format!("the platform sent no certificate for {label}"),
                     false,
                 ))
@@ -463,7 +466,7 @@ pub fn bind_report(
     let sealed = pins
         .map(|pins| pins.seal(platform, job_id))
         .transpose()
-        .map_err(|e| StepFailure::Failed(step_error("seal-failed", e, false)))?;
+        .map_err(|e| StepFailure::Failed(step_error(codes::SEAL_FAILED, e, false)))?;
     let mut certificates = Vec::with_capacity(certs.len());
     for cert in certs {
         let serial = cert
@@ -493,7 +496,7 @@ pub fn bind_report(
 pub fn job_so_pin(job: &JobDocument, station_key: &UnsealKey) -> Result<SecretString, StepFailure> {
     let sealed = job.so_pin.as_ref().ok_or_else(|| {
         StepFailure::Failed(step_error(
-            "so-pin-missing",
+            codes::SO_PIN_MISSING,
             format!("job {} carries no SO PIN", job.job_id),
             false,
         ))
@@ -502,7 +505,7 @@ pub fn job_so_pin(job: &JobDocument, station_key: &UnsealKey) -> Result<SecretSt
         .unseal_pin(station_key, &job.so_pin_context())
         .map_err(|e| {
             StepFailure::Failed(step_error(
-                "so-pin-unseal",
+                codes::SO_PIN_UNSEAL,
                 format!("the job's SO PIN does not open with this station's key: {e}"),
                 false,
             ))
@@ -525,7 +528,7 @@ pub fn reset_pin(
     let present = token.describe()?;
     if present.flags.so_pin_locked {
         return Err(StepFailure::Failed(step_error(
-            "so-pin-locked",
+            codes::SO_PIN_LOCKED,
             format!(
                 "the SO PIN of token {} is locked: the user PIN cannot be reset at the desk",
                 present.serial
@@ -541,7 +544,7 @@ pub fn reset_pin(
         &SealContext::for_job(&job.job_id, SealPurpose::UserPin),
         fresh.user.expose_secret().as_bytes(),
     )
-    .map_err(|e| StepFailure::Failed(step_error("seal-failed", e.to_string(), false)))?;
+    .map_err(|e| StepFailure::Failed(step_error(codes::SEAL_FAILED, e.to_string(), false)))?;
     Ok(StepData::PinReset { user_pin })
 }
 
@@ -551,11 +554,11 @@ fn so_failure(e: TokenError) -> StepFailure {
         TokenError::PinLocked {
             owner: PinOwner::SecurityOfficer,
             ..
-        } => StepFailure::Failed(step_error("so-pin-locked", e.to_string(), false)),
+        } => StepFailure::Failed(step_error(codes::SO_PIN_LOCKED, e.to_string(), false)),
         TokenError::WrongPin {
             owner: PinOwner::SecurityOfficer,
             ..
-        } => StepFailure::Failed(step_error("wrong-so-pin", e.to_string(), false)),
+        } => StepFailure::Failed(step_error(codes::WRONG_SO_PIN, e.to_string(), false)),
         _ => StepFailure::from(e),
     }
 }
@@ -568,21 +571,21 @@ pub fn read_keys(token: &dyn Device, job: &JobDocument) -> Result<(), StepFailur
         let key = token.public_key(label)?;
         let Some(alg) = job.key_spec(label) else {
             return Err(StepFailure::Failed(step_error(
-                "job-key-spec",
+                codes::JOB_KEY_SPEC,
                 format!("the job has no key spec for {label}"),
                 false,
             )));
         };
         if crate::certs::key_algorithm(&key) != Some(alg) {
             return Err(StepFailure::Failed(step_error(
-                "token-key-mismatch",
+                codes::TOKEN_KEY_MISMATCH,
                 format!("the {label} key on the token is not the job's {alg}"),
                 false,
             )));
         }
         if token.certificate(label)?.is_none() {
             return Err(StepFailure::Failed(step_error(
-                "certificate-missing-on-token",
+                codes::CERTIFICATE_MISSING_ON_TOKEN,
                 format!("the token has no {label} certificate to renew"),
                 false,
             )));
@@ -602,7 +605,7 @@ pub fn request_renewal(
     for label in KeyLabel::ALL {
         let current = token.certificate(label)?.ok_or_else(|| {
             StepFailure::Failed(step_error(
-                "certificate-missing-on-token",
+                codes::CERTIFICATE_MISSING_ON_TOKEN,
                 format!("the token has no {label} certificate to renew"),
                 false,
             ))
@@ -635,7 +638,7 @@ pub fn remove_old_certificates(
     for label in KeyLabel::ALL {
         let Some(new) = bundle.certificates.iter().find(|c| c.label == label) else {
             return Err(StepFailure::Failed(step_error(
-                "certificate-missing",
+                codes::CERTIFICATE_MISSING,
                 format!("the platform sent no certificate for {label}"),
                 false,
             )));
@@ -646,7 +649,7 @@ pub fn remove_old_certificates(
             .any(|der| der.as_slice() == new.certificate.as_bytes())
         {
             return Err(StepFailure::Failed(step_error(
-                "certificate-not-installed",
+                codes::CERTIFICATE_NOT_INSTALLED,
                 format!("the new {label} certificate is not on the token; the old one stays"),
                 true,
             )));
@@ -666,7 +669,7 @@ pub fn remove_old_certificates(
 /// DER of a public key, for journaling.
 pub fn spki_der(key: &SubjectPublicKeyInfoOwned) -> Result<Vec<u8>, StepFailure> {
     key.to_der()
-        .map_err(|e| StepFailure::Failed(step_error("encoding", e.to_string(), false)))
+        .map_err(|e| StepFailure::Failed(step_error(codes::ENCODING, e.to_string(), false)))
 }
 
 #[cfg(test)]

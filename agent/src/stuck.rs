@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
+use ukey_protocol::codes;
 use ukey_protocol::event::Step;
 use ukey_protocol::ids::JobId;
 use ukey_protocol::inventory::DeskAlert;
@@ -179,7 +180,7 @@ impl StuckCalls {
         self.calls
             .iter()
             .map(|(key, call)| DeskAlert {
-                code: code("token-call-stuck"),
+                code: code(codes::TOKEN_CALL_STUCK),
                 port: None,
                 message: ukey_protocol::fit_text(
                     &format!(

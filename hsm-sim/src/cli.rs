@@ -134,16 +134,14 @@ pub enum Command {
     Usb,
     /// Emulate the desk's indicator panel on a pty and print its lights live.
     Panel(crate::panel::PanelArgs),
-    /// Run a whole production desk (broker, platform, rack, agent) and watch blank Ukeys
-    /// become finished ones.
-    ///
-    /// Everything runs in this process: an embedded MQTT broker, the simulated platform, a
-    /// virtual rack and the agent. Every produced token is checked again through PKCS#11 at
-    /// the end; the exit status is 0 only if every token was produced and verified. The rack
-    /// lives in --dir (or $HSM_SIM_DIR) when given, so its tokens stay inspectable, else in a
-    /// temporary folder that is removed. Ctrl-C (or SIGTERM) stops it cleanly with a partial
-    /// summary and exit status 130 (143); a second Ctrl-C quits at once.
-    Demo(crate::demo::DemoArgs),
+    /// The demo moved to its own program: run `cargo run --release -p ukey-demo` (same
+    /// options). This command only says so.
+    #[command(hide = true)]
+    Demo {
+        /// Whatever was given: not used.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// `hsm-sim rack …`.
@@ -233,12 +231,7 @@ fn parse_hex16(s: &str) -> std::result::Result<u16, String> {
 /// Runs a parsed command; returns what to print.
 pub fn run(cli: Cli) -> Result<String> {
     let command = match cli.command {
-        // The demo decides where its rack lives (a temporary folder unless --dir is given)
-        // and prints as it goes.
-        Command::Demo(args) => {
-            crate::demo::run(args, cli.dir).map_err(|e| Error::Demo(Box::new(e)))?;
-            return Ok(String::new());
-        }
+        Command::Demo { .. } => return Err(Error::DemoMoved),
         command => command,
     };
     let dir = cli.dir.unwrap_or_else(rack::default_dir);
@@ -414,7 +407,7 @@ pub fn run(cli: Cli) -> Result<String> {
             Rack::open(&dir)?.wipe(&serial)?;
             Ok(format!("token {serial} wiped to blank\n"))
         }
-        Command::Demo(_) => unreachable!("handled above"),
+        Command::Demo { .. } => Err(Error::DemoMoved),
         Command::Usb => {
             let bus = crate::usb::attached(&dir)?;
             serde_json::to_string_pretty(&bus)

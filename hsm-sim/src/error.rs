@@ -134,21 +134,15 @@ pub enum Error {
         /// Which limit was hit.
         reason: String,
     },
-    /// `hsm-sim demo` did not run, or not every token was produced and verified.
-    #[error("demo: {0}")]
-    Demo(#[from] Box<crate::demo::DemoError>),
+    /// `hsm-sim demo` was asked for: the demo is its own program now.
+    #[error(
+        "the demo is its own program now: run `cargo run --release -p ukey-demo` (same options), \
+         or target/release/ukey-demo"
+    )]
+    DemoMoved,
 }
 
 impl Error {
-    /// The exit status of the `hsm-sim` process that ends with this error: `128 + the signal
-    /// number` for an interrupted demo, else 1.
-    pub fn exit_status(&self) -> u8 {
-        match self {
-            Error::Demo(e) => e.exit_status(),
-            _ => 1,
-        }
-    }
-
     /// The PKCS#11 return code an application sees when this happens inside a module call.
     pub fn rv(&self) -> CK_RV {
         match self {

@@ -1,4 +1,5 @@
-//! `hsm-sim`: a simulated production desk — a virtual Ukey rack behind a real PKCS#11 module.
+//! `hsm-sim`: the virtual hardware of a production desk — a virtual Ukey rack behind a real
+//! PKCS#11 module, a virtual USB bus and an emulated indicator panel.
 //!
 //! - [`rack`]: the rack of virtual Ukeys and its state directory (safe Rust, the Rust API
 //!   that the CLI, tests and the demo drive).
@@ -8,20 +9,18 @@
 //!   place with `unsafe`.
 //! - [`panel`]: the desk's indicator panel, emulated on a pseudo-terminal.
 //! - [`cli`]: the `hsm-sim` command line.
-//! - [`demo`]: `hsm-sim demo`, a whole production desk (broker, platform, rack, agent) in one
-//!   process.
-//! - [`platform`]: the simulated platform (test CA, signed jobs, acknowledgements) that tests
-//!   and the demo run the agent against.
+//!
+//! It shares nothing with the agent beyond `ukey-protocol`'s contracts (the panel's line
+//! codec): it is an independent oracle. The simulated platform is `ukey-platform-sim`, the
+//! whole desk in one command `ukey-demo`.
 //!
 //! It is a simulator: key material is stored in plain files. Never put real secrets in it.
 
 pub mod cli;
-pub mod demo;
 pub mod engine;
 mod error;
 pub mod panel;
 pub mod pkcs11;
-pub mod platform;
 pub mod rack;
 pub mod usb;
 

@@ -1,4 +1,3 @@
-//! `hsm-sim`: a simulated production desk — a virtual Ukey rack behind a real PKCS#11 module.
 //! The `hsm-sim` command-line tool: parses arguments and hands them to `hsm_sim::cli`.
 #![forbid(unsafe_code)]
 
@@ -7,15 +6,18 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = hsm_sim::cli::Cli::parse();
-    match hsm_sim::cli::run(cli) {
+    match run(hsm_sim::cli::Cli::parse()) {
         Ok(out) => {
             print!("{out}");
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("hsm-sim: {e}");
-            ExitCode::from(e.exit_status())
+            ExitCode::FAILURE
         }
     }
+}
+
+fn run(cli: hsm_sim::cli::Cli) -> anyhow::Result<String> {
+    Ok(hsm_sim::cli::run(cli)?)
 }

@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use serialport::{SerialPort, TTYPort};
-use ukey_agent::panel::line::{
+use ukey_protocol::panel::{BeepPattern, Light};
+use ukey_protocol::panel::{
     BoardInfo, BoardLine, ButtonAction, HostLine, LineReader, MAX_SLOTS, PROTOCOL_VERSION, is_word,
 };
-use ukey_agent::panel::{BeepPattern, Light};
 
 use crate::error::{Error, Result};
 
@@ -138,7 +138,7 @@ impl Inner {
             }
             Err(e) => {
                 let code = match e {
-                    ukey_agent::panel::line::LineError::UnsupportedVersion { .. } => "version",
+                    ukey_protocol::panel::LineError::UnsupportedVersion { .. } => "version",
                     _ => "syntax",
                 };
                 let answer = BoardLine::error(code, &e.to_string());

@@ -117,6 +117,13 @@ string_id!(
     |i, c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || (i > 0 && matches!(c, '.' | '_' | '-'))
 );
 
+impl ErrorCode {
+    /// A code checked when it was compiled (see [`crate::codes`]).
+    pub(crate) fn from_code(code: crate::codes::Code) -> ErrorCode {
+        ErrorCode(code.as_str().to_owned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

@@ -10,6 +10,13 @@
 //! * [`ident`]: credit codes, ID-card numbers, phone numbers (checks and generators);
 //! * [`codec`]: the decode/encode pipeline every message goes through ([`Message`]).
 //!
+//! And the contracts that the desk and its counterparts (the platform, the panel board)
+//! implement each on their own side:
+//!
+//! * [`profile`]: the certificate profile (subject layout and key usages per label);
+//! * [`panel`]: the indicator panel's line codec;
+//! * [`codes`]: every error code on the wire, as typed constants.
+//!
 //! Pure: no IO, no async runtime, no clock (callers pass `now`). The wire format is described
 //! in `docs/PROTOCOL.md`.
 #![forbid(unsafe_code)]
@@ -18,6 +25,7 @@ pub mod ack;
 pub mod bundle;
 pub mod cancel;
 pub mod codec;
+pub mod codes;
 pub mod error;
 pub mod event;
 pub mod ident;
@@ -25,8 +33,10 @@ pub mod ids;
 pub mod inventory;
 pub mod job;
 pub mod keys;
+pub mod panel;
 pub mod pem;
 pub mod presence;
+pub mod profile;
 pub mod seal;
 pub mod signed;
 pub mod topic;
@@ -38,6 +48,7 @@ pub use bundle::{
 };
 pub use cancel::Cancel;
 pub use codec::{Base64Bytes, MAX_MESSAGE_BYTES, Message, PROTOCOL_VERSION, V1, fit_text};
+pub use codes::Code;
 pub use error::{Problem, ProtocolError, TopicProblem};
 pub use event::{
     BindReport, CertFingerprint, ExecutionState, Step, StepData, StepError, StepEvent,

@@ -45,10 +45,10 @@ use cryptoki::object::{
 };
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
-use hsm_sim::platform::JobDraft;
 use hsm_sim::rack::{InsertOptions, Rack, RackConfig};
 use secrecy::SecretString;
 use time::OffsetDateTime;
+use ukey_platform_sim::JobDraft;
 use ukey_protocol::event::{ExecutionState, Step, StepEvent};
 use ukey_protocol::ids::JobId;
 use ukey_protocol::job::JobKind;

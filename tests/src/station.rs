@@ -9,9 +9,9 @@ use std::time::Duration;
 use hsm_sim::rack::object::class_name;
 use hsm_sim::rack::token::Token;
 
-use hsm_sim::platform::{Platform, PlatformConfig, StationTrust};
 use hsm_sim::rack::{InsertOptions, Rack, RackConfig};
 use tempfile::TempDir;
+use ukey_platform_sim::{Platform, PlatformConfig, StationTrust};
 use ukey_protocol::ids::StationId;
 use ukey_protocol::presence::PresenceStatus;
 
@@ -193,7 +193,7 @@ impl Station {
         alg: ukey_protocol::keys::KeyAlgorithm,
     ) -> ukey_protocol::ids::JobId {
         let draft =
-            hsm_sim::platform::JobDraft::new(ukey_protocol::job::JobKind::New, &self.station_id)
+            ukey_platform_sim::JobDraft::new(ukey_protocol::job::JobKind::New, &self.station_id)
                 .unwrap_or_else(|e| panic!("job draft: {e}"))
                 .with_algorithm(alg);
         self.platform
@@ -418,7 +418,7 @@ impl Station {
     pub async fn new_job_succeeded(
         &self,
         job: &ukey_protocol::ids::JobId,
-    ) -> hsm_sim::platform::JobRecord {
+    ) -> ukey_platform_sim::JobRecord {
         use ukey_protocol::event::{ExecutionState, Step};
         let record = self
             .platform
@@ -594,7 +594,7 @@ pub fn light_until(
 
 /// Every event once (by event id), sequence numbers 1..=n without gaps or repeats, and no
 /// protocol problem seen by the platform.
-pub fn assert_events_exactly_once(record: &hsm_sim::platform::JobRecord) {
+pub fn assert_events_exactly_once(record: &ukey_platform_sim::JobRecord) {
     let seqs: Vec<u64> = record.events().iter().map(|e| e.seq).collect();
     assert_eq!(
         seqs,

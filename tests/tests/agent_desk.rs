@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use hsm_sim::platform::JobDraft;
 use ukey_agent::panel::{ButtonAction, Light};
+use ukey_platform_sim::JobDraft;
 use ukey_protocol::event::ExecutionState;
 use ukey_protocol::job::JobKind;
 use ukey_protocol::keys::KeyAlgorithm;

@@ -6,8 +6,8 @@
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use hsm_sim::platform::{JobDraft, Misbehaviour, Times};
 use secrecy::ExposeSecret;
+use ukey_platform_sim::{JobDraft, Misbehaviour, Times};
 use ukey_protocol::event::{ExecutionState, Step};
 use ukey_protocol::ids::{JobId, TokenSerial};
 use ukey_protocol::inventory::TokenState;

@@ -9,9 +9,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use hsm_sim::platform::{JobDraft, JobRecord, Misbehaviour, Times};
 use hsm_sim::rack::LatencyChange;
 use hsm_sim::rack::latency::Op;
+use ukey_platform_sim::{JobDraft, JobRecord, Misbehaviour, Times};
 use ukey_protocol::event::{ExecutionState, Step, StepData, StepEvent};
 use ukey_protocol::ids::{JobId, TokenSerial};
 use ukey_protocol::job::JobKind;

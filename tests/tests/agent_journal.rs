@@ -12,9 +12,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use hsm_sim::platform::{JobDraft, JobRecord};
 use hsm_sim::rack::LatencyChange;
 use hsm_sim::rack::latency::Op;
+use ukey_platform_sim::{JobDraft, JobRecord};
 use ukey_protocol::event::{ExecutionState, Step};
 use ukey_protocol::ids::JobId;
 use ukey_protocol::job::JobKind;

@@ -5,11 +5,11 @@
 
 use std::process::Command;
 
-use hsm_sim::platform::JobDraft;
 use hsm_sim::rack::LatencyChange;
 use hsm_sim::rack::latency::Op;
 use hsm_sim::rack::token::Who;
 use secrecy::{ExposeSecret, SecretString};
+use ukey_platform_sim::JobDraft;
 use ukey_protocol::event::{ExecutionState, Step};
 use ukey_protocol::ids::{JobId, TokenSerial};
 use ukey_protocol::inventory::TokenState;
@@ -626,8 +626,8 @@ async fn change_with_rekey_makes_new_keys_on_the_same_token() {
 /// same subject, same CA), as time would.
 fn expire_certificates(
     token: &mut hsm_sim::rack::token::Token,
-    ca: &hsm_sim::platform::TestCa,
-    subject: &ukey_agent::profile::SubjectData,
+    ca: &ukey_platform_sim::TestCa,
+    subject: &ukey_protocol::profile::SubjectData,
 ) {
     use der::{Decode, Encode};
     use hsm_sim::rack::object::class_name;
@@ -648,7 +648,7 @@ fn expire_certificates(
             serde_json::from_value(serde_json::Value::String(label.to_owned())).unwrap();
         let old = x509_cert::Certificate::from_der(object.get(CKA_VALUE).unwrap()).unwrap();
         let issued = ca
-            .issue(&hsm_sim::platform::Issue {
+            .issue(&ukey_platform_sim::Issue {
                 label,
                 subject,
                 subject_override: Some(old.tbs_certificate().subject().clone()),

@@ -21,10 +21,10 @@ use hsm_sim::rack::LatencyChange;
 use hsm_sim::rack::fault::{Fault, FaultAction};
 use hsm_sim::rack::latency::Op;
 use ukey_agent::panel::Light;
-use ukey_agent::panel::line::HostLine;
 use ukey_protocol::event::{ExecutionState, Step};
 use ukey_protocol::inventory::{DeskAlert, Inventory};
 use ukey_protocol::keys::KeyAlgorithm;
+use ukey_protocol::panel::HostLine;
 use ukey_tests::station::{PRODUCTION_TIMEOUT, Station};
 
 const ALERT: &str = "token-call-stuck";

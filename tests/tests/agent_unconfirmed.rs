@@ -12,8 +12,8 @@
 //! board's lights, or the agent's status file, with a deadline.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use hsm_sim::platform::{JobRecord, Misbehaviour, Times};
 use ukey_agent::panel::Light;
+use ukey_platform_sim::{JobRecord, Misbehaviour, Times};
 use ukey_protocol::event::{ExecutionState, Step};
 use ukey_protocol::ids::{EventId, JobId};
 use ukey_protocol::inventory::{DeskAlert, Inventory, TokenInfo, TokenState};

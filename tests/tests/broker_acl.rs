@@ -311,7 +311,7 @@ async fn a_desk_produces_a_token_through_the_acl_broker() {
     let broker = acl_broker(pki.path());
     let p = pki.path().to_owned();
     let mut station = Station::sim_with_broker(1, broker, |config| {
-        config.tls = Some(hsm_sim::platform::PlatformTls {
+        config.tls = Some(ukey_platform_sim::PlatformTls {
             ca_file: p.join("clients-ca.pem"),
             client_cert: p.join(format!("{PLATFORM}.pem")),
             client_key: p.join(format!("{PLATFORM}.key")),

@@ -1,4 +1,4 @@
-//! `hsm-sim demo`, run as the built binary: its JSON summary on the embedded broker and the
+//! `ukey-demo`, run as the built binary: its JSON summary on the embedded broker and the
 //! virtual rack, on SoftHSM2 through Mosquitto, with the scripted faults, and its refusal of
 //! bad option values. Produced tokens are opened again from outside with pkcs11-tool, using
 //! the user PIN the summary reports.
@@ -12,12 +12,12 @@ use serde_json::Value;
 use ukey_tests::{Mosquitto, SoftHsm, require_tool, workspace_binary};
 
 fn demo(args: &[&str], env: &[(&str, &Path)]) -> Output {
-    let mut cmd = Command::new(workspace_binary("hsm-sim"));
-    cmd.arg("demo").args(args).env_remove("HSM_SIM_DIR");
+    let mut cmd = Command::new(workspace_binary("ukey-demo"));
+    cmd.args(args).env_remove("HSM_SIM_DIR");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output().expect("hsm-sim runs")
+    cmd.output().expect("ukey-demo runs")
 }
 
 /// The JSON summary of a run that must have succeeded.
@@ -127,6 +127,64 @@ fn demo_json_on_the_embedded_broker_and_the_rack() {
     for token in s["tokens"].as_array().unwrap() {
         outside_listing(&module, ("HSM_SIM_DIR", &rack), token);
     }
+}
+
+/// `cargo run --release -p ukey-demo` on a clean clone builds hsm-sim only as a dependency,
+/// so cargo leaves `libhsm_sim.so` in `deps/` beside the binary rather than next to it: the
+/// demo finds it there, and prefers it over an older module next to the binary.
+#[test]
+fn demo_finds_the_module_cargo_left_in_deps() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("ukey-demo");
+    std::fs::copy(workspace_binary("ukey-demo"), &bin).unwrap();
+    std::fs::create_dir(dir.path().join("deps")).unwrap();
+    let module = dir.path().join("deps").join("libhsm_sim.so");
+    std::fs::copy(workspace_binary("libhsm_sim.so"), &module).unwrap();
+    // A stale file next to the binary, an hour older: loading it would fail the run.
+    let stale = dir.path().join("libhsm_sim.so");
+    std::fs::write(&stale, b"not a module").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+        .unwrap();
+    let out = Command::new(&bin)
+        .args(["--tokens", "1", "--slots", "1", "--json"])
+        .env_remove("HSM_SIM_DIR")
+        .output()
+        .unwrap();
+    let s = summary(&out);
+    check_tokens(&s, 1);
+    assert_eq!(s["module"], module.to_str().unwrap(), "{s:#}");
+
+    // Only the module next to the binary (as after `cargo build --workspace`): that one.
+    std::fs::remove_file(&module).unwrap();
+    std::fs::copy(workspace_binary("libhsm_sim.so"), &stale).unwrap();
+    let out = Command::new(&bin)
+        .args(["--tokens", "1", "--slots", "1", "--json"])
+        .env_remove("HSM_SIM_DIR")
+        .output()
+        .unwrap();
+    let s = summary(&out);
+    check_tokens(&s, 1);
+    assert_eq!(s["module"], stale.to_str().unwrap(), "{s:#}");
+}
+
+/// `hsm-sim demo` (the demo's former home) says where the demo went, whatever follows it.
+#[test]
+fn hsm_sim_demo_points_to_ukey_demo() {
+    let out = Command::new(workspace_binary("hsm-sim"))
+        .args(["demo", "--tokens", "2", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cargo run --release -p ukey-demo"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
 }
 
 #[test]

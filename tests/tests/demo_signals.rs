@@ -1,4 +1,4 @@
-//! `hsm-sim demo` stopped by a signal, run as the built binary in a process group of its
+//! `ukey-demo` stopped by a signal, run as the built binary in a process group of its
 //! own: SIGINT (Ctrl-C) and SIGTERM stop it cleanly — exit status 130 / 143, one line saying
 //! how far it got, a partial summary, its temporary folder removed (a `--dir` kept, tokens in
 //! progress left in their slots), no process of its group left behind — and a second Ctrl-C
@@ -34,10 +34,9 @@ struct Demo {
 }
 
 impl Demo {
-    /// Starts `hsm-sim demo ARGS` with its temporary files in `tmp`, in a new process group.
+    /// Starts `ukey-demo ARGS` with its temporary files in `tmp`, in a new process group.
     fn start(args: &[&str], tmp: &Path) -> Demo {
-        let mut child = Command::new(workspace_binary("hsm-sim"))
-            .arg("demo")
+        let mut child = Command::new(workspace_binary("ukey-demo"))
             .args(args)
             .env_remove("HSM_SIM_DIR")
             .env("TMPDIR", tmp)
@@ -47,7 +46,7 @@ impl Demo {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("hsm-sim runs");
+            .expect("ukey-demo runs");
         let pid = child.id();
         let mut out = child.stdout.take().unwrap();
         let stdout = std::thread::spawn(move || {
@@ -270,7 +269,7 @@ fn ctrl_c_stops_the_demo_cleanly_with_a_partial_summary() {
     // One line at the end says how far it got and what was cleaned up.
     let last = stderr.last().unwrap();
     assert!(
-        last.starts_with("hsm-sim: demo: interrupted (SIGINT): "),
+        last.starts_with("ukey-demo: interrupted (SIGINT): "),
         "{last}"
     );
     assert!(last.ends_with("; temporary files removed"), "{last}");
@@ -367,7 +366,7 @@ fn sigterm_stops_the_demo_and_keeps_its_dir_with_tokens_in_their_slots() {
     // The line on stderr says the same, and that the folder stays.
     let last = stderr.last().unwrap();
     assert!(
-        last.starts_with("hsm-sim: demo: interrupted (SIGTERM): "),
+        last.starts_with("ukey-demo: interrupted (SIGTERM): "),
         "{last}"
     );
     assert_eq!(finished_count(last, 40), produced, "{last}");
@@ -432,7 +431,7 @@ fn a_second_ctrl_c_quits_at_once() {
     let last = stderr.last().unwrap();
     assert_eq!(
         last,
-        "hsm-sim: demo: SIGINT again: quitting at once, without waiting for the agent; \
+        "ukey-demo: SIGINT again: quitting at once, without waiting for the agent; \
          temporary files removed",
         "{all}"
     );
@@ -462,7 +461,7 @@ fn ctrl_c_stops_the_lifecycle_scenario_cleanly() {
     assert_eq!(status.code(), Some(130), "{all}\n{stdout}");
     assert_eq!(
         stderr.last().unwrap(),
-        "hsm-sim: demo: interrupted (SIGINT): 1 of 6 phases finished, stopped during renew, \
+        "ukey-demo: interrupted (SIGINT): 1 of 6 phases finished, stopped during renew, \
          the agent stopped; temporary files removed",
         "{all}"
     );

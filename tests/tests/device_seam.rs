@@ -20,7 +20,7 @@ use sim_common::SimRack;
 use ukey_agent::certs::{self, Expected, TrustAnchors, ValidityPolicy, VerifiedCertificate};
 use ukey_agent::desk::classify;
 use ukey_agent::device::{self, Authorization, Device, DeviceLibrary, Interface, TokenError};
-use ukey_agent::profile::{SubjectData, UkeyProfile};
+use ukey_protocol::profile::{SubjectData, UkeyProfile};
 use ukey_agent::token::SecretString;
 use ukey_agent::worker::TokenWorker;
 use ukey_protocol::inventory::TokenState;

@@ -13,11 +13,11 @@ use hsm_sim::panel::{BoardEvent, EmulatedPanel, PanelOptions};
 use tokio::sync::mpsc;
 use ukey_agent::config::PanelConfig;
 use ukey_agent::link::CancellationToken;
-use ukey_agent::panel::line::HostLine;
 use ukey_agent::panel::{
     BeepPattern, ButtonAction, ButtonPress, Light, Panel, PanelError, PanelHandle, PanelStatus,
     PanelTimings,
 };
+use ukey_protocol::panel::HostLine;
 
 /// Generous: these wait for a thread on a loaded 2-core machine, not for a timer.
 const WAIT: Duration = Duration::from_secs(10);

@@ -8,11 +8,11 @@ mod platform_station;
 
 use std::time::SystemTime;
 
-use hsm_sim::platform::{CaAlgorithm, JobDraft, KeyOptions, Misbehaviour, RejectionCode, Times};
 use platform_station::{
     SoftKey, SoftToken, Station, WAIT, openssl_verify, platform, stranger, subject_of,
 };
 use ukey_agent::certs::CertError;
+use ukey_platform_sim::{CaAlgorithm, JobDraft, KeyOptions, Misbehaviour, RejectionCode, Times};
 use ukey_protocol::{
     Base64Bytes, CertOutcome, CertResponse, CertificateRequest, CsrBundle, JobDocument, JobKind,
     KeyAlgorithm, KeyLabel, V1,
@@ -48,7 +48,7 @@ fn rejected_code(response: &CertResponse) -> String {
 
 /// Dispatches a `new` job of `alg`, receives and verifies it at the station.
 async fn new_job(
-    platform: &hsm_sim::platform::Platform,
+    platform: &ukey_platform_sim::Platform,
     station: &mut Station,
     alg: KeyAlgorithm,
 ) -> JobDocument {
@@ -112,10 +112,10 @@ async fn rsa_ca_issues_rsa_certificates_the_agent_and_openssl_accept() {
 
 #[tokio::test]
 async fn requests_that_do_not_fit_the_job_are_refused_with_a_code() {
-    let ca = hsm_sim::platform::TestCa::generate(CaAlgorithm::P256, "Unit CA").unwrap();
+    let ca = ukey_platform_sim::TestCa::generate(CaAlgorithm::P256, "Unit CA").unwrap();
     let station = ukey_protocol::StationId::new("desk-01").unwrap();
     let draft = JobDraft::new(JobKind::New, &station).unwrap();
-    let job = hsm_sim::platform::build_job(&draft, time::OffsetDateTime::now_utc(), None).unwrap();
+    let job = ukey_platform_sim::build_job(&draft, time::OffsetDateTime::now_utc(), None).unwrap();
     let data = subject_of(&job);
     let key = SoftKey::new(KeyAlgorithm::P256);
     let label = KeyLabel::SealLegal;
@@ -133,7 +133,7 @@ async fn requests_that_do_not_fit_the_job_are_refused_with_a_code() {
     // A key of another algorithm than the job asks for.
     let rsa_job = {
         let draft = draft.clone().with_algorithm(KeyAlgorithm::Rsa3072);
-        hsm_sim::platform::build_job(&draft, time::OffsetDateTime::now_utc(), None).unwrap()
+        ukey_platform_sim::build_job(&draft, time::OffsetDateTime::now_utc(), None).unwrap()
     };
     let r = ca
         .check_csr(
@@ -157,9 +157,9 @@ async fn requests_that_do_not_fit_the_job_are_refused_with_a_code() {
 
     // A renewal with a certificate from another CA, and one for another key.
     let other_ca = stranger();
-    let (nb, na) = hsm_sim::platform::Issue::window(SystemTime::now(), 30);
-    let issue = |ca: &hsm_sim::platform::TestCa, k: &SoftKey| {
-        ca.issue(&hsm_sim::platform::Issue {
+    let (nb, na) = ukey_platform_sim::Issue::window(SystemTime::now(), 30);
+    let issue = |ca: &ukey_platform_sim::TestCa, k: &SoftKey| {
+        ca.issue(&ukey_platform_sim::Issue {
             label,
             subject: &data,
             subject_override: None,
@@ -379,16 +379,16 @@ async fn renewal_requests_get_new_certificates_for_the_same_keys() {
     let (first, _) = issued(&station.next_certs().await);
 
     // Renew: same order, the token named, current certificates and public keys.
-    let order = hsm_sim::platform::Order {
+    let order = ukey_platform_sim::Order {
         order_number: job.order_number.clone(),
         region: job.region.clone(),
         enterprise: job.enterprise.clone(),
-        legal_representative: hsm_sim::platform::Person {
+        legal_representative: ukey_platform_sim::Person {
             name: job.legal_representative.name.clone(),
             id_number: job.legal_representative.id_number.clone(),
             mobile: job.legal_representative.mobile.clone(),
         },
-        handler: hsm_sim::platform::Person {
+        handler: ukey_platform_sim::Person {
             name: job.handler.name.clone(),
             id_number: job.handler.id_number.clone(),
             mobile: job.handler.mobile.clone(),

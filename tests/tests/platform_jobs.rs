@@ -8,12 +8,12 @@ mod platform_station;
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 
-use hsm_sim::platform::{
-    JobDraft, KeyOptions, KeySource, Misbehaviour, PlatformError, PlatformKeys, Times,
-};
 use platform_station::{Station, WAIT, platform};
 use secrecy::ExposeSecret;
 use time::OffsetDateTime;
+use ukey_platform_sim::{
+    JobDraft, KeyOptions, KeySource, Misbehaviour, PlatformError, PlatformKeys, Times,
+};
 use ukey_protocol::{
     BindReport, CertFingerprint, ExecutionState, Inventory, JobKind, KeyLabel, Presence,
     PresenceStatus, ProtocolError, SealContext, SealPurpose, SlotInfo, Step, StepData, StepError,

@@ -106,11 +106,11 @@ mod suite {
     use p256::ecdsa::{DerSignature, SigningKey};
     use p256::elliptic_curve::Generate;
     use ukey_agent::certs::{self, Expected, TrustAnchors, ValidityPolicy, VerifiedCertificate};
-    use ukey_agent::profile::{SubjectData, UkeyProfile};
     use ukey_agent::token::{
         Authorization, Module, ObjectKind, PinOwner, SecretString, Token, TokenError, TriesLeft,
     };
     use ukey_agent::worker::TokenWorker;
+    use ukey_protocol::profile::{SubjectData, UkeyProfile};
     use ukey_protocol::{KeyAlgorithm, KeyLabel};
     use x509_cert::Certificate;
     use x509_cert::builder::profile::cabf::Root;

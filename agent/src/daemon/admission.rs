@@ -8,6 +8,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use ukey_protocol::ProtocolError;
+use ukey_protocol::codes::{self, Code};
 use ukey_protocol::event::{ExecutionState, Step, StepError, StepEvent};
 use ukey_protocol::ids::{EventId, JobId, Nonce, StationId};
 use ukey_protocol::job::JobDocument;
@@ -49,7 +50,7 @@ pub(super) enum Admission {
         /// The job refused.
         job_id: JobId,
         /// The event's error code.
-        code: &'static str,
+        code: Code,
         /// Why, for the event's message.
         reason: String,
     },
@@ -82,7 +83,7 @@ pub(super) fn admit<'a>(
             Err(error) => Admission::ForgedReuse { job_id, error },
             Ok(_) => Admission::Reject {
                 job_id,
-                code: "duplicate-job-id",
+                code: codes::DUPLICATE_JOB_ID,
                 reason: "a different job with this job id was accepted before".into(),
             },
         };
@@ -102,17 +103,17 @@ pub(super) fn admit<'a>(
 }
 
 /// The rejection event's code for a job that does not verify.
-pub(super) fn rejection_code(e: &ukey_protocol::ProtocolError) -> &'static str {
+pub(super) fn rejection_code(e: &ukey_protocol::ProtocolError) -> Code {
     use ukey_protocol::ProtocolError as P;
     match e {
         P::UnknownKeyId { .. } | P::BadSignature { .. } | P::SignatureAlgorithmMismatch { .. } => {
-            "bad-signature"
+            codes::BAD_SIGNATURE
         }
-        P::WrongStation { .. } => "wrong-station",
-        P::Expired { .. } => "expired",
-        P::NotYetValid { .. } => "not-yet-valid",
-        P::Replay { .. } => "replayed-nonce",
-        _ => "invalid-job",
+        P::WrongStation { .. } => codes::WRONG_STATION,
+        P::Expired { .. } => codes::EXPIRED,
+        P::NotYetValid { .. } => codes::NOT_YET_VALID,
+        P::Replay { .. } => codes::REPLAYED_NONCE,
+        _ => codes::INVALID_JOB,
     }
 }
 
@@ -249,10 +250,10 @@ impl Daemon {
         &mut self,
         job_id: &JobId,
         envelope: &JobEnvelope,
-        code_str: &'static str,
+        code_str: Code,
         reason: &str,
     ) -> Result<(), DaemonError> {
-        tracing::warn!(job = %job_id, code = code_str, %reason, "job rejected");
+        tracing::warn!(job = %job_id, code = %code_str, %reason, "job rejected");
         // The id derives from the message, so a redelivered bad job is one event, not many.
         let digest = Sha256::digest(envelope.job_bytes());
         let event_id = EventId::new(format!("r{}", hex::encode(&digest[..16])))

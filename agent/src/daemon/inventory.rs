@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use ukey_protocol::codes::{self, Code};
 use ukey_protocol::ids::{JobId, TokenSerial};
 use ukey_protocol::inventory::{DeskAlert, Inventory, SlotInfo, TokenInfo, TokenState};
 use ukey_protocol::{Message, V1};
@@ -85,7 +86,7 @@ pub(super) struct AlertSources<'a> {
     /// Wrong tokens: the token, the job waiting for another one, and that one's serial.
     pub(super) wrong_tokens: Vec<(&'a TokenKey, JobId, TokenSerial)>,
     /// USB devices present but not usable (port → code, message).
-    pub(super) usb_problems: &'a BTreeMap<String, (&'static str, String)>,
+    pub(super) usb_problems: &'a BTreeMap<String, (Code, String)>,
     /// Token calls running past the limit.
     pub(super) stuck_calls: Vec<DeskAlert>,
     /// Jobs whose final acknowledgement is overdue.
@@ -102,7 +103,7 @@ pub(super) fn desk_alerts(sources: AlertSources<'_>) -> Vec<DeskAlert> {
     let mut alerts = Vec::new();
     for (path, reason) in sources.module_problems {
         alerts.push(DeskAlert {
-            code: code("module-missing"),
+            code: code(codes::MODULE_MISSING),
             port: None,
             message: ukey_protocol::fit_text(
                 &format!(
@@ -115,7 +116,7 @@ pub(super) fn desk_alerts(sources: AlertSources<'_>) -> Vec<DeskAlert> {
     }
     for (key, job, wanted) in &sources.wrong_tokens {
         alerts.push(DeskAlert {
-            code: code("wrong-token"),
+            code: code(codes::WRONG_TOKEN),
             port: None,
             message: ukey_protocol::fit_text(
                 &format!(
@@ -127,7 +128,7 @@ pub(super) fn desk_alerts(sources: AlertSources<'_>) -> Vec<DeskAlert> {
     }
     for (port, (code_str, message)) in sources.usb_problems {
         alerts.push(DeskAlert {
-            code: code(code_str),
+            code: code(*code_str),
             port: Some(ukey_protocol::fit_text(port, 64)),
             message: ukey_protocol::fit_text(message, 512),
         });
@@ -142,7 +143,7 @@ pub(super) fn desk_alerts(sources: AlertSources<'_>) -> Vec<DeskAlert> {
     };
     for o in &overdue[..shown] {
         alerts.push(DeskAlert {
-            code: code("platform-unconfirmed"),
+            code: code(codes::PLATFORM_UNCONFIRMED),
             port: None,
             message: ukey_protocol::fit_text(
                 &format!(
@@ -163,7 +164,7 @@ pub(super) fn desk_alerts(sources: AlertSources<'_>) -> Vec<DeskAlert> {
             .map(|o| format!("{} ({})", o.job, o.serial.unwrap_or("-")))
             .collect();
         alerts.push(DeskAlert {
-            code: code("platform-unconfirmed"),
+            code: code(codes::PLATFORM_UNCONFIRMED),
             port: None,
             message: ukey_protocol::fit_text(
                 &format!(

@@ -59,6 +59,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use ukey_protocol::codes::Code;
 use ukey_protocol::ids::{JobId, Nonce, StationId};
 use ukey_protocol::topic::Topics;
 
@@ -176,7 +177,7 @@ struct Daemon {
     /// Token serial → USB (vendor, product), from USB arrivals: which model a token is.
     usb_ids: BTreeMap<String, (u16, u16)>,
     /// USB devices present but not accessible (port → reason), shown by `status`.
-    usb_problems: BTreeMap<String, (&'static str, String)>,
+    usb_problems: BTreeMap<String, (Code, String)>,
     /// PKCS#11 modules that could not be loaded (path, reason): reported, not fatal, so the
     /// other models keep working.
     module_problems: Vec<(PathBuf, String)>,

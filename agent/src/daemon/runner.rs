@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use sha2::{Digest, Sha256};
 use ukey_protocol::Message;
 use ukey_protocol::bundle::{CertBundle, CsrBundle};
+use ukey_protocol::codes;
 use ukey_protocol::event::{Step, StepData, StepError};
 use ukey_protocol::ids::{JobId, TokenSerial};
 use ukey_protocol::job::{JobDocument, JobKind};
@@ -59,7 +60,7 @@ pub(super) async fn run_step(
     };
     let missing = |what: &str| {
         StepFailure::Failed(StepError {
-            code: code("internal"),
+            code: code(codes::INTERNAL),
             message: format!("{what} missing for step {step}"),
             retryable: true,
         })
@@ -79,7 +80,7 @@ pub(super) async fn run_step(
                             serial
                                 .map(|serial| StepOutput::Initialized { serial })
                                 .ok_or_else(|| StepFailure::Failed(StepError {
-                                    code: code("token-serial"),
+                                    code: code(codes::TOKEN_SERIAL),
                                     message: "the token has no usable serial number after initialization".into(),
                                     retryable: false,
                                 }))
@@ -116,7 +117,7 @@ pub(super) async fn run_step(
                             Ok(StepOutput::Data(StepData::Requested { bundle_sha256: sha }))
                         }
                         Err(e) => Err(StepFailure::Failed(StepError {
-                            code: code("csr-encoding"),
+                            code: code(codes::CSR_ENCODING),
                             message: ukey_protocol::fit_text(&e.to_string(), 512),
                             retryable: false,
                         })),
@@ -144,7 +145,7 @@ pub(super) async fn run_step(
                         if install {
                             if pins.is_none() && !keeps_keys(&doc) {
                                 return Ok(Err(StepFailure::Failed(StepError {
-                                    code: code("internal"),
+                                    code: code(codes::INTERNAL),
                                     message: "PINs missing for step install".into(),
                                     retryable: true,
                                 })));
@@ -232,7 +233,7 @@ pub(super) async fn run_step(
             ),
         },
         other => Err(StepFailure::Failed(StepError {
-            code: code("step-unsupported"),
+            code: code(codes::STEP_UNSUPPORTED),
             message: format!("step {other} is not supported by this agent version"),
             retryable: false,
         })),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use time::OffsetDateTime;
+use ukey_protocol::codes;
 use ukey_protocol::event::ExecutionState;
 use ukey_protocol::ids::{JobId, TokenSerial};
 use ukey_protocol::inventory::{CertificateExpiry, TokenDamage, TokenState};
@@ -121,7 +122,7 @@ impl Daemon {
                 self.usb_problems.insert(
                     device.port_path.clone(),
                     (
-                        "usb-not-accessible",
+                        codes::USB_NOT_ACCESSIBLE,
                         format!(
                             "Ukey {} at USB port {}: {reason}",
                             device.id(),
@@ -152,7 +153,7 @@ impl Daemon {
                 problems.insert(
                     port.clone(),
                     (
-                        "no-slot-for-token",
+                        codes::NO_SLOT_FOR_TOKEN,
                         format!("Ukey {serial} at USB port {port} shows no PKCS#11 slot: check its model's module"),
                     ),
                 );

@@ -16,9 +16,9 @@ use serialport::{SerialPort, TTYPort};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::line::{BoardInfo, BoardLine, HostLine, LineReader, PROTOCOL_VERSION};
 use super::{ButtonPress, Command, Light, MAX_SLOTS, PanelTimings, Shared, lock};
 use crate::config::PanelConfig;
+use ukey_protocol::panel::{BoardInfo, BoardLine, HostLine, LineReader, PROTOCOL_VERSION};
 
 /// How long one serial read waits: the latency of a light change while the board is quiet.
 const READ_TIMEOUT: Duration = Duration::from_millis(25);
@@ -311,7 +311,7 @@ impl Driver {
     fn handle_line(
         &self,
         conn: &mut Connection,
-        parsed: Result<BoardLine, super::line::LineError>,
+        parsed: Result<BoardLine, ukey_protocol::panel::LineError>,
     ) -> std::io::Result<()> {
         let line = match parsed {
             Ok(line) => line,

@@ -24,7 +24,6 @@
 //! from 0, the inventory's `slot`, never PKCS#11 slot ids.
 
 mod driver;
-pub mod line;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -34,7 +33,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::PanelConfig;
-pub use line::{BeepPattern, BoardInfo, ButtonAction, Light, MAX_SLOTS};
+pub use ukey_protocol::panel::{BeepPattern, BoardInfo, ButtonAction, Light, MAX_SLOTS};
 
 /// How many button presses wait for the daemon before new ones are dropped (and logged).
 pub const BUTTON_CHANNEL: usize = 64;

@@ -6,7 +6,7 @@
 //! (raw `r||s`, turned into a DER `Ecdsa-Sig-Value`; SoftHSM 2.6.1 has no `CKM_ECDSA_SHA256`)
 //! or `CKM_RSA_PKCS` over a SHA-256 `DigestInfo` (sha256WithRSAEncryption).
 //!
-//! The user must be logged in. This module does not decide subjects: see [`crate::profile`].
+//! The user must be logged in. This module does not decide subjects: see [`ukey_protocol::profile`].
 
 use std::cell::RefCell;
 

@@ -9,13 +9,13 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use der::{Decode, Encode, EncodePem};
-use hsm_sim::platform::{KeyOptions, KeySource, Platform, PlatformConfig, StationTrust, TestCa};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use ukey_agent::certs::{CertError, Expected, TrustAnchors, ValidityPolicy, VerifiedCertificate};
-use ukey_agent::profile::SubjectData;
+use ukey_platform_sim::{KeyOptions, KeySource, Platform, PlatformConfig, StationTrust, TestCa};
 use ukey_protocol::codec::Message;
+use ukey_protocol::profile::SubjectData;
 use ukey_protocol::{
     Base64Bytes, CertResponse, CertificateRequest, CsrBundle, EventId, ExecutionState, JobDocument,
     JobEnvelope, JobId, JobKeyring, JobVerifyingKey, KeyAlgorithm, KeyLabel, SealRecipient,
@@ -359,5 +359,5 @@ pub fn openssl_verify(ca: &Path, der: &[u8], dir: &Path) -> (bool, String) {
 
 /// A CA that is not the platform's, for building certificates the platform never issued.
 pub fn stranger() -> TestCa {
-    TestCa::generate(hsm_sim::platform::CaAlgorithm::P256, "Elsewhere CA").unwrap()
+    TestCa::generate(ukey_platform_sim::CaAlgorithm::P256, "Elsewhere CA").unwrap()
 }

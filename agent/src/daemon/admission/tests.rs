@@ -56,7 +56,7 @@ fn decide(envelope: &JobEnvelope, seen: &BTreeSet<Nonce>, now: OffsetDateTime) -
 
 fn rejected_with(admission: Admission) -> (String, &'static str) {
     match admission {
-        Admission::Reject { job_id, code, .. } => (job_id.to_string(), code),
+        Admission::Reject { job_id, code, .. } => (job_id.to_string(), code.as_str()),
         other => panic!("expected a rejection, got {other:?}"),
     }
 }

@@ -125,7 +125,7 @@ fn two_seats_in_one_slot_number_show_once() {
 }
 
 fn sources<'a>(
-    usb: &'a BTreeMap<String, (&'static str, String)>,
+    usb: &'a BTreeMap<String, (ukey_protocol::codes::Code, String)>,
     modules: &'a [(PathBuf, String)],
     overdue: Vec<Overdue<'a>>,
 ) -> AlertSources<'a> {
@@ -147,7 +147,7 @@ fn alerts_come_in_order_with_their_codes_and_ports() {
     usb.insert(
         "1-2".to_owned(),
         (
-            "usb-not-accessible",
+            ukey_protocol::codes::USB_NOT_ACCESSIBLE,
             "Ukey at USB port 1-2: permission denied".to_owned(),
         ),
     );

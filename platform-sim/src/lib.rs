@@ -4,7 +4,7 @@
 //! everything it receives so tests can assert on it. It can misbehave on request.
 //!
 //! - [`ca`]: the test CA (P-256 or RSA-2048): checks requests against the job, issues to the
-//!   Ukey profile of `ukey_agent::profile`.
+//!   Ukey profile of `ukey_protocol::profile`.
 //! - [`keys`]: all of the platform's keys and the station trust files
 //!   ([`PlatformKeys::write_station_trust`]).
 //! - [`jobs`]: made-up but valid companies and people; job drafts, building and signing.
@@ -14,6 +14,11 @@
 //!
 //! What it does not do: persistence of its records, revocation, access control, anything a
 //! real platform needs to be trusted. Never point a real station at it.
+//!
+//! An independent oracle: it shares nothing with the agent beyond `ukey-protocol`'s messages
+//! and contracts (the certificate profile, the error codes), so that a bug on either side
+//! shows up as a disagreement rather than as two sides agreeing on the same mistake.
+#![forbid(unsafe_code)]
 
 pub mod ca;
 pub mod client;
@@ -22,6 +27,7 @@ pub mod jobs;
 pub mod keys;
 pub mod misbehave;
 pub mod records;
+pub mod verify;
 
 pub use ca::{CaAlgorithm, Issue, RejectionCode, TestCa, subject_data};
 pub use client::{KeySource, MAX_PACKET_BYTES, Platform, PlatformConfig, PlatformTls, SignedJob};

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
+use crate::verify::key_algorithm;
 use p256::elliptic_curve::Generate;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter, SubscribeReasonCode};
 use secrecy::SecretString;
@@ -25,9 +26,8 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use ukey_agent::certs::key_algorithm;
-use ukey_agent::profile::SubjectData;
 use ukey_protocol::codec::Message;
+use ukey_protocol::profile::SubjectData;
 use ukey_protocol::topic::parse_any_station;
 use ukey_protocol::{
     Ack, Base64Bytes, CertBundle, CertOutcome, CertResponse, CsrBundle, ExecutionState, Inventory,

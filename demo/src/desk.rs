@@ -29,10 +29,10 @@ use ukey_protocol::{
 
 use super::error::DemoError;
 use super::progress::{Progress, SeatLine, Status};
-use crate::platform::{JobDraft, JobRecord, Misbehaviour, Platform, Records, Times};
-use crate::rack::fault::{Fault, FaultAction};
-use crate::rack::latency::Profile;
-use crate::rack::{InsertOptions, Rack};
+use hsm_sim::rack::fault::{Fault, FaultAction};
+use hsm_sim::rack::latency::Profile;
+use hsm_sim::rack::{InsertOptions, Rack};
+use ukey_platform_sim::{JobDraft, JobRecord, Misbehaviour, Platform, Records, Times};
 
 /// How often lines are redrawn when nothing happens.
 pub(crate) const TICK: Duration = Duration::from_millis(200);

@@ -1,4 +1,6 @@
-//! The panel's line protocol, version 1: parsing and formatting of single lines (pure).
+//! The indicator panel's line protocol, version 1: parsing and formatting of single lines
+//! (pure). A contract both sides implement: the agent's panel driver and a panel board (or
+//! hsm-sim's panel emulator) speak it.
 //!
 //! Every message is one line of printable ASCII ended by `\n` (a `\r` before it is
 //! tolerated), at most [`MAX_LINE`] bytes without the terminator. Fields are separated by
@@ -8,7 +10,7 @@
 //! bounded lines.
 //!
 //! This module does no IO and keeps no connection state: which line may come when, and what
-//! to do about a bad one, is the driver's (and the emulator's) business. A parse error is an
+//! to do about a bad one, is the driver's (and the board's) business. A parse error is an
 //! ordinary value, never a panic, whatever the bytes.
 
 use std::fmt;

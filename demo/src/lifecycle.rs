@@ -1,4 +1,4 @@
-//! `hsm-sim demo --scenario lifecycle`: one Ukey's life at the desk, phase by phase — `new`,
+//! `ukey-demo --scenario lifecycle`: one Ukey's life at the desk, phase by phase — `new`,
 //! `renew` (same keys, new certificates), `change` (a new company name on the same keys), a
 //! user PIN typed wrong until it locks, `unlock` (the SO resets the user PIN), and loss and
 //! replacement (a `replace` job on a fresh blank token naming the lost one, which shows
@@ -38,9 +38,9 @@ use super::progress::{Progress, pad};
 use super::report::{CertSummary, ms};
 use super::verify::{Check, Expectation, Verifier};
 use super::{Station, plural};
-use crate::platform::{JobDraft, JobRecord, Order, Platform};
-use crate::rack::latency::Profile;
-use crate::rack::{InsertOptions, Rack};
+use hsm_sim::rack::latency::Profile;
+use hsm_sim::rack::{InsertOptions, Rack};
+use ukey_platform_sim::{JobDraft, JobRecord, Order, Platform};
 
 /// The slots of the lifecycle's rack: the customer's token, then its replacement.
 pub(crate) const SLOTS: usize = 2;
@@ -438,14 +438,14 @@ impl From<DemoError> for Stop {
     }
 }
 
-impl From<crate::platform::PlatformError> for Stop {
-    fn from(e: crate::platform::PlatformError) -> Stop {
+impl From<ukey_platform_sim::PlatformError> for Stop {
+    fn from(e: ukey_platform_sim::PlatformError) -> Stop {
         Stop(e.to_string())
     }
 }
 
-impl From<crate::Error> for Stop {
-    fn from(e: crate::Error) -> Stop {
+impl From<hsm_sim::Error> for Stop {
+    fn from(e: hsm_sim::Error) -> Stop {
         Stop(e.to_string())
     }
 }

@@ -1,4 +1,4 @@
-//! Ctrl-C (SIGINT) and SIGTERM for `hsm-sim demo`.
+//! Ctrl-C (SIGINT) and SIGTERM for `ukey-demo`.
 //!
 //! [`Interrupt::install`] takes both signals over for the rest of the process (tokio's
 //! handlers replace the default actions) and listens on a thread of its own. The first
@@ -163,7 +163,7 @@ fn quit_at_once(received: Signal, scratch: Option<&PathBuf>) -> ! {
         None => "the demo's folder is left as it is".to_owned(),
     };
     eprintln!(
-        "hsm-sim: demo: {} again: quitting at once, without waiting for the agent; {files}",
+        "ukey-demo: {} again: quitting at once, without waiting for the agent; {files}",
         received.name()
     );
     std::process::exit(i32::from(received.exit_status()));

@@ -1,11 +1,11 @@
-//! The demo's error type: what can stop `hsm-sim demo` before or while it runs a desk.
+//! The demo's error type: what can stop `ukey-demo` before or while it runs a desk.
 //!
 //! A token that fails is not an error here: it is a result, reported in the summary (and
 //! the run ends with [`DemoError::Incomplete`]).
 
 use std::path::PathBuf;
 
-use crate::platform::PlatformError;
+use ukey_platform_sim::PlatformError;
 
 /// Why the demo could not run, or did not produce every token.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +35,7 @@ pub enum DemoError {
     Platform(#[from] PlatformError),
     /// The virtual rack failed.
     #[error("virtual rack: {0}")]
-    Rack(#[from] crate::Error),
+    Rack(#[from] hsm_sim::Error),
     /// The agent could not start or stopped with an error.
     #[error("agent: {0}")]
     Agent(String),
@@ -89,7 +89,7 @@ pub enum DemoError {
 }
 
 impl DemoError {
-    /// The exit status the `hsm-sim` process ends with: `128 + the signal number` when
+    /// The exit status the `ukey-demo` process ends with: `128 + the signal number` when
     /// interrupted, else 1.
     pub fn exit_status(&self) -> u8 {
         match self {

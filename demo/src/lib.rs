@@ -1,4 +1,4 @@
-//! `hsm-sim demo`: a whole production desk in one process — an embedded MQTT broker
+//! `ukey-demo`: a whole production desk in one process — an embedded MQTT broker
 //! (rumqttd), the simulated platform with its test CA, a virtual rack, and the agent, run
 //! with the same code and configuration path as `ukey-agent run` (a TOML file loaded with
 //! `Config::load_checked`, then `daemon::run`). The demo plays the desk staff ([`desk`]),
@@ -6,8 +6,12 @@
 //! through PKCS#11 to check it ([`verify`]) and prints a summary ([`report`]). With
 //! `--scenario lifecycle` the same desk plays one token's life instead ([`lifecycle`]).
 //!
-//! The agent loads `libhsm_sim.so` by path, from the folder of the running `hsm-sim` binary
-//! (cargo builds both into `target/<profile>/`), or the module given with `--module`.
+//! The agent loads `libhsm_sim.so` by path, from the folder of the running `ukey-demo` binary
+//! (cargo builds both into `target/<profile>/`; `cargo run -p ukey-demo` alone leaves the
+//! module in `target/<profile>/deps/`, which is looked at too), or the module given with
+//! `--module`. The module finds the rack through `HSM_SIM_DIR`, read at `C_Initialize`; a
+//! process cannot set its own environment safely, so the demo executes itself once more
+//! with the variable set ([`ensure_module_env`]) before anything else runs.
 //!
 //! Files: with `--dir D` the rack's state is `D` itself (inspect it afterwards with
 //! `HSM_SIM_DIR=D pkcs11-tool …` or `hsm-sim --dir D list`) and the demo's own files (agent
@@ -33,7 +37,7 @@ mod verify;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use clap::{Args, ValueEnum};
+use clap::{Parser, ValueEnum};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 use ukey_agent::config::Config;
@@ -42,13 +46,13 @@ use ukey_protocol::{KeyAlgorithm, KeyLabel, PresenceStatus, StationId};
 
 pub use error::DemoError;
 
-use crate::platform::{Platform, PlatformConfig, Records, StationTrust};
-use crate::rack::latency::Profile;
-use crate::rack::{DIR_ENV, InsertOptions, Rack, RackConfig};
 use desk::{Desk, DeskPlan, DeskRun, Outcome, TokenResult, Tokens};
+use hsm_sim::rack::latency::Profile;
+use hsm_sim::rack::{DIR_ENV, InsertOptions, Rack, RackConfig};
 use interrupt::{Interrupt, Signal};
 use progress::{Progress, ProgressKind};
 use report::{CertSummary, FaultSummary, Summary, TokenSummary, ms};
+use ukey_platform_sim::{Platform, PlatformConfig, Records, StationTrust};
 use verify::{Check, Expectation};
 
 /// The file name of hsm-sim's PKCS#11 module next to the binary.
@@ -149,7 +153,7 @@ fn parse_broker(s: &str) -> Result<BrokerAddr, String> {
     })
 }
 
-/// `hsm-sim demo`: run a whole production desk and watch blank Ukeys become finished ones.
+/// `ukey-demo`: run a whole production desk and watch blank Ukeys become finished ones.
 ///
 /// Starts an embedded MQTT broker, the simulated platform (test CA), a virtual rack and the
 /// agent in this process; plugs in blank tokens as slots free up, one `new` job per token;
@@ -158,8 +162,13 @@ fn parse_broker(s: &str) -> Result<BrokerAddr, String> {
 /// tokens stay in D (HSM_SIM_DIR=D pkcs11-tool --module …/libhsm_sim.so -L). Ctrl-C (or
 /// SIGTERM) stops the agent cleanly and prints a partial summary: exit status 130 (143); a
 /// second Ctrl-C quits at once.
-#[derive(Debug, Args)]
+#[derive(Debug, Parser)]
+#[command(name = "ukey-demo", version)]
 pub struct DemoArgs {
+    /// Keep the rack and the demo's files in this folder (the rack in DIR, the agent's
+    /// configuration, state and log in DIR/demo) instead of a temporary folder.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
     /// What to play.
     #[arg(long, value_enum, default_value_t = Scenario::Production)]
     pub scenario: Scenario,
@@ -191,24 +200,105 @@ pub struct DemoArgs {
     pub faults: bool,
 }
 
-/// The module next to the running binary.
+/// hsm-sim's module built with the running binary: next to it, or in `deps/` beside it
+/// (where cargo leaves a dependency's shared library when only `ukey-demo` was built); the
+/// newer of the two when both exist, so a module rebuilt with the demo wins over a stale one.
 fn module_next_to_binary() -> Result<PathBuf, DemoError> {
     let exe = std::env::current_exe().map_err(|e| DemoError::folder("the running binary", e))?;
     let dir = exe
         .parent()
         .ok_or_else(|| DemoError::folder(&exe, "has no folder"))?;
-    Ok(dir.join(MODULE_FILE))
+    let beside = dir.join(MODULE_FILE);
+    let deps = dir.join("deps").join(MODULE_FILE);
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    Ok(match (modified(&beside), modified(&deps)) {
+        (Some(a), Some(b)) if b > a => deps,
+        (None, Some(_)) => deps,
+        _ => beside,
+    })
 }
 
-/// Points this process's hsm-sim module at the rack in `dir` (it reads `HSM_SIM_DIR` at
-/// `C_Initialize`).
-#[allow(unsafe_code)]
-fn point_module_at(dir: &Path) {
-    // SAFETY: `set_var` is unsound only while another thread reads or writes the
-    // environment. `run` calls this first thing, from the main thread, before it starts any
-    // thread (no runtime, broker, platform or agent exists yet); `run`'s documentation makes
-    // that a requirement for callers.
-    unsafe { std::env::set_var(DIR_ENV, dir) };
+/// The environment variable that marks a temporary folder this run made before it executed
+/// itself again (see [`ensure_module_env`]): the folder is the run's to remove.
+const TEMP_ENV: &str = "UKEY_DEMO_TEMP_DIR";
+
+/// Makes sure hsm-sim's module, loaded by the agent in this process, finds the rack in
+/// `root`: it reads `HSM_SIM_DIR` at `C_Initialize`. When the variable already names `root`
+/// this returns at once; otherwise the demo executes itself again (same process id, same
+/// arguments, so signals and the exit status stay the caller's) with the variable set, and
+/// returns only if that fails. `temp` says that `root` is a temporary folder of this run.
+fn ensure_module_env(root: &Path, temp: bool) -> Result<(), DemoError> {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os(DIR_ENV).is_some_and(|d| Path::new(&d) == root) {
+        return Ok(());
+    }
+    let exe = std::env::current_exe().map_err(|e| DemoError::folder("the running binary", e))?;
+    let mut again = std::process::Command::new(&exe);
+    again.args(std::env::args_os().skip(1)).env(DIR_ENV, root);
+    if temp {
+        again.env(TEMP_ENV, root);
+    } else {
+        again.env_remove(TEMP_ENV);
+    }
+    let e = again.exec();
+    Err(DemoError::folder(
+        &exe,
+        format!("cannot execute it again with {DIR_ENV} set: {e}"),
+    ))
+}
+
+/// A temporary folder of this run: removed when dropped, unless kept for its log.
+#[derive(Debug)]
+pub(crate) struct TempFolder {
+    path: Option<PathBuf>,
+}
+
+impl TempFolder {
+    /// A new folder `ukey-demo-XXXX` in the system's temporary folder (`$TMPDIR`).
+    fn create() -> Result<TempFolder, DemoError> {
+        let t = tempfile::Builder::new()
+            .prefix("ukey-demo-")
+            .tempdir()
+            .map_err(|e| DemoError::folder(std::env::temp_dir(), e))?;
+        Ok(TempFolder {
+            path: Some(t.keep()),
+        })
+    }
+
+    /// The temporary folder this process was executed again with, if any.
+    fn adopted() -> Option<TempFolder> {
+        let temp = std::env::var_os(TEMP_ENV)?;
+        let dir = std::env::var_os(DIR_ENV)?;
+        (temp == dir && Path::new(&temp).is_dir()).then(|| TempFolder {
+            path: Some(PathBuf::from(temp)),
+        })
+    }
+
+    /// The folder.
+    pub(crate) fn path(&self) -> &Path {
+        self.path.as_deref().unwrap_or(Path::new(""))
+    }
+
+    /// Keeps the folder (a failed run's log stays readable); returns its path.
+    pub(crate) fn keep(mut self) -> PathBuf {
+        self.path.take().unwrap_or_default()
+    }
+
+    /// Removes the folder now, reporting a failure.
+    pub(crate) fn close(mut self) -> std::io::Result<()> {
+        match self.path.take() {
+            Some(p) => std::fs::remove_dir_all(p),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TempFolder {
+    fn drop(&mut self) {
+        if let Some(p) = self.path.take() {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
 }
 
 /// Prepares the demo's folder: the rack in `root` (rack mode) and `root/demo` for the rest.
@@ -283,7 +373,7 @@ impl AgentFile<'_> {
             None => "watcher = \"none\"\n".to_owned(),
         };
         format!(
-            "# Written by `hsm-sim demo`: the agent of the demo's desk.\n\
+            "# Written by `ukey-demo`: the agent of the demo's desk.\n\
              station_id = {station}\n\
              state_dir = {state}\n\n\
              [broker]\nhost = {host}\nport = {port}\nkeep_alive_secs = 10\n\n\
@@ -324,10 +414,11 @@ struct Produced {
 /// stderr; returns [`DemoError::Incomplete`] when not every token was produced and verified,
 /// and [`DemoError::Interrupted`] after SIGINT or SIGTERM (with a partial summary printed).
 ///
-/// Must be called before the process starts any thread: it sets `HSM_SIM_DIR` for the
-/// PKCS#11 module (the binary's `main` calls it right after parsing the command line). It
-/// takes SIGINT and SIGTERM over for the rest of the process.
-pub fn run(args: DemoArgs, dir: Option<PathBuf>) -> Result<(), DemoError> {
+/// Must be called before the process starts any thread, with the process's own command line
+/// in `args`: in rack mode, when `HSM_SIM_DIR` does not name the rack's folder yet, it
+/// executes the program again with it set (the binary's `main` calls it right after parsing
+/// the command line). It takes SIGINT and SIGTERM over for the rest of the process.
+pub fn run(args: DemoArgs) -> Result<(), DemoError> {
     let started = Instant::now();
     let lifecycle = args.scenario == Scenario::Lifecycle;
     if lifecycle && (args.module.is_some() || args.faults) {
@@ -346,26 +437,24 @@ pub fn run(args: DemoArgs, dir: Option<PathBuf>) -> Result<(), DemoError> {
         return Err(DemoError::ModuleMissing {
             path: module,
             hint: if rack_mode {
-                "it is built with the hsm-sim binary (`cargo build -p hsm-sim`, or \
-                 `cargo run --release -p hsm-sim -- demo`); run the hsm-sim binary from \
+                "it is built with hsm-sim (`cargo build -p hsm-sim`, or \
+                 `cargo run --release -p ukey-demo`); run the ukey-demo binary from \
                  its cargo target folder"
             } else {
                 "give the path of an installed PKCS#11 module to --module"
             },
         });
     }
-    let (root, temp) = match dir {
-        Some(d) => (d, None),
-        None => {
-            let t = tempfile::Builder::new()
-                .prefix("hsm-sim-demo-")
-                .tempdir()
-                .map_err(|e| DemoError::folder(std::env::temp_dir(), e))?;
+    let (root, temp) = match (&args.dir, TempFolder::adopted()) {
+        (Some(d), _) => (d.clone(), None),
+        (None, Some(t)) => (t.path().to_path_buf(), Some(t)),
+        (None, None) => {
+            let t = TempFolder::create()?;
             (t.path().to_path_buf(), Some(t))
         }
     };
     if rack_mode {
-        point_module_at(&root);
+        ensure_module_env(&root, temp.is_some())?;
     }
     // The first thread of the process: from here on Ctrl-C and SIGTERM stop the demo
     // cleanly.
@@ -539,7 +628,7 @@ pub fn run(args: DemoArgs, dir: Option<PathBuf>) -> Result<(), DemoError> {
         Ok(())
     } else {
         if let Some(e) = &produced.agent_error {
-            eprintln!("hsm-sim: demo: the agent stopped with an error: {e}");
+            eprintln!("ukey-demo: the agent stopped with an error: {e}");
         }
         keep_for_log(temp, &log, args.json);
         Err(DemoError::Incomplete {
@@ -593,12 +682,7 @@ fn agent_stop_text(agent_error: Option<&str>) -> String {
 
 /// The end of an interrupted run: the temporary folder is removed (a kept `--dir` is
 /// named), and the error carries the one line `main` prints.
-fn interrupted(
-    signal: Signal,
-    what: String,
-    temp: Option<tempfile::TempDir>,
-    root: &Path,
-) -> DemoError {
+fn interrupted(signal: Signal, what: String, temp: Option<TempFolder>, root: &Path) -> DemoError {
     let files = match temp {
         Some(t) => {
             let path = t.path().to_path_buf();
@@ -621,7 +705,7 @@ fn interrupted(
 fn run_lifecycle(
     args: &DemoArgs,
     root: &Path,
-    temp: Option<tempfile::TempDir>,
+    temp: Option<TempFolder>,
     module: &Path,
     rack: &Rack,
     runtime: &tokio::runtime::Runtime,
@@ -743,7 +827,7 @@ fn run_lifecycle(
         Ok(())
     } else {
         if let Some(e) = &agent_error {
-            eprintln!("hsm-sim: demo: the agent stopped with an error: {e}");
+            eprintln!("ukey-demo: the agent stopped with an error: {e}");
         }
         keep_for_log(temp, &log, args.json);
         Err(DemoError::Lifecycle {
@@ -794,17 +878,14 @@ fn verify_all(
 }
 
 /// A failed run keeps its temporary folder, for the agent's log.
-fn keep_for_log(temp: Option<tempfile::TempDir>, log: &Path, quiet: bool) {
+fn keep_for_log(temp: Option<TempFolder>, log: &Path, quiet: bool) {
     if let Some(t) = temp {
         let _ = t.keep();
         if !quiet {
-            eprintln!(
-                "hsm-sim: demo: the agent's log is kept in {}",
-                log.display()
-            );
+            eprintln!("ukey-demo: the agent's log is kept in {}", log.display());
         }
     } else if !quiet {
-        eprintln!("hsm-sim: demo: the agent's log is {}", log.display());
+        eprintln!("ukey-demo: the agent's log is {}", log.display());
     }
 }
 
@@ -823,7 +904,7 @@ pub(crate) struct Station {
     /// From the start of the command until the agent was online.
     pub(crate) setup: Duration,
     /// The desk's indicator panel, emulated on a pseudo-terminal (with a rack only).
-    pub(crate) panel: Option<crate::panel::EmulatedPanel>,
+    pub(crate) panel: Option<hsm_sim::panel::EmulatedPanel>,
 }
 
 impl Station {
@@ -891,12 +972,13 @@ pub(crate) async fn start_station(
     let panel = match rack {
         Some(r) => {
             let slots = u8::try_from(r.slot_count().unwrap_or(4).clamp(1, 64)).unwrap_or(4);
-            let (panel, _events) = crate::panel::EmulatedPanel::start(crate::panel::PanelOptions {
-                slots,
-                link: Some(files.join("panel")),
-                ..Default::default()
-            })
-            .map_err(|e| DemoError::Agent(format!("indicator panel: {e}")))?;
+            let (panel, _events) =
+                hsm_sim::panel::EmulatedPanel::start(hsm_sim::panel::PanelOptions {
+                    slots,
+                    link: Some(files.join("panel")),
+                    ..Default::default()
+                })
+                .map_err(|e| DemoError::Agent(format!("indicator panel: {e}")))?;
             Some(panel)
         }
         None => None,
@@ -1108,7 +1190,7 @@ async fn settled_lights(
                 }
             };
             station.panel = Some(panel);
-            (Some(crate::panel::row(&lights)), ok)
+            (Some(hsm_sim::panel::row(&lights)), ok)
         }
         Err(e) => {
             tracing::warn!("waiting for the panel's lights: {e}");

@@ -1,7 +1,9 @@
 //! The certificate profile of a Ukey, in one place: subject names and key usages per label.
 //!
-//! Pure: no IO. The agent builds its CSRs and checks issued certificates with it; the
-//! simulated platform issues with [`UkeyProfile`]. A certificate carries the company name,
+//! Pure: no IO. This is a contract both sides implement: the agent builds its CSRs and checks
+//! issued certificates against it; the simulated platform checks CSRs and issues with it
+//! (each with its own checking code, so that they meet as two independent implementations).
+//! A certificate carries the company name,
 //! its unified social credit code (as `organizationIdentifier`, 2.5.4.97) and, for the legal
 //! representative's seal, the representative's name. It NEVER carries an ID-card number or a
 //! mobile number: [`SubjectData`] has no such fields, and a name that looks like one is refused.
@@ -16,7 +18,6 @@
 
 use der::asn1::{Any, ObjectIdentifier, PrintableStringRef, Utf8StringRef};
 use der::{Decode, Encode};
-use ukey_protocol::{KeyAlgorithm, KeyLabel};
 use x509_cert::attr::AttributeTypeAndValue;
 use x509_cert::builder::profile::BuilderProfile;
 use x509_cert::certificate::TbsCertificate;
@@ -26,6 +27,8 @@ use x509_cert::ext::pkix::{
 use x509_cert::ext::{Extension, ToExtension};
 use x509_cert::name::{Name, RdnSequence, RelativeDistinguishedName};
 use x509_cert::spki::SubjectPublicKeyInfoRef;
+
+use crate::keys::{KeyAlgorithm, KeyLabel};
 
 /// `countryName` (2.5.4.6).
 pub const OID_COUNTRY: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.6");

@@ -410,11 +410,11 @@ fn same_key(der: &[u8], pubkey: &Attrs) -> Result<(), String> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::platform::{CaAlgorithm, Issue, TestCa};
     use p256::elliptic_curve::Generate;
     use spki::{EncodePublicKey, SubjectPublicKeyInfoOwned};
     use std::time::SystemTime;
-    use ukey_agent::profile::SubjectData;
+    use ukey_platform_sim::{CaAlgorithm, Issue, TestCa};
+    use ukey_protocol::profile::SubjectData;
 
     fn spki(key: &p256::ecdsa::SigningKey) -> SubjectPublicKeyInfoOwned {
         let der = key.verifying_key().to_public_key_der().unwrap();

@@ -2,9 +2,10 @@
 //! `C_EncryptFinal`, the same four for decryption, and `C_DigestInit`/`C_Digest`/
 //! `C_DigestUpdate`/`C_DigestKey`/`C_DigestFinal`.
 //!
-//! Multi-part calls gather their input in the session (at most 1 MiB) and return no output
-//! until the final call, which does the whole operation at once: a token may hold data back
-//! that way, and every mode then has one code path, the single-part one.
+//! Multi-part AES in ECB, CBC and CBC-PAD streams: each update returns the whole blocks it
+//! can, the session keeps the rest and the chaining value. GCM, RSA and digests gather
+//! their input in the session (at most 1 MiB) and do the whole operation at the final call
+//! (GCM's tag covers everything, RSA takes one block): the single-part code path.
 
 use std::time::Instant;
 
@@ -17,7 +18,7 @@ use crate::rack::Rv;
 use crate::rack::crypto::{self, CipherMechanism, EncryptKey};
 use crate::rack::latency::Op;
 use crate::rack::object::{KeyMaterial, Object};
-use crate::rack::symmetric::DigestAlg;
+use crate::rack::symmetric::{self, DigestAlg};
 
 /// What a call that returns data gives back (`C_Encrypt`, `C_Decrypt`, `C_Digest`, their
 /// `…Final`, `C_WrapKey`).
@@ -97,11 +98,18 @@ impl Engine {
         r
     }
 
-    /// `C_EncryptUpdate`: gathers `data`; returns no output until `C_EncryptFinal`.
-    pub fn encrypt_update(&self, h: CK_SESSION_HANDLE, data: &[u8]) -> Result<(), Rv> {
+    /// `C_EncryptUpdate`: the whole blocks of what came so far, encrypted now (ECB, CBC,
+    /// CBC-PAD); GCM and RSA gather their input and give it all at `C_EncryptFinal`.
+    /// `out_capacity` is `None` for a length query, which takes nothing in.
+    pub fn encrypt_update(
+        &self,
+        h: CK_SESSION_HANDLE,
+        data: &[u8],
+        out_capacity: Option<usize>,
+    ) -> Result<Output, Rv> {
         let r = self
             .enter(h, "C_EncryptUpdate")
-            .and_then(|_| self.add_parts(h, Kind::Encrypt, data, CKR_DATA_LEN_RANGE));
+            .and_then(|ctx| self.update(&ctx, Kind::Encrypt, data, out_capacity));
         self.end_op_unless(h, Kind::Encrypt, &r, true);
         r
     }
@@ -172,13 +180,85 @@ impl Engine {
         r
     }
 
-    /// `C_DecryptUpdate`: gathers `data`; returns no output until `C_DecryptFinal`.
-    pub fn decrypt_update(&self, h: CK_SESSION_HANDLE, data: &[u8]) -> Result<(), Rv> {
+    /// `C_DecryptUpdate`: as `C_EncryptUpdate`; CBC-PAD holds its last block back (it
+    /// carries the padding) until `C_DecryptFinal`.
+    pub fn decrypt_update(
+        &self,
+        h: CK_SESSION_HANDLE,
+        data: &[u8],
+        out_capacity: Option<usize>,
+    ) -> Result<Output, Rv> {
         let r = self
             .enter(h, "C_DecryptUpdate")
-            .and_then(|_| self.add_parts(h, Kind::Decrypt, data, CKR_ENCRYPTED_DATA_LEN_RANGE));
+            .and_then(|ctx| self.update(&ctx, Kind::Decrypt, data, out_capacity));
         self.end_op_unless(h, Kind::Decrypt, &r, true);
         r
+    }
+
+    /// One multi-part update of an encryption or decryption. Block modes process the whole
+    /// blocks they have and keep the rest (and the chaining value) in the session; the
+    /// others gather everything for the final call.
+    fn update(
+        &self,
+        ctx: &Ctx,
+        kind: Kind,
+        data: &[u8],
+        out_capacity: Option<usize>,
+    ) -> Result<Output, Rv> {
+        let encrypt = kind == Kind::Encrypt;
+        let (mech, key, parts) = match self.get_op(ctx.handle, kind)? {
+            ActiveOp::Encrypt { mech, key, parts } | ActiveOp::Decrypt { mech, key, parts } => {
+                (mech, key, parts)
+            }
+            _ => return Err(CKR_OPERATION_NOT_INITIALIZED),
+        };
+        let too_long = if encrypt {
+            CKR_DATA_LEN_RANGE
+        } else {
+            CKR_ENCRYPTED_DATA_LEN_RANGE
+        };
+        let CipherMechanism::Aes(mode) = &mech else {
+            if let Some(o) = sized(0, out_capacity) {
+                return Ok(o);
+            }
+            self.add_parts(ctx.handle, kind, data, too_long)?;
+            return Ok(Output::Done(Zeroizing::new(Vec::new())));
+        };
+        let Some(step) = symmetric::BlockStep::of(mode, parts.len() + data.len(), encrypt) else {
+            if let Some(o) = sized(0, out_capacity) {
+                return Ok(o);
+            }
+            self.add_parts(ctx.handle, kind, data, too_long)?;
+            return Ok(Output::Done(Zeroizing::new(Vec::new())));
+        };
+        if let Some(o) = sized(step.ready, out_capacity) {
+            return Ok(o);
+        }
+        let usage = if encrypt { CKA_ENCRYPT } else { CKA_DECRYPT };
+        let obj = self.cipher_key(ctx, key, &mech, usage)?;
+        let Some(KeyMaterial::Secret(k)) = obj.key() else {
+            return Err(CKR_KEY_TYPE_INCONSISTENT);
+        };
+        let mut all = Zeroizing::new(parts.to_vec());
+        all.extend_from_slice(data);
+        let (out, next) = step.run(k, &all)?;
+        let rest = Zeroizing::new(all[step.ready..].to_vec());
+        let op = if encrypt {
+            ActiveOp::Encrypt {
+                mech: CipherMechanism::Aes(next),
+                key,
+                parts: rest,
+            }
+        } else {
+            ActiveOp::Decrypt {
+                mech: CipherMechanism::Aes(next),
+                key,
+                parts: rest,
+            }
+        };
+        self.set_op(ctx.handle, kind, None)?;
+        self.set_op(ctx.handle, kind, Some(op))?;
+        Ok(Output::Done(out))
     }
 
     /// `C_DecryptFinal`: decrypts everything gathered.

@@ -1,14 +1,11 @@
 //! Decryption (PKCS#11 v2.40 Base, section 5.9): `C_DecryptInit`, `C_Decrypt`,
 //! `C_DecryptUpdate`, `C_DecryptFinal` with `CKM_RSA_PKCS`, `CKM_RSA_PKCS_OAEP` (SHA-1 or
 //! SHA-256), `CKM_AES_ECB`, `CKM_AES_CBC`, `CKM_AES_CBC_PAD` and `CKM_AES_GCM` (96-bit IV,
-//! 128-bit tag). `C_DecryptUpdate` gathers its input and returns no output until
-//! `C_DecryptFinal`.
+//! 128-bit tag).
 
 use cryptoki_sys::*;
 
-use super::{
-    MAX_DATA_LEN, bytes, eng, mechanism, no_output_yet, param, param_bytes, shell, write_output,
-};
+use super::{MAX_DATA_LEN, bytes, eng, mechanism, param, param_bytes, shell, write_output};
 use crate::rack::Rv;
 use crate::rack::crypto::{CipherMechanism, HashAlg};
 use crate::rack::symmetric::AesMode;
@@ -109,25 +106,22 @@ pub(super) unsafe extern "C" fn C_Decrypt(
     })
 }
 
-/// `C_DecryptUpdate` (5.9): gathers the part (at most [`MAX_DATA_LEN`] in all); no output
-/// until `C_DecryptFinal`.
+/// `C_DecryptUpdate` (5.9), with the length-query convention: as `C_EncryptUpdate`
+/// (CBC-PAD holds its last block back for `C_DecryptFinal`).
 pub(super) unsafe extern "C" fn C_DecryptUpdate(
     session: CK_SESSION_HANDLE,
     data: *mut CK_BYTE,
     data_len: CK_ULONG,
-    _out: *mut CK_BYTE,
+    out: *mut CK_BYTE,
     out_len: *mut CK_ULONG,
 ) -> CK_RV {
     shell(|| {
         let e = eng()?;
-        if out_len.is_null() {
-            return Err(CKR_ARGUMENTS_BAD);
-        }
         // SAFETY: the caller passes `data_len` readable bytes (checked against the limit).
         let data = unsafe { bytes(data, data_len, MAX_DATA_LEN, CKR_ENCRYPTED_DATA_LEN_RANGE) }?;
-        e.decrypt_update(session, data)?;
-        // SAFETY: checked non-null; the caller guarantees it is writable.
-        unsafe { no_output_yet(out_len) }
+        // SAFETY: the caller passes an output buffer of `*out_len` bytes, or NULL (a length
+        // query, which takes no input in).
+        unsafe { write_output(out, out_len, |cap| e.decrypt_update(session, data, cap)) }
     })
 }
 

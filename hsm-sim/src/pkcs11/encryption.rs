@@ -1,12 +1,11 @@
 //! Encryption (PKCS#11 v2.40 Base, section 5.8): `C_EncryptInit`, `C_Encrypt`,
 //! `C_EncryptUpdate`, `C_EncryptFinal` with the mechanisms of decryption (RSA with a public
-//! key, AES with a secret key). `C_EncryptUpdate` gathers its input and returns no output
-//! until `C_EncryptFinal`.
+//! key, AES with a secret key).
 
 use cryptoki_sys::*;
 
 use super::decryption::cipher_mechanism;
-use super::{MAX_DATA_LEN, bytes, eng, no_output_yet, shell, write_output};
+use super::{MAX_DATA_LEN, bytes, eng, shell, write_output};
 
 /// `C_EncryptInit` (5.8).
 pub(super) unsafe extern "C" fn C_EncryptInit(
@@ -40,25 +39,23 @@ pub(super) unsafe extern "C" fn C_Encrypt(
     })
 }
 
-/// `C_EncryptUpdate` (5.8): gathers the part (at most [`MAX_DATA_LEN`] in all); no output
-/// until `C_EncryptFinal`.
+/// `C_EncryptUpdate` (5.8), with the length-query convention: AES ECB/CBC/CBC-PAD return
+/// the whole blocks so far; GCM and RSA gather the parts (at most [`MAX_DATA_LEN`] in all)
+/// for `C_EncryptFinal`.
 pub(super) unsafe extern "C" fn C_EncryptUpdate(
     session: CK_SESSION_HANDLE,
     data: *mut CK_BYTE,
     data_len: CK_ULONG,
-    _out: *mut CK_BYTE,
+    out: *mut CK_BYTE,
     out_len: *mut CK_ULONG,
 ) -> CK_RV {
     shell(|| {
         let e = eng()?;
-        if out_len.is_null() {
-            return Err(CKR_ARGUMENTS_BAD);
-        }
         // SAFETY: the caller passes `data_len` readable bytes (checked against the limit).
         let data = unsafe { bytes(data, data_len, MAX_DATA_LEN, CKR_DATA_LEN_RANGE) }?;
-        e.encrypt_update(session, data)?;
-        // SAFETY: checked non-null; the caller guarantees it is writable.
-        unsafe { no_output_yet(out_len) }
+        // SAFETY: the caller passes an output buffer of `*out_len` bytes, or NULL (a length
+        // query, which takes no input in).
+        unsafe { write_output(out, out_len, |cap| e.encrypt_update(session, data, cap)) }
     })
 }
 

@@ -402,16 +402,6 @@ unsafe fn write_output(
     }
 }
 
-/// Says that a multi-part update returned no output yet (the module gathers the input until
-/// the final call): `*out_len = 0`.
-///
-/// # Safety
-/// `out_len` must be null or valid for writing.
-unsafe fn no_output_yet(out_len: *mut CK_ULONG) -> Result<(), Rv> {
-    // SAFETY: forwarded with the same contract.
-    unsafe { put(out_len, 0) }
-}
-
 /// Blank-padded fixed-size text field.
 fn pad<const N: usize>(s: &str) -> [CK_UTF8CHAR; N] {
     crate::rack::token::padded::<N>(s)

@@ -80,6 +80,66 @@ impl AesMode {
     }
 }
 
+/// One multi-part step of a block mode (ECB, CBC, CBC-PAD): how many of the gathered bytes
+/// it processes now, and how.
+#[derive(Debug, Clone)]
+pub struct BlockStep {
+    /// Bytes processed now: whole blocks; decryption with padding holds its last block back.
+    pub ready: usize,
+    /// The mode the blocks go through now (CBC-PAD as plain CBC).
+    mode: AesMode,
+    /// The operation's own mode, to go on with.
+    original: AesMode,
+    encrypt: bool,
+}
+
+impl BlockStep {
+    /// The step for `n` gathered bytes in `mode`; `None` for GCM (it does not stream).
+    pub fn of(mode: &AesMode, n: usize, encrypt: bool) -> Option<BlockStep> {
+        let whole = n - n % AES_BLOCK;
+        let (ready, chained) = match mode {
+            AesMode::Ecb => (whole, AesMode::Ecb),
+            AesMode::Cbc { iv } => (whole, AesMode::Cbc { iv: *iv }),
+            AesMode::CbcPad { iv } if encrypt => (whole, AesMode::Cbc { iv: *iv }),
+            AesMode::CbcPad { iv } => (
+                n.saturating_sub(1) / AES_BLOCK * AES_BLOCK,
+                AesMode::Cbc { iv: *iv },
+            ),
+            AesMode::Gcm { .. } => return None,
+        };
+        Some(BlockStep {
+            ready,
+            mode: chained,
+            original: mode.clone(),
+            encrypt,
+        })
+    }
+
+    /// Processes `all[..ready]` (without padding); returns the output and the mode to go
+    /// on with: the operation's own (a CBC-PAD operation stays CBC-PAD for its final call),
+    /// its IV the last ciphertext block, as the chain continues.
+    pub fn run(&self, key: &[u8], all: &[u8]) -> Result<(Zeroizing<Vec<u8>>, AesMode), Rv> {
+        let input = &all[..self.ready];
+        let out = if self.encrypt {
+            Zeroizing::new(aes_encrypt(key, &self.mode, input)?)
+        } else {
+            aes_decrypt(key, &self.mode, input)?
+        };
+        let cipher = if self.encrypt { &out[..] } else { input };
+        let next = match (&self.mode, cipher.len()) {
+            (AesMode::Cbc { iv }, 0) => *iv,
+            (AesMode::Cbc { .. }, n) => block(&cipher[n - AES_BLOCK..]),
+            _ => [0; AES_BLOCK],
+        };
+        let mode = match &self.original {
+            AesMode::Cbc { .. } => AesMode::Cbc { iv: next },
+            AesMode::CbcPad { .. } => AesMode::CbcPad { iv: next },
+            other => other.clone(),
+        };
+        Ok((out, mode))
+    }
+}
+
 /// An AES key schedule of any of the three sizes.
 enum Aes {
     A128(aes::Aes128),
@@ -499,6 +559,42 @@ mod tests {
             aes_decrypt(&key, &mode, &c),
             Err(CKR_ENCRYPTED_DATA_INVALID)
         );
+    }
+
+    #[test]
+    fn block_steps_stream_what_single_part_gives() {
+        let key = [3u8; 16];
+        let data: Vec<u8> = (0..77u8).collect();
+        for mode in [
+            AesMode::Ecb,
+            AesMode::Cbc { iv: [5u8; 16] },
+            AesMode::CbcPad { iv: [5u8; 16] },
+        ] {
+            let input = if mode == AesMode::Ecb || matches!(mode, AesMode::Cbc { .. }) {
+                &data[..64]
+            } else {
+                &data[..]
+            };
+            let whole = aes_encrypt(&key, &mode, input).unwrap();
+            for (encrypt, src, want) in [(true, input, &whole[..]), (false, &whole[..], input)] {
+                let (mut m, mut pending, mut out) = (mode.clone(), Vec::new(), Vec::new());
+                for part in src.chunks(7) {
+                    pending.extend_from_slice(part);
+                    let step = BlockStep::of(&m, pending.len(), encrypt).unwrap();
+                    let (o, next) = step.run(&key, &pending).unwrap();
+                    out.extend_from_slice(&o);
+                    pending.drain(..step.ready);
+                    m = next;
+                }
+                let last = if encrypt {
+                    aes_encrypt(&key, &m, &pending).unwrap()
+                } else {
+                    aes_decrypt(&key, &m, &pending).unwrap().to_vec()
+                };
+                out.extend_from_slice(&last);
+                assert_eq!(out, want, "{mode:?} encrypt={encrypt}");
+            }
+        }
     }
 
     #[test]

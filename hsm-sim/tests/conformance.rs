@@ -3,7 +3,9 @@
 //! `CKR_CRYPTOKI_NOT_INITIALIZED`; then, through cryptoki, digests are compared with the
 //! `sha1`/`sha2` crates and `openssl dgst`, AES results with `openssl enc` (ECB, CBC,
 //! CBC-PAD, key wrap with and without padding) and with ring (GCM), RSA encryption with
-//! `openssl pkeyutl` in both directions, wrap/unwrap round trips with their refusals
+//! `openssl pkeyutl` in both directions, a private key wrapped by openssl (PKCS#8 under
+//! RFC 5649) unwrapped onto the token and wrapped back out, wrap/unwrap round trips with
+//! their refusals
 //! (untrusted wrapping key, sensitive key, unextractable key, wrong key types, the token's
 //! key policy), `C_CopyObject` with `CKA_COPYABLE`, and the one-way latches of
 //! `CKA_SENSITIVE`, `CKA_EXTRACTABLE` and `CKA_WRAP_WITH_TRUSTED` on secret keys.
@@ -304,6 +306,7 @@ fn every_function_conforms() {
     aes_modes(&s);
     rsa_encryption(&s);
     wrapping(&s, trusted);
+    escrowed_private_key(&s);
     copies_and_latches(&s);
     key_policy(&s, &rack);
     s.seed_random(b"application entropy").unwrap();
@@ -717,10 +720,185 @@ fn wrapping(s: &Session, trusted: ObjectHandle) {
         s.unwrap_key(&Mechanism::AesKeyWrap, rsa_private, &wrapped, &template),
         RvError::UnwrappingKeyTypeInconsistent,
     );
+    // A public key holds nothing to wrap.
     expect_rv(
-        s.wrap_key(&Mechanism::AesKeyWrap, kek, rsa_private),
+        s.wrap_key(&Mechanism::AesKeyWrapPad, kek, rsa_public),
         RvError::KeyNotWrappable,
     );
+}
+
+/// A private key made outside (openssl), wrapped there under a key the token shares
+/// (RFC 5649 over PKCS#8), comes onto the token with `C_UnwrapKey`, decrypts what openssl
+/// encrypts to it, and wraps back out to the same key.
+fn escrowed_private_key(s: &Session) {
+    let work = tempfile::tempdir().unwrap();
+    let kek = aes_key(
+        s,
+        32,
+        &[
+            Attribute::Sensitive(false),
+            Attribute::Wrap(true),
+            Attribute::Unwrap(true),
+        ],
+    );
+    let kek_hex = hex::encode(value(s, kek));
+    let pem = work.path().join("escrow.pem");
+    run(Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&pem));
+    // PKCS#8 (`openssl pkey -outform DER` would write PKCS#1 for RSA).
+    let pkcs8 = run(Command::new("openssl")
+        .args(["pkcs8", "-topk8", "-nocrypt", "-outform", "DER", "-in"])
+        .arg(&pem));
+    let wrapped = openssl(
+        &[
+            "enc",
+            "-id-aes256-wrap-pad",
+            "-K",
+            &kek_hex,
+            "-iv",
+            "A65959A6",
+        ],
+        &pkcs8,
+    );
+    let template = [
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::KeyType(KeyType::RSA),
+        Attribute::Decrypt(true),
+        Attribute::Sensitive(false),
+        Attribute::Extractable(true),
+    ];
+    let key = s
+        .unwrap_key(&Mechanism::AesKeyWrapPad, kek, &wrapped, &template)
+        .unwrap();
+    assert!(!flag(s, key, AttributeType::Local));
+    assert!(!flag(s, key, AttributeType::AlwaysSensitive));
+    let msg = b"sealed bid";
+    let pem_s = pem.to_str().unwrap();
+    let sealed = openssl(
+        &[
+            "pkeyutl",
+            "-encrypt",
+            "-inkey",
+            pem_s,
+            "-pkeyopt",
+            "rsa_padding_mode:oaep",
+            "-pkeyopt",
+            "rsa_oaep_md:sha256",
+            "-pkeyopt",
+            "rsa_mgf1_md:sha256",
+        ],
+        msg,
+    );
+    assert_eq!(s.decrypt(&oaep_sha256(), key, &sealed).unwrap(), msg);
+    // Back out: openssl unwraps what the token wrapped, and finds the same key.
+    let out = s.wrap_key(&Mechanism::AesKeyWrapPad, kek, key).unwrap();
+    let der = openssl(
+        &[
+            "enc",
+            "-d",
+            "-id-aes256-wrap-pad",
+            "-K",
+            &kek_hex,
+            "-iv",
+            "A65959A6",
+        ],
+        &out,
+    );
+    let text = |der: &[u8]| openssl(&["pkey", "-inform", "DER", "-noout", "-text"], der);
+    assert_eq!(text(&der), text(&pkcs8));
+    // A key type that is not the wrapped key's, and RSA wrapping of a private key.
+    let mut wrong = template.to_vec();
+    wrong[1] = Attribute::KeyType(KeyType::EC);
+    expect_rv(
+        s.unwrap_key(&Mechanism::AesKeyWrapPad, kek, &wrapped, &wrong),
+        RvError::TemplateInconsistent,
+    );
+    let (rsa_public, _) = rsa_pair(s);
+    expect_rv(
+        s.wrap_key(&oaep_sha256(), rsa_public, key),
+        RvError::KeyNotWrappable,
+    );
+
+    // A P-256 key the same way: the token signs, openssl verifies with the original.
+    let ec_pem = work.path().join("escrow-ec.pem");
+    run(Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+        ])
+        .arg(&ec_pem));
+    let ec8 = run(Command::new("openssl")
+        .args(["pkcs8", "-topk8", "-nocrypt", "-outform", "DER", "-in"])
+        .arg(&ec_pem));
+    let wrapped = openssl(
+        &[
+            "enc",
+            "-id-aes256-wrap-pad",
+            "-K",
+            &kek_hex,
+            "-iv",
+            "A65959A6",
+        ],
+        &ec8,
+    );
+    let ec = s
+        .unwrap_key(
+            &Mechanism::AesKeyWrapPad,
+            kek,
+            &wrapped,
+            &[
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::KeyType(KeyType::EC),
+                Attribute::Sign(true),
+            ],
+        )
+        .unwrap();
+    assert!(flag(s, ec, AttributeType::Sensitive));
+    let data = b"seal of the company";
+    let raw = s.sign(&Mechanism::EcdsaSha256, ec, data).unwrap();
+    let sig = work.path().join("sig.der");
+    std::fs::write(&sig, ecdsa_der(&raw)).unwrap();
+    let msg = work.path().join("msg");
+    std::fs::write(&msg, data).unwrap();
+    let said = run(Command::new("openssl")
+        .args(["dgst", "-sha256", "-prverify"])
+        .arg(&ec_pem)
+        .arg("-signature")
+        .arg(&sig)
+        .arg(&msg));
+    assert!(String::from_utf8_lossy(&said).contains("Verified OK"));
+}
+
+/// A raw `r||s` ECDSA signature as the DER `Ecdsa-Sig-Value` openssl reads.
+fn ecdsa_der(raw: &[u8]) -> Vec<u8> {
+    let int = |v: &[u8]| {
+        let v: Vec<u8> = v.iter().copied().skip_while(|b| *b == 0).collect();
+        let mut out = vec![0x02];
+        let pad = v.first().is_none_or(|b| *b & 0x80 != 0);
+        out.push((v.len() + usize::from(pad)) as u8);
+        if pad {
+            out.push(0);
+        }
+        out.extend(v);
+        out
+    };
+    let (r, s) = raw.split_at(raw.len() / 2);
+    let body = [int(r), int(s)].concat();
+    let mut out = vec![0x30, body.len() as u8];
+    out.extend(body);
+    out
 }
 
 fn copies_and_latches(s: &Session) {

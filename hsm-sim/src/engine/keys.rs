@@ -276,6 +276,27 @@ pub(super) fn secret_key(
     Ok(Object::new(a, Some(KeyMaterial::Secret(value))))
 }
 
+/// A private key object from an unwrapped PKCS#8 key, the template applied over the
+/// defaults (sensitive, not extractable); its `CKA_KEY_TYPE` must match the key
+/// (`CKR_TEMPLATE_INCONSISTENT`).
+pub(super) fn unwrapped_private_key(t: &Template, der: &[u8]) -> Result<Object, Rv> {
+    let (kt, material, public) = crypto::private_key_from_pkcs8(der)?;
+    t.require_ulong_if_present(CKA_KEY_TYPE, kt)?;
+    let mut a = apply(
+        private_defaults(kt),
+        t,
+        crate::rack::object::SENSITIVE_ATTRIBUTES,
+    );
+    for (ty, v) in public {
+        if t.get(ty).is_some_and(|given| given != v.as_slice()) {
+            return Err(CKR_TEMPLATE_INCONSISTENT);
+        }
+        a.insert(ty, v);
+    }
+    seal_key_flags(&mut a, false, false, false);
+    Ok(Object::new(a, Some(material)))
+}
+
 /// A key-pair generation mechanism.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyGen {

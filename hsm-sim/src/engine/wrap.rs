@@ -1,6 +1,8 @@
 //! Secret keys: `C_GenerateKey` (`CKM_AES_KEY_GEN`, `CKM_GENERIC_SECRET_KEY_GEN`), and
-//! `C_WrapKey`/`C_UnwrapKey` of secret keys with AES key wrap (RFC 3394, RFC 5649) or RSA
-//! (PKCS#1 v1.5, OAEP).
+//! `C_WrapKey`/`C_UnwrapKey`: secret keys with AES key wrap (RFC 3394, RFC 5649) or RSA
+//! (PKCS#1 v1.5, OAEP); private keys (RSA, P-256) as PKCS#8 `PrivateKeyInfo` under AES key
+//! wrap (with padding, or without when the DER is a multiple of 8 bytes) — how a key
+//! escrowed elsewhere comes onto the token.
 //!
 //! The protections of PKCS#11 v2.40 (sections 4.8, 4.9, 5.13): the wrapping key needs
 //! `CKA_WRAP`, the unwrapping key `CKA_UNWRAP`; a key that is not `CKA_EXTRACTABLE` is never
@@ -14,7 +16,7 @@ use cryptoki_sys::*;
 use zeroize::Zeroizing;
 
 use super::cipher::{Output, encrypt_key, sized};
-use super::keys::{KeyOrigin, secret_key};
+use super::keys::{KeyOrigin, secret_key, unwrapped_private_key};
 use super::{Ctx, Engine};
 use crate::rack::Rv;
 use crate::rack::crypto::{self, CipherMechanism};
@@ -143,8 +145,12 @@ impl Engine {
         let ctx = self.enter(h, "C_WrapKey")?;
         let wk = self.wrapping_key(&ctx, wrapping, &mech, false)?;
         let target = self.key_object(&ctx, key)?;
-        let value = match target.key() {
-            Some(KeyMaterial::Secret(v)) if target.class() == CKO_SECRET_KEY => v.clone(),
+        let value = match (target.class(), target.key()) {
+            (CKO_SECRET_KEY, Some(KeyMaterial::Secret(v))) => v.clone(),
+            // A private key travels as PKCS#8, too long for an RSA block.
+            (CKO_PRIVATE_KEY, Some(m)) if !matches!(mech, WrapMechanism::Rsa(_)) => {
+                crypto::private_key_to_pkcs8(m)?
+            }
             _ => return Err(CKR_KEY_NOT_WRAPPABLE),
         };
         if !target.bool(CKA_EXTRACTABLE, false) {
@@ -191,8 +197,9 @@ impl Engine {
         Ok(Output::Done(Zeroizing::new(wrapped)))
     }
 
-    /// `C_UnwrapKey`: a new secret key from `wrapped`, the template naming its class
-    /// (`CKO_SECRET_KEY`) and key type (`CKK_AES` or `CKK_GENERIC_SECRET`).
+    /// `C_UnwrapKey`: a new key from `wrapped`, the template naming its class and key type:
+    /// a secret key (`CKK_AES`, `CKK_GENERIC_SECRET`), or a private key (`CKK_RSA`, `CKK_EC`
+    /// on P-256, from PKCS#8) under AES key wrap.
     pub fn unwrap_key(
         &self,
         h: CK_SESSION_HANDLE,
@@ -210,9 +217,11 @@ impl Engine {
         let kt = template
             .get_ulong(CKA_KEY_TYPE)
             .ok_or(CKR_TEMPLATE_INCOMPLETE)?;
-        if class != CKO_SECRET_KEY || !matches!(kt, CKK_AES | CKK_GENERIC_SECRET) {
-            return Err(CKR_TEMPLATE_INCONSISTENT);
-        }
+        let private = match (class, kt) {
+            (CKO_SECRET_KEY, CKK_AES | CKK_GENERIC_SECRET) => false,
+            (CKO_PRIVATE_KEY, CKK_RSA | CKK_EC) if !matches!(mech, WrapMechanism::Rsa(_)) => true,
+            _ => return Err(CKR_TEMPLATE_INCONSISTENT),
+        };
         if template.get(CKA_VALUE).is_some() {
             return Err(CKR_TEMPLATE_INCONSISTENT);
         }
@@ -237,7 +246,12 @@ impl Engine {
             }
             _ => return Err(CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT),
         };
-        let obj = secret_key(kt, &template, value, true, KeyOrigin::Imported).map_err(|rv| {
+        let obj = if private {
+            unwrapped_private_key(&template, &value)
+        } else {
+            secret_key(kt, &template, value, true, KeyOrigin::Imported)
+        }
+        .map_err(|rv| {
             // A value of the wrong length for its key type is what the wrapped data held.
             if rv == CKR_ATTRIBUTE_VALUE_INVALID {
                 CKR_WRAPPED_KEY_INVALID

@@ -462,6 +462,49 @@ pub fn import_rsa(p: &[u8], q: &[u8], e: &[u8]) -> Result<(KeyMaterial, Vec<u8>)
     Ok((m, k.n_bytes().to_vec()))
 }
 
+/// A private key as PKCS#8 `PrivateKeyInfo` DER (what `C_WrapKey` wraps).
+pub fn private_key_to_pkcs8(m: &KeyMaterial) -> Result<Zeroizing<Vec<u8>>, Rv> {
+    use rsa::pkcs8::EncodePrivateKey;
+    let doc = match m {
+        KeyMaterial::Rsa { .. } => rsa_key(m)?.to_pkcs8_der(),
+        KeyMaterial::EcP256(_) => {
+            p256::SecretKey::from(ec_key(m)?.as_nonzero_scalar()).to_pkcs8_der()
+        }
+        KeyMaterial::Secret(_) => return Err(CKR_KEY_NOT_WRAPPABLE),
+    }
+    .map_err(|_| CKR_FUNCTION_FAILED)?;
+    Ok(Zeroizing::new(doc.as_bytes().to_vec()))
+}
+
+/// Attributes with their values.
+pub type AttrList = Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)>;
+
+/// A private key read from PKCS#8 DER (what `C_UnwrapKey` unwraps): its key type, its
+/// material and its public attributes (modulus and exponent, or the P-256 parameters).
+/// Anything else: `CKR_WRAPPED_KEY_INVALID`.
+pub fn private_key_from_pkcs8(der: &[u8]) -> Result<(CK_KEY_TYPE, KeyMaterial, AttrList), Rv> {
+    use rsa::pkcs8::DecodePrivateKey;
+    if let Ok(k) = rsa::PrivateKey::from_pkcs8_der(der) {
+        let primes = k.primes();
+        if primes.len() != 2 {
+            return Err(CKR_WRAPPED_KEY_INVALID);
+        }
+        let m = KeyMaterial::Rsa {
+            p: Zeroizing::new(primes[0].as_ref().to_be_bytes_trimmed_vartime().to_vec()),
+            q: Zeroizing::new(primes[1].as_ref().to_be_bytes_trimmed_vartime().to_vec()),
+            e: k.e_bytes().to_vec(),
+        };
+        let public = vec![
+            (CKA_MODULUS, k.n_bytes().to_vec()),
+            (CKA_PUBLIC_EXPONENT, k.e_bytes().to_vec()),
+        ];
+        return Ok((CKK_RSA, m, public));
+    }
+    let k = p256::SecretKey::from_pkcs8_der(der).map_err(|_| CKR_WRAPPED_KEY_INVALID)?;
+    let m = KeyMaterial::EcP256(Zeroizing::new(k.to_bytes().to_vec()));
+    Ok((CKK_EC, m, vec![(CKA_EC_PARAMS, P256_PARAMS.to_vec())]))
+}
+
 /// A secret attribute computed from key material (only called for keys that may reveal it).
 pub fn secret_attribute(m: &KeyMaterial, t: CK_ATTRIBUTE_TYPE) -> Option<Vec<u8>> {
     match (m, t) {

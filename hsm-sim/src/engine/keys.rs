@@ -1,5 +1,6 @@
-//! Building objects from templates: defaults, token-set attributes, key material; key-pair
-//! generation (`C_GenerateKeyPair`) and ECDH derivation (`C_DeriveKey`).
+//! Building objects from templates: defaults, token-set attributes, key material (secret
+//! keys and unwrapped private keys included); key-pair generation (`C_GenerateKeyPair`) and
+//! ECDH derivation (`C_DeriveKey`).
 
 use std::collections::BTreeMap;
 use std::time::Instant;

@@ -1,6 +1,7 @@
-//! Object management: `C_CreateObject`, `C_DestroyObject`, `C_GetAttributeValue`,
-//! `C_SetAttributeValue`, `C_FindObjects*`, and object lookup with the visibility rules
-//! (private objects only for a logged-in user; session objects only on their token).
+//! Object management: `C_CreateObject`, `C_CopyObject`, `C_DestroyObject`,
+//! `C_GetAttributeValue`, `C_SetAttributeValue` (with the one-way attributes and the SO-only
+//! `CKA_TRUSTED`), `C_FindObjects*`, and object lookup with the visibility rules (private
+//! objects only for a logged-in user; session objects only on their token).
 
 use cryptoki_sys::*;
 

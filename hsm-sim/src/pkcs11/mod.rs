@@ -13,9 +13,10 @@
 //! "too long" without being read. A length within them that is not the buffer's true size
 //! cannot be detected by any C library: that stays the caller's contract. Files follow the chapters of
 //! the specification (section 5 of PKCS#11 v2.40 Base): general purpose, slot and token
-//! management, session management, object management, key management, signing, decryption,
-//! random number generation; functions the simulator does not implement return
-//! `CKR_FUNCTION_NOT_SUPPORTED`.
+//! management, session management, object management, encryption, decryption, message
+//! digesting, signing, key management, random number generation; functions the simulator
+//! does not implement return `CKR_FUNCTION_NOT_SUPPORTED`. Before `C_Initialize` every
+//! function returns `CKR_CRYPTOKI_NOT_INITIALIZED`, whatever its arguments.
 //!
 //! Only `C_GetFunctionList` is exported by name. The list points at functions that are not
 //! exported, so another loaded library exporting `C_…` symbols can never interpose on them.

@@ -565,6 +565,7 @@ pub fn key_type_name(k: CK_KEY_TYPE) -> &'static str {
         CKK_RSA => "CKK_RSA",
         CKK_EC => "CKK_EC",
         CKK_GENERIC_SECRET => "CKK_GENERIC_SECRET",
+        CKK_AES => "CKK_AES",
         _ => "other",
     }
 }
@@ -611,6 +612,11 @@ mod tests {
         o.set(CKA_EXTRACTABLE, enc_bool(false));
         assert_eq!(o.read(CKA_VALUE), AttrRead::Sensitive);
         assert_eq!(o.read(CKA_MODULUS), AttrRead::Invalid);
+    }
+
+    #[test]
+    fn aes_keys_are_shown_by_type() {
+        assert_eq!(display_value(CKA_KEY_TYPE, &enc_ulong(CKK_AES)), "CKK_AES");
     }
 
     #[test]

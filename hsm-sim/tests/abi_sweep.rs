@@ -2,10 +2,10 @@
 //!
 //! Each case is one call with a NULL pointer, a huge or zero count or length, or lengths that
 //! do not match their buffers, made in a forked child on a fresh copy of a prepared rack (a
-//! blank token, and an initialized one with a user PIN, a P-256 and an RSA key pair). The
-//! child reports the `CK_RV` through a pipe; the parent asserts that the child exited
-//! normally and that the call returned an error — never `CKR_OK`, a signal, an abort or a
-//! hang. The functions come from the list `C_GetFunctionList` returns (every entry must have
+//! blank token, and an initialized one with a user PIN, a P-256 and an RSA key pair and an
+//! AES key). The child reports the `CK_RV` through a pipe; the parent asserts that the child
+//! exited normally and that the call returned an error — never `CKR_OK`, a signal, an abort
+//! or a hang. The functions come from the list `C_GetFunctionList` returns (every entry must have
 //! a case) and from the library's export table (every exported `C_…` symbol must have one).
 #![allow(unsafe_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -133,6 +133,10 @@ enum Setup {
     Decrypt,
     /// User session, `C_FindObjectsInit` for everything and one handle already fetched.
     Finding,
+    /// User session, `C_EncryptInit` with `CKM_AES_CBC_PAD` on the AES key.
+    Encrypt,
+    /// User session, `C_DigestInit` with `CKM_SHA256`.
+    Digest,
 }
 
 /// What the child knows when it makes the call.
@@ -149,6 +153,7 @@ struct Keys {
     ec_public: CK_OBJECT_HANDLE,
     ec_private: CK_OBJECT_HANDLE,
     rsa_private: CK_OBJECT_HANDLE,
+    aes: CK_OBJECT_HANDLE,
 }
 
 /// The blank token's slot and the initialized token's slot.
@@ -1124,14 +1129,16 @@ fn cases() -> Vec<Case> {
             }
         ),
     ];
+    c.extend(crypto_cases());
     c.extend(unsupported_cases());
     c
 }
 
-/// Functions the module does not implement: NULL pointers with huge lengths, or handles
-/// that name nothing; each must be refused without touching its arguments.
-fn unsupported_cases() -> Vec<Case> {
-    use Setup::User;
+/// Encryption, decryption, digests, secret keys, wrapping, copies and seeds: the sweeps
+/// these functions had while unimplemented (NULL pointers with huge lengths), and malformed
+/// calls in the states where they do real work.
+fn crypto_cases() -> Vec<Case> {
+    use Setup::*;
     let n = null_mut::<CK_BYTE>;
     let nl = null_mut::<CK_ULONG>;
     let na = null_mut::<CK_ATTRIBUTE>;
@@ -1139,30 +1146,13 @@ fn unsupported_cases() -> Vec<Case> {
     let no = null_mut::<CK_OBJECT_HANDLE>;
     let h = HUGE;
     let a = ALL_ONES;
-    vec![
-        case!(C_GetOperationState, "NULL, NULL", User, |fx, f| f(
-            fx.session,
-            n(),
-            nl()
-        )),
-        case!(C_SetOperationState, "NULL, length ~0", User, |fx, f| f(
-            fx.session,
-            n(),
-            a,
-            0,
-            0
-        )),
+    let mut c = vec![
         case!(C_CopyObject, "NULL template, count 2^61", User, |fx, f| f(
             fx.session,
             fx.keys.ec_public,
             na(),
             h,
             no()
-        )),
-        case!(C_GetObjectSize, "NULL size", User, |fx, f| f(
-            fx.session,
-            fx.keys.ec_public,
-            nl()
         )),
         case!(C_EncryptInit, "NULL mechanism", User, |fx, f| f(
             fx.session,
@@ -1220,6 +1210,354 @@ fn unsupported_cases() -> Vec<Case> {
         case!(C_DigestFinal, "NULL, NULL", User, |fx, f| f(
             fx.session,
             n(),
+            nl()
+        )),
+        case!(
+            C_GenerateKey,
+            "NULL mechanism, template count 2^61",
+            User,
+            |fx, f| f(fx.session, nm(), na(), h, no())
+        ),
+        case!(C_WrapKey, "NULL mechanism and outputs", User, |fx, f| f(
+            fx.session,
+            nm(),
+            a,
+            a,
+            n(),
+            nl()
+        )),
+        case!(
+            C_UnwrapKey,
+            "NULL wrapped key, length ~0, template count 2^61",
+            User,
+            |fx, f| f(fx.session, nm(), a, n(), a, na(), h, no())
+        ),
+    ];
+    c.extend(vec![
+        // ----- encryption (5.8) -----
+        case!(
+            C_EncryptInit,
+            "CBC IV length 2^61 at NULL",
+            User,
+            |fx, f| {
+                let mut m = mech(CKM_AES_CBC, null_mut(), HUGE);
+                f(fx.session, &mut m, fx.keys.aes)
+            }
+        ),
+        case!(C_EncryptInit, "CBC IV of 15 bytes", User, |fx, f| {
+            let mut iv = [0u8; 15];
+            let mut m = mech(CKM_AES_CBC, iv.as_mut_ptr().cast(), 15);
+            f(fx.session, &mut m, fx.keys.aes)
+        }),
+        case!(C_EncryptInit, "GCM IV length 2^61", User, |fx, f| {
+            let mut iv = [0u8; 1];
+            let mut g = CK_GCM_PARAMS {
+                pIv: iv.as_mut_ptr(),
+                ulIvLen: HUGE,
+                ulIvBits: 96,
+                pAAD: null_mut(),
+                ulAADLen: 0,
+                ulTagBits: 128,
+            };
+            let mut m = mech(
+                CKM_AES_GCM,
+                (&mut g as *mut CK_GCM_PARAMS).cast(),
+                size_of::<CK_GCM_PARAMS>() as CK_ULONG,
+            );
+            f(fx.session, &mut m, fx.keys.aes)
+        }),
+        case!(C_EncryptInit, "GCM NULL AAD, length ~0", User, |fx, f| {
+            let mut iv = [0u8; 12];
+            let mut g = CK_GCM_PARAMS {
+                pIv: iv.as_mut_ptr(),
+                ulIvLen: 12,
+                ulIvBits: 96,
+                pAAD: null_mut(),
+                ulAADLen: ALL_ONES,
+                ulTagBits: 128,
+            };
+            let mut m = mech(
+                CKM_AES_GCM,
+                (&mut g as *mut CK_GCM_PARAMS).cast(),
+                size_of::<CK_GCM_PARAMS>() as CK_ULONG,
+            );
+            f(fx.session, &mut m, fx.keys.aes)
+        }),
+        case!(C_Encrypt, "NULL output length", Encrypt, |fx, f| {
+            let mut data = [1u8; 16];
+            let mut out = [0u8; 32];
+            f(
+                fx.session,
+                data.as_mut_ptr(),
+                16,
+                out.as_mut_ptr(),
+                null_mut(),
+            )
+        }),
+        case!(
+            C_Encrypt,
+            "capacity ~0 for a 32-byte buffer",
+            Encrypt,
+            |fx, f| {
+                let mut data = [1u8; 16];
+                let mut out = [0u8; 32];
+                let mut len: CK_ULONG = ALL_ONES;
+                f(
+                    fx.session,
+                    data.as_mut_ptr(),
+                    16,
+                    out.as_mut_ptr(),
+                    &mut len,
+                )
+            }
+        ),
+        case!(C_Encrypt, "NULL data, length 16", Encrypt, |fx, f| {
+            let mut out = [0u8; 32];
+            let mut len: CK_ULONG = 32;
+            f(fx.session, null_mut(), 16, out.as_mut_ptr(), &mut len)
+        }),
+        case!(C_EncryptUpdate, "NULL output length", Encrypt, |fx, f| {
+            let mut data = [1u8; 16];
+            let mut out = [0u8; 16];
+            f(
+                fx.session,
+                data.as_mut_ptr(),
+                16,
+                out.as_mut_ptr(),
+                null_mut(),
+            )
+        }),
+        case!(C_EncryptUpdate, "data length 2^61", Encrypt, |fx, f| {
+            let mut data = [1u8; 16];
+            let mut out = [0u8; 16];
+            let mut len: CK_ULONG = 16;
+            f(
+                fx.session,
+                data.as_mut_ptr(),
+                HUGE,
+                out.as_mut_ptr(),
+                &mut len,
+            )
+        }),
+        case!(
+            C_EncryptFinal,
+            "capacity ~0 for a 16-byte buffer",
+            Encrypt,
+            |fx, f| {
+                let mut out = [0u8; 16];
+                let mut len: CK_ULONG = ALL_ONES;
+                f(fx.session, out.as_mut_ptr(), &mut len)
+            }
+        ),
+        // ----- decryption, multi-part (5.9) -----
+        case!(C_DecryptUpdate, "NULL output length", Decrypt, |fx, f| {
+            let mut data = [1u8; 16];
+            let mut out = [0u8; 16];
+            f(
+                fx.session,
+                data.as_mut_ptr(),
+                16,
+                out.as_mut_ptr(),
+                null_mut(),
+            )
+        }),
+        case!(C_DecryptUpdate, "NULL data, length ~0", Decrypt, |fx, f| {
+            let mut out = [0u8; 16];
+            let mut len: CK_ULONG = 16;
+            f(fx.session, null_mut(), ALL_ONES, out.as_mut_ptr(), &mut len)
+        }),
+        case!(
+            C_DecryptFinal,
+            "capacity ~0 for a 16-byte buffer",
+            Decrypt,
+            |fx, f| {
+                let mut out = [0u8; 16];
+                let mut len: CK_ULONG = ALL_ONES;
+                f(fx.session, out.as_mut_ptr(), &mut len)
+            }
+        ),
+        // ----- digests (5.10) -----
+        case!(
+            C_DigestInit,
+            "SHA-256 with a parameter of length ~0",
+            User,
+            |fx, f| {
+                let mut m = mech(CKM_SHA256, null_mut(), ALL_ONES);
+                f(fx.session, &mut m)
+            }
+        ),
+        case!(C_Digest, "NULL output length", Digest, |fx, f| {
+            let mut data = [1u8; 16];
+            let mut out = [0u8; 32];
+            f(
+                fx.session,
+                data.as_mut_ptr(),
+                16,
+                out.as_mut_ptr(),
+                null_mut(),
+            )
+        }),
+        case!(
+            C_Digest,
+            "capacity 2^61 for a 32-byte buffer",
+            Digest,
+            |fx, f| {
+                // Within what a buffer could hold, so only the data length can be refused.
+                let mut out = [0u8; 32];
+                let mut len: CK_ULONG = HUGE;
+                f(fx.session, null_mut(), HUGE, out.as_mut_ptr(), &mut len)
+            }
+        ),
+        case!(C_DigestUpdate, "NULL data, length 16", Digest, |fx, f| f(
+            fx.session,
+            null_mut(),
+            16
+        )),
+        case!(C_DigestKey, "a private key", Digest, |fx, f| f(
+            fx.session,
+            fx.keys.rsa_private
+        )),
+        case!(
+            C_DigestFinal,
+            "capacity ~0 for a 32-byte buffer",
+            Digest,
+            |fx, f| {
+                let mut out = [0u8; 32];
+                let mut len: CK_ULONG = ALL_ONES;
+                f(fx.session, out.as_mut_ptr(), &mut len)
+            }
+        ),
+        // ----- secret keys, wrapping (5.13) -----
+        case!(C_GenerateKey, "NULL key out", User, |fx, f| {
+            let mut len = (16 as CK_ULONG).to_ne_bytes();
+            let mut t = [attr(CKA_VALUE_LEN, &mut len)];
+            let mut m = mech(CKM_AES_KEY_GEN, null_mut(), 0);
+            f(fx.session, &mut m, t.as_mut_ptr(), 1, null_mut())
+        }),
+        case!(
+            C_GenerateKey,
+            "value length 2^61 in the template",
+            User,
+            |fx, f| {
+                let mut buf = [0u8; 1];
+                let mut t = lying_template(&mut buf, HUGE);
+                let mut m = mech(CKM_AES_KEY_GEN, null_mut(), 0);
+                let mut k = 0;
+                f(fx.session, &mut m, t.as_mut_ptr(), 1, &mut k)
+            }
+        ),
+        case!(C_WrapKey, "NULL output length", User, |fx, f| {
+            let mut m = mech(CKM_AES_KEY_WRAP, null_mut(), 0);
+            let mut out = [0u8; 24];
+            f(
+                fx.session,
+                &mut m,
+                fx.keys.aes,
+                fx.keys.aes,
+                out.as_mut_ptr(),
+                null_mut(),
+            )
+        }),
+        case!(
+            C_WrapKey,
+            "capacity ~0 for a 24-byte buffer",
+            User,
+            |fx, f| {
+                let mut m = mech(CKM_AES_KEY_WRAP, null_mut(), 0);
+                let mut out = [0u8; 24];
+                let mut len: CK_ULONG = ALL_ONES;
+                f(
+                    fx.session,
+                    &mut m,
+                    fx.keys.aes,
+                    fx.keys.aes,
+                    out.as_mut_ptr(),
+                    &mut len,
+                )
+            }
+        ),
+        case!(C_UnwrapKey, "wrapped length 2^61", User, |fx, f| {
+            let mut m = mech(CKM_AES_KEY_WRAP, null_mut(), 0);
+            let mut w = [0u8; 24];
+            let mut k = 0;
+            f(
+                fx.session,
+                &mut m,
+                fx.keys.aes,
+                w.as_mut_ptr(),
+                HUGE,
+                null_mut(),
+                0,
+                &mut k,
+            )
+        }),
+        case!(C_UnwrapKey, "NULL key out", User, |fx, f| {
+            let mut m = mech(CKM_AES_KEY_WRAP, null_mut(), 0);
+            let mut w = [0u8; 24];
+            f(
+                fx.session,
+                &mut m,
+                fx.keys.aes,
+                w.as_mut_ptr(),
+                24,
+                null_mut(),
+                0,
+                null_mut(),
+            )
+        }),
+        // ----- objects (5.7) -----
+        case!(C_CopyObject, "NULL copy out", User, |fx, f| f(
+            fx.session,
+            fx.keys.ec_public,
+            null_mut(),
+            0,
+            null_mut()
+        )),
+        case!(C_CopyObject, "ulValueLen 2^61", User, |fx, f| {
+            let mut buf = [0u8; 1];
+            let mut t = lying_template(&mut buf, HUGE);
+            let mut k = 0;
+            f(fx.session, fx.keys.ec_public, t.as_mut_ptr(), 1, &mut k)
+        }),
+        // ----- random numbers (5.15) -----
+        case!(C_SeedRandom, "NULL seed, length 2^61", User, |fx, f| f(
+            fx.session,
+            null_mut(),
+            HUGE
+        )),
+        case!(C_SeedRandom, "seed length ~0", User, |fx, f| {
+            let mut seed = [0u8; 8];
+            f(fx.session, seed.as_mut_ptr(), ALL_ONES)
+        }),
+    ]);
+    c
+}
+
+/// Functions the module does not implement: NULL pointers with huge lengths, or handles
+/// that name nothing; each must be refused without touching its arguments.
+fn unsupported_cases() -> Vec<Case> {
+    use Setup::User;
+    let n = null_mut::<CK_BYTE>;
+    let nl = null_mut::<CK_ULONG>;
+    let nm = null_mut::<CK_MECHANISM>;
+    let h = HUGE;
+    let a = ALL_ONES;
+    vec![
+        case!(C_GetOperationState, "NULL, NULL", User, |fx, f| f(
+            fx.session,
+            n(),
+            nl()
+        )),
+        case!(C_SetOperationState, "NULL, length ~0", User, |fx, f| f(
+            fx.session,
+            n(),
+            a,
+            0,
+            0
+        )),
+        case!(C_GetObjectSize, "NULL size", User, |fx, f| f(
+            fx.session,
+            fx.keys.ec_public,
             nl()
         )),
         case!(C_SignUpdate, "NULL data, length ~0", User, |fx, f| f(
@@ -1299,26 +1637,6 @@ fn unsupported_cases() -> Vec<Case> {
             "NULL part, length ~0",
             User,
             |fx, f| f(fx.session, n(), a, n(), nl())
-        ),
-        case!(
-            C_GenerateKey,
-            "NULL mechanism, template count 2^61",
-            User,
-            |fx, f| f(fx.session, nm(), na(), h, no())
-        ),
-        case!(C_WrapKey, "NULL mechanism and outputs", User, |fx, f| f(
-            fx.session,
-            nm(),
-            a,
-            a,
-            n(),
-            nl()
-        )),
-        case!(
-            C_UnwrapKey,
-            "NULL wrapped key, length ~0, template count 2^61",
-            User,
-            |fx, f| f(fx.session, nm(), a, n(), a, na(), h, no())
         ),
         case!(C_GetFunctionStatus, "session ~0", User, |_fx, f| f(a)),
         case!(C_CancelFunction, "session ~0", User, |_fx, f| f(a)),
@@ -1464,6 +1782,19 @@ fn reach(list: &'static CK_FUNCTION_LIST, setup: Setup, keys: Keys) -> Result<Fx
                 let mut m = mech(m, null_mut(), 0);
                 let rv = list.C_SignInit.unwrap()(fx.session, &mut m, keys.ec_private);
                 ck("C_SignInit", rv)?;
+            }
+            Setup::Encrypt => {
+                let mut iv = [0u8; 16];
+                let mut m = mech(CKM_AES_CBC_PAD, iv.as_mut_ptr().cast(), 16);
+                let rv = list.C_EncryptInit.unwrap()(fx.session, &mut m, keys.aes);
+                ck("C_EncryptInit", rv)?;
+            }
+            Setup::Digest => {
+                let mut m = mech(CKM_SHA256, null_mut(), 0);
+                ck(
+                    "C_DigestInit",
+                    list.C_DigestInit.unwrap()(fx.session, &mut m),
+                )?;
             }
             Setup::Decrypt => {
                 let mut m = mech(CKM_RSA_PKCS, null_mut(), 0);
@@ -1623,7 +1954,8 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// The prepared rack: slot 0 a blank token, slot 1 an initialized token with a user PIN, a
-/// P-256 key pair and an RSA-1024 key pair, all made through the module in this process.
+/// P-256 key pair, an RSA-1024 key pair and an AES-128 key (encrypt, wrap, unwrap), all made
+/// through the module in this process.
 fn prepare(m: &Module, dir: &Path) -> Keys {
     let rack = Rack::init(
         dir,
@@ -1715,12 +2047,30 @@ fn prepare(m: &Module, dir: &Path) -> Keys {
             ),
             CKR_OK
         );
+        let (mut yes, mut yes2, mut yes3, mut yes4) = ([1u8], [1u8], [1u8], [1u8]);
+        let mut len = (16 as CK_ULONG).to_ne_bytes();
+        let mut no = [0u8];
+        let mut secret = [
+            attr(CKA_TOKEN, &mut yes),
+            attr(CKA_VALUE_LEN, &mut len),
+            attr(CKA_ENCRYPT, &mut yes2),
+            attr(CKA_WRAP, &mut yes3),
+            attr(CKA_UNWRAP, &mut yes4),
+            attr(CKA_SENSITIVE, &mut no),
+        ];
+        let mut m_aes = mech(CKM_AES_KEY_GEN, null_mut(), 0);
+        let mut aes = 0;
+        assert_eq!(
+            f.C_GenerateKey.unwrap()(h, &mut m_aes, secret.as_mut_ptr(), 6, &mut aes),
+            CKR_OK
+        );
         assert_eq!(f.C_CloseSession.unwrap()(h), CKR_OK);
         assert_eq!(f.C_Finalize.unwrap()(null_mut()), CKR_OK);
         Keys {
             ec_public,
             ec_private,
             rsa_private,
+            aes,
         }
     }
 }

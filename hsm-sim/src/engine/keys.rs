@@ -1,5 +1,6 @@
-//! Building objects from templates: defaults, token-set attributes, key material; key-pair
-//! generation (`C_GenerateKeyPair`) and ECDH derivation (`C_DeriveKey`).
+//! Building objects from templates: defaults, token-set attributes, key material (secret
+//! keys and unwrapped private keys included); key-pair generation (`C_GenerateKeyPair`) and
+//! ECDH derivation (`C_DeriveKey`).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -68,8 +69,14 @@ fn private_defaults(key_type: CK_KEY_TYPE) -> Attrs {
 }
 
 fn secret_defaults() -> Attrs {
-    let mut a = key_defaults(CKO_SECRET_KEY, CKK_GENERIC_SECRET, true);
-    a.insert(CKA_SENSITIVE, enc_bool(false));
+    secret_defaults_of(CKK_GENERIC_SECRET, false)
+}
+
+/// Defaults of a secret key of `key_type`. Keys the token makes itself (`C_GenerateKey`,
+/// `C_UnwrapKey`) are `sensitive` by default: their value leaves the token only wrapped.
+fn secret_defaults_of(key_type: CK_KEY_TYPE, sensitive: bool) -> Attrs {
+    let mut a = key_defaults(CKO_SECRET_KEY, key_type, true);
+    a.insert(CKA_SENSITIVE, enc_bool(sensitive));
     a.insert(CKA_EXTRACTABLE, enc_bool(true));
     for t in [
         CKA_ENCRYPT,
@@ -216,20 +223,79 @@ pub(super) fn object_from_template(t: &Template) -> Result<Object, Rv> {
         }
         CKO_SECRET_KEY => {
             let kt = t.get_ulong(CKA_KEY_TYPE).ok_or(CKR_TEMPLATE_INCOMPLETE)?;
-            if kt != CKK_GENERIC_SECRET {
-                return Err(CKR_ATTRIBUTE_VALUE_INVALID);
-            }
-            let value = required(t, CKA_VALUE)?.to_vec();
-            let mut a = apply(secret_defaults(), t, &[CKA_VALUE]);
-            a.insert(CKA_VALUE_LEN, enc_ulong(value.len() as CK_ULONG));
-            seal_key_flags(&mut a, false, false, false);
-            Ok(Object::new(
-                a,
-                Some(KeyMaterial::Secret(Zeroizing::new(value))),
-            ))
+            let value = Zeroizing::new(required(t, CKA_VALUE)?.to_vec());
+            secret_key(kt, t, value, false, KeyOrigin::Imported)
         }
         _ => Err(CKR_ATTRIBUTE_VALUE_INVALID),
     }
+}
+
+/// Where a secret key came from: what its `CKA_LOCAL`, `CKA_ALWAYS_SENSITIVE`,
+/// `CKA_NEVER_EXTRACTABLE` and `CKA_KEY_GEN_MECHANISM` say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum KeyOrigin {
+    /// Generated on the token by this mechanism.
+    Generated(CK_MECHANISM_TYPE),
+    /// Brought in (`C_CreateObject`, `C_UnwrapKey`).
+    Imported,
+}
+
+/// A secret key object of `key_type` holding `value`, the template applied over the
+/// defaults. AES keys are 16, 24 or 32 bytes, generic secrets 1 to 512
+/// (`CKR_ATTRIBUTE_VALUE_INVALID` otherwise); a `CKA_VALUE_LEN` in the template must match.
+pub(super) fn secret_key(
+    key_type: CK_KEY_TYPE,
+    t: &Template,
+    value: Zeroizing<Vec<u8>>,
+    sensitive_default: bool,
+    origin: KeyOrigin,
+) -> Result<Object, Rv> {
+    t.require_ulong_if_present(CKA_CLASS, CKO_SECRET_KEY)?;
+    let ok = match key_type {
+        CKK_AES => crate::rack::symmetric::aes_key_len_ok(value.len()),
+        CKK_GENERIC_SECRET => (1..=512).contains(&value.len()),
+        _ => return Err(CKR_ATTRIBUTE_VALUE_INVALID),
+    };
+    if !ok {
+        return Err(CKR_ATTRIBUTE_VALUE_INVALID);
+    }
+    t.require_ulong_if_present(CKA_VALUE_LEN, value.len() as CK_ULONG)?;
+    let mut a = apply(
+        secret_defaults_of(key_type, sensitive_default),
+        t,
+        &[CKA_VALUE],
+    );
+    a.insert(CKA_VALUE_LEN, enc_ulong(value.len() as CK_ULONG));
+    match origin {
+        KeyOrigin::Generated(m) => {
+            a.insert(CKA_LOCAL, enc_bool(true));
+            a.insert(CKA_KEY_GEN_MECHANISM, enc_ulong(m));
+            seal_key_flags(&mut a, true, true, true);
+        }
+        KeyOrigin::Imported => seal_key_flags(&mut a, false, false, false),
+    }
+    Ok(Object::new(a, Some(KeyMaterial::Secret(value))))
+}
+
+/// A private key object from an unwrapped PKCS#8 key, the template applied over the
+/// defaults (sensitive, not extractable); its `CKA_KEY_TYPE` must match the key
+/// (`CKR_TEMPLATE_INCONSISTENT`).
+pub(super) fn unwrapped_private_key(t: &Template, der: &[u8]) -> Result<Object, Rv> {
+    let (kt, material, public) = crypto::private_key_from_pkcs8(der)?;
+    t.require_ulong_if_present(CKA_KEY_TYPE, kt)?;
+    let mut a = apply(
+        private_defaults(kt),
+        t,
+        crate::rack::object::SENSITIVE_ATTRIBUTES,
+    );
+    for (ty, v) in public {
+        if t.get(ty).is_some_and(|given| given != v.as_slice()) {
+            return Err(CKR_TEMPLATE_INCONSISTENT);
+        }
+        a.insert(ty, v);
+    }
+    seal_key_flags(&mut a, false, false, false);
+    Ok(Object::new(a, Some(material)))
 }
 
 /// A key-pair generation mechanism.
@@ -260,6 +326,20 @@ fn reject_computed(t: &Template, computed: &[CK_ATTRIBUTE_TYPE]) -> Result<(), R
 }
 
 impl Engine {
+    /// `CKA_TRUSTED` may be set to true by the SO only (PKCS#11 v2.40, 4.8):
+    /// `CKR_ATTRIBUTE_READ_ONLY` for anyone else.
+    pub(super) fn check_trusted(ctx: &Ctx, t: &Template) -> Result<(), Rv> {
+        if t.get_bool(CKA_TRUSTED) == Some(true) && ctx.who != Some(crate::rack::token::Who::So) {
+            return Err(CKR_ATTRIBUTE_READ_ONLY);
+        }
+        Ok(())
+    }
+
+    /// The token's key policy applied to a new or changed key.
+    pub(super) fn check_policy(&self, ctx: &Ctx, obj: &Object) -> Result<(), Rv> {
+        self.token(&ctx.serial)?.policy().check(obj)
+    }
+
     pub(super) fn check_storage_rights(ctx: &Ctx, token: bool, private: bool) -> Result<(), Rv> {
         if token && !ctx.rw {
             return Err(CKR_SESSION_READ_ONLY);

@@ -12,9 +12,12 @@
 //! `CKR_SESSION_HANDLE_INVALID`). Slow operations watch the rack while they wait and commit
 //! nothing when their token went away.
 
+mod cipher;
 pub mod keys;
+mod mechanisms;
 mod objects;
 mod ops;
+mod wrap;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,52 +32,16 @@ use crate::rack::object::Object;
 use crate::rack::token::{Token, Who};
 use crate::rack::{Rack, Rv};
 
-pub use ops::{DecryptOutcome, SignOutcome};
+pub use cipher::Output;
+pub use mechanisms::MECHANISMS;
+pub use ops::SignOutcome;
+pub use wrap::{SecretKeyGen, WrapMechanism};
 
 /// Session object handles start here; token object handles are below.
 pub const SESSION_OBJECT_BASE: CK_OBJECT_HANDLE = 1 << 32;
 
 /// How often waits look at the rack (for removals and slot events).
 const POLL: Duration = Duration::from_millis(5);
-
-/// The mechanisms every simulated token offers, with their `CK_MECHANISM_INFO`.
-pub const MECHANISMS: &[(CK_MECHANISM_TYPE, CK_ULONG, CK_ULONG, CK_FLAGS)] = &[
-    (
-        CKM_EC_KEY_PAIR_GEN,
-        256,
-        256,
-        CKF_HW | CKF_GENERATE_KEY_PAIR | CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS,
-    ),
-    (
-        CKM_RSA_PKCS_KEY_PAIR_GEN,
-        1024,
-        4096,
-        CKF_HW | CKF_GENERATE_KEY_PAIR,
-    ),
-    (
-        CKM_ECDSA,
-        256,
-        256,
-        CKF_HW | CKF_SIGN | CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS,
-    ),
-    (
-        CKM_ECDSA_SHA256,
-        256,
-        256,
-        CKF_HW | CKF_SIGN | CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS,
-    ),
-    (CKM_RSA_PKCS, 1024, 4096, CKF_HW | CKF_SIGN | CKF_DECRYPT),
-    (CKM_SHA256_RSA_PKCS, 1024, 4096, CKF_HW | CKF_SIGN),
-    (CKM_RSA_PKCS_PSS, 1024, 4096, CKF_HW | CKF_SIGN),
-    (CKM_SHA256_RSA_PKCS_PSS, 1024, 4096, CKF_HW | CKF_SIGN),
-    (CKM_RSA_PKCS_OAEP, 1024, 4096, CKF_HW | CKF_DECRYPT),
-    (
-        CKM_ECDH1_DERIVE,
-        256,
-        256,
-        CKF_HW | CKF_DERIVE | CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS,
-    ),
-];
 
 /// `CK_SLOT_INFO`, in Rust.
 #[derive(Debug, Clone)]
@@ -132,8 +99,21 @@ pub(crate) enum ActiveOp {
         key: CK_OBJECT_HANDLE,
     },
     Decrypt {
-        mech: crate::rack::crypto::DecryptMechanism,
+        mech: crate::rack::crypto::CipherMechanism,
         key: CK_OBJECT_HANDLE,
+        /// Input gathered by `C_DecryptUpdate`, decrypted whole by `C_DecryptFinal`.
+        parts: zeroize::Zeroizing<Vec<u8>>,
+    },
+    Encrypt {
+        mech: crate::rack::crypto::CipherMechanism,
+        key: CK_OBJECT_HANDLE,
+        /// Input gathered by `C_EncryptUpdate`, encrypted whole by `C_EncryptFinal`.
+        parts: zeroize::Zeroizing<Vec<u8>>,
+    },
+    Digest {
+        alg: crate::rack::symmetric::DigestAlg,
+        /// Input gathered by `C_DigestUpdate`/`C_DigestKey`.
+        parts: zeroize::Zeroizing<Vec<u8>>,
     },
 }
 
@@ -146,6 +126,8 @@ pub(crate) struct Session {
     find: Option<(Vec<CK_OBJECT_HANDLE>, usize)>,
     sign: Option<ActiveOp>,
     decrypt: Option<ActiveOp>,
+    encrypt: Option<ActiveOp>,
+    digest: Option<ActiveOp>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -674,6 +656,8 @@ impl Engine {
                 find: None,
                 sign: None,
                 decrypt: None,
+                encrypt: None,
+                digest: None,
             },
         );
         Ok(h)
@@ -806,6 +790,12 @@ impl Engine {
         };
         self.delay(&ctx, Op::SetPin, Duration::ZERO)?;
         self.commit(&ctx, |t| t.set_pin(who, old, new))
+    }
+
+    /// `C_SeedRandom`: the seed is set aside; the operating system's generator seeds itself.
+    pub fn seed_random(&self, h: CK_SESSION_HANDLE, _seed: &[u8]) -> Result<(), Rv> {
+        self.enter(h, "C_SeedRandom")?;
+        Ok(())
     }
 
     /// `C_GenerateRandom`.

@@ -1,6 +1,7 @@
-//! Object management: `C_CreateObject`, `C_DestroyObject`, `C_GetAttributeValue`,
-//! `C_SetAttributeValue`, `C_FindObjects*`, and object lookup with the visibility rules
-//! (private objects only for a logged-in user; session objects only on their token).
+//! Object management: `C_CreateObject`, `C_CopyObject`, `C_DestroyObject`,
+//! `C_GetAttributeValue`, `C_SetAttributeValue` (with the one-way attributes and the SO-only
+//! `CKA_TRUSTED`), `C_FindObjects*`, and object lookup with the visibility rules (private
+//! objects only for a logged-in user; session objects only on their token).
 
 use cryptoki_sys::*;
 
@@ -49,7 +50,9 @@ impl Engine {
         template: Template,
     ) -> Result<CK_OBJECT_HANDLE, Rv> {
         let ctx = self.enter(h, "C_CreateObject")?;
+        Self::check_trusted(&ctx, &template)?;
         let obj = super::keys::object_from_template(&template)?;
+        self.check_policy(&ctx, &obj)?;
         Self::check_storage_rights(&ctx, obj.is_token(), obj.is_private())?;
         if obj.is_token() {
             self.write_delay(&ctx, obj.size())?;
@@ -106,33 +109,7 @@ impl Engine {
         if !obj.bool(CKA_MODIFIABLE, true) {
             return Err(CKR_ACTION_PROHIBITED);
         }
-        let mut changed = obj.clone();
-        for (t, v) in template.entries() {
-            if !MODIFIABLE_ATTRIBUTES.contains(t) && *t < CKA_VENDOR_DEFINED {
-                // Same value as now is harmless; anything else is read-only.
-                if obj.get(*t) == Some(v.as_slice()) {
-                    continue;
-                }
-                return Err(CKR_ATTRIBUTE_READ_ONLY);
-            }
-            let new = dec_bool(v);
-            match *t {
-                // Sensitive may only become true, extractable only false.
-                CKA_SENSITIVE if obj.bool(CKA_SENSITIVE, true) && new == Some(false) => {
-                    return Err(CKR_ATTRIBUTE_READ_ONLY);
-                }
-                CKA_EXTRACTABLE if !obj.bool(CKA_EXTRACTABLE, false) && new == Some(true) => {
-                    return Err(CKR_ATTRIBUTE_READ_ONLY);
-                }
-                CKA_SENSITIVE | CKA_EXTRACTABLE
-                    if obj.class() != CKO_PRIVATE_KEY && obj.class() != CKO_SECRET_KEY =>
-                {
-                    return Err(CKR_ATTRIBUTE_TYPE_INVALID);
-                }
-                _ => {}
-            }
-            changed.set(*t, v.clone());
-        }
+        let changed = self.changed(&ctx, &obj, &template, false)?;
         if o >= SESSION_OBJECT_BASE {
             if let Some(so) = self.lock()?.objects.get_mut(&o) {
                 so.object = changed;
@@ -141,6 +118,87 @@ impl Engine {
         }
         self.write_delay(&ctx, changed.size())?;
         self.commit(&ctx, |t| t.replace_object(o, changed))
+    }
+
+    /// `obj` with the changes of `template` (`C_SetAttributeValue`, or `C_CopyObject` when
+    /// `copy`), checked: only modifiable attributes change (a copy may also set `CKA_TOKEN`,
+    /// `CKA_PRIVATE` and `CKA_MODIFIABLE`); `CKA_SENSITIVE` and `CKA_WRAP_WITH_TRUSTED` only
+    /// become true, `CKA_EXTRACTABLE`, `CKA_COPYABLE` and `CKA_DESTROYABLE` only false
+    /// (else `CKR_ATTRIBUTE_READ_ONLY`); `CKA_TRUSTED` becomes true for the SO only; the
+    /// result must keep the token's key policy.
+    pub(super) fn changed(
+        &self,
+        ctx: &Ctx,
+        obj: &Object,
+        template: &Template,
+        copy: bool,
+    ) -> Result<Object, Rv> {
+        Self::check_trusted(ctx, template)?;
+        let mut changed = obj.clone();
+        for (t, v) in template.entries() {
+            let new = dec_bool(v);
+            let copy_only = matches!(*t, CKA_TOKEN | CKA_PRIVATE | CKA_MODIFIABLE);
+            let latched = matches!(*t, CKA_COPYABLE | CKA_DESTROYABLE);
+            let changeable = MODIFIABLE_ATTRIBUTES.contains(t)
+                || *t >= CKA_VENDOR_DEFINED
+                || latched
+                || (copy && copy_only);
+            if !changeable {
+                // Same value as now is harmless; anything else is read-only.
+                if obj.get(*t) == Some(v.as_slice()) {
+                    continue;
+                }
+                return Err(CKR_ATTRIBUTE_READ_ONLY);
+            }
+            match *t {
+                // Sensitive may only become true, extractable only false.
+                CKA_SENSITIVE if obj.bool(CKA_SENSITIVE, true) && new == Some(false) => {
+                    return Err(CKR_ATTRIBUTE_READ_ONLY);
+                }
+                CKA_EXTRACTABLE if !obj.bool(CKA_EXTRACTABLE, false) && new == Some(true) => {
+                    return Err(CKR_ATTRIBUTE_READ_ONLY);
+                }
+                CKA_WRAP_WITH_TRUSTED
+                    if obj.bool(CKA_WRAP_WITH_TRUSTED, false) && new == Some(false) =>
+                {
+                    return Err(CKR_ATTRIBUTE_READ_ONLY);
+                }
+                CKA_COPYABLE | CKA_DESTROYABLE | CKA_MODIFIABLE
+                    if !obj.bool(*t, true) && new == Some(true) =>
+                {
+                    return Err(CKR_ATTRIBUTE_READ_ONLY);
+                }
+                CKA_SENSITIVE | CKA_EXTRACTABLE | CKA_WRAP_WITH_TRUSTED
+                    if obj.class() != CKO_PRIVATE_KEY && obj.class() != CKO_SECRET_KEY =>
+                {
+                    return Err(CKR_ATTRIBUTE_TYPE_INVALID);
+                }
+                _ => {}
+            }
+            changed.set(*t, v.clone());
+        }
+        self.check_policy(ctx, &changed)?;
+        Ok(changed)
+    }
+
+    /// `C_CopyObject`: `CKR_ACTION_PROHIBITED` when the object is not `CKA_COPYABLE`.
+    pub fn copy_object(
+        &self,
+        h: CK_SESSION_HANDLE,
+        o: CK_OBJECT_HANDLE,
+        template: Template,
+    ) -> Result<CK_OBJECT_HANDLE, Rv> {
+        let ctx = self.enter(h, "C_CopyObject")?;
+        let obj = self.object(&ctx, o)?;
+        if !obj.bool(CKA_COPYABLE, true) {
+            return Err(CKR_ACTION_PROHIBITED);
+        }
+        let copy = self.changed(&ctx, &obj, &template, true)?;
+        Self::check_storage_rights(&ctx, copy.is_token(), copy.is_private())?;
+        if copy.is_token() {
+            self.write_delay(&ctx, copy.size())?;
+        }
+        self.store_objects(&ctx, vec![copy]).map(|v| v[0])
     }
 
     /// `C_FindObjectsInit`: the matching objects are fixed now.

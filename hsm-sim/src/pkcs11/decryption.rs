@@ -1,19 +1,30 @@
-//! Decryption (PKCS#11 v2.40 Base, section 5.9): single-part `C_DecryptInit`/`C_Decrypt`
-//! with `CKM_RSA_PKCS` and `CKM_RSA_PKCS_OAEP` (SHA-1 or SHA-256). Multi-part decryption is
-//! not supported.
+//! Decryption (PKCS#11 v2.40 Base, section 5.9): `C_DecryptInit`, `C_Decrypt`,
+//! `C_DecryptUpdate`, `C_DecryptFinal` with `CKM_RSA_PKCS`, `CKM_RSA_PKCS_OAEP` (SHA-1 or
+//! SHA-256), `CKM_AES_ECB`, `CKM_AES_CBC`, `CKM_AES_CBC_PAD` and `CKM_AES_GCM` (96-bit IV,
+//! 128-bit tag).
 
 use cryptoki_sys::*;
 
-use super::{MAX_DATA_LEN, bytes, capacity, eng, mechanism, param, param_bytes, shell};
-use crate::engine::DecryptOutcome;
+use super::{MAX_DATA_LEN, bytes, eng, mechanism, param, param_bytes, shell, write_output};
 use crate::rack::Rv;
-use crate::rack::crypto::{DecryptMechanism, HashAlg};
+use crate::rack::crypto::{CipherMechanism, HashAlg};
+use crate::rack::symmetric::AesMode;
 
-unsafe fn decrypt_mechanism(p: *const CK_MECHANISM) -> Result<DecryptMechanism, Rv> {
+/// Reads an encryption or decryption mechanism (also a wrapping one: RSA).
+///
+/// # Safety
+/// `p` must be null or point to a valid `CK_MECHANISM` whose parameter holds
+/// `ulParameterLen` bytes.
+pub(super) unsafe fn cipher_mechanism(p: *const CK_MECHANISM) -> Result<CipherMechanism, Rv> {
     // SAFETY: the caller passes a valid mechanism.
     let m = unsafe { mechanism(p) }?;
+    let iv16 = |m: &CK_MECHANISM| -> Result<[u8; 16], Rv> {
+        // SAFETY: the parameter of the AES CBC mechanisms is the IV, `ulParameterLen` bytes.
+        let iv = unsafe { param_bytes(m.pParameter as *const u8, m.ulParameterLen) }?;
+        iv.try_into().map_err(|_| CKR_MECHANISM_PARAM_INVALID)
+    };
     Ok(match m.mechanism {
-        CKM_RSA_PKCS => DecryptMechanism::RsaPkcs,
+        CKM_RSA_PKCS => CipherMechanism::RsaPkcs,
         CKM_RSA_PKCS_OAEP => {
             // SAFETY: OAEP carries a CK_RSA_PKCS_OAEP_PARAMS (size checked).
             let op: CK_RSA_PKCS_OAEP_PARAMS = unsafe { param(m) }?;
@@ -26,11 +37,37 @@ unsafe fn decrypt_mechanism(p: *const CK_MECHANISM) -> Result<DecryptMechanism, 
                 // SAFETY: the parameter's label holds `ulSourceDataLen` bytes (checked first).
                 unsafe { param_bytes(op.pSourceData as *const u8, op.ulSourceDataLen) }?.to_vec()
             };
-            DecryptMechanism::RsaOaep {
+            CipherMechanism::RsaOaep {
                 hash: HashAlg::from_mechanism(op.hashAlg)?,
                 mgf: HashAlg::from_mgf(op.mgf)?,
                 label,
             }
+        }
+        CKM_AES_ECB => {
+            if m.ulParameterLen != 0 {
+                return Err(CKR_MECHANISM_PARAM_INVALID);
+            }
+            CipherMechanism::Aes(AesMode::Ecb)
+        }
+        CKM_AES_CBC => CipherMechanism::Aes(AesMode::Cbc { iv: iv16(m)? }),
+        CKM_AES_CBC_PAD => CipherMechanism::Aes(AesMode::CbcPad { iv: iv16(m)? }),
+        CKM_AES_GCM => {
+            // SAFETY: GCM carries a CK_GCM_PARAMS (size checked).
+            let g: CK_GCM_PARAMS = unsafe { param(m) }?;
+            if g.ulTagBits != 128 {
+                return Err(CKR_MECHANISM_PARAM_INVALID);
+            }
+            // SAFETY: the parameter's IV and AAD hold the stated lengths (checked first).
+            let (iv, aad) = unsafe {
+                (
+                    param_bytes(g.pIv, g.ulIvLen)?,
+                    param_bytes(g.pAAD, g.ulAADLen)?,
+                )
+            };
+            CipherMechanism::Aes(AesMode::Gcm {
+                iv: iv.try_into().map_err(|_| CKR_MECHANISM_PARAM_INVALID)?,
+                aad: aad.to_vec(),
+            })
         }
         _ => return Err(CKR_MECHANISM_INVALID),
     })
@@ -45,13 +82,13 @@ pub(super) unsafe extern "C" fn C_DecryptInit(
     shell(|| {
         let e = eng()?;
         // SAFETY: the caller passes a valid mechanism.
-        let m = unsafe { decrypt_mechanism(mech) }?;
+        let m = unsafe { cipher_mechanism(mech) }?;
         e.decrypt_init(session, m, key)
     })
 }
 
-/// `C_Decrypt` (5.9), with the length-query convention (a NULL buffer gets the modulus
-/// length, an upper bound). Input longer than [`MAX_DATA_LEN`] →
+/// `C_Decrypt` (5.9), with the length-query convention (a NULL buffer gets an upper bound:
+/// the modulus length for RSA). Input longer than [`MAX_DATA_LEN`] →
 /// `CKR_ENCRYPTED_DATA_LEN_RANGE`, unread.
 pub(super) unsafe extern "C" fn C_Decrypt(
     session: CK_SESSION_HANDLE,
@@ -61,38 +98,42 @@ pub(super) unsafe extern "C" fn C_Decrypt(
     out_len: *mut CK_ULONG,
 ) -> CK_RV {
     shell(|| {
-        if out_len.is_null() {
-            return Err(CKR_ARGUMENTS_BAD);
-        }
         let e = eng()?;
         // SAFETY: the caller passes `data_len` readable bytes (checked against the limit).
         let data = unsafe { bytes(data, data_len, MAX_DATA_LEN, CKR_ENCRYPTED_DATA_LEN_RANGE) }?;
-        let capacity = if out.is_null() {
-            None
-        } else {
-            // SAFETY: checked non-null above.
-            Some(capacity::<u8>(unsafe { *out_len })?)
-        };
-        match e.decrypt(session, data, capacity)? {
-            DecryptOutcome::Length(n) => {
-                // SAFETY: checked non-null above.
-                unsafe { *out_len = n as CK_ULONG };
-                Ok(())
-            }
-            DecryptOutcome::TooSmall(n) => {
-                // SAFETY: checked non-null above.
-                unsafe { *out_len = n as CK_ULONG };
-                Err(CKR_BUFFER_TOO_SMALL)
-            }
-            DecryptOutcome::Done(p) => {
-                // SAFETY: `out` holds at least `*out_len >= p.len()` bytes (checked by the
-                // engine against the capacity given); `out_len` is non-null.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(p.as_ptr(), out, p.len());
-                    *out_len = p.len() as CK_ULONG;
-                }
-                Ok(())
-            }
-        }
+        // SAFETY: the caller passes an output buffer of `*out_len` bytes, or NULL.
+        unsafe { write_output(out, out_len, |cap| e.decrypt(session, data, cap)) }
+    })
+}
+
+/// `C_DecryptUpdate` (5.9), with the length-query convention: as `C_EncryptUpdate`
+/// (CBC-PAD holds its last block back for `C_DecryptFinal`).
+pub(super) unsafe extern "C" fn C_DecryptUpdate(
+    session: CK_SESSION_HANDLE,
+    data: *mut CK_BYTE,
+    data_len: CK_ULONG,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> CK_RV {
+    shell(|| {
+        let e = eng()?;
+        // SAFETY: the caller passes `data_len` readable bytes (checked against the limit).
+        let data = unsafe { bytes(data, data_len, MAX_DATA_LEN, CKR_ENCRYPTED_DATA_LEN_RANGE) }?;
+        // SAFETY: the caller passes an output buffer of `*out_len` bytes, or NULL (a length
+        // query, which takes no input in).
+        unsafe { write_output(out, out_len, |cap| e.decrypt_update(session, data, cap)) }
+    })
+}
+
+/// `C_DecryptFinal` (5.9): decrypts the gathered parts.
+pub(super) unsafe extern "C" fn C_DecryptFinal(
+    session: CK_SESSION_HANDLE,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> CK_RV {
+    shell(|| {
+        let e = eng()?;
+        // SAFETY: the caller passes an output buffer of `*out_len` bytes, or NULL.
+        unsafe { write_output(out, out_len, |cap| e.decrypt_final(session, cap)) }
     })
 }

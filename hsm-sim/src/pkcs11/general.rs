@@ -89,6 +89,7 @@ pub(super) unsafe extern "C" fn C_Initialize(args: *mut c_void) -> CK_RV {
 /// `C_Finalize` (5.4).
 pub(super) unsafe extern "C" fn C_Finalize(reserved: *mut c_void) -> CK_RV {
     shell(|| {
+        engine::get()?;
         if !reserved.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
         }

@@ -13,9 +13,10 @@
 //! "too long" without being read. A length within them that is not the buffer's true size
 //! cannot be detected by any C library: that stays the caller's contract. Files follow the chapters of
 //! the specification (section 5 of PKCS#11 v2.40 Base): general purpose, slot and token
-//! management, session management, object management, key management, signing, decryption,
-//! random number generation; functions the simulator does not implement return
-//! `CKR_FUNCTION_NOT_SUPPORTED`.
+//! management, session management, object management, encryption, decryption, message
+//! digesting, signing, key management, random number generation; functions the simulator
+//! does not implement return `CKR_FUNCTION_NOT_SUPPORTED`. Before `C_Initialize` every
+//! function returns `CKR_CRYPTOKI_NOT_INITIALIZED`, whatever its arguments.
 //!
 //! Only `C_GetFunctionList` is exported by name. The list points at functions that are not
 //! exported, so another loaded library exporting `C_…` symbols can never interpose on them.
@@ -23,6 +24,8 @@
 #![allow(non_snake_case)]
 
 mod decryption;
+mod digest;
+mod encryption;
 mod general;
 mod keys;
 mod objects;
@@ -69,7 +72,7 @@ pub(crate) static FUNCTION_LIST: CK_FUNCTION_LIST = CK_FUNCTION_LIST {
     C_Login: Some(sessions::C_Login),
     C_Logout: Some(sessions::C_Logout),
     C_CreateObject: Some(objects::C_CreateObject),
-    C_CopyObject: Some(unsupported::C_CopyObject),
+    C_CopyObject: Some(objects::C_CopyObject),
     C_DestroyObject: Some(objects::C_DestroyObject),
     C_GetObjectSize: Some(unsupported::C_GetObjectSize),
     C_GetAttributeValue: Some(objects::C_GetAttributeValue),
@@ -77,19 +80,19 @@ pub(crate) static FUNCTION_LIST: CK_FUNCTION_LIST = CK_FUNCTION_LIST {
     C_FindObjectsInit: Some(objects::C_FindObjectsInit),
     C_FindObjects: Some(objects::C_FindObjects),
     C_FindObjectsFinal: Some(objects::C_FindObjectsFinal),
-    C_EncryptInit: Some(unsupported::C_EncryptInit),
-    C_Encrypt: Some(unsupported::C_Encrypt),
-    C_EncryptUpdate: Some(unsupported::C_EncryptUpdate),
-    C_EncryptFinal: Some(unsupported::C_EncryptFinal),
+    C_EncryptInit: Some(encryption::C_EncryptInit),
+    C_Encrypt: Some(encryption::C_Encrypt),
+    C_EncryptUpdate: Some(encryption::C_EncryptUpdate),
+    C_EncryptFinal: Some(encryption::C_EncryptFinal),
     C_DecryptInit: Some(decryption::C_DecryptInit),
     C_Decrypt: Some(decryption::C_Decrypt),
-    C_DecryptUpdate: Some(unsupported::C_DecryptUpdate),
-    C_DecryptFinal: Some(unsupported::C_DecryptFinal),
-    C_DigestInit: Some(unsupported::C_DigestInit),
-    C_Digest: Some(unsupported::C_Digest),
-    C_DigestUpdate: Some(unsupported::C_DigestUpdate),
-    C_DigestKey: Some(unsupported::C_DigestKey),
-    C_DigestFinal: Some(unsupported::C_DigestFinal),
+    C_DecryptUpdate: Some(decryption::C_DecryptUpdate),
+    C_DecryptFinal: Some(decryption::C_DecryptFinal),
+    C_DigestInit: Some(digest::C_DigestInit),
+    C_Digest: Some(digest::C_Digest),
+    C_DigestUpdate: Some(digest::C_DigestUpdate),
+    C_DigestKey: Some(digest::C_DigestKey),
+    C_DigestFinal: Some(digest::C_DigestFinal),
     C_SignInit: Some(signing::C_SignInit),
     C_Sign: Some(signing::C_Sign),
     C_SignUpdate: Some(unsupported::C_SignUpdate),
@@ -106,10 +109,10 @@ pub(crate) static FUNCTION_LIST: CK_FUNCTION_LIST = CK_FUNCTION_LIST {
     C_DecryptDigestUpdate: Some(unsupported::C_DecryptDigestUpdate),
     C_SignEncryptUpdate: Some(unsupported::C_SignEncryptUpdate),
     C_DecryptVerifyUpdate: Some(unsupported::C_DecryptVerifyUpdate),
-    C_GenerateKey: Some(unsupported::C_GenerateKey),
+    C_GenerateKey: Some(keys::C_GenerateKey),
     C_GenerateKeyPair: Some(keys::C_GenerateKeyPair),
-    C_WrapKey: Some(unsupported::C_WrapKey),
-    C_UnwrapKey: Some(unsupported::C_UnwrapKey),
+    C_WrapKey: Some(keys::C_WrapKey),
+    C_UnwrapKey: Some(keys::C_UnwrapKey),
     C_DeriveKey: Some(keys::C_DeriveKey),
     C_SeedRandom: Some(random::C_SeedRandom),
     C_GenerateRandom: Some(random::C_GenerateRandom),
@@ -123,7 +126,8 @@ pub(crate) static FUNCTION_LIST: CK_FUNCTION_LIST = CK_FUNCTION_LIST {
 pub const MAX_TEMPLATE_ATTRIBUTES: usize = 256;
 /// Longest attribute value a template may carry (the default token's whole storage).
 pub const MAX_ATTRIBUTE_LEN: usize = 64 * 1024;
-/// Longest input to `C_Sign` or `C_Decrypt`.
+/// Longest input to `C_Sign`, `C_Encrypt`, `C_Decrypt`, `C_Digest` or one `…Update`, and
+/// longest wrapped key for `C_UnwrapKey`.
 pub const MAX_DATA_LEN: usize = 1024 * 1024;
 /// Longest byte string inside a mechanism parameter (an OAEP label, ECDH public or shared
 /// data).
@@ -348,6 +352,55 @@ unsafe fn mechanism<'a>(p: *const CK_MECHANISM) -> Result<&'a CK_MECHANISM, Rv> 
     }
     // SAFETY: non-null; the caller guarantees it is valid for the call.
     Ok(unsafe { &*p })
+}
+
+/// Hands an output to the caller with the length-query convention: `out_len` must not be
+/// NULL; a NULL `out` asks for the length; a buffer smaller than the output gets
+/// `CKR_BUFFER_TOO_SMALL` and the length. `f` gets the buffer's capacity (`None` for a length
+/// query) and produces the output.
+///
+/// # Safety
+/// `out_len` must be null or valid for reading and writing; `out` null or valid for writing
+/// `*out_len` bytes.
+unsafe fn write_output(
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+    f: impl FnOnce(Option<usize>) -> Result<engine::Output, Rv>,
+) -> Result<(), Rv> {
+    if out_len.is_null() {
+        return Err(CKR_ARGUMENTS_BAD);
+    }
+    let cap = if out.is_null() {
+        None
+    } else {
+        // SAFETY: checked non-null; the caller guarantees it is readable.
+        Some(capacity::<u8>(unsafe { *out_len })?)
+    };
+    match f(cap)? {
+        engine::Output::Length(n) => {
+            // SAFETY: checked non-null above.
+            unsafe { *out_len = n as CK_ULONG };
+            Ok(())
+        }
+        engine::Output::TooSmall(n) => {
+            // SAFETY: checked non-null above.
+            unsafe { *out_len = n as CK_ULONG };
+            Err(CKR_BUFFER_TOO_SMALL)
+        }
+        engine::Output::Done(p) => {
+            if cap.is_none_or(|c| c < p.len()) {
+                // The engine checks the capacity first; this never happens.
+                return Err(CKR_GENERAL_ERROR);
+            }
+            // SAFETY: `out` holds at least `cap >= p.len()` writable bytes; `out_len` is
+            // non-null.
+            unsafe {
+                std::ptr::copy_nonoverlapping(p.as_ptr(), out, p.len());
+                *out_len = p.len() as CK_ULONG;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Blank-padded fixed-size text field.

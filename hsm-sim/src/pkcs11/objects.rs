@@ -1,4 +1,5 @@
-//! Object management (PKCS#11 v2.40 Base, section 5.7): create, destroy, attributes, find.
+//! Object management (PKCS#11 v2.40 Base, section 5.7): create, copy, destroy, attributes,
+//! find.
 
 use cryptoki_sys::*;
 
@@ -13,15 +14,37 @@ pub(super) unsafe extern "C" fn C_CreateObject(
     object: *mut CK_OBJECT_HANDLE,
 ) -> CK_RV {
     shell(|| {
+        let e = eng()?;
         if object.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
         }
-        let e = eng()?;
         // SAFETY: the caller passes `count` attributes.
         let t = unsafe { template(attrs, count) }?;
         let h = e.create_object(session, t)?;
         // SAFETY: checked non-null above.
         unsafe { put(object, h) }
+    })
+}
+
+/// `C_CopyObject` (5.7): the copy takes the template's changes (see the engine's rules);
+/// `CKR_ACTION_PROHIBITED` for an object that is not `CKA_COPYABLE`.
+pub(super) unsafe extern "C" fn C_CopyObject(
+    session: CK_SESSION_HANDLE,
+    object: CK_OBJECT_HANDLE,
+    attrs: *mut CK_ATTRIBUTE,
+    count: CK_ULONG,
+    copy: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
+    shell(|| {
+        let e = eng()?;
+        if copy.is_null() {
+            return Err(CKR_ARGUMENTS_BAD);
+        }
+        // SAFETY: the caller passes `count` attributes.
+        let t = unsafe { template(attrs, count) }?;
+        let h = e.copy_object(session, object, t)?;
+        // SAFETY: checked non-null above.
+        unsafe { put(copy, h) }
     })
 }
 
@@ -43,6 +66,7 @@ pub(super) unsafe extern "C" fn C_GetAttributeValue(
     count: CK_ULONG,
 ) -> CK_RV {
     shell(|| {
+        let e = eng()?;
         // SAFETY: the caller passes `count` writable attributes (the count checked first).
         let attrs = unsafe { items_mut(attrs, count, MAX_TEMPLATE_ATTRIBUTES, CKR_ARGUMENTS_BAD) }?;
         // Every capacity is checked before anything is written: a value buffer that claims
@@ -58,7 +82,7 @@ pub(super) unsafe extern "C" fn C_GetAttributeValue(
             });
         }
         let types: Vec<CK_ATTRIBUTE_TYPE> = attrs.iter().map(|a| a.type_).collect();
-        let reads = eng()?.get_attributes(session, object, &types)?;
+        let reads = e.get_attributes(session, object, &types)?;
         let mut result = CKR_OK;
         for ((a, read), cap) in attrs.iter_mut().zip(reads).zip(caps) {
             match read {
@@ -135,11 +159,12 @@ pub(super) unsafe extern "C" fn C_FindObjects(
     found: *mut CK_ULONG,
 ) -> CK_RV {
     shell(|| {
+        let e = eng()?;
         if found.is_null() || (objects.is_null() && max > 0) {
             return Err(CKR_ARGUMENTS_BAD);
         }
         let max = capacity::<CK_OBJECT_HANDLE>(max)?;
-        let hs = eng()?.find_next(session, max)?;
+        let hs = e.find_next(session, max)?;
         // SAFETY: `objects` holds `max >= hs.len()` handles; `found` is non-null.
         unsafe {
             std::ptr::copy_nonoverlapping(hs.as_ptr(), objects, hs.len());

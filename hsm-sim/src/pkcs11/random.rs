@@ -2,17 +2,21 @@
 
 use cryptoki_sys::*;
 
-use super::{MAX_RANDOM_LEN, eng, items_mut, shell};
+use super::{MAX_RANDOM_LEN, bytes, eng, items_mut, shell};
 
-/// `C_SeedRandom` (5.15): the token's generator takes no seed.
+/// `C_SeedRandom` (5.15): the seed (at most [`MAX_RANDOM_LEN`] bytes, else
+/// `CKR_ARGUMENTS_BAD`) is accepted and checked, then set aside: the token draws from the
+/// operating system's generator, which seeds itself and takes no seed from applications.
 pub(super) unsafe extern "C" fn C_SeedRandom(
     session: CK_SESSION_HANDLE,
-    _seed: *mut CK_BYTE,
-    _len: CK_ULONG,
+    seed: *mut CK_BYTE,
+    len: CK_ULONG,
 ) -> CK_RV {
     shell(|| {
-        eng()?.session_info(session)?;
-        Err(CKR_RANDOM_SEED_NOT_SUPPORTED)
+        let e = eng()?;
+        // SAFETY: the caller passes `len` readable bytes (checked against the limit first).
+        let seed = unsafe { bytes(seed, len, MAX_RANDOM_LEN, CKR_ARGUMENTS_BAD) }?;
+        e.seed_random(session, seed)
     })
 }
 

@@ -15,10 +15,11 @@ pub(super) unsafe extern "C" fn C_OpenSession(
     session: *mut CK_SESSION_HANDLE,
 ) -> CK_RV {
     shell(|| {
+        let e = eng()?;
         if session.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
         }
-        let h = eng()?.open_session(slot, flags)?;
+        let h = e.open_session(slot, flags)?;
         // SAFETY: checked non-null above.
         unsafe { put(session, h) }
     })

@@ -58,10 +58,10 @@ pub(super) unsafe extern "C" fn C_Sign(
     sig_len: *mut CK_ULONG,
 ) -> CK_RV {
     shell(|| {
+        let e = eng()?;
         if sig_len.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
         }
-        let e = eng()?;
         // SAFETY: the caller passes `data_len` readable bytes (checked against the limit).
         let data = unsafe { bytes(data, data_len, MAX_DATA_LEN, CKR_DATA_LEN_RANGE) }?;
         let capacity = if sig.is_null() {

@@ -169,10 +169,11 @@ pub(super) unsafe extern "C" fn C_WaitForSlotEvent(
     reserved: *mut c_void,
 ) -> CK_RV {
     shell(|| {
+        let e = eng()?;
         if slot.is_null() || !reserved.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
         }
-        let s = eng()?.wait_for_slot_event(flags & CKF_DONT_BLOCK != 0)?;
+        let s = e.wait_for_slot_event(flags & CKF_DONT_BLOCK != 0)?;
         // SAFETY: checked non-null above.
         unsafe { put(slot, s) }
     })

@@ -1,17 +1,22 @@
 //! Functions of the v2.40 list the simulator does not implement: each returns
 //! `CKR_FUNCTION_NOT_SUPPORTED` (`C_GetFunctionStatus`/`C_CancelFunction`:
-//! `CKR_FUNCTION_NOT_PARALLEL`, as the specification says for legacy functions).
+//! `CKR_FUNCTION_NOT_PARALLEL`, as the specification says for legacy functions), or
+//! `CKR_CRYPTOKI_NOT_INITIALIZED` before `C_Initialize`.
 
 use cryptoki_sys::*;
 
-use super::shell;
+use super::{eng, shell};
 
 macro_rules! unsupported {
     ($($name:ident ( $($ty:ty),* ) => $rv:expr;)*) => {
         $(
             #[doc = concat!("`", stringify!($name), "`: not supported.")]
             pub(super) unsafe extern "C" fn $name($(_: $ty),*) -> CK_RV {
-                shell(|| Err($rv))
+                shell(|| {
+                    // Before C_Initialize every function says so (PKCS#11 v2.40, 5.4).
+                    eng()?;
+                    Err($rv)
+                })
             }
         )*
     };
@@ -23,25 +28,11 @@ type O = CK_OBJECT_HANDLE;
 type B = *mut CK_BYTE;
 type L = CK_ULONG;
 type Lp = *mut CK_ULONG;
-type A = *mut CK_ATTRIBUTE;
-type Op = *mut CK_OBJECT_HANDLE;
 
 unsupported! {
     C_GetOperationState(S, B, Lp) => CKR_FUNCTION_NOT_SUPPORTED;
     C_SetOperationState(S, B, L, O, O) => CKR_FUNCTION_NOT_SUPPORTED;
-    C_CopyObject(S, O, A, L, Op) => CKR_FUNCTION_NOT_SUPPORTED;
     C_GetObjectSize(S, O, Lp) => CKR_FUNCTION_NOT_SUPPORTED;
-    C_EncryptInit(S, M, O) => CKR_FUNCTION_NOT_SUPPORTED;
-    C_Encrypt(S, B, L, B, Lp) => CKR_FUNCTION_NOT_SUPPORTED;
-    C_EncryptUpdate(S, B, L, B, Lp) => CKR_FUNCTION_NOT_SUPPORTED;
-    C_EncryptFinal(S, B, Lp) => CKR_FUNCTION_NOT_SUPPORTED;
-    C_DecryptUpdate(S, B, L, B, Lp) => CKR_FUNCTION_NOT_SUPPORTED;
-    C_DecryptFinal(S, B, Lp) => CKR_FUNCTION_NOT_SUPPORTED;
-    C_DigestInit(S, M) => CKR_FUNCTION_NOT_SUPPORTED;
-    C_Digest(S, B, L, B, Lp) => CKR_FUNCTION_NOT_SUPPORTED;
-    C_DigestUpdate(S, B, L) => CKR_FUNCTION_NOT_SUPPORTED;
-    C_DigestKey(S, O) => CKR_FUNCTION_NOT_SUPPORTED;
-    C_DigestFinal(S, B, Lp) => CKR_FUNCTION_NOT_SUPPORTED;
     C_SignUpdate(S, B, L) => CKR_FUNCTION_NOT_SUPPORTED;
     C_SignFinal(S, B, Lp) => CKR_FUNCTION_NOT_SUPPORTED;
     C_SignRecoverInit(S, M, O) => CKR_FUNCTION_NOT_SUPPORTED;
@@ -56,9 +47,6 @@ unsupported! {
     C_DecryptDigestUpdate(S, B, L, B, Lp) => CKR_FUNCTION_NOT_SUPPORTED;
     C_SignEncryptUpdate(S, B, L, B, Lp) => CKR_FUNCTION_NOT_SUPPORTED;
     C_DecryptVerifyUpdate(S, B, L, B, Lp) => CKR_FUNCTION_NOT_SUPPORTED;
-    C_GenerateKey(S, M, A, L, Op) => CKR_FUNCTION_NOT_SUPPORTED;
-    C_WrapKey(S, M, O, O, B, Lp) => CKR_FUNCTION_NOT_SUPPORTED;
-    C_UnwrapKey(S, M, O, B, L, A, L, Op) => CKR_FUNCTION_NOT_SUPPORTED;
     C_GetFunctionStatus(S) => CKR_FUNCTION_NOT_PARALLEL;
     C_CancelFunction(S) => CKR_FUNCTION_NOT_PARALLEL;
 }

@@ -13,6 +13,7 @@ use zeroize::Zeroizing;
 
 use super::Rv;
 use super::object::KeyMaterial;
+use super::symmetric::{self, AesMode};
 
 /// DER of the prime256v1 (P-256) object identifier, as `CKA_EC_PARAMS` holds it.
 pub const P256_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
@@ -108,9 +109,9 @@ impl SignMechanism {
     }
 }
 
-/// A decryption mechanism with its parameters.
+/// An encryption or decryption mechanism with its parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DecryptMechanism {
+pub enum CipherMechanism {
     /// `CKM_RSA_PKCS`.
     RsaPkcs,
     /// `CKM_RSA_PKCS_OAEP`.
@@ -122,6 +123,27 @@ pub enum DecryptMechanism {
         /// The label (`pSourceData`), possibly empty.
         label: Vec<u8>,
     },
+    /// AES in one of its modes (`CKM_AES_ECB`, `…_CBC`, `…_CBC_PAD`, `…_GCM`).
+    Aes(AesMode),
+}
+
+impl CipherMechanism {
+    /// The key type the mechanism needs.
+    pub fn key_type(&self) -> CK_KEY_TYPE {
+        match self {
+            CipherMechanism::Aes(_) => CKK_AES,
+            _ => CKK_RSA,
+        }
+    }
+
+    /// The mechanism type this came from.
+    pub fn mechanism_type(&self) -> CK_MECHANISM_TYPE {
+        match self {
+            CipherMechanism::RsaPkcs => CKM_RSA_PKCS,
+            CipherMechanism::RsaOaep { .. } => CKM_RSA_PKCS_OAEP,
+            CipherMechanism::Aes(m) => m.mechanism_type(),
+        }
+    }
 }
 
 fn random_rng() -> rand::rngs::ThreadRng {
@@ -283,22 +305,37 @@ pub fn sign(m: &KeyMaterial, mech: &SignMechanism, data: &[u8]) -> Result<Vec<u8
     }
 }
 
+/// An upper bound of the plaintext `mech` gives for `n` bytes of ciphertext.
+pub fn plaintext_bound(m: &KeyMaterial, mech: &CipherMechanism, n: usize) -> Result<usize, Rv> {
+    match (mech, m) {
+        (CipherMechanism::Aes(mode), KeyMaterial::Secret(_)) => mode.plaintext_bound(n),
+        (CipherMechanism::Aes(_), _) => Err(CKR_KEY_TYPE_INCONSISTENT),
+        _ => rsa_modulus_len(m),
+    }
+}
+
 /// Decrypts `data` with `mech`.
 ///
 /// PKCS#1 v1.5 decryption uses implicit rejection (the rsa crate returns synthetic plaintext
 /// for bad padding, against Bleichenbacher-style attacks) rather than an error.
 pub fn decrypt(
     m: &KeyMaterial,
-    mech: &DecryptMechanism,
+    mech: &CipherMechanism,
     data: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, Rv> {
+    if let CipherMechanism::Aes(mode) = mech {
+        return match m {
+            KeyMaterial::Secret(k) => symmetric::aes_decrypt(k, mode, data),
+            _ => Err(CKR_KEY_TYPE_INCONSISTENT),
+        };
+    }
     let key = rsa_key(m)?;
     if data.len() != key.size() {
         return Err(CKR_ENCRYPTED_DATA_LEN_RANGE);
     }
     let out = match mech {
-        DecryptMechanism::RsaPkcs => key.decrypt(Pkcs1v15Encrypt, data),
-        DecryptMechanism::RsaOaep { hash, mgf, label } => {
+        CipherMechanism::RsaPkcs => key.decrypt(Pkcs1v15Encrypt, data),
+        CipherMechanism::RsaOaep { hash, mgf, label } => {
             let label = label.clone().into_boxed_slice();
             match (hash, mgf) {
                 (HashAlg::Sha256, HashAlg::Sha256) => key.decrypt(
@@ -319,9 +356,83 @@ pub fn decrypt(
                 ),
             }
         }
+        CipherMechanism::Aes(_) => return Err(CKR_MECHANISM_INVALID),
     };
     out.map(Zeroizing::new)
         .map_err(|_| CKR_ENCRYPTED_DATA_INVALID)
+}
+
+/// The key an encryption uses: an RSA public key (modulus, exponent) or a secret value.
+#[derive(Debug, Clone, Copy)]
+pub enum EncryptKey<'a> {
+    /// An RSA public key.
+    RsaPublic {
+        /// Modulus, big-endian.
+        n: &'a [u8],
+        /// Public exponent, big-endian.
+        e: &'a [u8],
+    },
+    /// A secret key's value.
+    Secret(&'a [u8]),
+}
+
+fn rsa_public_key(n: &[u8], e: &[u8]) -> Result<rsa::PublicKey, Rv> {
+    rsa::PublicKey::new(uint(n), uint(e)).map_err(|_| CKR_KEY_SIZE_RANGE)
+}
+
+/// Length of the ciphertext `mech` makes of `n` bytes.
+pub fn ciphertext_len(key: EncryptKey<'_>, mech: &CipherMechanism, n: usize) -> Result<usize, Rv> {
+    match (key, mech) {
+        (EncryptKey::Secret(_), CipherMechanism::Aes(mode)) => mode.ciphertext_len(n),
+        (EncryptKey::RsaPublic { n: modulus, e }, CipherMechanism::RsaPkcs)
+        | (EncryptKey::RsaPublic { n: modulus, e }, CipherMechanism::RsaOaep { .. }) => {
+            Ok(rsa_public_key(modulus, e)?.size())
+        }
+        _ => Err(CKR_KEY_TYPE_INCONSISTENT),
+    }
+}
+
+/// Encrypts `data` with `mech`. Too much data for an RSA key: `CKR_DATA_LEN_RANGE`.
+pub fn encrypt(key: EncryptKey<'_>, mech: &CipherMechanism, data: &[u8]) -> Result<Vec<u8>, Rv> {
+    let (n, e) = match (key, mech) {
+        (EncryptKey::Secret(k), CipherMechanism::Aes(mode)) => {
+            return symmetric::aes_encrypt(k, mode, data);
+        }
+        (EncryptKey::RsaPublic { n, e }, CipherMechanism::RsaPkcs)
+        | (EncryptKey::RsaPublic { n, e }, CipherMechanism::RsaOaep { .. }) => (n, e),
+        _ => return Err(CKR_KEY_TYPE_INCONSISTENT),
+    };
+    let pk = rsa_public_key(n, e)?;
+    let mut rng = random_rng();
+    let out = match mech {
+        CipherMechanism::RsaOaep { hash, mgf, label } => {
+            let label = label.clone().into_boxed_slice();
+            match (hash, mgf) {
+                (HashAlg::Sha256, HashAlg::Sha256) => pk.encrypt(
+                    &mut rng,
+                    Oaep::<Sha256, Sha256>::new_with_mgf_hash_and_label(label),
+                    data,
+                ),
+                (HashAlg::Sha1, HashAlg::Sha1) => pk.encrypt(
+                    &mut rng,
+                    Oaep::<sha1::Sha1, sha1::Sha1>::new_with_mgf_hash_and_label(label),
+                    data,
+                ),
+                (HashAlg::Sha256, HashAlg::Sha1) => pk.encrypt(
+                    &mut rng,
+                    Oaep::<Sha256, sha1::Sha1>::new_with_mgf_hash_and_label(label),
+                    data,
+                ),
+                (HashAlg::Sha1, HashAlg::Sha256) => pk.encrypt(
+                    &mut rng,
+                    Oaep::<sha1::Sha1, Sha256>::new_with_mgf_hash_and_label(label),
+                    data,
+                ),
+            }
+        }
+        _ => pk.encrypt(&mut rng, Pkcs1v15Encrypt, data),
+    };
+    out.map_err(|_| CKR_DATA_LEN_RANGE)
 }
 
 /// ECDH on P-256 with `CKD_NULL`: the x coordinate of the shared point.
@@ -349,6 +460,49 @@ pub fn import_rsa(p: &[u8], q: &[u8], e: &[u8]) -> Result<(KeyMaterial, Vec<u8>)
     };
     let k = rsa_key(&m).map_err(|_| CKR_ATTRIBUTE_VALUE_INVALID)?;
     Ok((m, k.n_bytes().to_vec()))
+}
+
+/// A private key as PKCS#8 `PrivateKeyInfo` DER (what `C_WrapKey` wraps).
+pub fn private_key_to_pkcs8(m: &KeyMaterial) -> Result<Zeroizing<Vec<u8>>, Rv> {
+    use rsa::pkcs8::EncodePrivateKey;
+    let doc = match m {
+        KeyMaterial::Rsa { .. } => rsa_key(m)?.to_pkcs8_der(),
+        KeyMaterial::EcP256(_) => {
+            p256::SecretKey::from(ec_key(m)?.as_nonzero_scalar()).to_pkcs8_der()
+        }
+        KeyMaterial::Secret(_) => return Err(CKR_KEY_NOT_WRAPPABLE),
+    }
+    .map_err(|_| CKR_FUNCTION_FAILED)?;
+    Ok(Zeroizing::new(doc.as_bytes().to_vec()))
+}
+
+/// Attributes with their values.
+pub type AttrList = Vec<(CK_ATTRIBUTE_TYPE, Vec<u8>)>;
+
+/// A private key read from PKCS#8 DER (what `C_UnwrapKey` unwraps): its key type, its
+/// material and its public attributes (modulus and exponent, or the P-256 parameters).
+/// Anything else: `CKR_WRAPPED_KEY_INVALID`.
+pub fn private_key_from_pkcs8(der: &[u8]) -> Result<(CK_KEY_TYPE, KeyMaterial, AttrList), Rv> {
+    use rsa::pkcs8::DecodePrivateKey;
+    if let Ok(k) = rsa::PrivateKey::from_pkcs8_der(der) {
+        let primes = k.primes();
+        if primes.len() != 2 {
+            return Err(CKR_WRAPPED_KEY_INVALID);
+        }
+        let m = KeyMaterial::Rsa {
+            p: Zeroizing::new(primes[0].as_ref().to_be_bytes_trimmed_vartime().to_vec()),
+            q: Zeroizing::new(primes[1].as_ref().to_be_bytes_trimmed_vartime().to_vec()),
+            e: k.e_bytes().to_vec(),
+        };
+        let public = vec![
+            (CKA_MODULUS, k.n_bytes().to_vec()),
+            (CKA_PUBLIC_EXPONENT, k.e_bytes().to_vec()),
+        ];
+        return Ok((CKK_RSA, m, public));
+    }
+    let k = p256::SecretKey::from_pkcs8_der(der).map_err(|_| CKR_WRAPPED_KEY_INVALID)?;
+    let m = KeyMaterial::EcP256(Zeroizing::new(k.to_bytes().to_vec()));
+    Ok((CKK_EC, m, vec![(CKA_EC_PARAMS, P256_PARAMS.to_vec())]))
 }
 
 /// A secret attribute computed from key material (only called for keys that may reveal it).
@@ -417,7 +571,7 @@ mod tests {
         let sig = sign(&m, &pss, b"data").unwrap();
         public.pss_verify::<Sha256>(b"data", &sig).unwrap();
         let ct = public.oaep_encrypt::<Sha256>(b"secret").unwrap();
-        let oaep = DecryptMechanism::RsaOaep {
+        let oaep = CipherMechanism::RsaOaep {
             hash: HashAlg::Sha256,
             mgf: HashAlg::Sha256,
             label: vec![],
@@ -425,7 +579,7 @@ mod tests {
         assert_eq!(decrypt(&m, &oaep, &ct).unwrap().as_slice(), b"secret");
         let ct = public.pkcs1v15_encrypt(b"secret").unwrap();
         assert_eq!(
-            decrypt(&m, &DecryptMechanism::RsaPkcs, &ct)
+            decrypt(&m, &CipherMechanism::RsaPkcs, &ct)
                 .unwrap()
                 .as_slice(),
             b"secret"

@@ -23,6 +23,7 @@ pub mod latency;
 pub mod names;
 pub mod object;
 mod store;
+pub mod symmetric;
 pub mod token;
 
 use std::path::{Path, PathBuf};
@@ -520,6 +521,12 @@ impl Rack {
     pub fn set_fault(&self, slot: usize, fault: Fault) -> Result<()> {
         let serial = self.token_in(slot)?;
         self.modify_token(&serial, |t| t.faults_mut().push(fault))
+    }
+
+    /// Sets the key policy of the token in `slot` (`token::KeyPolicy`).
+    pub fn set_key_policy(&self, slot: usize, policy: token::KeyPolicy) -> Result<()> {
+        let serial = self.token_in(slot)?;
+        self.modify_token(&serial, |t| t.set_policy(policy))
     }
 
     /// Disarms every fault of the token in `slot`.

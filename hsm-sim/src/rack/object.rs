@@ -182,6 +182,7 @@ pub const MODIFIABLE_ATTRIBUTES: &[CK_ATTRIBUTE_TYPE] = &[
     CKA_OBJECT_ID,
     CKA_URL,
     CKA_TRUSTED,
+    CKA_WRAP_WITH_TRUSTED,
     CKA_ALLOWED_MECHANISMS,
 ];
 
@@ -564,6 +565,7 @@ pub fn key_type_name(k: CK_KEY_TYPE) -> &'static str {
         CKK_RSA => "CKK_RSA",
         CKK_EC => "CKK_EC",
         CKK_GENERIC_SECRET => "CKK_GENERIC_SECRET",
+        CKK_AES => "CKK_AES",
         _ => "other",
     }
 }
@@ -610,6 +612,11 @@ mod tests {
         o.set(CKA_EXTRACTABLE, enc_bool(false));
         assert_eq!(o.read(CKA_VALUE), AttrRead::Sensitive);
         assert_eq!(o.read(CKA_MODULUS), AttrRead::Invalid);
+    }
+
+    #[test]
+    fn aes_keys_are_shown_by_type() {
+        assert_eq!(display_value(CKA_KEY_TYPE, &enc_ulong(CKK_AES)), "CKK_AES");
     }
 
     #[test]

@@ -154,6 +154,33 @@ pub struct Token {
     latency: LatencySettings,
     #[serde(default)]
     faults: Vec<Fault>,
+    #[serde(default)]
+    policy: KeyPolicy,
+}
+
+/// The token's rules about keys, beyond what the specification requires of every token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KeyPolicy {
+    /// No key may both wrap and decrypt, nor both unwrap and encrypt: otherwise a key
+    /// wrapped under it could be decrypted in clear by the same key, and a key of the
+    /// caller's choosing encrypted and then unwrapped as if it came from elsewhere.
+    /// Off by default (the specification allows such keys).
+    pub separate_wrap_and_decrypt: bool,
+}
+
+impl KeyPolicy {
+    /// Whether a key with these attributes may exist on the token:
+    /// `CKR_TEMPLATE_INCONSISTENT` when it breaks a rule.
+    pub fn check(&self, key: &Object) -> Result<(), Rv> {
+        let both = |a, b| key.bool(a, false) && key.bool(b, false);
+        if self.separate_wrap_and_decrypt
+            && (both(CKA_WRAP, CKA_DECRYPT) || both(CKA_UNWRAP, CKA_ENCRYPT))
+        {
+            return Err(CKR_TEMPLATE_INCONSISTENT);
+        }
+        Ok(())
+    }
 }
 
 mod stored_objects {
@@ -219,7 +246,19 @@ impl Token {
             next_handle: 1,
             latency: LatencySettings::default(),
             faults: Vec::new(),
+            policy: KeyPolicy::default(),
         }
+    }
+
+    /// The token's rules about keys.
+    pub fn policy(&self) -> KeyPolicy {
+        self.policy
+    }
+
+    /// Changes the token's rules about keys (keys already stored stay; a key that breaks a
+    /// new rule is refused when it is used).
+    pub fn set_policy(&mut self, policy: KeyPolicy) {
+        self.policy = policy;
     }
 
     /// The 16-character serial number.

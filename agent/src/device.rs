@@ -9,7 +9,7 @@
 //!   ([`DeviceLibrary::observe`] → [`crate::desk::classify`]).
 //! - [`Device`]: one open token, owned by one worker thread ([`crate::worker`]): describe it,
 //!   initialize it with new SO and user PINs, verify the user PIN, make and discard the three
-//!   key pairs, read public keys, sign a CSR on the token, read, install and remove
+//!   key pairs, read public keys, count the objects under a label, sign a CSR on the token, read, install and remove
 //!   certificates, run the activation self-test, reset (unlock) the user PIN with the SO PIN.
 //!
 //! [`load`] picks the implementation that the configuration's [`Interface`] names; after that
@@ -52,6 +52,7 @@
 //! | [`Device::replace_key_pair`] | `SKF_DeleteContainer` of what an interrupted attempt left, `SKF_CreateContainer`, `SKF_GenECCKeyPair(SGD_SM2_1)` (or `SKF_GenRSAKeyPair`); an imported encryption key: `SKF_ImportECCKeyPair` into the container. SKF keys never leave the device by construction: the read-back of `CKA_*` attributes has no counterpart, `SKF_GetContainerProperty`/the container type are checked instead |
 //! | [`Device::discard_key_pair`] | `SKF_DeleteContainer` (key pairs and certificates go together) |
 //! | [`Device::public_key`] | `SKF_ExportPublicKey` → `ECCPUBLICKEYBLOB` (64-byte right-aligned coordinates) → SubjectPublicKeyInfo with the SM2 curve OID |
+//! | [`Device::label_objects`] | the `label` container's key pairs and certificates: at most one of each per usage by construction, so the counts are 0 or 1 (the private key counted only after `SKF_VerifyPIN`, as for PKCS#11) |
 //! | [`Device::sign_csr`] | the same `x509-cert` builder over a signer whose digest is SM3(Z_A ‖ M) (computed with `SKF_DigestInit(SGD_SM3, public key, ID)` or on the host), signed by `SKF_ECCSignData`, the `ECCSIGNATUREBLOB` turned into DER `SEQUENCE { r, s }` |
 //! | [`Device::certificates`] / [`Device::installed_certificates`] | `SKF_ExportCertificate(container, signing?)`: one certificate per container and usage, so a label never has two |
 //! | [`Device::install_certificates`] | `SKF_ImportCertificate(container, signing = label is a seal, DER)`, skipped when the same certificate is there |
@@ -265,6 +266,12 @@ pub trait Device: Send + fmt::Debug {
     /// `label`'s public key (no PIN needed).
     fn public_key(&self, label: KeyLabel) -> Result<SubjectPublicKeyInfoOwned, TokenError>;
 
+    /// How many objects of each kind carry `label` (with its key id) in the current login
+    /// state: private keys are counted only while the user is logged in. A label that holds
+    /// more than one public key, private key or certificate is ambiguous: anyone with the
+    /// token in hand can write public objects without a PIN.
+    fn label_objects(&self, label: KeyLabel) -> Result<LabelObjects, TokenError>;
+
     /// A PKCS#10 CSR (DER) for `label`'s key with `subject`, signed on the token (user
     /// logged in).
     fn sign_csr(&self, label: KeyLabel, subject: &Name) -> Result<Vec<u8>, TokenError>;
@@ -302,6 +309,17 @@ pub trait Device: Send + fmt::Debug {
     /// that it does its job (signs, or decrypts / agrees), checked on the host against its
     /// certificate's public key. Stops at the first failure.
     fn self_test(&self, labels: &[KeyLabel]) -> Result<Vec<KeySelfTest>, TokenError>;
+}
+
+/// What [`Device::label_objects`] counted under one label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LabelObjects {
+    /// Public key objects.
+    pub public_keys: usize,
+    /// Private key objects (0 unless the user is logged in: they are private objects).
+    pub private_keys: usize,
+    /// Certificate objects.
+    pub certificates: usize,
 }
 
 /// Of several certificates (DER), the one that expires last.
@@ -365,6 +383,9 @@ impl<D: Device + ?Sized> Device for Box<D> {
     }
     fn public_key(&self, label: KeyLabel) -> Result<SubjectPublicKeyInfoOwned, TokenError> {
         (**self).public_key(label)
+    }
+    fn label_objects(&self, label: KeyLabel) -> Result<LabelObjects, TokenError> {
+        (**self).label_objects(label)
     }
     fn sign_csr(&self, label: KeyLabel, subject: &Name) -> Result<Vec<u8>, TokenError> {
         (**self).sign_csr(label, subject)

@@ -16,7 +16,7 @@ use std::time::SystemTime;
 
 use secrecy::{ExposeSecret, SecretString};
 use spki::SubjectPublicKeyInfoOwned;
-use spki::der::Encode;
+use spki::der::{Decode, Encode};
 use ukey_protocol::bundle::{CertBundle, CertificateRequest, CsrBundle};
 use ukey_protocol::codes::{self, Code};
 use ukey_protocol::event::{BindReport, CertFingerprint, StepData, StepError};
@@ -563,12 +563,71 @@ fn so_failure(e: TokenError) -> StepFailure {
     }
 }
 
-/// Step `read-keys` (`renew`, `change` without rekey): every label's public key and current
-/// certificate are on the token (public objects, no PIN), and each key is of the algorithm
-/// the job describes.
-pub fn read_keys(token: &dyn Device, job: &JobDocument) -> Result<(), StepFailure> {
+/// What a token that keeps its keys (`renew`, `change` without rekey) holds under one
+/// label, once [`check_kept_keys`] found it trustworthy.
+struct KeptKey {
+    label: KeyLabel,
+    /// The one public key object's key, which the current certificate certifies.
+    public_key: SubjectPublicKeyInfoOwned,
+    /// The one certificate (DER).
+    certificate: Vec<u8>,
+}
+
+/// The checks before a token's keys are certified again, all without a PIN (the station
+/// holds none for these jobs): anyone with the token in hand can write public objects with
+/// our labels, so nothing found is taken on trust. Per label:
+///
+/// - exactly one public key object (`token-objects-unexpected` otherwise: a second one was
+///   planted, or the key is gone) and exactly one certificate (none:
+///   `certificate-missing-on-token`; several: `token-objects-unexpected`);
+/// - the public key is of the algorithm the job describes (`token-key-mismatch`);
+/// - the public key is the key the current certificate certifies
+///   (`token-key-not-certified`): a planted or swapped public key is never sent for
+///   certification.
+///
+/// What the PIN-less checks cannot see, a private key that is not the public key's pair,
+/// the self-test sees ([`prove_kept_keys`]), which needs the user PIN.
+fn check_kept_keys(token: &dyn Device, job: &JobDocument) -> Result<Vec<KeptKey>, StepFailure> {
+    let serial = token.serial().unwrap_or("(no serial)").to_owned();
+    let refuse = |code: Code, message: String| {
+        StepFailure::Failed(step_error(
+            code,
+            format!("token {serial}: {message}"),
+            false,
+        ))
+    };
+    let mut kept = Vec::with_capacity(KeyLabel::ALL.len());
     for label in KeyLabel::ALL {
-        let key = token.public_key(label)?;
+        let objects = token.label_objects(label)?;
+        if objects.public_keys != 1 {
+            return Err(refuse(
+                codes::TOKEN_OBJECTS_UNEXPECTED,
+                format!(
+                    "{} public key objects under {label}, expected exactly one; \
+                     the token is not renewed",
+                    objects.public_keys
+                ),
+            ));
+        }
+        match objects.certificates {
+            0 => {
+                return Err(refuse(
+                    codes::CERTIFICATE_MISSING_ON_TOKEN,
+                    format!("no {label} certificate to renew"),
+                ));
+            }
+            1 => {}
+            n => {
+                return Err(refuse(
+                    codes::TOKEN_OBJECTS_UNEXPECTED,
+                    format!(
+                        "{n} certificates under {label}, expected exactly one; \
+                         the token is not renewed"
+                    ),
+                ));
+            }
+        }
+        let public_key = token.public_key(label)?;
         let Some(alg) = job.key_spec(label) else {
             return Err(StepFailure::Failed(step_error(
                 codes::JOB_KEY_SPEC,
@@ -576,45 +635,114 @@ pub fn read_keys(token: &dyn Device, job: &JobDocument) -> Result<(), StepFailur
                 false,
             )));
         };
-        if crate::certs::key_algorithm(&key) != Some(alg) {
-            return Err(StepFailure::Failed(step_error(
+        if crate::certs::key_algorithm(&public_key) != Some(alg) {
+            return Err(refuse(
                 codes::TOKEN_KEY_MISMATCH,
-                format!("the {label} key on the token is not the job's {alg}"),
-                false,
-            )));
+                format!("the {label} key is not the job's {alg}"),
+            ));
         }
-        if token.certificate(label)?.is_none() {
-            return Err(StepFailure::Failed(step_error(
+        let certificate = token.certificate(label)?.ok_or_else(|| {
+            refuse(
                 codes::CERTIFICATE_MISSING_ON_TOKEN,
-                format!("the token has no {label} certificate to renew"),
-                false,
-            )));
+                format!("no {label} certificate to renew"),
+            )
+        })?;
+        let certified = x509_cert::Certificate::from_der(&certificate)
+            .map_err(|e| {
+                refuse(
+                    codes::TOKEN_KEY_NOT_CERTIFIED,
+                    format!("the {label} certificate on the token is unreadable: {e}"),
+                )
+            })?
+            .tbs_certificate()
+            .subject_public_key_info()
+            .clone();
+        if certified != public_key {
+            return Err(refuse(
+                codes::TOKEN_KEY_NOT_CERTIFIED,
+                format!(
+                    "the {label} public key object is not the key its certificate certifies; \
+                     the token is not renewed"
+                ),
+            ));
         }
+        kept.push(KeptKey {
+            label,
+            public_key,
+            certificate,
+        });
     }
-    Ok(())
+    Ok(kept)
+}
+
+/// Step `read-keys` (`renew`, `change` without rekey), as the station runs it without a
+/// user PIN: [`check_kept_keys`] — per label exactly one public key and one certificate,
+/// the key of the job's algorithm and the one its certificate certifies.
+pub fn read_keys(token: &dyn Device, job: &JobDocument) -> Result<(), StepFailure> {
+    check_kept_keys(token, job).map(|_| ())
+}
+
+/// Step `read-keys` when the station holds the token's user PIN: the PIN-less checks of
+/// [`read_keys`], then [`prove_kept_keys`] (exactly one private key per label, and the
+/// self-test: each key proves on the token that it is the certified key's pair).
+pub fn read_keys_with_pin(
+    token: &mut dyn Device,
+    job: &JobDocument,
+    user_pin: &SecretString,
+) -> Result<Vec<KeySelfTest>, StepFailure> {
+    check_kept_keys(token, job)?;
+    prove_kept_keys(token, user_pin)
+}
+
+/// The user logs in; each label holds exactly one private key (`token-objects-unexpected`
+/// otherwise), and every key passes the activation self-test against its certificate
+/// (`self-test-failed`: e.g. a private key that is not the certified public key's pair).
+/// The session logs out whatever the outcome.
+pub fn prove_kept_keys(
+    token: &mut dyn Device,
+    user_pin: &SecretString,
+) -> Result<Vec<KeySelfTest>, StepFailure> {
+    token.login_user(user_pin)?;
+    let result = (|| {
+        for label in KeyLabel::ALL {
+            let objects = token.label_objects(label)?;
+            if objects.private_keys != 1 {
+                let serial = token.serial().unwrap_or("(no serial)");
+                return Err(StepFailure::Failed(step_error(
+                    codes::TOKEN_OBJECTS_UNEXPECTED,
+                    format!(
+                        "token {serial}: {} private keys under {label}, expected exactly one; \
+                         the token is not renewed",
+                        objects.private_keys
+                    ),
+                    false,
+                )));
+            }
+        }
+        Ok(token.self_test(&KeyLabel::ALL)?)
+    })();
+    let logout = token.logout();
+    let tests = result?;
+    logout?;
+    Ok(tests)
 }
 
 /// Step `request-certificates` for the jobs that keep the keys: per label the current
-/// certificate (the one that expires last) and the public key, both read without a PIN.
+/// certificate and the public key, both read without a PIN — and only after the checks of
+/// [`read_keys`] pass again (the token may have been handled since that step), so a
+/// planted or swapped public key is never sent for certification.
 pub fn request_renewal(
     token: &dyn Device,
     job: &JobDocument,
     serial: &TokenSerial,
 ) -> Result<CsrBundle, StepFailure> {
     let mut requests = Vec::with_capacity(3);
-    for label in KeyLabel::ALL {
-        let current = token.certificate(label)?.ok_or_else(|| {
-            StepFailure::Failed(step_error(
-                codes::CERTIFICATE_MISSING_ON_TOKEN,
-                format!("the token has no {label} certificate to renew"),
-                false,
-            ))
-        })?;
-        let key = spki_der(&token.public_key(label)?)?;
+    for kept in check_kept_keys(token, job)? {
+        let key = spki_der(&kept.public_key)?;
         requests.push(CertificateRequest {
-            label,
+            label: kept.label,
             csr: None,
-            current_certificate: Some(Base64Bytes::new(current)),
+            current_certificate: Some(Base64Bytes::new(kept.certificate)),
             public_key: Some(Base64Bytes::new(key)),
         });
     }

@@ -150,6 +150,11 @@ codes! {
     CERTIFICATE_MISSING = "certificate-missing";
     /// A certificate that should be on the token is not.
     CERTIFICATE_MISSING_ON_TOKEN = "certificate-missing-on-token";
+    /// A label of a token that keeps its keys holds no or several public keys, several
+    /// certificates, or not exactly one private key: it is not certified again.
+    TOKEN_OBJECTS_UNEXPECTED = "token-objects-unexpected";
+    /// A public key object on the token is not the key its current certificate certifies.
+    TOKEN_KEY_NOT_CERTIFIED = "token-key-not-certified";
     /// A certificate was written but does not read back.
     CERTIFICATE_NOT_INSTALLED = "certificate-not-installed";
     /// A PIN was refused.

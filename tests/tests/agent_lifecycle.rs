@@ -502,6 +502,81 @@ async fn renew_keeps_the_keys_and_survives_a_crash_between_write_and_delete() {
     no_pin_in_log(&station, &pin);
 }
 
+/// A public key planted under `seal-official` while the token was out of the desk's hands
+/// (pkcs11-tool, no PIN): the renewal fails at `read-keys` with `token-objects-unexpected`,
+/// sends no renewal request and leaves the certificates as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renew_refuses_a_token_with_a_planted_public_key() {
+    let mut station = Station::sim(1).await;
+    station.start_agent().await;
+    let (made, serial) = produce(&station, 0, KeyAlgorithm::P256).await;
+    let before = station.objects(serial.as_str());
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("attacker.pem");
+    let public = dir.path().join("attacker.der");
+    openssl(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        key.to_str().unwrap(),
+    ]);
+    openssl(&[
+        "pkey",
+        "-in",
+        key.to_str().unwrap(),
+        "-pubout",
+        "-outform",
+        "DER",
+        "-out",
+        public.to_str().unwrap(),
+    ]);
+    let (ok, out) = pkcs11_tool(
+        &station,
+        &[
+            "--token-label",
+            &label_of(&station, &serial),
+            "--write-object",
+            public.to_str().unwrap(),
+            "--type",
+            "pubkey",
+            "--label",
+            "seal-official",
+            "--id",
+            "01",
+        ],
+    );
+    assert!(ok, "planting a public key: {out}");
+    assert_eq!(
+        station.objects(serial.as_str()).public_keys,
+        before.public_keys + 1
+    );
+
+    let job = dispatch_targeted(&station, JobKind::Renew, &made, &serial).await;
+    let last = finished(&station, &job).await;
+    assert_eq!(last.state, ExecutionState::Failed, "{last:?}");
+    assert_eq!(last.step, Step::ReadKeys);
+    let error = last.error.unwrap();
+    assert_eq!(error.code.as_str(), "token-objects-unexpected", "{error:?}");
+    assert!(!error.retryable);
+    assert!(error.message.contains("seal-official"), "{}", error.message);
+    let record = station.platform.job_record(&job).unwrap();
+    assert!(
+        record.csr_bundles().is_empty(),
+        "a renewal request was sent: {:?}",
+        record.csr_bundles()
+    );
+    assert!(!record.has_step(Step::RequestCertificates));
+    assert_eq!(
+        station.objects(serial.as_str()).certificates,
+        before.certificates,
+        "the certificates stay"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_without_rekey_puts_the_new_name_on_the_same_keys() {
     let mut station = Station::sim(1).await;

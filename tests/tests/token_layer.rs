@@ -93,6 +93,11 @@ on_both!(
     worker_serves_calls_and_survives_a_panic,
     remembered_handles_never_outlive_what_they_name,
     self_test_fails_a_key_that_does_not_match_its_public_key,
+    renewal_of_an_untouched_token_checks_and_proves_its_keys,
+    renewal_refuses_a_planted_public_key,
+    renewal_refuses_a_public_key_its_certificate_does_not_certify,
+    renewal_refuses_a_second_or_missing_certificate,
+    renewal_proof_refuses_a_private_key_that_is_not_the_pair,
 );
 
 /// The module-independent checks.
@@ -764,6 +769,300 @@ mod suite {
                 if reason.contains("agreed another secret")),
             "{err}"
         );
+    }
+
+    /// A `renew` job for the token `serial`, keys of `alg`.
+    fn renew_job(serial: &str, alg: KeyAlgorithm) -> ukey_protocol::job::JobDocument {
+        use ukey_platform_sim::{JobDraft, build_job};
+        use ukey_protocol::ids::{StationId, TokenSerial};
+        let draft = JobDraft::new(
+            ukey_protocol::job::JobKind::Renew,
+            &StationId::new("desk-1").unwrap(),
+        )
+        .unwrap()
+        .with_algorithm(alg)
+        .with_target(TokenSerial::new(serial).unwrap());
+        build_job(&draft, time::OffsetDateTime::now_utc(), None).unwrap()
+    }
+
+    /// The code of a failed step.
+    fn failure_code<T: std::fmt::Debug>(
+        result: Result<T, ukey_agent::steps::StepFailure>,
+    ) -> String {
+        match result {
+            Err(ukey_agent::steps::StepFailure::Failed(e)) => e.code.as_str().to_owned(),
+            other => panic!("a failed step expected, got {other:?}"),
+        }
+    }
+
+    /// Writes a public P-256 key object with `label`'s label and id through `s` (no login:
+    /// anyone holding the token can), as an attacker would plant one.
+    fn plant_public_key(
+        s: &cryptoki::session::Session,
+        label: KeyLabel,
+        spki: &SubjectPublicKeyInfoOwned,
+    ) -> cryptoki::object::ObjectHandle {
+        use cryptoki::object::{Attribute, KeyType, ObjectClass};
+        let point = spki.subject_public_key.raw_bytes();
+        s.create_object(&[
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::KeyType(KeyType::EC),
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Label(label.as_str().as_bytes().to_vec()),
+            Attribute::Id(vec![label.key_id()]),
+            Attribute::EcParams(certs::OID_P256.to_der().unwrap()),
+            Attribute::EcPoint(
+                der::asn1::OctetString::new(point)
+                    .unwrap()
+                    .to_der()
+                    .unwrap(),
+            ),
+            Attribute::Verify(true),
+        ])
+        .unwrap()
+    }
+
+    /// Writes a certificate object with `label`'s label and id through `s` (no login).
+    fn plant_certificate(
+        s: &cryptoki::session::Session,
+        label: KeyLabel,
+        der: &[u8],
+    ) -> cryptoki::object::ObjectHandle {
+        use cryptoki::object::{Attribute, CertificateType, ObjectClass};
+        let cert = Certificate::from_der(der).unwrap();
+        let tbs = cert.tbs_certificate();
+        s.create_object(&[
+            Attribute::Class(ObjectClass::CERTIFICATE),
+            Attribute::CertificateType(CertificateType::X_509),
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Label(label.as_str().as_bytes().to_vec()),
+            Attribute::Id(vec![label.key_id()]),
+            Attribute::Subject(tbs.subject().to_der().unwrap()),
+            Attribute::Issuer(tbs.issuer().to_der().unwrap()),
+            Attribute::SerialNumber(tbs.serial_number().to_der().unwrap()),
+            Attribute::Value(der.to_vec()),
+        ])
+        .unwrap()
+    }
+
+    /// The one object of `class` under `label` (label and id), seen through `s`.
+    fn one_object(
+        s: &cryptoki::session::Session,
+        class: cryptoki::object::ObjectClass,
+        label: KeyLabel,
+    ) -> cryptoki::object::ObjectHandle {
+        use cryptoki::object::Attribute;
+        let found = s
+            .find_objects(&[
+                Attribute::Class(class),
+                Attribute::Label(label.as_str().as_bytes().to_vec()),
+                Attribute::Id(vec![label.key_id()]),
+            ])
+            .unwrap();
+        assert_eq!(found.len(), 1, "{label}: one {class} expected");
+        found[0]
+    }
+
+    /// Gives the object `handle` the label and id of `to`, through `s`.
+    fn relabel(
+        s: &cryptoki::session::Session,
+        handle: cryptoki::object::ObjectHandle,
+        to: KeyLabel,
+    ) {
+        use cryptoki::object::Attribute;
+        s.update_attributes(
+            handle,
+            &[
+                Attribute::Label(to.as_str().as_bytes().to_vec()),
+                Attribute::Id(vec![to.key_id()]),
+            ],
+        )
+        .unwrap();
+    }
+
+    /// A made token for the renewal checks: three P-256 key pairs with their certificates,
+    /// nobody logged in, and a `renew` job for it.
+    struct Renewable {
+        _module: Module,
+        token: Token,
+        ca: TestCa,
+        /// Per label: the public key and the installed certificate (DER).
+        keys: Vec<(KeyLabel, SubjectPublicKeyInfoOwned, Vec<u8>)>,
+        job: ukey_protocol::job::JobDocument,
+        /// Another application's session on the token, not logged in.
+        elsewhere: cryptoki::session::Session,
+    }
+
+    impl Renewable {
+        fn new(store: &Store) -> Renewable {
+            let (module, token) = blank_to_ready(store);
+            let serial = token.serial().unwrap().to_string();
+            let ca = TestCa::new();
+            token.login_user(&pin(USER_PIN)).unwrap();
+            let mut keys = Vec::new();
+            let mut issued = Vec::new();
+            for (n, label) in KeyLabel::ALL.into_iter().enumerate() {
+                let spki = token.generate_key_pair(label, KeyAlgorithm::P256).unwrap();
+                let der = ca.issue(label, &spki, 10 + n as u32);
+                issued.push(ca.verify(label, &der, &spki).unwrap());
+                keys.push((label, spki, der));
+            }
+            assert_eq!(token.install_certificates(&issued).unwrap(), 3);
+            token.logout().unwrap();
+            let job = renew_job(&serial, KeyAlgorithm::P256);
+            // Untouched, the token passes every check.
+            ukey_agent::steps::read_keys(&token, &job).unwrap();
+            let elsewhere = session_elsewhere(store, &serial);
+            Renewable {
+                _module: module,
+                token,
+                ca,
+                keys,
+                job,
+                elsewhere,
+            }
+        }
+
+        /// The PIN-less checks refuse the token with `code`, and no renewal request is made.
+        fn refused(&self, code: &str) {
+            use ukey_agent::steps;
+            let target = self.job.target_token_serial.clone().unwrap();
+            assert_eq!(failure_code(steps::read_keys(&self.token, &self.job)), code);
+            assert_eq!(
+                failure_code(steps::request_renewal(&self.token, &self.job, &target)),
+                code,
+                "a renewal request was made"
+            );
+        }
+
+        /// The checks with the user PIN refuse the token with `code` and log out.
+        fn refused_with_pin(&mut self, code: &str) {
+            let result =
+                ukey_agent::steps::read_keys_with_pin(&mut self.token, &self.job, &pin(USER_PIN));
+            assert_eq!(failure_code(result), code);
+            assert_eq!(self.token.logged_in(), None, "a failed proof logs out too");
+        }
+
+        /// Logs in the user elsewhere (login state is per application: the `Token` too).
+        fn login_elsewhere(&self) {
+            let _ = self
+                .elsewhere
+                .login(cryptoki::session::UserType::User, Some(&USER_PIN.into()));
+        }
+    }
+
+    /// A P-256 key nobody certified.
+    fn attacker_key() -> SubjectPublicKeyInfoOwned {
+        SubjectPublicKeyInfoOwned::from_der(
+            SigningKey::generate()
+                .verifying_key()
+                .to_public_key_der()
+                .unwrap()
+                .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    /// The untouched token renews: the request carries each label's public key and current
+    /// certificate, and with the user PIN every key proves itself against its certificate.
+    pub fn renewal_of_an_untouched_token_checks_and_proves_its_keys(store: &Store) {
+        use ukey_agent::steps;
+        let mut r = Renewable::new(store);
+        let target = r.job.target_token_serial.clone().unwrap();
+        let bundle = steps::request_renewal(&r.token, &r.job, &target).unwrap();
+        assert_eq!(bundle.requests.len(), 3);
+        for ((label, spki, der), request) in r.keys.iter().zip(&bundle.requests) {
+            assert_eq!(request.label, *label);
+            assert!(request.csr.is_none());
+            assert_eq!(
+                request.public_key.as_ref().unwrap().as_bytes(),
+                spki.to_der().unwrap()
+            );
+            assert_eq!(
+                request.current_certificate.as_ref().unwrap().as_bytes(),
+                der.as_slice()
+            );
+        }
+        let proven = steps::read_keys_with_pin(&mut r.token, &r.job, &pin(USER_PIN)).unwrap();
+        assert_eq!(proven.len(), 3);
+        assert!(proven.iter().all(|t| t.used_certificate), "{proven:?}");
+        assert_eq!(r.token.logged_in(), None, "the proof logs out");
+    }
+
+    /// A second public key planted (no PIN needed) under a seal label is refused, whichever
+    /// of the two the module lists first; removed again, the token renews.
+    pub fn renewal_refuses_a_planted_public_key(store: &Store) {
+        let r = Renewable::new(store);
+        let planted = plant_public_key(&r.elsewhere, KeyLabel::SealOfficial, &attacker_key());
+        r.refused("token-objects-unexpected");
+        r.elsewhere.destroy_object(planted).unwrap();
+        ukey_agent::steps::read_keys(&r.token, &r.job).unwrap();
+    }
+
+    /// The one public key swapped for another (no PIN needed) is not the key the current
+    /// certificate certifies: refused.
+    pub fn renewal_refuses_a_public_key_its_certificate_does_not_certify(store: &Store) {
+        use cryptoki::object::ObjectClass;
+        let r = Renewable::new(store);
+        let s = &r.elsewhere;
+        s.destroy_object(one_object(s, ObjectClass::PUBLIC_KEY, KeyLabel::SealLegal))
+            .unwrap();
+        plant_public_key(s, KeyLabel::SealLegal, &attacker_key());
+        r.refused("token-key-not-certified");
+    }
+
+    /// A second certificate under a label (even one for the very key) is refused, and so is
+    /// a label without one.
+    pub fn renewal_refuses_a_second_or_missing_certificate(store: &Store) {
+        use cryptoki::object::ObjectClass;
+        let r = Renewable::new(store);
+        let s = &r.elsewhere;
+        let (_, spki, _) = &r.keys[2];
+        let second = plant_certificate(
+            s,
+            KeyLabel::Encryption,
+            &r.ca.issue(KeyLabel::Encryption, spki, 99),
+        );
+        r.refused("token-objects-unexpected");
+        s.destroy_object(second).unwrap();
+        s.destroy_object(one_object(
+            s,
+            ObjectClass::CERTIFICATE,
+            KeyLabel::Encryption,
+        ))
+        .unwrap();
+        r.refused("certificate-missing-on-token");
+    }
+
+    /// With the user PIN the keys prove themselves: the seal keys' private halves swapped
+    /// (every public object still agrees) fail the self-test, and a second private key under
+    /// a label is refused. Without the PIN neither can be seen.
+    pub fn renewal_proof_refuses_a_private_key_that_is_not_the_pair(store: &Store) {
+        use cryptoki::object::ObjectClass;
+        let mut r = Renewable::new(store);
+        r.login_elsewhere();
+        let s = &r.elsewhere;
+        let official = one_object(s, ObjectClass::PRIVATE_KEY, KeyLabel::SealOfficial);
+        let legal = one_object(s, ObjectClass::PRIVATE_KEY, KeyLabel::SealLegal);
+        relabel(s, official, KeyLabel::SealLegal);
+        relabel(s, legal, KeyLabel::SealOfficial);
+        ukey_agent::steps::read_keys(&r.token, &r.job).unwrap();
+        r.refused_with_pin("self-test-failed");
+
+        // Put back (handles of private objects die with the logout: search again), then the
+        // encryption key's private half goes under seal-official too.
+        r.login_elsewhere();
+        let s = &r.elsewhere;
+        let official = one_object(s, ObjectClass::PRIVATE_KEY, KeyLabel::SealLegal);
+        let legal = one_object(s, ObjectClass::PRIVATE_KEY, KeyLabel::SealOfficial);
+        relabel(s, official, KeyLabel::SealOfficial);
+        relabel(s, legal, KeyLabel::SealLegal);
+        let encryption = one_object(s, ObjectClass::PRIVATE_KEY, KeyLabel::Encryption);
+        relabel(s, encryption, KeyLabel::SealOfficial);
+        ukey_agent::steps::read_keys(&r.token, &r.job).unwrap();
+        r.refused_with_pin("token-objects-unexpected");
     }
 
     /// Handles a `Token` remembers within its session are used only while they name what

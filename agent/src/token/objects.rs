@@ -15,6 +15,7 @@ use ukey_protocol::KeyLabel;
 use super::error::TokenError;
 use super::handles::Remembered;
 use super::session::Token;
+use crate::device::LabelObjects;
 
 /// The class of a token object, as far as a Ukey cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -193,6 +194,17 @@ impl Token {
             serial: self.serial.clone(),
             label,
             class: kind.as_str(),
+        })
+    }
+
+    /// How many private keys, public keys and certificates carry `label` and its `CKA_ID`,
+    /// as visible in the current login state (private keys only when logged in). One search
+    /// per class, so a planted object is counted whatever it holds.
+    pub fn label_objects(&self, label: KeyLabel) -> Result<LabelObjects, TokenError> {
+        Ok(LabelObjects {
+            public_keys: self.find(ObjectKind::PublicKey, label)?.len(),
+            private_keys: self.find(ObjectKind::PrivateKey, label)?.len(),
+            certificates: self.find(ObjectKind::Certificate, label)?.len(),
         })
     }
 

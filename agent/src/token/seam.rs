@@ -18,7 +18,7 @@ use super::objects::ObjectKind;
 use super::selftest::KeySelfTest;
 use super::session::{Authorization, Token};
 use crate::certs::VerifiedCertificate;
-use crate::device::{Device, DeviceLibrary};
+use crate::device::{Device, DeviceLibrary, LabelObjects};
 
 impl DeviceLibrary for Module {
     fn path(&self) -> &Path {
@@ -102,6 +102,10 @@ impl Device for Token {
 
     fn public_key(&self, label: KeyLabel) -> Result<SubjectPublicKeyInfoOwned, TokenError> {
         Token::public_key(self, label)
+    }
+
+    fn label_objects(&self, label: KeyLabel) -> Result<LabelObjects, TokenError> {
+        Token::label_objects(self, label)
     }
 
     fn sign_csr(&self, label: KeyLabel, subject: &Name) -> Result<Vec<u8>, TokenError> {

@@ -215,6 +215,12 @@ impl From<CertError> for StepFailure {
             CertError::BadSignature { .. } => "certificate-bad-signature",
             CertError::Expired { .. } | CertError::NotYetValid { .. } => "certificate-validity",
             CertError::ValidityTooLong { .. } => "certificate-validity",
+            CertError::ValidityDaysMismatch { .. } => "certificate-validity-days",
+            CertError::UnknownCriticalExtension { .. } => "certificate-critical-extension",
+            CertError::IntermediateNotValid { .. } => "certificate-intermediate-validity",
+            CertError::IntermediateKeyUsage { .. } => "certificate-intermediate-key-usage",
+            CertError::PathLengthExceeded { .. } => "certificate-path-length",
+            CertError::AnchorNotValid { .. } => "certificate-anchor-validity",
             _ => "certificate-invalid",
         };
         // The platform sent a bad certificate: asking again gives the same one.
@@ -407,6 +413,7 @@ pub fn verify_certificates(
             label,
             token_key: &key,
             subject: &subject,
+            validity_days: job.validity_days,
         };
         verified.push(verify_certificate(
             issued.certificate.as_bytes(),

@@ -64,7 +64,7 @@ use crate::config::{Config, UsbWatcherKind};
 use crate::desk::{Observation, TokenKey, classify};
 use crate::job::{Action, Input, JobMachine, JobState, Report, StepOutput, Timer, code};
 use crate::journal::{Journal, StoreError};
-use crate::link::{Incoming, Link, LinkConfig, LinkError, LinkHandle, TlsFiles};
+use crate::link::{Incoming, Link, LinkConfig, LinkError, LinkHandle};
 use crate::outbox::{Outbox, OutboxEntry};
 use crate::panel::{ButtonAction, ButtonPress, Light, Panel, PanelHandle};
 use crate::status::{RunningJob, Snapshot, TokenLine};
@@ -368,12 +368,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         at: now_utc(),
     };
     let encode = |p: Presence| p.encode().map_err(|e| DaemonError::Config(e.to_string()));
-    let mut link_config = LinkConfig::new(
-        config.broker.host.clone(),
-        config.broker.port(),
-        config.broker.client_id(&config.station_id),
-    );
-    link_config.keep_alive = Duration::from_secs(config.broker.keep_alive_secs);
+    let mut link_config = LinkConfig::for_broker(&config.broker, &config.station_id);
     link_config.resend_after = Some(config.timeouts.resend());
     // The platform's event acknowledgements need no PUBACK: a lost one only makes an event
     // be published again (PROTOCOL.md, "Acknowledgement and de-duplication").
@@ -388,11 +383,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     link_config.presence_topic = topics.presence();
     link_config.birth_payload = encode(presence(PresenceStatus::Online))?;
     link_config.death_payload = encode(presence(PresenceStatus::Offline))?;
-    link_config.tls = config.broker.tls.as_ref().map(|t| TlsFiles {
-        ca_file: t.ca_file.clone(),
-        client_cert: t.client_cert.clone(),
-        client_key: t.client_key.clone(),
-    });
     let link_shutdown = CancellationToken::new();
     let (link, mut incoming) = Link::start(link_config, outbox, link_shutdown.clone())?;
 

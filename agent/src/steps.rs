@@ -680,6 +680,72 @@ mod tests {
     use super::*;
 
     #[test]
+    fn each_chain_refusal_has_its_own_code_and_is_final() {
+        let label = KeyLabel::SealOfficial;
+        let subject = || "CN=Issuing CA".to_owned();
+        let cases = [
+            (
+                CertError::IntermediateNotValid {
+                    label,
+                    subject: subject(),
+                    not_before: 0,
+                    not_after: 1,
+                },
+                "certificate-intermediate-validity",
+            ),
+            (
+                CertError::IntermediateKeyUsage {
+                    label,
+                    subject: subject(),
+                },
+                "certificate-intermediate-key-usage",
+            ),
+            (
+                CertError::PathLengthExceeded {
+                    label,
+                    subject: subject(),
+                    path_len: 0,
+                    below: 1,
+                },
+                "certificate-path-length",
+            ),
+            (
+                CertError::AnchorNotValid {
+                    label,
+                    subject: subject(),
+                    not_before: 0,
+                    not_after: 1,
+                },
+                "certificate-anchor-validity",
+            ),
+            (
+                CertError::UnknownCriticalExtension {
+                    label,
+                    subject: subject(),
+                    oid: "1.2.3".into(),
+                },
+                "certificate-critical-extension",
+            ),
+            (
+                CertError::ValidityDaysMismatch {
+                    label,
+                    hours: 24,
+                    expected_days: 365,
+                    tolerance_hours: 24,
+                },
+                "certificate-validity-days",
+            ),
+        ];
+        for (error, code) in cases {
+            let StepFailure::Failed(failure) = StepFailure::from(error) else {
+                panic!("{code}: not a failure");
+            };
+            assert_eq!(failure.code.to_string(), code);
+            assert!(!failure.retryable, "{code}");
+        }
+    }
+
+    #[test]
     fn generated_pins_fit_the_policy_and_differ() {
         let a = Pins::generate(6, 16).unwrap();
         let b = Pins::generate(6, 16).unwrap();

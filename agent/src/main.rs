@@ -104,16 +104,31 @@ fn status(path: &std::path::Path, json: bool) -> ExitCode {
             return ExitCode::from(3);
         }
     };
+    let warnings = config.warnings();
     match status::read(&config.state_dir) {
         Ok(snapshot) => {
             let now = status::unix_now();
             if json {
+                // The configuration's warnings ride along under a key of their own.
+                let mut value = serde_json::to_value(&snapshot).unwrap_or_default();
+                if let Some(object) = value.as_object_mut() {
+                    object.insert(
+                        "config_warnings".into(),
+                        warnings
+                            .iter()
+                            .map(|w| serde_json::json!({"key": w.key, "warning": w.problem}))
+                            .collect(),
+                    );
+                }
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&snapshot).unwrap_or_default()
+                    serde_json::to_string_pretty(&value).unwrap_or_default()
                 );
             } else {
                 print!("{}", status::render(&snapshot, now));
+                for warning in &warnings {
+                    println!("warning: {warning}");
+                }
             }
             if status::is_fresh(&snapshot, now) {
                 ExitCode::SUCCESS
@@ -123,6 +138,9 @@ fn status(path: &std::path::Path, json: bool) -> ExitCode {
         }
         Err(e) => {
             eprintln!("ukey-agent: {e}");
+            for warning in &warnings {
+                eprintln!("warning: {warning}");
+            }
             ExitCode::from(1)
         }
     }
@@ -138,6 +156,11 @@ fn run(path: &std::path::Path) -> ExitCode {
     };
     let log = ukey_agent::logging::init(config.log_format, config.log_level.as_deref());
     let reloader = ukey_agent::reload::Reloader::new(path, &config, log);
+    // Accepted but unsafe settings are said once, at start (and by `status` for as long as
+    // they stay).
+    for warning in config.warnings() {
+        tracing::warn!(key = %warning.key, "{}", warning.problem);
+    }
     // One thread for all async work: the daemon is one task that owns the desk's state, and
     // the link's driver is the only other busy task; every blocking call (PKCS#11, USB,
     // compaction) has its own thread. A single runtime thread spares the cross-thread
@@ -230,14 +253,22 @@ async fn wait_for_signal() {
 fn check_config(path: &std::path::Path) -> ExitCode {
     match Config::load_checked(path) {
         Ok(config) => {
+            let brokers = config
+                .broker
+                .addresses()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
             println!(
-                "{}: valid (station {}, broker {}:{}, {} model(s))",
+                "{}: valid (station {}, broker {brokers}, {} model(s))",
                 path.display(),
                 config.station_id,
-                config.broker.host,
-                config.broker.port(),
                 config.models.len()
             );
+            for warning in config.warnings() {
+                println!("warning: {warning}");
+            }
             ExitCode::SUCCESS
         }
         Err(ukey_agent::config::ConfigError::Invalid { path, problems }) => {

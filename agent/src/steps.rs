@@ -222,6 +222,12 @@ impl From<CertError> for StepFailure {
                 codes::CERTIFICATE_VALIDITY
             }
             CertError::ValidityTooLong { .. } => codes::CERTIFICATE_VALIDITY,
+            CertError::ValidityDaysMismatch { .. } => codes::CERTIFICATE_VALIDITY_DAYS,
+            CertError::UnknownCriticalExtension { .. } => codes::CERTIFICATE_CRITICAL_EXTENSION,
+            CertError::IntermediateNotValid { .. } => codes::CERTIFICATE_INTERMEDIATE_VALIDITY,
+            CertError::IntermediateKeyUsage { .. } => codes::CERTIFICATE_INTERMEDIATE_KEY_USAGE,
+            CertError::PathLengthExceeded { .. } => codes::CERTIFICATE_PATH_LENGTH,
+            CertError::AnchorNotValid { .. } => codes::CERTIFICATE_ANCHOR_VALIDITY,
             _ => codes::CERTIFICATE_INVALID,
         };
         // The platform sent a bad certificate: asking again gives the same one.
@@ -411,6 +417,7 @@ pub fn verify_certificates(
             label,
             token_key: &key,
             subject: &subject,
+            validity_days: job.validity_days,
         };
         verified.push(verify_certificate(
             issued.certificate.as_bytes(),
@@ -804,6 +811,72 @@ pub fn spki_der(key: &SubjectPublicKeyInfoOwned) -> Result<Vec<u8>, StepFailure>
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn each_chain_refusal_has_its_own_code_and_is_final() {
+        let label = KeyLabel::SealOfficial;
+        let subject = || "CN=Issuing CA".to_owned();
+        let cases = [
+            (
+                CertError::IntermediateNotValid {
+                    label,
+                    subject: subject(),
+                    not_before: 0,
+                    not_after: 1,
+                },
+                "certificate-intermediate-validity",
+            ),
+            (
+                CertError::IntermediateKeyUsage {
+                    label,
+                    subject: subject(),
+                },
+                "certificate-intermediate-key-usage",
+            ),
+            (
+                CertError::PathLengthExceeded {
+                    label,
+                    subject: subject(),
+                    path_len: 0,
+                    below: 1,
+                },
+                "certificate-path-length",
+            ),
+            (
+                CertError::AnchorNotValid {
+                    label,
+                    subject: subject(),
+                    not_before: 0,
+                    not_after: 1,
+                },
+                "certificate-anchor-validity",
+            ),
+            (
+                CertError::UnknownCriticalExtension {
+                    label,
+                    subject: subject(),
+                    oid: "1.2.3".into(),
+                },
+                "certificate-critical-extension",
+            ),
+            (
+                CertError::ValidityDaysMismatch {
+                    label,
+                    hours: 24,
+                    expected_days: 365,
+                    tolerance_hours: 24,
+                },
+                "certificate-validity-days",
+            ),
+        ];
+        for (error, code) in cases {
+            let StepFailure::Failed(failure) = StepFailure::from(error) else {
+                panic!("{code}: not a failure");
+            };
+            assert_eq!(failure.code.to_string(), code);
+            assert!(!failure.retryable, "{code}");
+        }
+    }
 
     #[test]
     fn generated_pins_fit_the_policy_and_differ() {

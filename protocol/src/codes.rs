@@ -199,6 +199,18 @@ codes! {
     CERTIFICATE_BAD_SIGNATURE = "certificate-bad-signature";
     /// The certificate's validity is wrong (expired, not yet valid, too long).
     CERTIFICATE_VALIDITY = "certificate-validity";
+    /// The issued certificate's validity is not the job's `validity_days` (within a day).
+    CERTIFICATE_VALIDITY_DAYS = "certificate-validity-days";
+    /// A certificate of the chain carries a critical extension the station does not know.
+    CERTIFICATE_CRITICAL_EXTENSION = "certificate-critical-extension";
+    /// An intermediate CA certificate is outside its validity window.
+    CERTIFICATE_INTERMEDIATE_VALIDITY = "certificate-intermediate-validity";
+    /// An intermediate CA certificate may not sign certificates (no `keyCertSign`).
+    CERTIFICATE_INTERMEDIATE_KEY_USAGE = "certificate-intermediate-key-usage";
+    /// A CA's `pathLenConstraint` is exceeded by the chain.
+    CERTIFICATE_PATH_LENGTH = "certificate-path-length";
+    /// The trust anchor is outside its validity window.
+    CERTIFICATE_ANCHOR_VALIDITY = "certificate-anchor-validity";
     /// Any other certificate problem.
     CERTIFICATE_INVALID = "certificate-invalid";
 

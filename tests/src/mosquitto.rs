@@ -17,6 +17,8 @@ pub struct Mosquitto {
     /// A configuration of the caller's (see [`Mosquitto::start_with_config`]) instead of the
     /// harness's own.
     config: Option<String>,
+    /// A password file (made with `mosquitto_passwd`): clients must log in.
+    password_file: Option<PathBuf>,
 }
 
 fn mosquitto_binary() -> PathBuf {
@@ -35,23 +37,31 @@ fn mosquitto_binary() -> PathBuf {
 impl Mosquitto {
     /// Starts a broker and waits until it accepts connections.
     pub fn start() -> Mosquitto {
+        Mosquitto::start_with_users(&[])
+    }
+
+    /// Starts a broker that admits only these users (name, password), from a password file
+    /// made by `mosquitto_passwd`; with none, anyone may connect.
+    pub fn start_with_users(users: &[(&str, &str)]) -> Mosquitto {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
-        Mosquitto::start_in(dir, None)
+        let password_file = (!users.is_empty()).then(|| write_password_file(dir.path(), users));
+        Mosquitto::start_in(dir, None, password_file)
     }
 
     /// Starts a broker with the configuration `text`, in which `@PORT@` stands for the free
     /// port to listen on. Its folder ([`Mosquitto::dir`]) holds the files the caller put
     /// there (certificates, ACLs), with read access for all, and an empty, writable `db/`.
     pub fn start_with_config(dir: TempDir, text: &str) -> Mosquitto {
-        Mosquitto::start_in(dir, Some(text.to_owned()))
+        Mosquitto::start_in(dir, Some(text.to_owned()), None)
     }
 
-    fn start_in(dir: TempDir, config: Option<String>) -> Mosquitto {
+    fn start_in(dir: TempDir, config: Option<String>, password_file: Option<PathBuf>) -> Mosquitto {
         let mut broker = Mosquitto {
             dir,
             port: 0,
             child: None,
             config,
+            password_file,
         };
         let mut last_err = String::new();
         // A port found free can be taken before mosquitto binds it: try a few.
@@ -90,9 +100,13 @@ impl Mosquitto {
             let text = template.replace("@PORT@", &self.port.to_string());
             return self.run_with(&text);
         }
+        let access = match &self.password_file {
+            Some(file) => format!("allow_anonymous false\npassword_file {}\n", file.display()),
+            None => "allow_anonymous true\n".to_owned(),
+        };
         let text = format!(
             "listener {port} 127.0.0.1\n\
-             allow_anonymous true\n\
+             {access}\
              persistence true\n\
              persistence_location {loc}/\n\
              autosave_interval 1\n\
@@ -178,6 +192,36 @@ impl Mosquitto {
         }
         panic!("mosquitto did not restart on port {}: {last}", self.port);
     }
+}
+
+/// A Mosquitto password file for `users` in `dir`, readable by the broker after it drops
+/// root's privileges (these are throwaway test passwords).
+fn write_password_file(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let file = dir.join("passwords");
+    let tool = crate::require_tool("mosquitto_passwd");
+    for (i, (user, password)) in users.iter().enumerate() {
+        let mut cmd = Command::new(tool);
+        if i == 0 {
+            cmd.arg("-c");
+        }
+        let out = cmd
+            .arg("-b")
+            .arg(&file)
+            .args([user, password])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run mosquitto_passwd: {e}"));
+        assert!(
+            out.status.success(),
+            "mosquitto_passwd: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for (path, mode) in [(dir, 0o755), (file.as_path(), 0o644)] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+    }
+    file
 }
 
 impl Drop for Mosquitto {

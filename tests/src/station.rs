@@ -53,6 +53,8 @@ pub struct Station {
     pub timeouts: Timeouts,
     /// `[pkcs11] scan_interval_ms`: how often the agent scans the slots (50 ms by default).
     pub scan_interval_ms: u64,
+    /// The lines of the `[broker]` table, instead of this station's Mosquitto on loopback.
+    pub broker_section: Option<String>,
 }
 
 /// The `[timeouts]` the agent is started with, in seconds.
@@ -184,6 +186,7 @@ impl Station {
             usb_sim: false,
             timeouts: Timeouts::default(),
             scan_interval_ms: 50,
+            broker_section: None,
         }
     }
 
@@ -251,7 +254,9 @@ impl Station {
         self.dir.path().join("state")
     }
 
-    fn write_config(&mut self) -> PathBuf {
+    /// Writes the agent's configuration (`agent.toml` in [`Station::dir`]) and returns its
+    /// path; [`Station::spawn_agent`] does this itself.
+    pub fn write_config(&mut self) -> PathBuf {
         let trust_dir = self.dir.path().join("trust");
         let trust: StationTrust = match &self.trust {
             Some(trust) => trust.clone(),
@@ -263,7 +268,7 @@ impl Station {
         self.trust = Some(trust.clone());
         let text = format!(
             "station_id = \"{sid}\"\nstate_dir = {state:?}\n\
-             [broker]\nhost = \"127.0.0.1\"\nport = {port}\nkeep_alive_secs = 5\n\
+             [broker]\n{broker}\
              [pkcs11]\ndefault_module = {module:?}\nscan_interval_ms = {scan}\n\
              {usb}\
              {trust}platform_signing_key_id = {kid:?}\n\
@@ -272,7 +277,10 @@ impl Station {
              {extra}",
             sid = self.station_id,
             state = self.state_dir().display().to_string(),
-            port = self.broker.port(),
+            broker = self.broker_section.clone().unwrap_or_else(|| format!(
+                "host = \"127.0.0.1\"\nport = {}\nkeep_alive_secs = 5\n",
+                self.broker.port()
+            )),
             module = self.module().display().to_string(),
             trust = trust.toml_section(),
             kid = trust.job_key_id,

@@ -407,6 +407,7 @@ impl TestCa {
                 label,
                 token_key,
                 subject: &data,
+                validity_days: 365,
             },
             &anchors,
             &ValidityPolicy::default(),

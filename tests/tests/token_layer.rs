@@ -258,6 +258,7 @@ mod suite {
                     label,
                     token_key,
                     subject: &data,
+                    validity_days: 365,
                 },
                 &anchors,
                 &ValidityPolicy::default(),

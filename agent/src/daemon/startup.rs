@@ -17,7 +17,7 @@ use ukey_protocol::{Message, V1};
 
 use crate::config::{Config, UsbWatcherKind};
 use crate::device::{self, DeviceLibrary, Interface};
-use crate::link::{LinkConfig, TlsFiles};
+use crate::link::LinkConfig;
 use crate::usb::{self, ModelFilter, UsbEvent};
 
 use super::{Daemon, DaemonError, now_utc};
@@ -80,12 +80,7 @@ pub(super) fn link_config(
         at: now_utc(),
     };
     let encode = |p: Presence| p.encode().map_err(|e| DaemonError::Config(e.to_string()));
-    let mut link_config = LinkConfig::new(
-        config.broker.host.clone(),
-        config.broker.port(),
-        config.broker.client_id(&config.station_id),
-    );
-    link_config.keep_alive = Duration::from_secs(config.broker.keep_alive_secs);
+    let mut link_config = LinkConfig::for_broker(&config.broker, &config.station_id);
     link_config.resend_after = Some(config.timeouts.resend());
     // The platform's event acknowledgements need no PUBACK: a lost one only makes an event
     // be published again (PROTOCOL.md, "Acknowledgement and de-duplication").
@@ -100,11 +95,6 @@ pub(super) fn link_config(
     link_config.presence_topic = topics.presence();
     link_config.birth_payload = encode(presence(PresenceStatus::Online))?;
     link_config.death_payload = encode(presence(PresenceStatus::Offline))?;
-    link_config.tls = config.broker.tls.as_ref().map(|t| TlsFiles {
-        ca_file: t.ca_file.clone(),
-        client_cert: t.client_cert.clone(),
-        client_key: t.client_key.clone(),
-    });
     Ok(link_config)
 }
 

@@ -21,20 +21,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet,
-    Publish, QoS, StateError, TlsConfiguration, Transport,
+    AsyncClient, ConnectionError, Event, EventLoop, LastWill, Outgoing, Packet, Publish, QoS,
+    StateError, Transport,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::connect::{REQUEST_CAPACITY, Recipe, describe_error, login, tls_configuration};
 use super::{
-    AckRequest, Counters, Incoming, LinkConfig, LinkError, LinkState, Shared, TlsFiles, lock,
+    AckRequest, BrokerAddress, Counters, Incoming, LinkConfig, LinkError, LinkState, Shared, lock,
 };
 use crate::outbox::OutboxEntry;
 
-/// Capacity of rumqttc's request channel; the driver never waits on it.
-const REQUEST_CAPACITY: usize = 128;
 /// How long a graceful stop waits for the death message and DISCONNECT to go out.
 const STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -97,6 +96,13 @@ pub(super) struct Driver {
     max_discard_size: usize,
     resend_after: Option<Duration>,
     backoff: Backoff,
+    /// Every broker address, and the one the current or next attempt uses.
+    addresses: Vec<BrokerAddress>,
+    current: usize,
+    /// Attempts that failed (or connections that died) since the last CONNACK: once every
+    /// address has had its turn, the backoff applies.
+    failed_in_round: usize,
+    recipe: Recipe,
     /// Connection generation: incremented on every CONNACK.
     generation: u64,
     connected: bool,
@@ -114,28 +120,6 @@ pub(super) struct Driver {
     last_sent: HashMap<String, Instant>,
     /// Acknowledgements waiting for room in the request channel.
     acks: VecDeque<Publish>,
-}
-
-fn tls_configuration(tls: &TlsFiles) -> Result<TlsConfiguration, LinkError> {
-    // rumqttc builds rustls configurations with the process-wide default provider. An error
-    // means a provider is installed already, which is what is needed.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let read = |path: &std::path::PathBuf| {
-        std::fs::read(path).map_err(|source| LinkError::TlsFile {
-            path: path.clone(),
-            source,
-        })
-    };
-    let ca = read(&tls.ca_file)?;
-    let client_auth = match (&tls.client_cert, &tls.client_key) {
-        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
-        _ => None,
-    };
-    Ok(TlsConfiguration::Simple {
-        ca,
-        alpn: None,
-        client_auth,
-    })
 }
 
 /// The size rumqttc compares with its incoming limit: the packet's remaining length.
@@ -160,24 +144,25 @@ impl Driver {
         shared: Arc<Shared>,
         incoming: mpsc::Sender<Incoming>,
     ) -> Result<Self, LinkError> {
-        let mut options =
-            MqttOptions::new(config.client_id.clone(), config.host.clone(), config.port);
-        options
-            .set_keep_alive(config.keep_alive)
-            .set_clean_session(false)
-            .set_manual_acks(true)
-            .set_max_packet_size(config.max_packet_size, config.max_packet_size)
-            .set_request_channel_capacity(REQUEST_CAPACITY)
-            .set_last_will(LastWill::new(
+        let recipe = Recipe {
+            client_id: config.client_id.clone(),
+            keep_alive: config.keep_alive,
+            max_packet_size: config.max_packet_size,
+            will: LastWill::new(
                 config.presence_topic.clone(),
                 config.death_payload.clone(),
                 QoS::AtLeastOnce,
                 true,
-            ));
-        if let Some(tls) = &config.tls {
-            options.set_transport(Transport::tls_with_config(tls_configuration(tls)?));
-        }
-        let (client, mut eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
+            ),
+            transport: match &config.tls {
+                Some(tls) => Some(Transport::tls_with_config(tls_configuration(tls)?)),
+                None => None,
+            },
+            login: config.credentials.as_ref().map(login).transpose()?,
+        };
+        let addresses = config.addresses();
+        let (client, mut eventloop) =
+            AsyncClient::new(recipe.options(&addresses[0]), REQUEST_CAPACITY);
         // Small request/answer packets (events, acks) must not wait for Nagle's algorithm to
         // meet the peer's delayed ACK: that alone adds ~40 ms per round trip.
         let mut network = eventloop.network_options();
@@ -210,6 +195,10 @@ impl Driver {
                 max: config.backoff_max,
                 attempt: 0,
             },
+            addresses,
+            current: 0,
+            failed_in_round: 0,
+            recipe,
             generation: 0,
             connected: false,
             retry_at: None,
@@ -402,6 +391,7 @@ impl Driver {
         self.generation += 1;
         self.connected = true;
         self.backoff.reset();
+        self.failed_in_round = 0;
         Counters::bump(&self.shared.counters.connects);
         // A limit raised to receive one oversized packet applies to this connection only.
         self.eventloop
@@ -423,6 +413,7 @@ impl Driver {
             self.next_resend_check = Instant::now() + after;
         }
         tracing::info!(
+            broker = %self.addresses[self.current],
             session_present,
             generation = self.generation,
             "connected to the broker"
@@ -508,6 +499,7 @@ impl Driver {
     }
 
     fn on_error(&mut self, error: ConnectionError) {
+        let failed = self.addresses[self.current].to_string();
         self.connected = false;
         self.forget_connection();
         let delay = match refused_packet_len(&error) {
@@ -532,18 +524,38 @@ impl Driver {
                 );
                 self.backoff.max
             }
-            None => self.backoff.next_delay(),
+            None => self.next_address(),
         };
-        let last_error = match refused_packet_len(&error) {
+        let reason = match refused_packet_len(&error) {
             Some(len) => format!("incoming packet of {len} bytes above the size limit"),
-            None => error.to_string(),
+            None => describe_error(&error),
         };
-        tracing::warn!(error = %last_error, retry_in = ?delay, "broker connection down");
+        let last_error = format!("{failed}: {reason}");
+        let next = &self.addresses[self.current];
+        tracing::warn!(error = %last_error, next = %next, retry_in = ?delay, "broker connection down");
         self.retry_at = Some(Instant::now() + delay);
         self.set_state(LinkState::Down {
             last_error,
             retry_in: delay,
         });
+    }
+
+    /// Moves the next attempt to the next address (the same one when there is only one) and
+    /// returns how long to wait before it: at once while this round has untried addresses,
+    /// the backoff once every address failed.
+    fn next_address(&mut self) -> Duration {
+        let count = self.addresses.len();
+        self.failed_in_round += 1;
+        if count > 1 {
+            self.current = (self.current + 1) % count;
+            self.eventloop.mqtt_options = self.recipe.options(&self.addresses[self.current]);
+        }
+        if self.failed_in_round < count {
+            Duration::ZERO
+        } else {
+            self.failed_in_round = 0;
+            self.backoff.next_delay()
+        }
     }
 
     /// Queues events the platform has not acknowledged within `resend_after`.

@@ -26,6 +26,15 @@
 //! - **Presence**: the will is the death payload (retained, QoS 1), so the broker announces
 //!   the station's death when its connection dies; a retained birth is published on every
 //!   connect; a graceful stop publishes the death payload before disconnecting.
+//! - **Addresses**: [`LinkConfig::host`]/[`LinkConfig::port`] and then
+//!   [`LinkConfig::more_addresses`], tried in turn: after a failed attempt or a dead
+//!   connection the link moves on to the next address (at once while the round has
+//!   addresses left, with the backoff below once every address failed). Every address gets
+//!   the same client id, persistent session, will and credentials: they are one broker
+//!   service (a cluster behind several addresses, or a bridged pair).
+//! - **Credentials**: an MQTT user name and a password read from a file when the link starts
+//!   ([`Credentials`]); the password is kept only for the CONNECT packet and never logged. A
+//!   broker that refuses them is reported as such in [`LinkState::Down`].
 //! - **Reconnects** use exponential backoff with jitter, from [`LinkConfig::backoff_min`] up
 //!   to [`LinkConfig::backoff_max`]; the connection's state is watchable ([`LinkState`]).
 //! - **Sizes**: [`LinkConfig::max_packet_size`] (default 256 KiB) bounds packets both ways.
@@ -53,6 +62,7 @@
 //! protocol crate and the lead's code do that), persist incoming messages (the consumer's
 //! job), or decide which event ids the platform acknowledged.
 
+mod connect;
 mod driver;
 
 use std::path::PathBuf;
@@ -64,6 +74,8 @@ use tokio::sync::{Notify, mpsc, watch};
 /// The shutdown signal [`Link::start`] takes (re-exported for callers and tests).
 pub use tokio_util::sync::CancellationToken;
 
+pub use crate::config::BrokerAddress;
+use crate::config::BrokerConfig;
 use crate::journal::StoreError;
 use crate::outbox::{Outbox, OutboxEntry};
 
@@ -84,13 +96,30 @@ pub struct TlsFiles {
     pub client_key: Option<PathBuf>,
 }
 
-/// How to reach the broker and what to say there. Build with [`LinkConfig::new`] and adjust.
+/// The station's MQTT user name and where its password is.
+///
+/// The password itself is not held here, so that a configuration can be printed: the link
+/// reads the file when it starts (see `config::BrokerConfig::password_file` for its format).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// MQTT user name.
+    pub username: String,
+    /// File holding the password, if the broker wants one.
+    pub password_file: Option<PathBuf>,
+}
+
+/// How to reach the broker and what to say there. Build with [`LinkConfig::new`] (or
+/// [`LinkConfig::for_broker`]) and adjust.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkConfig {
     /// Broker host name or IP address (the name TLS checks the certificate against).
     pub host: String,
     /// Broker port.
     pub port: u16,
+    /// Further addresses of the same broker service, tried in turn after `host:port`.
+    pub more_addresses: Vec<BrokerAddress>,
+    /// User name and password, or `None` for an anonymous connection.
+    pub credentials: Option<Credentials>,
     /// Stable MQTT client id: the broker keeps the station's session under it.
     pub client_id: String,
     /// MQTT keep-alive; at least one second. Default 30 s.
@@ -134,6 +163,8 @@ impl LinkConfig {
         LinkConfig {
             host: host.into(),
             port,
+            more_addresses: Vec::new(),
+            credentials: None,
             client_id: client_id.into(),
             keep_alive: Duration::from_secs(30),
             tls: None,
@@ -151,10 +182,55 @@ impl LinkConfig {
         }
     }
 
+    /// The configuration `[broker]` describes, for station `station_id`: its addresses,
+    /// client id, keep-alive, TLS and credentials. Subscriptions, presence and timings keep
+    /// [`LinkConfig::new`]'s defaults.
+    pub fn for_broker(broker: &BrokerConfig, station_id: &str) -> LinkConfig {
+        let mut addresses = broker.addresses().into_iter();
+        let first = addresses.next().unwrap_or(BrokerAddress {
+            host: broker.host.clone(),
+            port: broker.port(),
+        });
+        let mut config = LinkConfig::new(first.host, first.port, broker.client_id(station_id));
+        config.more_addresses = addresses.collect();
+        config.keep_alive = Duration::from_secs(broker.keep_alive_secs);
+        config.tls = broker.tls.as_ref().map(|t| TlsFiles {
+            ca_file: t.ca_file.clone(),
+            client_cert: t.client_cert.clone(),
+            client_key: t.client_key.clone(),
+        });
+        config.credentials = broker.username.as_ref().map(|username| Credentials {
+            username: username.clone(),
+            password_file: broker.password_file.clone(),
+        });
+        config
+    }
+
+    /// Every address, `host:port` first.
+    pub fn addresses(&self) -> Vec<BrokerAddress> {
+        let first = BrokerAddress {
+            host: self.host.clone(),
+            port: self.port,
+        };
+        std::iter::once(first)
+            .chain(self.more_addresses.iter().cloned())
+            .collect()
+    }
+
     fn validate(&self) -> Result<(), LinkError> {
         let bad = |field: &'static str, reason: String| Err(LinkError::Config { field, reason });
-        if self.host.is_empty() {
+        if self.addresses().iter().any(|a| a.host.is_empty()) {
             return bad("host", "empty".into());
+        }
+        if self.addresses().iter().any(|a| a.port == 0) {
+            return bad("port", "0 is not a port".into());
+        }
+        if self
+            .credentials
+            .as_ref()
+            .is_some_and(|c| c.username.is_empty())
+        {
+            return bad("credentials", "empty user name".into());
         }
         if self.client_id.is_empty() {
             return bad(
@@ -237,6 +313,14 @@ pub enum LinkError {
         /// The operating system's error.
         #[source]
         source: std::io::Error,
+    },
+    /// The password file gives no password (its content is never part of the message).
+    #[error("cannot read the broker password from {path}: {reason}")]
+    PasswordFile {
+        /// The file.
+        path: PathBuf,
+        /// Why (the OS's error, or that it is empty).
+        reason: String,
     },
     /// The outbox failed.
     #[error(transparent)]
@@ -681,66 +765,4 @@ impl Incoming {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn packet_length_counts_the_header_topic_packet_id_and_payload() {
-        // 1 type byte + 1 length byte + (2 + 3 topic + 2 packet id + 10 payload)
-        assert_eq!(publish_packet_len("a/b", 10), 19);
-        // A remaining length of 128 needs two length bytes.
-        assert_eq!(publish_packet_len("a/b", 121), 1 + 2 + 128);
-    }
-
-    #[test]
-    fn unusable_configurations_name_the_field() {
-        let base = LinkConfig::new("127.0.0.1", 1883, "station-s1");
-        assert!(base.validate().is_ok());
-        let field_of = |config: LinkConfig| match config.validate() {
-            Err(LinkError::Config { field, .. }) => field,
-            other => panic!("expected a config error, got {other:?}"),
-        };
-        let mut c = base.clone();
-        c.client_id.clear();
-        assert_eq!(field_of(c), "client_id");
-        let mut c = base.clone();
-        c.subscriptions = vec!["a/#/b".into()];
-        assert_eq!(field_of(c), "subscriptions");
-        let mut c = base.clone();
-        c.presence_topic = "a/+".into();
-        assert_eq!(field_of(c), "presence_topic");
-        let mut c = base.clone();
-        c.keep_alive = Duration::from_millis(500);
-        assert_eq!(field_of(c), "keep_alive");
-        let mut c = base.clone();
-        c.death_payload = vec![0; DEFAULT_MAX_PACKET_SIZE];
-        assert_eq!(field_of(c), "death_payload");
-        let mut c = base.clone();
-        c.max_discard_size = 1024;
-        assert_eq!(field_of(c), "max_discard_size");
-        let mut c = base;
-        c.tls = Some(TlsFiles {
-            ca_file: "ca.pem".into(),
-            client_cert: Some("c.pem".into()),
-            client_key: None,
-        });
-        assert_eq!(field_of(c), "tls");
-    }
-
-    #[tokio::test]
-    async fn a_missing_tls_file_is_reported_with_its_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = LinkConfig::new("localhost", 8883, "station-s1");
-        config.tls = Some(TlsFiles {
-            ca_file: dir.path().join("missing-ca.pem"),
-            client_cert: None,
-            client_key: None,
-        });
-        let outbox = Outbox::open(dir.path()).unwrap();
-        match Link::start(config, outbox, CancellationToken::new()) {
-            Err(LinkError::TlsFile { path, .. }) => assert!(path.ends_with("missing-ca.pem")),
-            other => panic!("expected a TLS file error, got {:?}", other.map(|_| ())),
-        }
-    }
-}
+mod tests;

@@ -328,6 +328,7 @@ impl Station {
                 label,
                 token_key: key,
                 subject: &data,
+                validity_days: job.validity_days,
             },
             &self.anchors,
             &ValidityPolicy::default(),

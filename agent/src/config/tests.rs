@@ -1,0 +1,315 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+use super::*;
+use crate::device::Interface;
+use std::time::Duration;
+
+const EXAMPLE: &str = include_str!("../../ukey-agent.example.toml");
+
+#[test]
+fn example_config_parses_with_documented_defaults() {
+    let config = Config::parse(EXAMPLE).expect("example parses");
+    assert_eq!(config.station_id, "desk-01");
+    assert_eq!(config.broker.topic_prefix, DEFAULT_TOPIC_PREFIX);
+    assert_eq!(config.broker.keep_alive_secs, 30);
+    assert_eq!(config.broker.port(), 8883, "TLS is on in the example");
+    assert_eq!(config.pkcs11.scan_interval_ms, 500);
+    assert_eq!(config.timeouts.certificates_secs, 600);
+    assert_eq!(config.timeouts.resend_secs, 60);
+    assert_eq!(config.timeouts.wedged_call_secs, 120);
+    assert_eq!(config.inventory.expiry_warning_days, 30);
+    assert_eq!(config.journal.compact_after_records, 256);
+    assert_eq!(config.models.len(), 1);
+    assert_eq!(config.models[0].vendor_id, 0x096e);
+    assert_eq!(config.models[0].interface, crate::device::Interface::Pkcs11);
+}
+
+#[test]
+fn minimal_config_takes_defaults() {
+    let config = Config::parse(MINIMAL).unwrap();
+    assert_eq!(config.broker.port(), 1883);
+    assert_eq!(config.broker.client_id("d1"), "ukey-agent-d1");
+    assert_eq!(config.usb.watcher, UsbWatcherKind::Rusb);
+    assert_eq!(config.log_format, LogFormat::Human);
+    assert!(config.panel.is_none());
+    assert_eq!(config.timeouts.token_removed_secs, 300);
+    assert_eq!(config.timeouts.wedged_call_secs, 120);
+    assert_eq!(
+        config.journal.compact_after_records,
+        DEFAULT_COMPACT_AFTER_RECORDS
+    );
+}
+
+const MINIMAL: &str = r#"
+station_id = "d1"
+[broker]
+host = "127.0.0.1"
+[pkcs11]
+default_module = "/usr/lib/softhsm/libsofthsm2.so"
+[trust]
+ca_certs = ["ca.pem"]
+platform_signing_key = "sign.pem"
+platform_sealing_key = "seal.pem"
+station_key = "station.pem"
+"#;
+
+#[test]
+fn unknown_key_is_named() {
+    let text = MINIMAL.replace("[broker]", "[broker]\nhots = \"x\"");
+    let err = Config::parse(&text).unwrap_err();
+    assert!(err.contains("hots"), "{err}");
+}
+
+#[test]
+fn check_names_each_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    let text = MINIMAL.replace("station_id = \"d1\"", "station_id = \"d 1/+\"");
+    std::fs::write(&path, text).unwrap();
+    std::fs::write(dir.path().join("sign.pem"), "-----BEGIN CERTIFICATE-----\n").unwrap();
+    let err = Config::load_checked(&path).unwrap_err();
+    let ConfigError::Invalid { problems, .. } = err else {
+        panic!("expected Invalid, got {err}");
+    };
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert!(keys.contains(&"station_id"), "{keys:?}");
+    assert!(keys.contains(&"trust.ca_certs[0]"), "{keys:?}");
+    assert!(keys.contains(&"trust.station_key"), "{keys:?}");
+    let sign = problems
+        .iter()
+        .find(|p| p.key == "trust.platform_signing_key")
+        .unwrap();
+    assert!(sign.problem.contains("expected PUBLIC KEY"), "{sign}");
+    let ca = problems
+        .iter()
+        .find(|p| p.key == "trust.ca_certs[0]")
+        .unwrap();
+    assert!(ca.problem.contains("no such file"), "{ca}");
+    // Relative paths were resolved against the file's folder.
+    assert!(
+        ca.problem.contains(&dir.path().display().to_string()),
+        "{ca}"
+    );
+}
+
+#[test]
+fn a_zero_wedged_call_limit_is_reported() {
+    let text = format!("{MINIMAL}[timeouts]\nwedged_call_secs = 0\n");
+    let config = Config::parse(&text).unwrap();
+    assert_eq!(config.timeouts.wedged_call(), Duration::ZERO);
+    let problems = config.check();
+    let p = problems
+        .iter()
+        .find(|p| p.key == "timeouts.wedged_call_secs")
+        .unwrap_or_else(|| panic!("{problems:?}"));
+    assert!(p.problem.contains("at least 1"), "{p}");
+    let ok = Config::parse(&format!("{MINIMAL}[timeouts]\nwedged_call_secs = 45\n")).unwrap();
+    assert_eq!(ok.timeouts.wedged_call(), Duration::from_secs(45));
+    assert!(
+        !ok.check()
+            .iter()
+            .any(|p| p.key == "timeouts.wedged_call_secs"),
+        "{:?}",
+        ok.check()
+    );
+}
+
+#[test]
+fn a_journal_threshold_of_zero_is_reported() {
+    let config =
+        Config::parse(&format!("{MINIMAL}[journal]\ncompact_after_records = 0\n")).unwrap();
+    let problems = config.check();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.key == "journal.compact_after_records"),
+        "{problems:?}"
+    );
+    let config =
+        Config::parse(&format!("{MINIMAL}[journal]\ncompact_after_records = 8\n")).unwrap();
+    assert_eq!(config.journal.compact_after_records, 8);
+    assert!(
+        !config
+            .check()
+            .iter()
+            .any(|p| p.key == "journal.compact_after_records")
+    );
+}
+
+#[test]
+fn partial_client_tls_is_reported() {
+    let text = MINIMAL.replace(
+        "host = \"127.0.0.1\"",
+        "host = \"127.0.0.1\"\n[broker.tls]\nca_file = \"ca.pem\"\nclient_cert = \"c.pem\"",
+    );
+    let config = Config::parse(&text).unwrap();
+    let problems = config.check();
+    assert!(
+        problems.iter().any(|p| p.key == "broker.tls.client_key"),
+        "{problems:?}"
+    );
+}
+
+/// `MINIMAL` with `[broker]`'s lines replaced by `broker`.
+fn with_broker(broker: &str) -> Config {
+    Config::parse(&MINIMAL.replace(
+        "[broker]\nhost = \"127.0.0.1\"\n",
+        &format!("[broker]\n{broker}\n"),
+    ))
+    .unwrap()
+}
+
+fn problem_at<'a>(problems: &'a [ConfigProblem], key: &str) -> Option<&'a ConfigProblem> {
+    problems.iter().find(|p| p.key == key)
+}
+
+#[test]
+fn a_broker_off_loopback_needs_tls_or_an_explicit_plaintext_allowance() {
+    for host in ["192.0.2.10", "mqtt.platform.example", "[fd00::5]:1883"] {
+        let config = with_broker(&format!("hosts = [{host:?}]"));
+        let problems = config.check();
+        let p =
+            problem_at(&problems, "broker.tls").unwrap_or_else(|| panic!("{host}: {problems:?}"));
+        assert!(p.problem.contains("broker.allow_plaintext = true"), "{p}");
+        assert!(
+            p.problem
+                .contains(host.trim_start_matches('[').split(']').next().unwrap()),
+            "{p}"
+        );
+        assert!(config.warnings().is_empty());
+    }
+    // Loopback in clear is fine, and says nothing.
+    for host in ["127.0.0.1", "localhost", "::1"] {
+        let config = with_broker(&format!("host = {host:?}"));
+        assert!(
+            problem_at(&config.check(), "broker.tls").is_none(),
+            "{host}"
+        );
+        assert!(config.warnings().is_empty(), "{host}");
+    }
+    // Allowed: accepted with one warning naming the address.
+    let config = with_broker("host = \"192.0.2.10\"\nallow_plaintext = true");
+    assert!(problem_at(&config.check(), "broker.tls").is_none());
+    let warnings = config.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].key, "broker.allow_plaintext");
+    assert!(
+        warnings[0].problem.contains("192.0.2.10:1883"),
+        "{}",
+        warnings[0]
+    );
+    // With TLS the allowance is moot: no warning.
+    let config = with_broker(
+        "host = \"192.0.2.10\"\nallow_plaintext = true\n[broker.tls]\nca_file = \"ca.pem\"",
+    );
+    assert!(config.warnings().is_empty());
+    assert!(problem_at(&config.check(), "broker.tls").is_none());
+}
+
+#[test]
+fn broker_addresses_come_from_host_or_hosts() {
+    let config =
+        with_broker("hosts = [\"127.0.0.1:1884\", \"localhost\", \"[::1]:1885\"]\nport = 1999");
+    let addresses: Vec<String> = config
+        .broker
+        .addresses()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        addresses,
+        ["127.0.0.1:1884", "localhost:1999", "[::1]:1885"]
+    );
+    assert!(
+        config.check().iter().all(|p| !p.key.starts_with("broker")),
+        "{:?}",
+        config.check()
+    );
+
+    let both = with_broker("host = \"127.0.0.1\"\nhosts = [\"127.0.0.1\"]");
+    assert!(problem_at(&both.check(), "broker.hosts").is_some());
+    let neither = with_broker("port = 1883");
+    assert!(problem_at(&neither.check(), "broker.host").is_some());
+    let bad = with_broker("hosts = [\"127.0.0.1\", \"127.0.0.1:x\"]");
+    let p = problem_at(&bad.check(), "broker.hosts[1]")
+        .cloned()
+        .unwrap();
+    assert!(p.problem.contains("not a port"), "{p}");
+}
+
+#[test]
+fn the_password_file_is_checked_and_its_content_never_shown() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broker.password");
+    std::fs::write(&file, "s3cret-Pw\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = |extra: &str| {
+        with_broker(&format!(
+            "host = \"127.0.0.1\"\n{extra}password_file = {:?}",
+            file.display().to_string()
+        ))
+    };
+    let good = config("username = \"desk-01\"\n");
+    assert!(
+        good.check().iter().all(|p| !p.key.starts_with("broker")),
+        "{:?}",
+        good.check()
+    );
+    assert_eq!(read_password(&file).ok().unwrap().as_str(), "s3cret-Pw");
+
+    let no_user = config("");
+    assert!(problem_at(&no_user.check(), "broker.username").is_some());
+
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let problems = good.check();
+    let p = problem_at(&problems, "broker.password_file").unwrap_or_else(|| panic!("{problems:?}"));
+    assert!(p.problem.contains("every user may read it"), "{p}");
+
+    std::fs::write(&file, "\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let p = problem_at(&good.check(), "broker.password_file")
+        .cloned()
+        .unwrap();
+    assert!(p.problem.contains("is empty"), "{p}");
+
+    std::fs::remove_file(&file).unwrap();
+    let p = problem_at(&good.check(), "broker.password_file")
+        .cloned()
+        .unwrap();
+    assert!(p.problem.contains("no such file"), "{p}");
+    for p in good.check() {
+        assert!(!p.problem.contains("s3cret"), "{p}");
+    }
+}
+
+#[test]
+fn a_model_interface_defaults_to_pkcs11_and_skf_is_refused_for_now() {
+    let model = |interface: &str| {
+        format!(
+            "{MINIMAL}[[models]]\nname = \"K3\"\nvendor_id = 0x096e\nproduct_id = 0x0702\n\
+             module = \"/usr/lib/softhsm/libsofthsm2.so\"\n{interface}"
+        )
+    };
+    let config = Config::parse(&model("")).unwrap();
+    assert_eq!(config.models[0].interface, Interface::Pkcs11);
+    assert!(
+        !config
+            .check()
+            .iter()
+            .any(|p| p.key == "models[0].interface"),
+        "{:?}",
+        config.check()
+    );
+    let config = Config::parse(&model("interface = \"pkcs11\"\n")).unwrap();
+    assert_eq!(config.models[0].interface, Interface::Pkcs11);
+    let config = Config::parse(&model("interface = \"skf\"\n")).unwrap();
+    assert_eq!(config.models[0].interface, Interface::Skf);
+    let problems = config.check();
+    let p = problems
+        .iter()
+        .find(|p| p.key == "models[0].interface")
+        .unwrap_or_else(|| panic!("{problems:?}"));
+    assert!(p.problem.contains("\"skf\" is not yet supported"), "{p}");
+    let err = Config::parse(&model("interface = \"pkcs#11\"\n")).unwrap_err();
+    assert!(err.contains("interface"), "{err}");
+}

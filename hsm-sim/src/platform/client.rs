@@ -744,6 +744,7 @@ async fn on_event(
     }
     let ack = Ack {
         v: V1,
+        station_id: station.clone(),
         event_ids: vec![event_id],
     };
     let (Ok(topics), Ok(payload)) = (shared.topics(station), ack.encode()) else {
@@ -893,6 +894,7 @@ async fn on_csr(
             };
             let response = CertResponse {
                 v: V1,
+                station_id: station.clone(),
                 job_id: topic_job.clone(),
                 outcome,
             };

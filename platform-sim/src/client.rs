@@ -772,6 +772,7 @@ async fn on_event(
     }
     let ack = Ack {
         v: V1,
+        station_id: station.clone(),
         event_ids: vec![event_id],
     };
     let (Ok(topics), Ok(payload)) = (shared.topics(station), ack.encode()) else {
@@ -921,6 +922,7 @@ async fn on_csr(
             };
             let response = CertResponse {
                 v: V1,
+                station_id: station.clone(),
                 job_id: topic_job.clone(),
                 outcome,
             };

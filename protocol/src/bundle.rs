@@ -2,6 +2,9 @@
 //! `jobs/{jid}/csr`, and the platform's [`CertResponse`] on `jobs/{jid}/certs` — either the
 //! issued certificates with their CA chain, or a rejection.
 //!
+//! The platform signs its response ([`crate::signed::verify_platform_message`]); the payload
+//! names the station and the job.
+//!
 //! Binary content is DER in standard base64. This module checks shapes and sizes only; whether
 //! a certificate fits the token's key, the job and the CA is the agent's verify step.
 
@@ -9,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{Base64Bytes, Message, V1, check_len, check_text};
 use crate::error::{Problem, ProtocolError};
-use crate::ids::{ErrorCode, JobId, TokenSerial};
+use crate::ids::{ErrorCode, JobId, StationId, TokenSerial};
 use crate::job::check_labels;
 use crate::keys::KeyLabel;
 
@@ -123,6 +126,8 @@ pub enum CertOutcome {
 pub struct CertResponse {
     /// Protocol version.
     pub v: V1,
+    /// The station the job runs on.
+    pub station_id: StationId,
     /// The job.
     pub job_id: JobId,
     /// Certificates or a rejection.
@@ -131,9 +136,10 @@ pub struct CertResponse {
 
 impl Message for CertResponse {
     const NAME: &'static str = "certificate response";
-    const MAX_BYTES: usize = 64 * 1024;
+    const MAX_BYTES: usize = crate::jws::max_payload_for(crate::codec::MAX_MESSAGE_BYTES);
 
     fn validate(&self) -> Result<(), ProtocolError> {
+        self.station_id.check("station_id")?;
         self.job_id.check("job_id")?;
         match &self.outcome {
             CertOutcome::Issued(bundle) => {

@@ -55,14 +55,38 @@ pub enum ProtocolError {
         /// What is wrong with it.
         problem: Problem,
     },
-    /// A signed job names a key id this station does not trust.
-    #[error("job signature: unknown key id {key_id:?}")]
+    /// A platform message arrived without a signature (not a JWS at all).
+    #[error("{message}: unsigned (every platform message must be a JWS)")]
+    Unsigned {
+        /// Which message was being decoded.
+        message: &'static str,
+    },
+    /// A correctly signed message of another kind (its JWS `typ`) than the one expected.
+    #[error("signed message of type {got:?} where {expected:?} was expected")]
+    WrongMessageType {
+        /// The `typ` expected here.
+        expected: &'static str,
+        /// The `typ` the message carries.
+        got: String,
+    },
+    /// A signed platform message (other than a job) is addressed to another station.
+    #[error("{message}: addressed to station {got:?}, this is {expected:?}")]
+    OtherStation {
+        /// Which message.
+        message: &'static str,
+        /// This station.
+        expected: String,
+        /// The station the message names.
+        got: String,
+    },
+    /// A signed message names a key id this station does not trust.
+    #[error("signature: unknown key id {key_id:?}")]
     UnknownKeyId {
         /// The `sig.key_id` of the envelope.
         key_id: String,
     },
     /// The signature algorithm does not fit the trusted key's type (e.g. ES256 with an RSA key).
-    #[error("job signature: algorithm {alg} cannot be used with the {key_type} key {key_id:?}")]
+    #[error("signature: algorithm {alg} cannot be used with the {key_type} key {key_id:?}")]
     SignatureAlgorithmMismatch {
         /// The `sig.alg` of the envelope.
         alg: &'static str,
@@ -71,8 +95,8 @@ pub enum ProtocolError {
         /// The key id.
         key_id: String,
     },
-    /// The signature does not verify over the job bytes (forged, tampered or wrong key).
-    #[error("job signature: verification failed for key {key_id:?}")]
+    /// The signature does not verify over the signed bytes (forged, tampered or wrong key).
+    #[error("signature: verification failed for key {key_id:?}")]
     BadSignature {
         /// The key id the signature claimed.
         key_id: String,

@@ -316,7 +316,8 @@ pub(crate) fn check_labels<T>(
 
 impl Message for JobDocument {
     const NAME: &'static str = "job document";
-    const MAX_BYTES: usize = 60 * 1024;
+    /// What still fits a signed envelope of [`crate::MAX_MESSAGE_BYTES`].
+    const MAX_BYTES: usize = crate::jws::max_payload_for(crate::codec::MAX_MESSAGE_BYTES);
 
     fn validate(&self) -> Result<(), ProtocolError> {
         self.job_id.check("job_id")?;

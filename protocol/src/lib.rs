@@ -1,8 +1,10 @@
 //! `ukey-protocol`: the messages a ukey-station desk and the platform exchange over MQTT.
 //!
 //! * [`job`]: the job document for the five job kinds, and its validation;
-//! * [`signed`]: the signed-job envelope, verification, signing, nonce replay check;
-//! * [`seal`](mod@seal): sealed secrets (PINs in transit);
+//! * [`jws`]: the JWS envelope (RFC 7515, flattened JSON) every platform message travels in;
+//! * [`signed`]: signed jobs, acks, cancels and certificate responses: verification, signing,
+//!   nonce replay check;
+//! * [`seal`](mod@seal): sealed secrets (PINs in transit), HPKE (RFC 9180) or RSA-OAEP;
 //! * [`event`]: step events and the job execution state machine;
 //! * [`bundle`]: CSR bundles, issued certificates or a rejection;
 //! * [`ack`], [`cancel`], [`presence`], [`inventory`]: the other messages;
@@ -32,6 +34,7 @@ pub mod ident;
 pub mod ids;
 pub mod inventory;
 pub mod job;
+pub mod jws;
 pub mod keys;
 pub mod panel;
 pub mod pem;
@@ -63,19 +66,25 @@ pub use inventory::{
 pub use job::{
     DeliveryMethod, Enterprise, Handler, JobDocument, JobKind, KeySpec, LegalRepresentative,
 };
+pub use jws::{Jws, JwsHeader};
 pub use keys::{KeyAlgorithm, KeyLabel, KeyUsage};
 pub use presence::{Presence, PresenceStatus};
 pub use seal::{SealContext, SealPurpose, SealRecipient, SealedSecret, UnsealKey, seal};
 pub use signed::{
-    JobEnvelope, JobKeyring, JobSignature, JobSigningKey, JobVerifyingKey, NonceSet,
-    SignatureAlgorithm, check_nonce, sign_job,
+    JobEnvelope, JobKeyring, JobSigningKey, JobVerifyingKey, NonceSet, PlatformMessage,
+    SignatureAlgorithm, check_nonce, sign_job, sign_platform_message, verify_platform_message,
 };
 pub use topic::{DEFAULT_PREFIX, Direction, Topic, Topics};
 
 // Every message fits the overall bound that brokers and clients are configured for.
 const _: () = {
     assert!(JobEnvelope::MAX_BYTES <= MAX_MESSAGE_BYTES);
-    assert!(JobDocument::MAX_BYTES <= JobEnvelope::MAX_BYTES);
+    assert!(JobEnvelope::MAX_BYTES <= MAX_MESSAGE_BYTES);
+    // A signed message's payload grows by 4/3 in base64url, plus the header and signature.
+    assert!(JobDocument::MAX_BYTES.div_ceil(3) * 4 + jws::JWS_OVERHEAD_BYTES <= MAX_MESSAGE_BYTES);
+    assert!(CertResponse::MAX_BYTES.div_ceil(3) * 4 + jws::JWS_OVERHEAD_BYTES <= MAX_MESSAGE_BYTES);
+    assert!(Ack::MAX_BYTES.div_ceil(3) * 4 + jws::JWS_OVERHEAD_BYTES <= MAX_MESSAGE_BYTES);
+    assert!(Cancel::MAX_BYTES.div_ceil(3) * 4 + jws::JWS_OVERHEAD_BYTES <= MAX_MESSAGE_BYTES);
     assert!(StepEvent::MAX_BYTES <= MAX_MESSAGE_BYTES);
     assert!(CsrBundle::MAX_BYTES <= MAX_MESSAGE_BYTES);
     assert!(CertResponse::MAX_BYTES <= MAX_MESSAGE_BYTES);

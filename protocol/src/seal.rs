@@ -4,10 +4,12 @@
 //! purpose, e.g. `job/J-1/so-pin`), so a sealed PIN cannot be replayed into another job or
 //! another field. Two constructions, chosen by the recipient's key type:
 //!
-//! * **EC P-256 (ECIES)**: an ephemeral P-256 key pair; `Z` = the x-coordinate of ECDH(eph,
-//!   recipient); HKDF-SHA256 with salt = `epk ‖ rpk` (both SEC1 uncompressed, 65 bytes each)
-//!   and info = [`SEAL_LABEL`] ‖ `0x00` ‖ context gives a 32-byte key; AES-256-GCM with a
-//!   random 96-bit nonce and the same info as associated data encrypts the secret.
+//! * **EC P-256 (HPKE)**: RFC 9180 base mode with DHKEM(P-256, HKDF-SHA256) (KEM `0x0010`),
+//!   HKDF-SHA256 (KDF `0x0001`) and AES-256-GCM (AEAD `0x0002`), single shot; `info` =
+//!   [`SEAL_LABEL`] ‖ `0x00` ‖ context, `aad` empty (the context is bound through the key
+//!   schedule, and single-shot APIs such as Python `cryptography`'s take no `aad`). The
+//!   sealed secret carries `enc` (the encapsulated key, a 65-byte SEC1 uncompressed point) and
+//!   `ct` (ciphertext ‖ 16-byte tag).
 //! * **RSA (OAEP)**: RSAES-OAEP with SHA-256 and MGF1-SHA-256, the OAEP label being
 //!   [`SEAL_LABEL`] ‖ `0x00` ‖ context.
 //!
@@ -17,9 +19,7 @@
 
 use std::fmt;
 
-use aes_gcm::Aes256Gcm;
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use hkdf::Hkdf;
+use hpke::{Deserializable, OpModeR, OpModeS, Serializable};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -38,10 +38,16 @@ pub const MAX_SECRET_BYTES: usize = 256;
 
 /// AES-GCM tag length.
 const TAG_BYTES: usize = 16;
-/// SEC1 uncompressed P-256 point length.
+/// SEC1 uncompressed P-256 point length (HPKE's `enc` for DHKEM(P-256)).
 const POINT_BYTES: usize = 65;
-/// AES-GCM nonce length.
-const NONCE_BYTES: usize = 12;
+
+/// The HPKE suite of [`SealedSecret::Hpke`].
+type HpkeKem = hpke::kem::DhP256HkdfSha256;
+type HpkeKdf = hpke::kdf::HkdfSha256;
+type HpkeAead = hpke::aead::AesGcm256;
+
+/// The `alg` of [`SealedSecret::Hpke`].
+const HPKE_ALG: &str = "HPKE-P256-SHA256-A256GCM";
 
 /// What a sealed secret is for; part of its [`SealContext`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -77,7 +83,7 @@ impl SealContext {
         &self.0
     }
 
-    /// [`SEAL_LABEL`] ‖ `0x00` ‖ context: HKDF info, GCM associated data and OAEP label.
+    /// [`SEAL_LABEL`] ‖ `0x00` ‖ context: HPKE `info` and OAEP label.
     fn info(&self) -> Vec<u8> {
         let mut info = Vec::with_capacity(SEAL_LABEL.len() + 1 + self.0.len());
         info.extend_from_slice(SEAL_LABEL);
@@ -91,13 +97,11 @@ impl SealContext {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "alg")]
 pub enum SealedSecret {
-    /// ECIES over P-256 (see the module docs).
-    #[serde(rename = "ECDH-ES-P256+HKDF-SHA256+A256GCM")]
-    EcdhP256 {
-        /// The ephemeral public key, SEC1 uncompressed (65 bytes).
-        epk: Base64Bytes,
-        /// The AES-GCM nonce (12 bytes).
-        nonce: Base64Bytes,
+    /// HPKE base mode to a P-256 key (see the module docs).
+    #[serde(rename = "HPKE-P256-SHA256-A256GCM")]
+    Hpke {
+        /// The encapsulated key, SEC1 uncompressed (65 bytes).
+        enc: Base64Bytes,
         /// Ciphertext followed by the 16-byte tag.
         ct: Base64Bytes,
     },
@@ -118,7 +122,7 @@ impl fmt::Debug for SealedSecret {
 /// Whom a secret is sealed to: a P-256 or RSA public key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SealRecipient {
-    /// An EC P-256 public key (ECIES).
+    /// An EC P-256 public key (HPKE).
     P256(p256::PublicKey),
     /// An RSA public key (OAEP; 2048 bits or more).
     Rsa(rsa::PublicKey),
@@ -221,6 +225,7 @@ pub(crate) fn key_error(what: &'static str, e: &dyn fmt::Display) -> ProtocolErr
 }
 
 /// Fills `N` bytes from the operating system's CSPRNG.
+#[cfg(test)]
 pub(crate) fn random_bytes<const N: usize>() -> Result<Zeroizing<[u8; N]>, ProtocolError> {
     let mut buf = Zeroizing::new([0u8; N]);
     getrandom::fill(buf.as_mut()).map_err(|e| ProtocolError::Random {
@@ -243,30 +248,6 @@ pub(crate) fn random_p256_key() -> Result<p256::SecretKey, ProtocolError> {
     })
 }
 
-fn ecies_key(
-    shared_x: &[u8],
-    epk: &[u8],
-    rpk: &[u8],
-    info: &[u8],
-) -> Result<Zeroizing<[u8; 32]>, ProtocolError> {
-    let mut salt = Vec::with_capacity(epk.len() + rpk.len());
-    salt.extend_from_slice(epk);
-    salt.extend_from_slice(rpk);
-    let hk = Hkdf::<Sha256>::new(Some(&salt), shared_x);
-    let mut key = Zeroizing::new([0u8; 32]);
-    hk.expand(info, key.as_mut())
-        .map_err(|_| ProtocolError::Seal {
-            detail: "HKDF output length".to_owned(),
-        })?;
-    Ok(key)
-}
-
-fn gcm(key: &[u8; 32]) -> Result<Aes256Gcm, ProtocolError> {
-    Aes256Gcm::new_from_slice(key).map_err(|_| ProtocolError::Seal {
-        detail: "AES-256-GCM key length".to_owned(),
-    })
-}
-
 /// Seals `plaintext` to `recipient`, bound to `context`.
 pub fn seal(
     recipient: &SealRecipient,
@@ -281,42 +262,21 @@ pub fn seal(
     let info = context.info();
     match recipient {
         SealRecipient::P256(rpk) => {
-            // The ephemeral key and the ECDH with ring (about three times faster than p256);
-            // the construction is the same bytes either way.
-            use ring::agreement;
-            let rpk = rpk.to_sec1_bytes();
-            let ring_error = |what: &str| ProtocolError::Seal {
-                detail: format!("ECDH P-256: {what}"),
+            let failed = |e: hpke::HpkeError| ProtocolError::Seal {
+                detail: format!("HPKE: {e}"),
             };
-            let eph = agreement::EphemeralPrivateKey::generate(
-                &agreement::ECDH_P256,
-                &ring::rand::SystemRandom::new(),
+            let rpk = <HpkeKem as hpke::Kem>::PublicKey::from_bytes(&rpk.to_sec1_bytes())
+                .map_err(failed)?;
+            let (enc, ct) = hpke::single_shot_seal::<HpkeAead, HpkeKdf, HpkeKem>(
+                &OpModeS::Base,
+                &rpk,
+                &info,
+                plaintext,
+                &[],
             )
-            .map_err(|_| ring_error("ephemeral key generation"))?;
-            let epk = eph
-                .compute_public_key()
-                .map_err(|_| ring_error("ephemeral public key"))?;
-            let epk = epk.as_ref().to_vec();
-            let peer = agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, &rpk);
-            let key = agreement::agree_ephemeral(eph, &peer, |shared_x| {
-                ecies_key(shared_x, &epk, &rpk, &info)
-            })
-            .map_err(|_| ring_error("key agreement"))??;
-            let nonce = random_bytes::<NONCE_BYTES>()?;
-            let ct = gcm(&key)?
-                .encrypt(
-                    &(*nonce).into(),
-                    Payload {
-                        msg: plaintext,
-                        aad: &info,
-                    },
-                )
-                .map_err(|_| ProtocolError::Seal {
-                    detail: "AES-256-GCM encryption".to_owned(),
-                })?;
-            Ok(SealedSecret::EcdhP256 {
-                epk: Base64Bytes::new(epk.to_vec()),
-                nonce: Base64Bytes::new(nonce.to_vec()),
+            .map_err(failed)?;
+            Ok(SealedSecret::Hpke {
+                enc: Base64Bytes::new(enc.to_bytes().to_vec()),
                 ct: Base64Bytes::new(ct),
             })
         }
@@ -338,7 +298,7 @@ impl SealedSecret {
     /// The construction's name, as in the `alg` field.
     pub fn alg(&self) -> &'static str {
         match self {
-            SealedSecret::EcdhP256 { .. } => "ECDH-ES-P256+HKDF-SHA256+A256GCM",
+            SealedSecret::Hpke { .. } => HPKE_ALG,
             SealedSecret::RsaOaep { .. } => "RSA-OAEP-SHA256",
         }
     }
@@ -351,30 +311,21 @@ impl SealedSecret {
     ) -> Result<Zeroizing<Vec<u8>>, ProtocolError> {
         let info = context.info();
         match (self, key) {
-            (SealedSecret::EcdhP256 { epk, nonce, ct }, UnsealKey::P256(sk)) => {
-                let nonce: [u8; NONCE_BYTES] = nonce
-                    .as_bytes()
-                    .try_into()
+            (SealedSecret::Hpke { enc, ct }, UnsealKey::P256(sk)) => {
+                let sk = <HpkeKem as hpke::Kem>::PrivateKey::from_bytes(&sk.to_bytes())
                     .map_err(|_| ProtocolError::Unseal)?;
-                let eph = p256::PublicKey::from_sec1_bytes(epk.as_bytes())
+                let enc = <HpkeKem as hpke::Kem>::EncappedKey::from_bytes(enc.as_bytes())
                     .map_err(|_| ProtocolError::Unseal)?;
-                let shared = sk.diffie_hellman(&eph);
-                let aes_key = ecies_key(
-                    shared.raw_secret_bytes(),
-                    epk.as_bytes(),
-                    &sk.public_key().to_sec1_bytes(),
+                hpke::single_shot_open::<HpkeAead, HpkeKdf, HpkeKem>(
+                    &OpModeR::Base,
+                    &sk,
+                    &enc,
                     &info,
-                )?;
-                gcm(&aes_key)?
-                    .decrypt(
-                        &nonce.into(),
-                        Payload {
-                            msg: ct.as_bytes(),
-                            aad: &info,
-                        },
-                    )
-                    .map(Zeroizing::new)
-                    .map_err(|_| ProtocolError::Unseal)
+                    ct.as_bytes(),
+                    &[],
+                )
+                .map(Zeroizing::new)
+                .map_err(|_| ProtocolError::Unseal)
             }
             (SealedSecret::RsaOaep { ct }, UnsealKey::Rsa(sk)) => {
                 let padding = rsa::Oaep::<Sha256>::new_with_label(info);
@@ -403,20 +354,12 @@ impl SealedSecret {
     /// Checks the shape (lengths) without opening it.
     pub(crate) fn check(&self, path: &str) -> Result<(), ProtocolError> {
         match self {
-            SealedSecret::EcdhP256 { epk, nonce, ct } => {
-                if epk.len() != POINT_BYTES || epk.as_bytes().first() != Some(&4) {
+            SealedSecret::Hpke { enc, ct } => {
+                if enc.len() != POINT_BYTES || enc.as_bytes().first() != Some(&4) {
                     return Err(ProtocolError::invalid(
-                        format!("{path}.epk"),
+                        format!("{path}.enc"),
                         Problem::BadBinary {
                             detail: "not an uncompressed P-256 point (65 bytes, 0x04 first)",
-                        },
-                    ));
-                }
-                if nonce.len() != NONCE_BYTES {
-                    return Err(ProtocolError::invalid(
-                        format!("{path}.nonce"),
-                        Problem::BadBinary {
-                            detail: "AES-GCM nonce must be 12 bytes",
                         },
                     ));
                 }

@@ -1,32 +1,34 @@
-//! Signed jobs: the envelope `{"v":1,"job":{...},"sig":{...}}`, its verification and signing,
-//! and the nonce replay check.
-//!
-//! The signature covers the **exact bytes of the `job` member as received** (kept with
-//! serde_json's `RawValue`), so no re-serialization can change what was signed. The crate's own
-//! encoder ([`sign_job`]) produces those bytes canonically: compact JSON, fields in declaration
-//! order. Algorithms: `ES256` (ECDSA P-256 with SHA-256, signature as the fixed 64-byte
-//! `r ‖ s`), `RS256` (RSASSA-PKCS1-v1_5 with SHA-256) and `PS256` (RSASSA-PSS with SHA-256,
-//! MGF1-SHA-256, 32-byte salt). Values are standard base64.
+//! Signed platform messages: jobs, acks, cancels and certificate responses, each a JWS
+//! ([`crate::jws`]) whose `typ` names its kind and whose payload names the station (and the job,
+//! or the event ids) it is meant for.
 //!
 //! [`JobEnvelope::verify`] checks, in this order: the key id is trusted and fits the algorithm,
-//! the signature, the job document (version, validation), the station, the validity window.
-//! The nonce replay check needs the station's memory of nonces, so it is a separate function
-//! ([`check_nonce`]) against a set the caller keeps. This module reads no clock: `now` is given.
+//! the signature over the exact received bytes, the message kind (`ukey-job+jws`), the job
+//! document (version, validation), the station, the validity window. The other messages go
+//! through [`verify_platform_message`] (key, signature, kind, validation, station). The nonce
+//! replay check needs the station's memory of nonces, so it is a separate function
+//! ([`check_nonce`]) against a set the caller keeps. This module reads no clock: `now` is
+//! given. Algorithms: `ES256` (ECDSA P-256 with SHA-256, signature as the fixed 64-byte
+//! `r ‖ s`), `RS256` (RSASSA-PKCS1-v1_5 with SHA-256) and `PS256` (RSASSA-PSS with SHA-256,
+//! MGF1-SHA-256, 32-byte salt), as RFC 7518 defines them.
 
 use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use sha2::Sha256;
 use signature::{RandomizedSigner, SignatureEncoding, Signer, Verifier};
 use spki::DecodePublicKey;
 use time::{Duration, OffsetDateTime};
 
-use crate::codec::{Base64Bytes, Message, V1, check_text};
-use crate::error::{Problem, ProtocolError};
+use crate::ack::Ack;
+use crate::bundle::CertResponse;
+use crate::cancel::Cancel;
+use crate::codec::{MAX_MESSAGE_BYTES, Message};
+use crate::error::ProtocolError;
 use crate::ids::{Nonce, StationId};
 use crate::job::JobDocument;
+use crate::jws::Jws;
 use crate::seal::key_error;
 
 /// How far in the future a job's `issued_at` may lie before it is refused (clock skew).
@@ -57,80 +59,129 @@ impl SignatureAlgorithm {
     }
 }
 
-/// The `sig` member of an envelope.
+/// A message the platform signs: its JWS `typ` and the station it is addressed to.
+pub trait PlatformMessage: Message {
+    /// The JWS `typ` of this kind of message.
+    const TYP: &'static str;
+
+    /// The station the message is meant for.
+    fn station_id(&self) -> &StationId;
+}
+
+impl PlatformMessage for JobDocument {
+    const TYP: &'static str = "ukey-job+jws";
+
+    fn station_id(&self) -> &StationId {
+        &self.station_id
+    }
+}
+
+impl PlatformMessage for Ack {
+    const TYP: &'static str = "ukey-ack+jws";
+
+    fn station_id(&self) -> &StationId {
+        &self.station_id
+    }
+}
+
+impl PlatformMessage for Cancel {
+    const TYP: &'static str = "ukey-cancel+jws";
+
+    fn station_id(&self) -> &StationId {
+        &self.station_id
+    }
+}
+
+impl PlatformMessage for CertResponse {
+    const TYP: &'static str = "ukey-certs+jws";
+
+    fn station_id(&self) -> &StationId {
+        &self.station_id
+    }
+}
+
+/// Signs `message` with `key` under `key_id`: validates and encodes it canonically, signs
+/// those bytes and returns the JWS as it is published.
+pub fn sign_platform_message<M: PlatformMessage>(
+    message: &M,
+    key: &JobSigningKey,
+    key_id: &str,
+) -> Result<Vec<u8>, ProtocolError> {
+    let jws = Jws::sign(&message.encode()?, M::TYP, key, key_id)?;
+    let wire = jws.encode()?;
+    if wire.len() > MAX_MESSAGE_BYTES {
+        return Err(ProtocolError::TooLarge {
+            message: M::NAME,
+            size: wire.len(),
+            limit: MAX_MESSAGE_BYTES,
+        });
+    }
+    Ok(wire)
+}
+
+/// Verifies a signed platform message as received and returns it, if: it is a JWS; its `kid`
+/// is in `keys` with a key that fits its `alg`; the signature verifies over the received
+/// bytes; its `typ` is `M`'s; the payload decodes and validates; and it is addressed to
+/// `station`. An unsigned message is [`ProtocolError::Unsigned`].
+pub fn verify_platform_message<M: PlatformMessage>(
+    bytes: &[u8],
+    keys: &JobKeyring,
+    station: &StationId,
+) -> Result<M, ProtocolError> {
+    let jws = Jws::decode(bytes, M::NAME, MAX_MESSAGE_BYTES)?;
+    let message = M::decode(jws.verify(M::TYP, keys)?)?;
+    if message.station_id() != station {
+        return Err(ProtocolError::OtherStation {
+            message: M::NAME,
+            expected: station.to_string(),
+            got: message.station_id().to_string(),
+        });
+    }
+    Ok(message)
+}
+
+/// A signed job as it arrives on `{p}/stations/{sid}/jobs`: a JWS of `typ` `ukey-job+jws`
+/// whose payload is the [`JobDocument`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobSignature {
-    /// The algorithm.
-    pub alg: SignatureAlgorithm,
-    /// Which of the platform's keys signed (1-64 characters); lets the platform rotate keys.
-    pub key_id: String,
-    /// The signature bytes.
-    pub value: Base64Bytes,
-}
-
-/// A signed job as it arrives on `{p}/stations/{sid}/jobs`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct JobEnvelope {
-    /// Protocol version.
-    pub v: V1,
-    /// The job document, byte for byte as signed.
-    job: Box<RawValue>,
-    /// The platform's signature over `job`.
-    pub sig: JobSignature,
-}
-
-impl Clone for JobEnvelope {
-    fn clone(&self) -> Self {
-        JobEnvelope {
-            v: self.v,
-            job: self.job.clone(),
-            sig: self.sig.clone(),
-        }
-    }
-}
-
-impl PartialEq for JobEnvelope {
-    fn eq(&self, other: &Self) -> bool {
-        self.job.get() == other.job.get() && self.sig == other.sig
-    }
-}
-
-impl Eq for JobEnvelope {}
-
-/// Envelope bound: the job plus a signature of at most 512 bytes (RSA-4096) in base64.
-const ENVELOPE_MAX_BYTES: usize = 64 * 1024;
+#[serde(transparent)]
+pub struct JobEnvelope(Jws);
 
 impl Message for JobEnvelope {
     const NAME: &'static str = "job envelope";
-    const MAX_BYTES: usize = ENVELOPE_MAX_BYTES;
+    const MAX_BYTES: usize = MAX_MESSAGE_BYTES;
 
-    /// Only the envelope's own fields; the job is checked by [`JobEnvelope::verify`], after the
-    /// signature.
+    /// Only the envelope's shape (checked when parsed); the job is checked by
+    /// [`JobEnvelope::verify`], after the signature.
     fn validate(&self) -> Result<(), ProtocolError> {
-        check_text("sig.key_id", &self.sig.key_id, 64)?;
-        self.sig.value.check("sig.value", 1024)?;
-        if !self.job.get().starts_with('{') {
-            return Err(ProtocolError::invalid(
-                "job",
-                Problem::BadBinary {
-                    detail: "job must be a JSON object",
-                },
-            ));
-        }
         Ok(())
+    }
+
+    /// A JWS has no `v` of its own (the job inside has): parsed by [`Jws::decode`].
+    fn decode(bytes: &[u8]) -> Result<JobEnvelope, ProtocolError> {
+        Jws::decode(bytes, Self::NAME, Self::MAX_BYTES).map(JobEnvelope)
+    }
+
+    fn encode(&self) -> Result<Vec<u8>, ProtocolError> {
+        self.0.encode()
     }
 }
 
 impl JobEnvelope {
-    /// The signed bytes: the `job` member exactly as received.
+    /// The job document's bytes as carried in the payload (before verification: use them
+    /// unverified only to name the job in a refusal).
     pub fn job_bytes(&self) -> &[u8] {
-        self.job.get().as_bytes()
+        self.0.payload()
     }
 
-    /// Verifies the envelope and returns the job, if: `sig.key_id` is in `keys` with a key
-    /// that fits `sig.alg`; the signature verifies over [`Self::job_bytes`]; the job decodes
-    /// and validates; it is addressed to `station`; and `now` lies within
-    /// [`issued_at` - [`MAX_CLOCK_SKEW`], `expires_at`].
+    /// The JWS: header, payload and signature.
+    pub fn jws(&self) -> &Jws {
+        &self.0
+    }
+
+    /// Verifies the envelope and returns the job, if: the `kid` is in `keys` with a key
+    /// that fits the `alg`; the signature verifies over the received bytes; the `typ` is a
+    /// job's; the job decodes and validates; it is addressed to `station`; and `now` lies
+    /// within [`issued_at` - [`MAX_CLOCK_SKEW`], `expires_at`].
     ///
     /// The nonce is not checked here: see [`check_nonce`].
     pub fn verify(
@@ -139,18 +190,7 @@ impl JobEnvelope {
         station: &StationId,
         now: OffsetDateTime,
     ) -> Result<JobDocument, ProtocolError> {
-        let key = keys
-            .get(&self.sig.key_id)
-            .ok_or_else(|| ProtocolError::UnknownKeyId {
-                key_id: self.sig.key_id.clone(),
-            })?;
-        key.verify(
-            self.sig.alg,
-            &self.sig.key_id,
-            self.job_bytes(),
-            self.sig.value.as_bytes(),
-        )?;
-        let job = JobDocument::decode(self.job_bytes())?;
+        let job = JobDocument::decode(self.0.verify(JobDocument::TYP, keys)?)?;
         if &job.station_id != station {
             return Err(ProtocolError::WrongStation {
                 job_id: job.job_id.to_string(),
@@ -210,7 +250,7 @@ impl JobVerifyingKey {
         }
     }
 
-    fn verify(
+    pub(crate) fn verify(
         &self,
         alg: SignatureAlgorithm,
         key_id: &str,
@@ -325,7 +365,7 @@ impl JobSigningKey {
         }
     }
 
-    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, ProtocolError> {
+    pub(crate) fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, ProtocolError> {
         let failed = |e: signature::Error| ProtocolError::Key {
             what: "job signing key",
             detail: e.to_string(),
@@ -348,32 +388,21 @@ impl JobSigningKey {
 }
 
 /// Signs `job` with `key` under `key_id`: validates the job, encodes it canonically, signs
-/// those bytes and wraps them in an envelope (encode it with [`Message::encode`]).
+/// those bytes and wraps them in a JWS (encode it with [`Message::encode`]).
 pub fn sign_job(
     job: &JobDocument,
     key: &JobSigningKey,
     key_id: &str,
 ) -> Result<JobEnvelope, ProtocolError> {
-    let bytes = job.encode()?;
-    let text = String::from_utf8(bytes).map_err(|_| ProtocolError::Malformed {
-        message: JobDocument::NAME,
-        detail: "encoder produced invalid UTF-8".to_owned(),
-    })?;
-    let value = key.sign(text.as_bytes())?;
-    let raw = RawValue::from_string(text).map_err(|e| ProtocolError::Malformed {
-        message: JobDocument::NAME,
-        detail: e.to_string(),
-    })?;
-    let envelope = JobEnvelope {
-        v: V1,
-        job: raw,
-        sig: JobSignature {
-            alg: key.alg(),
-            key_id: key_id.to_owned(),
-            value: Base64Bytes::new(value),
-        },
-    };
-    envelope.validate()?;
+    let envelope = JobEnvelope(Jws::sign(&job.encode()?, JobDocument::TYP, key, key_id)?);
+    let size = envelope.encode()?.len();
+    if size > JobEnvelope::MAX_BYTES {
+        return Err(ProtocolError::TooLarge {
+            message: JobEnvelope::NAME,
+            size,
+            limit: JobEnvelope::MAX_BYTES,
+        });
+    }
     Ok(envelope)
 }
 

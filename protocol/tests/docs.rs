@@ -1,6 +1,7 @@
 //! `docs/PROTOCOL.md` stays in sync with the golden vectors: every example block marked
-//! `<!-- vector: NAME -->` holds the same JSON as `tests/vectors/NAME` (pretty-printed), and
-//! every vector is shown. Rewrite the blocks after regenerating the vectors with
+//! `<!-- vector: NAME -->` holds the same JSON as `tests/vectors/NAME` (pretty-printed), every
+//! block marked `<!-- payload: NAME -->` holds the decoded payload of the signed (JWS) vector
+//! `NAME`, and every vector is shown in one form or the other. Rewrite the blocks after regenerating the vectors with
 //! `cargo test -p ukey-protocol --test docs -- --ignored regenerate_examples`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -12,6 +13,20 @@ use common::*;
 use serde_json::Value;
 
 const MARKER: &str = "<!-- vector: ";
+const PAYLOAD_MARKER: &str = "<!-- payload: ";
+
+/// The decoded payload of a signed vector.
+fn payload_of(name: &str) -> String {
+    let jws: Value = serde_json::from_slice(&read_vector(name)).unwrap();
+    let payload = jws["payload"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{name} is not a JWS"));
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    String::from_utf8(bytes).unwrap()
+}
 
 fn doc_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/PROTOCOL.md")
@@ -70,11 +85,11 @@ fn pretty(compact: &str) -> String {
 }
 
 /// (vector name, block content, block start and end byte offsets) for every marked block.
-fn blocks(doc: &str) -> Vec<(String, String, usize, usize)> {
+fn blocks(doc: &str, marker: &str) -> Vec<(String, String, usize, usize)> {
     let mut found = Vec::new();
     let mut pos = 0;
-    while let Some(i) = doc[pos..].find(MARKER) {
-        let start = pos + i + MARKER.len();
+    while let Some(i) = doc[pos..].find(marker) {
+        let start = pos + i + marker.len();
         let name_end = start + doc[start..].find(" -->").unwrap();
         let name = doc[start..name_end].to_owned();
         let open = name_end + doc[name_end..].find("```json\n").unwrap() + "```json\n".len();
@@ -88,7 +103,23 @@ fn blocks(doc: &str) -> Vec<(String, String, usize, usize)> {
 #[test]
 fn examples_match_the_golden_vectors() {
     let doc = std::fs::read_to_string(doc_path()).unwrap();
-    let found = blocks(&doc);
+    let found = blocks(&doc, MARKER);
+    let payloads = blocks(&doc, PAYLOAD_MARKER);
+    for (name, block, _, _) in &payloads {
+        let payload = payload_of(name);
+        let shown: Value = serde_json::from_str(block)
+            .unwrap_or_else(|e| panic!("PROTOCOL.md payload of {name} does not parse: {e}"));
+        let expected: Value = serde_json::from_str(&payload).unwrap();
+        assert_eq!(
+            shown, expected,
+            "PROTOCOL.md payload of {name} differs from its vector"
+        );
+        assert_eq!(
+            block.trim_end(),
+            pretty(&payload),
+            "{name}: regenerate the examples"
+        );
+    }
     for (name, block, _, _) in &found {
         let vector = read_vector(name);
         let shown: Value = serde_json::from_str(block)
@@ -106,7 +137,7 @@ fn examples_match_the_golden_vectors() {
     }
     for (name, _) in all_vectors() {
         assert!(
-            found.iter().any(|(n, ..)| n == name),
+            found.iter().chain(&payloads).any(|(n, ..)| n == name),
             "vector {name} is not shown in PROTOCOL.md"
         );
     }
@@ -125,9 +156,18 @@ fn pretty_printing_keeps_the_value() {
 #[ignore = "rewrites docs/PROTOCOL.md; run on purpose after regenerating the vectors"]
 fn regenerate_examples() {
     let mut doc = std::fs::read_to_string(doc_path()).unwrap();
-    for (name, _, open, close) in blocks(&doc).into_iter().rev() {
+    let mut all: Vec<(String, usize, usize, String)> = Vec::new();
+    for (name, _, open, close) in blocks(&doc, MARKER) {
         let vector = read_vector(&name);
         let text = format!("{}\n", pretty(std::str::from_utf8(&vector).unwrap()));
+        all.push((name, open, close, text));
+    }
+    for (name, _, open, close) in blocks(&doc, PAYLOAD_MARKER) {
+        let text = format!("{}\n", pretty(&payload_of(&name)));
+        all.push((name, open, close, text));
+    }
+    all.sort_by_key(|(_, open, ..)| *open);
+    for (_, open, close, text) in all.into_iter().rev() {
         doc.replace_range(open..close, &text);
     }
     std::fs::write(doc_path(), doc).unwrap();

@@ -337,17 +337,10 @@ fn job_document_rules() {
                 },
             ),
             (
-                one("/so_pin/epk", json!("BAAA")),
-                "so_pin.epk",
+                one("/so_pin/enc", json!("BAAA")),
+                "so_pin.enc",
                 Problem::BadBinary {
                     detail: "not an uncompressed P-256 point (65 bytes, 0x04 first)",
-                },
-            ),
-            (
-                one("/so_pin/nonce", json!("AAAA")),
-                "so_pin.nonce",
-                Problem::BadBinary {
-                    detail: "AES-GCM nonce must be 12 bytes",
                 },
             ),
         ],

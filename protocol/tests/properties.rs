@@ -254,7 +254,7 @@ prop_compose! {
         } else {
             CertOutcome::Rejected(CertRejection { code: ErrorCode::new(code).unwrap(), reason })
         };
-        CertResponse { v: V1, job_id: JobId::new(job_id).unwrap(), outcome }
+        CertResponse { v: V1, station_id: station(), job_id: JobId::new(job_id).unwrap(), outcome }
     }
 }
 
@@ -350,8 +350,8 @@ proptest! {
         version in "[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}",
         at in timestamp(),
     ) {
-        round_trip(&Ack { v: V1, event_ids: ids.into_iter().map(|i| EventId::new(i).unwrap()).collect() })?;
-        round_trip(&Cancel { v: V1, job_id: JobId::new(job_id).unwrap(), reason, at })?;
+        round_trip(&Ack { v: V1, station_id: StationId::new(station.clone()).unwrap(), event_ids: ids.into_iter().map(|i| EventId::new(i).unwrap()).collect() })?;
+        round_trip(&Cancel { v: V1, station_id: StationId::new(station.clone()).unwrap(), job_id: JobId::new(job_id).unwrap(), reason, at })?;
         round_trip(&Presence {
             v: V1,
             station_id: StationId::new(station).unwrap(),
@@ -390,6 +390,9 @@ fn decode_all(bytes: &[u8]) {
     let _ = CertResponse::decode(bytes);
     let _ = Ack::decode(bytes);
     let _ = Cancel::decode(bytes);
+    let _ = verify_platform_message::<Ack>(bytes, &keyring(), &station());
+    let _ = verify_platform_message::<Cancel>(bytes, &keyring(), &station());
+    let _ = verify_platform_message::<CertResponse>(bytes, &keyring(), &station());
     let _ = Presence::decode(bytes);
     let _ = Inventory::decode(bytes);
     let _ = serde_json::from_slice::<SealedSecret>(bytes).map(|s| {
@@ -472,10 +475,12 @@ fn arb_json() -> impl Strategy<Value = serde_json::Value> {
                 proptest::sample::select(vec![
                     "v",
                     "job",
-                    "sig",
+                    "protected",
+                    "payload",
+                    "signature",
                     "alg",
-                    "key_id",
-                    "value",
+                    "kid",
+                    "typ",
                     "job_id",
                     "kind",
                     "keys",
@@ -484,7 +489,7 @@ fn arb_json() -> impl Strategy<Value = serde_json::Value> {
                     "slots",
                     "token",
                     "so_pin",
-                    "epk",
+                    "enc",
                     "ct",
                     "nonce",
                     "issued",

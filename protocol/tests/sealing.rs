@@ -48,31 +48,23 @@ fn ec_seal_round_trip_wrong_key_wrong_context_tampered() {
         Err(ProtocolError::Unseal)
     );
 
-    let SealedSecret::EcdhP256 { epk, nonce, ct } = &sealed else {
-        panic!("not ECIES")
+    let SealedSecret::Hpke { enc, ct } = &sealed else {
+        panic!("not HPKE")
     };
-    assert_eq!(epk.len(), 65);
-    assert_eq!(nonce.len(), 12);
+    assert_eq!(sealed.alg(), "HPKE-P256-SHA256-A256GCM");
+    assert_eq!(enc.len(), 65);
     assert_eq!(ct.len(), 8 + 16);
     for tampered in [
-        SealedSecret::EcdhP256 {
-            epk: epk.clone(),
-            nonce: nonce.clone(),
+        SealedSecret::Hpke {
+            enc: enc.clone(),
             ct: flip(ct, 0),
         },
-        SealedSecret::EcdhP256 {
-            epk: epk.clone(),
-            nonce: nonce.clone(),
+        SealedSecret::Hpke {
+            enc: enc.clone(),
             ct: flip(ct, 20),
         },
-        SealedSecret::EcdhP256 {
-            epk: epk.clone(),
-            nonce: flip(nonce, 3),
-            ct: ct.clone(),
-        },
-        SealedSecret::EcdhP256 {
-            epk: flip(epk, 64),
-            nonce: nonce.clone(),
+        SealedSecret::Hpke {
+            enc: flip(enc, 64),
             ct: ct.clone(),
         },
     ] {
@@ -115,7 +107,7 @@ fn sealed_secret_serde_and_debug() {
     let c = ctx("J-1", SealPurpose::SoPin);
     let sealed = seal(&key.recipient(), &c, b"84913027").unwrap();
     let json = serde_json::to_string(&sealed).unwrap();
-    assert!(json.starts_with(r#"{"alg":"ECDH-ES-P256+HKDF-SHA256+A256GCM","epk":""#));
+    assert!(json.starts_with(r#"{"alg":"HPKE-P256-SHA256-A256GCM","enc":""#));
     let back: SealedSecret = serde_json::from_str(&json).unwrap();
     assert_eq!(back, sealed);
     assert_eq!(back.unseal(&key, &c).unwrap().as_slice(), b"84913027");

@@ -1,6 +1,7 @@
 //! Signed jobs with real generated keys: good (ES256, RS256, PS256), tampered, wrong key,
 //! unknown key id, algorithm/key mismatch, expired, not yet valid, foreign station, replayed
-//! nonce, and the "exact bytes as received" rule.
+//! nonce, the "exact bytes as received" rule; acks, cancels and certificate responses signed,
+//! unsigned, forged and of the wrong kind.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -29,6 +30,28 @@ fn verify(bytes: &[u8], ring: &JobKeyring) -> Result<JobDocument, ProtocolError>
     JobEnvelope::decode(bytes)?.verify(ring, &station(), NOW)
 }
 
+fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn unb64url(text: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .unwrap()
+}
+
+/// Rewrites one member (`protected` or `payload`) of a JWS: decodes it, replaces `from` by
+/// `to` (which must occur), encodes it again; the signature is left as it was.
+fn tamper(bytes: &[u8], member: &str, from: &str, to: &str) -> Vec<u8> {
+    let mut jws: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+    let text = String::from_utf8(unb64url(jws[member].as_str().unwrap())).unwrap();
+    assert!(text.contains(from), "{member} has no {from}");
+    jws[member] = serde_json::Value::String(b64url(text.replacen(from, to, 1).as_bytes()));
+    serde_json::to_vec(&jws).unwrap()
+}
+
 #[test]
 fn es256_good_tampered_and_wrong_key() {
     let key = random_es256();
@@ -38,11 +61,9 @@ fn es256_good_tampered_and_wrong_key() {
     assert_eq!(verify(&bytes, &ring).unwrap(), job);
 
     // Tampered: one character of the signed job changed (the order number).
-    let text = String::from_utf8(bytes.clone()).unwrap();
-    let tampered = text.replace("PO-2025-000123", "PO-2025-000124");
-    assert_ne!(tampered, text);
+    let tampered = tamper(&bytes, "payload", "PO-2025-000123", "PO-2025-000124");
     assert_eq!(
-        verify(tampered.as_bytes(), &ring).unwrap_err(),
+        verify(&tampered, &ring).unwrap_err(),
         ProtocolError::BadSignature {
             key_id: "k1".into()
         }
@@ -77,12 +98,11 @@ fn signature_covers_the_exact_bytes_received() {
     let ring = JobKeyring::single("k1", key.verifying_key());
     let job = sample_job(JobKind::New);
     let bytes = envelope_bytes(&key, &job);
-    let text = String::from_utf8(bytes).unwrap();
 
     // Re-formatting the job (same JSON value) breaks the signature: bytes are what count.
-    let spaced = text.replacen("\"kind\":\"new\"", "\"kind\": \"new\"", 1);
+    let spaced = tamper(&bytes, "payload", "\"kind\":\"new\"", "\"kind\": \"new\"");
     assert!(matches!(
-        verify(spaced.as_bytes(), &ring),
+        verify(&spaced, &ring),
         Err(ProtocolError::BadSignature { .. })
     ));
 
@@ -96,19 +116,96 @@ fn signature_covers_the_exact_bytes_received() {
     let JobSigningKey::Es256(sk) = &key else {
         unreachable!()
     };
-    let sig: p256::ecdsa::Signature = signature::Signer::sign(sk, pretty.as_bytes());
+    let protected = b64url(br#"{"typ":"ukey-job+jws","alg":"ES256","kid":"k1"}"#);
+    let payload = b64url(pretty.as_bytes());
+    let sig: p256::ecdsa::Signature =
+        signature::Signer::sign(sk, format!("{protected}.{payload}").as_bytes());
     let envelope = format!(
-        r#"{{"v":1,"job":{pretty},"sig":{{"alg":"ES256","key_id":"k1","value":"{}"}}}}"#,
-        base64_of(&sig.to_bytes())
+        r#"{{ "signature": "{}", "payload": "{payload}", "protected": "{protected}" }}"#,
+        b64url(&sig.to_bytes())
     );
     let decoded = JobEnvelope::decode(envelope.as_bytes()).unwrap();
     assert_eq!(decoded.job_bytes(), pretty.as_bytes());
     assert_eq!(decoded.verify(&ring, &station(), NOW).unwrap(), job);
 }
 
-fn base64_of(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
+#[test]
+fn signed_messages_of_one_kind_never_pass_as_another() {
+    let key = random_es256();
+    let ring = JobKeyring::single("k1", key.verifying_key());
+    // A correctly signed ack is not a job, and a job is not an ack.
+    let ack = sign_platform_message(&sample_ack(), &key, "k1").unwrap();
+    assert_eq!(
+        verify(&ack, &ring).unwrap_err(),
+        ProtocolError::WrongMessageType {
+            expected: "ukey-job+jws",
+            got: "ukey-ack+jws".into()
+        }
+    );
+    let job = envelope_bytes(&key, &sample_job(JobKind::New));
+    assert!(matches!(
+        verify_platform_message::<Ack>(&job, &ring, &station()),
+        Err(ProtocolError::WrongMessageType { .. })
+    ));
+    // Rewriting the header's `typ` breaks the signature.
+    let retyped = tamper(&ack, "protected", "ukey-ack+jws", "ukey-job+jws");
+    assert!(matches!(
+        verify(&retyped, &ring),
+        Err(ProtocolError::BadSignature { .. })
+    ));
+}
+
+#[test]
+fn acks_cancels_and_cert_responses_are_verified() {
+    let key = random_es256();
+    let ring = JobKeyring::single("k1", key.verifying_key());
+    let station = station();
+
+    let ack = sign_platform_message(&sample_ack(), &key, "k1").unwrap();
+    assert_eq!(
+        verify_platform_message::<Ack>(&ack, &ring, &station).unwrap(),
+        sample_ack()
+    );
+    let cancel = sign_platform_message(&sample_cancel(), &key, "k1").unwrap();
+    assert_eq!(
+        verify_platform_message::<Cancel>(&cancel, &ring, &station).unwrap(),
+        sample_cancel()
+    );
+    let certs = sign_platform_message(&sample_certs_rejected(), &key, "k1").unwrap();
+    assert_eq!(
+        verify_platform_message::<CertResponse>(&certs, &ring, &station).unwrap(),
+        sample_certs_rejected()
+    );
+
+    // Unsigned (the plain message), signed by a key the station does not trust, tampered,
+    // or meant for another station: all refused.
+    let plain = sample_ack().encode().unwrap();
+    assert_eq!(
+        verify_platform_message::<Ack>(&plain, &ring, &station).unwrap_err(),
+        ProtocolError::Unsigned { message: "ack" }
+    );
+    let forger = random_es256();
+    let forged = sign_platform_message(&sample_cancel(), &forger, "k1").unwrap();
+    assert_eq!(
+        verify_platform_message::<Cancel>(&forged, &ring, &station).unwrap_err(),
+        ProtocolError::BadSignature {
+            key_id: "k1".into()
+        }
+    );
+    let tampered = tamper(&ack, "payload", "E-", "F-");
+    assert!(matches!(
+        verify_platform_message::<Ack>(&tampered, &ring, &station),
+        Err(ProtocolError::BadSignature { .. })
+    ));
+    let other = StationId::new("desk-02").unwrap();
+    assert_eq!(
+        verify_platform_message::<CertResponse>(&certs, &ring, &other).unwrap_err(),
+        ProtocolError::OtherStation {
+            message: "certificate response",
+            expected: "desk-02".into(),
+            got: STATION.into()
+        }
+    );
 }
 
 #[test]
@@ -122,19 +219,23 @@ fn rsa_rs256_and_ps256() {
         let ring = JobKeyring::single("k1", key.verifying_key());
         let bytes = envelope_bytes(&key, &job);
         assert_eq!(verify(&bytes, &ring).unwrap(), job, "{:?}", key.alg());
-        let text = String::from_utf8(bytes).unwrap();
-        let tampered = text.replace("\"validity_days\":365", "\"validity_days\":730");
+        let tampered = tamper(
+            &bytes,
+            "payload",
+            "\"validity_days\":365",
+            "\"validity_days\":730",
+        );
         assert!(matches!(
-            verify(tampered.as_bytes(), &ring),
+            verify(&tampered, &ring),
             Err(ProtocolError::BadSignature { .. })
         ));
     }
     // RS256 and PS256 are not interchangeable.
     let ring = JobKeyring::single("k1", JobSigningKey::Rs256(rsa_key.clone()).verifying_key());
     let pss = envelope_bytes(&JobSigningKey::Ps256(rsa_key), &job);
-    let text = String::from_utf8(pss).unwrap().replace("PS256", "RS256");
+    let text = tamper(&pss, "protected", "PS256", "RS256");
     assert!(matches!(
-        verify(text.as_bytes(), &ring),
+        verify(&text, &ring),
         Err(ProtocolError::BadSignature { .. })
     ));
 }
@@ -143,10 +244,10 @@ fn rsa_rs256_and_ps256() {
 fn algorithm_must_fit_the_key() {
     let ec = random_es256();
     let bytes = envelope_bytes(&ec, &sample_job(JobKind::New));
-    let text = String::from_utf8(bytes).unwrap().replace("ES256", "RS256");
+    let text = tamper(&bytes, "protected", "ES256", "RS256");
     let ring = JobKeyring::single("k1", ec.verifying_key());
     assert_eq!(
-        verify(text.as_bytes(), &ring).unwrap_err(),
+        verify(&text, &ring).unwrap_err(),
         ProtocolError::SignatureAlgorithmMismatch {
             alg: "RS256",
             key_type: "EC P-256",
@@ -199,11 +300,9 @@ fn forged_job_fails_signature_before_validation() {
     let key = random_es256();
     let ring = JobKeyring::single("k1", key.verifying_key());
     let bytes = envelope_bytes(&key, &sample_job(JobKind::New));
-    let text = String::from_utf8(bytes)
-        .unwrap()
-        .replace("13800138000", "12800138000");
+    let text = tamper(&bytes, "payload", "13800138000", "12800138000");
     assert!(matches!(
-        verify(text.as_bytes(), &ring),
+        verify(&text, &ring),
         Err(ProtocolError::BadSignature { .. })
     ));
 }

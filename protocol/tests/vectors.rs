@@ -47,9 +47,11 @@ fn decode<M: Message + std::fmt::Debug>(name: &str) -> M {
 
 fn check_job(name: &str, kind: JobKind) -> JobDocument {
     let envelope: JobEnvelope = decode(name);
-    assert_eq!(envelope.sig.alg, SignatureAlgorithm::Es256);
-    assert_eq!(envelope.sig.key_id, KEY_ID);
-    assert_eq!(envelope.sig.value.len(), 64);
+    let header = envelope.jws().header();
+    assert_eq!(header.alg, SignatureAlgorithm::Es256);
+    assert_eq!(header.kid, KEY_ID);
+    assert_eq!(header.typ, "ukey-job+jws");
+    assert_eq!(envelope.jws().signature().len(), 64);
     let job = envelope.verify(&keyring(), &station(), NOW).unwrap();
     // The crate's encoder reproduces the signed bytes exactly.
     assert_eq!(job.encode().unwrap(), envelope.job_bytes());
@@ -143,7 +145,7 @@ fn job_change_rekey() {
 #[test]
 fn job_unlock() {
     let job = check_job("job-unlock.json", JobKind::Unlock);
-    assert!(matches!(job.so_pin, Some(SealedSecret::EcdhP256 { .. })));
+    assert!(matches!(job.so_pin, Some(SealedSecret::Hpke { .. })));
 }
 
 #[test]
@@ -238,9 +240,27 @@ fn csr_bundles() {
     assert_eq!(r, sample_renewal_bundle());
 }
 
+/// Verifies a signed vector as the station does, and checks it re-encodes byte for byte.
+fn verify_signed<M: PlatformMessage>(name: &str, alg: SignatureAlgorithm) -> M {
+    let bytes = read_vector(name);
+    let jws = Jws::decode(&bytes, M::NAME, MAX_MESSAGE_BYTES).unwrap();
+    assert_eq!(jws.header().alg, alg, "{name}");
+    assert_eq!(jws.header().typ, M::TYP, "{name}");
+    assert_eq!(
+        jws.encode().unwrap(),
+        bytes,
+        "{name} does not re-encode byte for byte"
+    );
+    let message: M = verify_platform_message(&bytes, &keyring(), &station())
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    // The payload is the message's canonical encoding.
+    assert_eq!(message.encode().unwrap(), jws.payload(), "{name}");
+    message
+}
+
 #[test]
 fn cert_responses() {
-    let issued: CertResponse = decode("certs-issued.json");
+    let issued: CertResponse = verify_signed("certs-issued.json", SignatureAlgorithm::Es256);
     let CertOutcome::Issued(bundle) = &issued.outcome else {
         panic!("not issued")
     };
@@ -248,7 +268,7 @@ fn cert_responses() {
     assert_eq!(bundle.ca_chain.len(), 2);
     assert_eq!(issued, sample_certs_issued());
 
-    let rejected: CertResponse = decode("certs-rejected.json");
+    let rejected: CertResponse = verify_signed("certs-rejected.json", SignatureAlgorithm::Ps256);
     let CertOutcome::Rejected(r) = &rejected.outcome else {
         panic!("not rejected")
     };
@@ -258,11 +278,11 @@ fn cert_responses() {
 
 #[test]
 fn ack_cancel_presence_inventory() {
-    let ack: Ack = decode("ack.json");
+    let ack: Ack = verify_signed("ack.json", SignatureAlgorithm::Es256);
     assert_eq!(ack.event_ids, vec![event_id(1), event_id(2)]);
     assert_eq!(ack, sample_ack());
 
-    let cancel: Cancel = decode("cancel.json");
+    let cancel: Cancel = verify_signed("cancel.json", SignatureAlgorithm::Rs256);
     assert_eq!(cancel.job_id.as_str(), "J-20250301-new");
     assert_eq!(cancel, sample_cancel());
 

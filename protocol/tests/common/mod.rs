@@ -26,8 +26,27 @@ pub fn platform_unseal_key() -> UnsealKey {
     UnsealKey::P256(p256::SecretKey::from_slice(&[0x33; 32]).unwrap())
 }
 
+pub const RSA_KEY_ID: &str = "platform-2025-rsa";
+
+/// The platform's RSA test key (RS256 and PS256 vectors), also read by the independent check.
+pub fn platform_rsa_key() -> rsa::PrivateKey {
+    use p256::pkcs8::DecodePrivateKey;
+    rsa::PrivateKey::from_pkcs8_pem(include_str!("../independent/platform-rsa-test-key.pem"))
+        .unwrap()
+}
+
 pub fn keyring() -> JobKeyring {
-    JobKeyring::single(KEY_ID, platform_signing_key().verifying_key())
+    let mut ring = JobKeyring::single(KEY_ID, platform_signing_key().verifying_key());
+    ring.insert(
+        RSA_KEY_ID,
+        JobSigningKey::Rs256(platform_rsa_key()).verifying_key(),
+    );
+    ring
+}
+
+/// A platform message signed as the vectors are: `key` under `kid`.
+pub fn signed_with<M: PlatformMessage>(message: &M, key: &JobSigningKey, kid: &str) -> Vec<u8> {
+    sign_platform_message(message, key, kid).unwrap()
 }
 
 pub fn station() -> StationId {
@@ -294,6 +313,7 @@ pub fn sample_renewal_bundle() -> CsrBundle {
 pub fn sample_certs_issued() -> CertResponse {
     CertResponse {
         v: V1,
+        station_id: station(),
         job_id: job_id(JobKind::New),
         outcome: CertOutcome::Issued(CertBundle {
             certificates: KeyLabel::ALL
@@ -311,6 +331,7 @@ pub fn sample_certs_issued() -> CertResponse {
 pub fn sample_certs_rejected() -> CertResponse {
     CertResponse {
         v: V1,
+        station_id: station(),
         job_id: job_id(JobKind::New),
         outcome: CertOutcome::Rejected(CertRejection {
             code: ErrorCode::new("csr-subject-mismatch").unwrap(),
@@ -322,6 +343,7 @@ pub fn sample_certs_rejected() -> CertResponse {
 pub fn sample_ack() -> Ack {
     Ack {
         v: V1,
+        station_id: station(),
         event_ids: vec![event_id(1), event_id(2)],
     }
 }
@@ -329,6 +351,7 @@ pub fn sample_ack() -> Ack {
 pub fn sample_cancel() -> Cancel {
     Cancel {
         v: V1,
+        station_id: station(),
         job_id: job_id(JobKind::New),
         reason: "order withdrawn by the customer".to_owned(),
         at: datetime!(2025-03-01 08:30:00 UTC),
@@ -413,13 +436,30 @@ pub fn all_vectors() -> Vec<(&'static str, Vec<u8>)> {
             "csr-bundle-renew.json",
             sample_renewal_bundle().encode().unwrap(),
         ),
-        ("certs-issued.json", sample_certs_issued().encode().unwrap()),
+        (
+            "certs-issued.json",
+            signed_with(&sample_certs_issued(), &platform_signing_key(), KEY_ID),
+        ),
         (
             "certs-rejected.json",
-            sample_certs_rejected().encode().unwrap(),
+            signed_with(
+                &sample_certs_rejected(),
+                &JobSigningKey::Ps256(platform_rsa_key()),
+                RSA_KEY_ID,
+            ),
         ),
-        ("ack.json", sample_ack().encode().unwrap()),
-        ("cancel.json", sample_cancel().encode().unwrap()),
+        (
+            "ack.json",
+            signed_with(&sample_ack(), &platform_signing_key(), KEY_ID),
+        ),
+        (
+            "cancel.json",
+            signed_with(
+                &sample_cancel(),
+                &JobSigningKey::Rs256(platform_rsa_key()),
+                RSA_KEY_ID,
+            ),
+        ),
         (
             "presence-online.json",
             sample_presence(PresenceStatus::Online).encode().unwrap(),

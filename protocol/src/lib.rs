@@ -5,6 +5,7 @@
 //! * [`seal`](mod@seal): sealed secrets (PINs in transit);
 //! * [`event`]: step events and the job execution state machine;
 //! * [`bundle`]: CSR bundles, issued certificates or a rejection;
+//! * [`receipt`]: station-signed production receipts;
 //! * [`ack`], [`cancel`], [`presence`], [`inventory`]: the other messages;
 //! * [`topic`]: topic builder and parser;
 //! * [`ident`]: credit codes, ID-card numbers, phone numbers (checks and generators);
@@ -27,6 +28,7 @@ pub mod job;
 pub mod keys;
 pub mod pem;
 pub mod presence;
+pub mod receipt;
 pub mod seal;
 pub mod signed;
 pub mod topic;
@@ -54,6 +56,10 @@ pub use job::{
 };
 pub use keys::{KeyAlgorithm, KeyLabel, KeyUsage};
 pub use presence::{Presence, PresenceStatus};
+pub use receipt::{
+    KeyAttributes, KeyOrigin, Receipt, ReceiptCertificate, ReceiptKey, ReceiptOutcome,
+    ReceiptSigner, ReceiptStep, ReceiptVerifier, SelfTestResult, SignedReceipt,
+};
 pub use seal::{SealContext, SealPurpose, SealRecipient, SealedSecret, UnsealKey, seal};
 pub use signed::{
     JobEnvelope, JobKeyring, JobSignature, JobSigningKey, JobVerifyingKey, NonceSet,
@@ -72,4 +78,5 @@ const _: () = {
     assert!(Cancel::MAX_BYTES <= MAX_MESSAGE_BYTES);
     assert!(Presence::MAX_BYTES <= MAX_MESSAGE_BYTES);
     assert!(Inventory::MAX_BYTES <= MAX_MESSAGE_BYTES);
+    assert!(SignedReceipt::MAX_BYTES <= MAX_MESSAGE_BYTES);
 };

@@ -157,10 +157,13 @@ fn verify_passes_on_an_intact_log_and_counts_receipts() {
     assert!(t.contains("UK0001: 1 receipt(s)"), "{t}");
 }
 
+/// A change to a copy of the audit folder.
+type Tamper = Box<dyn FnOnce(&Path)>;
+
 #[test]
 fn verify_names_each_tampering() {
     let desk = desk();
-    let cases: Vec<(&str, Box<dyn FnOnce(&Path)>, &str)> = vec![
+    let cases: Vec<(&str, Tamper, &str)> = vec![
         (
             "edited",
             Box::new(|a: &Path| {

@@ -20,7 +20,7 @@ use ukey_agent::config::Config;
 ///
 /// FILES
 ///   /etc/ukey-agent/agent.toml   configuration (see ukey-agent.example.toml for every key)
-///   /var/lib/ukey-agent/         state: job journal and event outbox (state_dir)
+///   /var/lib/ukey-agent/         state: job journal, event outbox, audit log (state_dir)
 ///
 /// EXIT STATUS
 ///   0 success; 1 runtime failure; 2 bad command line; 3 invalid configuration.

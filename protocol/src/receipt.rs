@@ -32,7 +32,7 @@ use time::OffsetDateTime;
 use crate::codec::{Message, V1, check_len, check_text, check_utc, rfc3339};
 use crate::error::{Problem, ProtocolError};
 use crate::event::Step;
-use crate::ids::{ErrorCode, JobId, StationId, TokenSerial};
+use crate::ids::{ErrorCode, EventId, JobId, StationId, TokenSerial};
 use crate::job::JobKind;
 use crate::keys::{KeyAlgorithm, KeyLabel};
 use crate::seal::{SealRecipient, UnsealKey};
@@ -150,6 +150,9 @@ pub struct SelfTestResult {
 pub struct Receipt {
     /// Protocol version.
     pub v: V1,
+    /// The receipt's id, chosen by the station and unique across its events and receipts (a
+    /// UUID is fine); the platform acknowledges the receipt by it on `acks`, as it does events.
+    pub receipt_id: EventId,
     /// The station that made the token.
     pub station_id: StationId,
     /// The job.
@@ -239,6 +242,7 @@ impl Message for Receipt {
     const MAX_BYTES: usize = 32 * 1024;
 
     fn validate(&self) -> Result<(), ProtocolError> {
+        self.receipt_id.check("receipt_id")?;
         self.station_id.check("station_id")?;
         self.job_id.check("job_id")?;
         self.token_serial.check("token_serial")?;

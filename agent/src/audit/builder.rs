@@ -10,9 +10,9 @@
 
 use time::OffsetDateTime;
 use ukey_protocol::{
-    CertFingerprint, ErrorCode, JobId, JobKind, KeyAttributes, KeyOrigin, ProtocolError, Receipt,
-    ReceiptCertificate, ReceiptKey, ReceiptOutcome, ReceiptSigner, ReceiptStep, SelfTestResult,
-    SignedReceipt, StationId, Step, TokenSerial, V1,
+    CertFingerprint, ErrorCode, EventId, JobId, JobKind, KeyAttributes, KeyOrigin, ProtocolError,
+    Receipt, ReceiptCertificate, ReceiptKey, ReceiptOutcome, ReceiptSigner, ReceiptStep,
+    SelfTestResult, SignedReceipt, StationId, Step, TokenSerial, V1,
 };
 use ukey_protocol::{KeyAlgorithm, KeyLabel};
 
@@ -41,6 +41,9 @@ impl ReceiptBuilder {
         ReceiptBuilder {
             receipt: Receipt {
                 v: V1,
+                // A fresh UUID: unique across the station's events and receipts.
+                receipt_id: EventId::new(uuid::Uuid::new_v4().simple().to_string())
+                    .unwrap_or_else(|_| unreachable!("a UUID is a valid event id")),
                 station_id,
                 job_id,
                 kind,

@@ -7,6 +7,7 @@ fn sample() -> Receipt {
     let t0 = datetime!(2026-12-07 02:00:00 UTC);
     Receipt {
         v: V1,
+        receipt_id: EventId::new("r-0001").unwrap(),
         station_id: StationId::new("desk-01").unwrap(),
         job_id: JobId::new("J-0001").unwrap(),
         kind: JobKind::New,

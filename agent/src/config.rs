@@ -935,6 +935,30 @@ station_key = "station.pem"
     }
 
     #[test]
+    fn an_audit_file_size_below_the_minimum_is_reported() {
+        let config = Config::parse(MINIMAL).unwrap();
+        assert_eq!(
+            config.audit.max_file_bytes,
+            crate::audit::DEFAULT_MAX_FILE_BYTES
+        );
+        let config = Config::parse(&format!("{MINIMAL}[audit]\nmax_file_bytes = 1000\n")).unwrap();
+        let problems = config.check();
+        assert!(
+            problems.iter().any(|p| p.key == "audit.max_file_bytes"),
+            "{problems:?}"
+        );
+        let config =
+            Config::parse(&format!("{MINIMAL}[audit]\nmax_file_bytes = 1048576\n")).unwrap();
+        assert_eq!(config.audit.max_file_bytes, 1_048_576);
+        assert!(
+            !config
+                .check()
+                .iter()
+                .any(|p| p.key == "audit.max_file_bytes")
+        );
+    }
+
+    #[test]
     fn partial_client_tls_is_reported() {
         let text = MINIMAL.replace(
             "host = \"127.0.0.1\"",

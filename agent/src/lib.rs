@@ -4,6 +4,7 @@
 //! (MQTT with a durable outbox), the job journal, and one PKCS#11 worker per token.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod certs;
 pub mod config;
 pub mod daemon;

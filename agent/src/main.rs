@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+mod audit_cli;
+use ukey_agent::audit::{AuditEvent, AuditLog};
 use ukey_agent::config::Config;
 
 /// ukey-agent — the production desk daemon of ukey-station.
@@ -17,7 +20,7 @@ use ukey_agent::config::Config;
 ///
 /// FILES
 ///   /etc/ukey-agent/agent.toml   configuration (see ukey-agent.example.toml for every key)
-///   /var/lib/ukey-agent/         state: job journal and event outbox (state_dir)
+///   /var/lib/ukey-agent/         state: job journal, event outbox, audit log (state_dir)
 ///
 /// EXIT STATUS
 ///   0 success; 1 runtime failure; 2 bad command line; 3 invalid configuration.
@@ -71,6 +74,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Reads, checks and exports the audit log (state folder, `audit/`).
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Reads the configuration and reports every problem, each with its key; changes nothing.
     ///
     /// Exit status 0 when the configuration is valid, 3 when it is not.
@@ -86,12 +92,61 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Checks the hash chain across every file and every receipt's signature (with the
+    /// station key of `trust.station_key`), and says where a break is: file, line, what.
+    ///
+    /// Exit status 0 when the log is intact, 1 when it is not, 3 when the configuration or
+    /// the station key cannot be read.
+    Verify {
+        /// The configuration file (for the state folder and the station key).
+        #[arg(long, short, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Lists the entries, oldest first, one a line (time, seq, type, token, details).
+    Show {
+        /// The configuration file (for the state folder).
+        #[arg(long, short, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Only entries at or after this time (RFC 3339, e.g. 2026-12-01T00:00:00Z).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Only entries about this token serial.
+        #[arg(long, value_name = "SERIAL")]
+        token: Option<String>,
+        /// Print the entries as stored (JSON lines).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Writes the whole log for an auditor, with the result of `verify`.
+    ///
+    /// `jsonl` (default): first line `{"verification":…}`, then every entry exactly as
+    /// stored (so its hash can be checked again); `json`: one document with `verification`
+    /// and `entries`. Exit status 0 when the log is intact, 1 when it is not (the export is
+    /// written either way), 3 when the configuration cannot be read.
+    Export {
+        /// The configuration file (for the state folder and the station key).
+        #[arg(long, short, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Where to write (default: standard output).
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// `jsonl` or `json`.
+        #[arg(long, value_name = "FORMAT", default_value = "jsonl", value_parser = ["jsonl", "json"])]
+        format: String,
+    },
+}
+
+const DEFAULT_CONFIG: &str = "/etc/ukey-agent/agent.toml";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => run(&config),
         Command::CheckConfig { config } => check_config(&config),
         Command::Status { config, json } => status(&config, json),
+        Command::Audit(command) => audit_cli::run(command),
     }
 }
 
@@ -176,6 +231,26 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // The start and the stop go into the audit log (the daemon records the rest).
+    let mut audit = match AuditLog::open(
+        &ukey_agent::audit::audit_dir(&config.state_dir),
+        config.audit.max_file_bytes,
+    ) {
+        Ok(mut log) => match log.record(AuditEvent::Started {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            station_id: config.station_id.clone(),
+        }) {
+            Ok(_) => Some(log),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record the start in the audit log");
+                None
+            }
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the audit log");
+            None
+        }
+    };
     let result = runtime.block_on(async {
         // SIGHUP's default action ends the process (systemd's reload would kill the agent
         // mid-job): take it over before anything else runs.
@@ -195,6 +270,15 @@ fn run(path: &std::path::Path) -> ExitCode {
         });
         ukey_agent::daemon::run(config, shutdown).await
     });
+    if let Some(log) = audit.as_mut() {
+        let reason = match &result {
+            Ok(()) => "signal".to_owned(),
+            Err(e) => format!("error: {e}"),
+        };
+        if let Err(e) = log.record(AuditEvent::Stopped { reason }) {
+            tracing::error!(error = %e, "cannot record the stop in the audit log");
+        }
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -709,7 +709,8 @@ async fn on_publish(shared: &Shared, client: &AsyncClient, topic: &str, payload:
             Err(e) => unreadable(e),
         },
         // The platform's own directions: not subscribed to, ignored if they arrive.
-        Topic::Jobs | Topic::JobCerts(_) | Topic::JobCancel(_) | Topic::Acks => {}
+        // Receipts are kept and checked by the platform in a later step of the ledger.
+        Topic::Jobs | Topic::JobCerts(_) | Topic::JobCancel(_) | Topic::Acks | Topic::Receipts => {}
     }
 }
 

@@ -7,6 +7,7 @@
 //! * [`seal`](mod@seal): sealed secrets (PINs in transit), HPKE (RFC 9180) or RSA-OAEP;
 //! * [`event`]: step events and the job execution state machine;
 //! * [`bundle`]: CSR bundles, issued certificates or a rejection;
+//! * [`receipt`]: station-signed production receipts;
 //! * [`ack`], [`cancel`], [`presence`], [`inventory`]: the other messages;
 //! * [`topic`]: topic builder and parser;
 //! * [`ident`]: credit codes, ID-card numbers, phone numbers (checks and generators);
@@ -40,6 +41,7 @@ pub mod panel;
 pub mod pem;
 pub mod presence;
 pub mod profile;
+pub mod receipt;
 pub mod seal;
 pub mod signed;
 pub mod topic;
@@ -69,6 +71,10 @@ pub use job::{
 pub use jws::{Jws, JwsHeader};
 pub use keys::{KeyAlgorithm, KeyLabel, KeyUsage};
 pub use presence::{Presence, PresenceStatus};
+pub use receipt::{
+    KeyAttributes, KeyOrigin, Receipt, ReceiptCertificate, ReceiptKey, ReceiptOutcome,
+    ReceiptSigner, ReceiptStep, ReceiptVerifier, SelfTestResult, SignedReceipt,
+};
 pub use seal::{SealContext, SealPurpose, SealRecipient, SealedSecret, UnsealKey, seal};
 pub use signed::{
     JobEnvelope, JobKeyring, JobSigningKey, JobVerifyingKey, NonceSet, PlatformMessage,
@@ -92,4 +98,5 @@ const _: () = {
     assert!(Cancel::MAX_BYTES <= MAX_MESSAGE_BYTES);
     assert!(Presence::MAX_BYTES <= MAX_MESSAGE_BYTES);
     assert!(Inventory::MAX_BYTES <= MAX_MESSAGE_BYTES);
+    assert!(SignedReceipt::MAX_BYTES <= MAX_MESSAGE_BYTES);
 };

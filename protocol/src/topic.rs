@@ -40,15 +40,19 @@ pub enum Topic {
     Acks,
     /// `inventory`: slot table (retained).
     Inventory,
+    /// `receipts`: signed production receipts.
+    Receipts,
 }
 
 impl Topic {
     /// Who publishes on this topic.
     pub fn direction(&self) -> Direction {
         match self {
-            Topic::Presence | Topic::JobEvents(_) | Topic::JobCsr(_) | Topic::Inventory => {
-                Direction::FromStation
-            }
+            Topic::Presence
+            | Topic::JobEvents(_)
+            | Topic::JobCsr(_)
+            | Topic::Inventory
+            | Topic::Receipts => Direction::FromStation,
             Topic::Jobs | Topic::JobCerts(_) | Topic::JobCancel(_) | Topic::Acks => {
                 Direction::ToStation
             }
@@ -80,6 +84,7 @@ impl Topic {
             Topic::JobCancel(j) => format!("jobs/{j}/cancel"),
             Topic::Acks => "acks".to_owned(),
             Topic::Inventory => "inventory".to_owned(),
+            Topic::Receipts => "receipts".to_owned(),
         }
     }
 }
@@ -131,6 +136,7 @@ fn parse_under(prefix: &str, topic: &str) -> Result<(StationId, Topic), Protocol
         ["jobs"] => Topic::Jobs,
         ["acks"] => Topic::Acks,
         ["inventory"] => Topic::Inventory,
+        ["receipts"] => Topic::Receipts,
         ["jobs", j, "events"] => Topic::JobEvents(job(j)?),
         ["jobs", j, "csr"] => Topic::JobCsr(job(j)?),
         ["jobs", j, "certs"] => Topic::JobCerts(job(j)?),
@@ -216,6 +222,11 @@ impl Topics {
         self.topic(&Topic::Inventory)
     }
 
+    /// `{p}/stations/{sid}/receipts`.
+    pub fn receipts(&self) -> String {
+        self.topic(&Topic::Receipts)
+    }
+
     /// The filters the station subscribes to (QoS 1): its jobs, certificate responses,
     /// cancellations and acks.
     pub fn station_subscriptions(&self) -> Vec<String> {
@@ -287,6 +298,10 @@ mod tests {
         assert_eq!(t.job_cancel(&j), "ukey/v1/stations/desk-01/jobs/J-1/cancel");
         assert_eq!(t.acks(), "ukey/v1/stations/desk-01/acks");
         assert_eq!(t.inventory(), "ukey/v1/stations/desk-01/inventory");
+        assert_eq!(t.receipts(), "ukey/v1/stations/desk-01/receipts");
+        assert_eq!(t.parse(&t.receipts()).unwrap(), Topic::Receipts);
+        assert_eq!(Topic::Receipts.direction(), Direction::FromStation);
+        assert!(!Topic::Receipts.retained());
     }
 
     #[test]

@@ -159,7 +159,15 @@ async fn state_files_are_private_whatever_the_umask() {
             }
         }
     }
-    for file in ["journal.log", "presence.seq", "status.json", "outbox.log"] {
+    // The audit log (its start and stop entries) and its lock are the agent's alone too.
+    for file in [
+        "journal.log",
+        "presence.seq",
+        "status.json",
+        "outbox.log",
+        "audit-000001.jsonl",
+        "lock",
+    ] {
         assert!(seen.iter().any(|s| s == file), "no {file} in {seen:?}");
     }
     assert!(

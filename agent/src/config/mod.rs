@@ -116,6 +116,31 @@ pub struct Config {
     /// The desk's indicator panel; absent means the desk has none.
     #[serde(default)]
     pub panel: Option<PanelConfig>,
+    /// The audit log (`audit/` in the state folder).
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// The audit log (`audit/audit-NNNNNN.jsonl` in the state folder; see `crate::audit`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The log moves on to a new file once the current one would pass this many bytes
+    /// (default 16 MiB, at least 64 KiB). Files are never deleted by the agent.
+    #[serde(default = "default_audit_max_file_bytes")]
+    pub max_file_bytes: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            max_file_bytes: default_audit_max_file_bytes(),
+        }
+    }
+}
+
+fn default_audit_max_file_bytes() -> u64 {
+    crate::audit::DEFAULT_MAX_FILE_BYTES
 }
 
 /// Log line format.
@@ -227,6 +252,12 @@ impl Config {
         self.journal.check(&mut problem);
         if let Some(panel) = &self.panel {
             panel.check(&mut problem);
+        }
+        if self.audit.max_file_bytes < crate::audit::MIN_MAX_FILE_BYTES {
+            problem(
+                "audit.max_file_bytes",
+                format!("must be at least {}", crate::audit::MIN_MAX_FILE_BYTES),
+            );
         }
         out
     }

@@ -313,3 +313,26 @@ fn a_model_interface_defaults_to_pkcs11_and_skf_is_refused_for_now() {
     let err = Config::parse(&model("interface = \"pkcs#11\"\n")).unwrap_err();
     assert!(err.contains("interface"), "{err}");
 }
+
+#[test]
+fn an_audit_file_size_below_the_minimum_is_reported() {
+    let config = Config::parse(MINIMAL).unwrap();
+    assert_eq!(
+        config.audit.max_file_bytes,
+        crate::audit::DEFAULT_MAX_FILE_BYTES
+    );
+    let config = Config::parse(&format!("{MINIMAL}[audit]\nmax_file_bytes = 1000\n")).unwrap();
+    let problems = config.check();
+    assert!(
+        problems.iter().any(|p| p.key == "audit.max_file_bytes"),
+        "{problems:?}"
+    );
+    let config = Config::parse(&format!("{MINIMAL}[audit]\nmax_file_bytes = 1048576\n")).unwrap();
+    assert_eq!(config.audit.max_file_bytes, 1_048_576);
+    assert!(
+        !config
+            .check()
+            .iter()
+            .any(|p| p.key == "audit.max_file_bytes")
+    );
+}

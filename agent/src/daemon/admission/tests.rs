@@ -36,8 +36,8 @@ fn job(name: &str, job_id: &str) -> JobDocument {
         "renew" => include_str!("../../../../protocol/tests/vectors/job-renew.json"),
         _ => include_str!("../../../../protocol/tests/vectors/job-replace.json"),
     };
-    let envelope: serde_json::Value = serde_json::from_str(text).unwrap();
-    let mut doc: JobDocument = serde_json::from_value(envelope["job"].clone()).unwrap();
+    let envelope = JobEnvelope::decode(text.as_bytes()).unwrap();
+    let mut doc: JobDocument = serde_json::from_slice(envelope.job_bytes()).unwrap();
     doc.job_id = JobId::new(job_id).unwrap();
     doc.nonce = Nonce::new(format!("nonce-{job_id}-0123456789abcdef")).unwrap();
     doc

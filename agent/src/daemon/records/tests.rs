@@ -10,6 +10,7 @@ use ukey_protocol::event::{ExecutionState, Step};
 use ukey_protocol::ids::{JobId, Nonce, TokenSerial};
 use ukey_protocol::job::JobDocument;
 use ukey_protocol::seal::UnsealKey;
+use ukey_protocol::signed::JobEnvelope;
 use ukey_protocol::signed::{JobSigningKey, sign_job};
 
 use super::{Record, RecordKind, replayed};
@@ -32,8 +33,8 @@ fn job(name: &str, job_id: &str) -> JobDocument {
         "new" => include_str!("../../../../protocol/tests/vectors/job-new.json"),
         _ => include_str!("../../../../protocol/tests/vectors/job-replace.json"),
     };
-    let envelope: serde_json::Value = serde_json::from_str(text).unwrap();
-    let mut doc: JobDocument = serde_json::from_value(envelope["job"].clone()).unwrap();
+    let envelope = JobEnvelope::decode(text.as_bytes()).unwrap();
+    let mut doc: JobDocument = serde_json::from_slice(envelope.job_bytes()).unwrap();
     doc.job_id = JobId::new(job_id).unwrap();
     doc.nonce = Nonce::new(format!("nonce-{job_id}-0123456789abcdef")).unwrap();
     doc

@@ -270,7 +270,7 @@ impl Daemon {
             .token
             .as_ref()
             .and_then(|k| self.seats.get(k))
-            .and_then(|s| s.worker.clone());
+            .and_then(|s| s.sessions.worker().cloned());
         let doc = Arc::clone(&entry.doc);
         let pins = entry.pins.clone();
         let serial = entry.machine.serial().cloned();
@@ -351,7 +351,7 @@ impl Daemon {
                 if let Some(key) = self.jobs.get(&job_id).and_then(|e| e.token.clone())
                     && let Some(seat) = self.seats.get_mut(&key)
                 {
-                    seat.worker = None;
+                    seat.sessions = std::mem::take(&mut seat.sessions).worker_closed();
                 }
                 Input::TokenRemoved { step: done.step }
             }

@@ -200,10 +200,17 @@ impl Daemon {
             .filter(|(_, e)| !e.running && e.machine.holds_token())
             .filter_map(|(id, e)| e.token.clone().map(|k| (id.clone(), k)))
             // A token that cannot be read is not back for its job (opening it would fail).
-            .filter(|(_, k)| self.seats.get(k).is_some_and(|s| !s.unreadable))
+            .filter(|(_, k)| {
+                self.seats
+                    .get(k)
+                    .is_some_and(|s| !s.reading.is_unreadable())
+            })
             .collect();
         for (job_id, key) in candidates {
-            let needs_worker = self.seats.get(&key).is_some_and(|s| s.worker.is_none());
+            let needs_worker = self
+                .seats
+                .get(&key)
+                .is_some_and(|s| s.sessions.worker().is_none());
             let Some(entry) = self.jobs.get(&job_id) else {
                 continue;
             };
@@ -328,7 +335,7 @@ impl Daemon {
             && let Some(seat) = self.seats.get_mut(&key)
         {
             seat.job = None;
-            seat.worker = None;
+            seat.sessions = std::mem::take(&mut seat.sessions).worker_closed();
             // What the slot shows now (done) is new to the operator.
             seat.acknowledged = false;
             self.observe(key);

@@ -43,7 +43,10 @@
 //! - `sink`: step events to the outbox, and CSR bundles sent and re-sent;
 //! - `timers`: the jobs' timers, in one queue the loop polls;
 //! - `seats`: the desk's seats, slot scans, observations, USB arrivals, opening workers;
+//! - `seat_state`: a seat's sessions (observing, opening, working) and reading (good,
+//!   failing with its back-off, unreadable) as pure state machines;
 //! - `claims`: queued jobs matched to free tokens (the pure `match_claims`), release, resume;
+//! - `step_request`: a step as a typed request carrying what it needs, built from the job;
 //! - `runner`: a step started on its token's worker, and its end fed back;
 //! - `inventory`: the retained slot table and alerts, built pure and published on change;
 //! - `reports`: the panel's lights and buttons, the status snapshot, stuck token calls.
@@ -84,9 +87,11 @@ mod jobs;
 mod records;
 mod reports;
 mod runner;
+mod seat_state;
 mod seats;
 mod sink;
 mod startup;
+mod step_request;
 mod timers;
 
 use compaction::FinishedJob;

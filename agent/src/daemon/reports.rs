@@ -222,7 +222,7 @@ impl Daemon {
             .seats
             .iter()
             .filter_map(|(key, seat)| {
-                let started = seat.worker.as_ref()?.call_started()?;
+                let started = seat.sessions.worker()?.call_started()?;
                 // Steps are the only calls on a worker: the job running one on this token.
                 let job = self
                     .jobs

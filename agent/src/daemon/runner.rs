@@ -9,27 +9,28 @@ use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 use ukey_protocol::Message;
-use ukey_protocol::bundle::{CertBundle, CsrBundle};
+use ukey_protocol::bundle::CsrBundle;
 use ukey_protocol::codes;
 use ukey_protocol::event::{Step, StepData, StepError};
 use ukey_protocol::ids::{JobId, TokenSerial};
 use ukey_protocol::job::{JobDocument, JobKind};
 
-use crate::certs::VerifiedCertificate;
+use crate::device::Device;
 use crate::job::{Input, JobState, StepOutput, code};
-use crate::steps::{self, Pins, StepFailure};
+use crate::steps::{self, StepFailure};
 use crate::token::TokenError;
 use crate::trust::TrustMaterial;
 use crate::worker::TokenWorker;
 
 use super::records::{Record, RecordKind};
+use super::step_request::{Certificates, JobData, Requests, StepRequest, Verified};
 use super::{Daemon, DaemonError, Event, now_utc};
 
 pub(super) struct StepDone {
     pub(super) job_id: JobId,
     pub(super) step: Step,
     pub(super) outcome: Result<StepOutput, StepFailure>,
-    pub(super) verified: Option<Arc<Vec<VerifiedCertificate>>>,
+    pub(super) verified: Option<Verified>,
     pub(super) csr: Option<CsrBundle>,
 }
 
@@ -39,18 +40,15 @@ pub(super) fn keeps_keys(doc: &JobDocument) -> bool {
     matches!(doc.kind, JobKind::Renew) || (doc.kind == JobKind::Change && !doc.rekey)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Runs `request` on the token's worker.
 pub(super) async fn run_step(
-    step: Step,
+    request: StepRequest,
     job_id: JobId,
     doc: Arc<JobDocument>,
-    pins: Option<Arc<Pins>>,
-    serial: Option<TokenSerial>,
-    certs: Option<CertBundle>,
-    verified: Option<Arc<Vec<VerifiedCertificate>>>,
     trust: Arc<TrustMaterial>,
     worker: Arc<TokenWorker>,
 ) -> StepDone {
+    let step = request.step();
     let mut done = StepDone {
         job_id: job_id.clone(),
         step,
@@ -58,152 +56,119 @@ pub(super) async fn run_step(
         verified: None,
         csr: None,
     };
-    let missing = |what: &str| {
-        StepFailure::Failed(StepError {
-            code: code(codes::INTERNAL),
-            message: format!("{what} missing for step {step}"),
-            retryable: true,
-        })
-    };
     let flatten = |r: Result<Result<StepOutput, StepFailure>, TokenError>| match r {
         Ok(inner) => inner,
         Err(e) => Err(StepFailure::from(e)),
     };
-    done.outcome = match step {
-        Step::Initialize => match pins {
-            None => Err(missing("PINs")),
-            Some(pins) => flatten(
-                worker
-                    .call(move |token| {
-                        Ok(steps::initialize(token, &doc, &pins, &trust.station_key).and_then(|()| {
-                            let serial = token.serial().and_then(|s| TokenSerial::new(s).ok());
-                            serial
-                                .map(|serial| StepOutput::Initialized { serial })
-                                .ok_or_else(|| StepFailure::Failed(StepError {
-                                    code: code(codes::TOKEN_SERIAL),
-                                    message: "the token has no usable serial number after initialization".into(),
-                                    retryable: false,
-                                }))
-                        }))
+    done.outcome = match request {
+        StepRequest::Initialize { pins } => flatten(
+            worker
+                .call(move |token| {
+                    Ok(steps::initialize(token, &doc, &pins, &trust.station_key).and_then(|()| {
+                        let serial = token.serial().and_then(|s| TokenSerial::new(s).ok());
+                        serial
+                            .map(|serial| StepOutput::Initialized { serial })
+                            .ok_or_else(|| StepFailure::Failed(StepError {
+                                code: code(codes::TOKEN_SERIAL),
+                                message: "the token has no usable serial number after initialization".into(),
+                                retryable: false,
+                            }))
+                    }))
+                })
+                .await,
+        ),
+        StepRequest::GenerateKeys { pins } => flatten(
+            worker
+                .call(move |token| Ok(steps::generate_keys(token, &doc, &pins).map(|_| StepOutput::Done)))
+                .await,
+        ),
+        StepRequest::RequestCertificates { serial, requests } => {
+            let result = worker
+                .call(move |token| {
+                    Ok(match requests {
+                        Requests::New(pins) => steps::request_certificates(token, &doc, &pins, &serial),
+                        Requests::Renewal => steps::request_renewal(token, &doc, &serial),
                     })
-                    .await,
-            ),
-        },
-        Step::GenerateKeys => match pins {
-            None => Err(missing("PINs")),
-            Some(pins) => flatten(
-                worker
-                    .call(move |token| Ok(steps::generate_keys(token, &doc, &pins).map(|_| StepOutput::Done)))
-                    .await,
-            ),
-        },
-        Step::RequestCertificates => match (pins, serial) {
-            (pins, Some(serial)) if pins.is_some() || keeps_keys(&doc) => {
-                let result = worker
-                    .call(move |token| {
-                        Ok(match pins {
-                            Some(pins) if !keeps_keys(&doc) => {
-                                steps::request_certificates(token, &doc, &pins, &serial)
-                            }
-                            _ => steps::request_renewal(token, &doc, &serial),
-                        })
-                    })
-                    .await;
-                match result {
-                    Ok(Ok(bundle)) => match bundle.encode() {
-                        Ok(bytes) => {
-                            let sha = hex::encode(Sha256::digest(&bytes));
-                            done.csr = Some(bundle);
-                            Ok(StepOutput::Data(StepData::Requested { bundle_sha256: sha }))
-                        }
-                        Err(e) => Err(StepFailure::Failed(StepError {
-                            code: code(codes::CSR_ENCODING),
-                            message: ukey_protocol::fit_text(&e.to_string(), 512),
-                            retryable: false,
-                        })),
-                    },
-                    Ok(Err(f)) => Err(f),
-                    Err(e) => Err(StepFailure::from(e)),
-                }
-            }
-            _ => Err(missing("PINs or token serial")),
-        },
-        Step::VerifyCertificates | Step::Install => match certs {
-            None => Err(missing("certificates")),
-            Some(bundle) => {
-                let install = step == Step::Install;
-                let known = verified.clone();
-                let result = worker
-                    .call(move |token| {
-                        let verified = match known {
-                            Some(v) => v,
-                            None => match steps::verify_certificates(token, &doc, &bundle, &trust.certificates, SystemTime::now()) {
-                                Ok(v) => Arc::new(v),
-                                Err(f) => return Ok(Err(f)),
-                            },
-                        };
-                        if install {
-                            if pins.is_none() && !keeps_keys(&doc) {
-                                return Ok(Err(StepFailure::Failed(StepError {
-                                    code: code(codes::INTERNAL),
-                                    message: "PINs missing for step install".into(),
-                                    retryable: true,
-                                })));
-                            }
-                            if let Err(f) = steps::install(token, pins.as_deref(), &verified) {
-                                return Ok(Err(f));
-                            }
-                        }
-                        Ok(Ok(verified))
-                    })
-                    .await;
-                match result {
-                    Ok(Ok(v)) => {
-                        done.verified = Some(v);
-                        Ok(StepOutput::Done)
+                })
+                .await;
+            match result {
+                Ok(Ok(bundle)) => match bundle.encode() {
+                    Ok(bytes) => {
+                        let sha = hex::encode(Sha256::digest(&bytes));
+                        done.csr = Some(bundle);
+                        Ok(StepOutput::Data(StepData::Requested { bundle_sha256: sha }))
                     }
-                    Ok(Err(f)) => Err(f),
-                    Err(e) => Err(StepFailure::from(e)),
+                    Err(e) => Err(StepFailure::Failed(StepError {
+                        code: code(codes::CSR_ENCODING),
+                        message: ukey_protocol::fit_text(&e.to_string(), 512),
+                        retryable: false,
+                    })),
+                },
+                Ok(Err(f)) => Err(f),
+                Err(e) => Err(StepFailure::from(e)),
+            }
+        }
+        StepRequest::VerifyCertificates { certificates } => {
+            let result = worker
+                .call(move |token| Ok(verify(token, &doc, certificates, &trust)))
+                .await;
+            match result {
+                Ok(Ok(v)) => {
+                    done.verified = Some(v);
+                    Ok(StepOutput::Done)
                 }
+                Ok(Err(f)) => Err(f),
+                Err(e) => Err(StepFailure::from(e)),
             }
-        },
-        Step::Activate => match pins {
-            None => Err(missing("PINs")),
-            Some(pins) => flatten(
-                worker
-                    .call(move |token| Ok(steps::activate(token, &pins).map(|_| StepOutput::Done)))
-                    .await,
-            ),
-        },
-        Step::Bind => match (pins, verified) {
-            (pins, _) if pins.is_none() && !keeps_keys(&doc) => Err(missing("PINs")),
-            (pins, Some(verified)) => {
-                steps::bind_report(&job_id, &verified, pins.as_deref(), &trust.platform_seal)
-                    .map(|report| StepOutput::Data(StepData::Bind(report)))
-            }
-            (pins, None) => {
-                // After a restart: verify again (read-only) to rebuild the fingerprints.
-                match certs {
-                    None => Err(missing("certificates")),
-                    Some(bundle) => {
-                        let trust2 = Arc::clone(&trust);
-                        let result = worker
-                            .call(move |token| Ok(steps::verify_certificates(token, &doc, &bundle, &trust2.certificates, SystemTime::now())))
-                            .await;
-                        match result {
-                            Ok(Ok(v)) => {
-                                let report = steps::bind_report(&job_id, &v, pins.as_deref(), &trust.platform_seal);
-                                done.verified = Some(Arc::new(v));
-                                report.map(|r| StepOutput::Data(StepData::Bind(r)))
-                            }
-                            Ok(Err(f)) => Err(f),
-                            Err(e) => Err(StepFailure::from(e)),
-                        }
+        }
+        StepRequest::Install { certificates, login } => {
+            let result = worker
+                .call(move |token| {
+                    let verified = match verify(token, &doc, certificates, &trust) {
+                        Ok(v) => v,
+                        Err(f) => return Ok(Err(f)),
+                    };
+                    if let Err(f) = steps::install(token, login.pins(), &verified) {
+                        return Ok(Err(f));
                     }
+                    Ok(Ok(verified))
+                })
+                .await;
+            match result {
+                Ok(Ok(v)) => {
+                    done.verified = Some(v);
+                    Ok(StepOutput::Done)
                 }
+                Ok(Err(f)) => Err(f),
+                Err(e) => Err(StepFailure::from(e)),
             }
-        },
-        Step::ResetPin => {
+        }
+        StepRequest::Activate { pins } => flatten(
+            worker
+                .call(move |token| Ok(steps::activate(token, &pins).map(|_| StepOutput::Done)))
+                .await,
+        ),
+        StepRequest::Bind { certificates: Certificates::Verified(verified), login } => {
+            steps::bind_report(&job_id, &verified, login.pins(), &trust.platform_seal)
+                .map(|report| StepOutput::Data(StepData::Bind(report)))
+        }
+        StepRequest::Bind { certificates: Certificates::ToVerify(bundle), login } => {
+            // After a restart: verify again (read-only) to rebuild the fingerprints.
+            let trust2 = Arc::clone(&trust);
+            let result = worker
+                .call(move |token| Ok(steps::verify_certificates(token, &doc, &bundle, &trust2.certificates, SystemTime::now())))
+                .await;
+            match result {
+                Ok(Ok(v)) => {
+                    let report = steps::bind_report(&job_id, &v, login.pins(), &trust.platform_seal);
+                    done.verified = Some(Arc::new(v));
+                    report.map(|r| StepOutput::Data(StepData::Bind(r)))
+                }
+                Ok(Err(f)) => Err(f),
+                Err(e) => Err(StepFailure::from(e)),
+            }
+        }
+        StepRequest::ResetPin => {
             let trust = Arc::clone(&trust);
             flatten(
                 worker
@@ -214,31 +179,45 @@ pub(super) async fn run_step(
                     .await,
             )
         }
-        Step::ReadKeys => flatten(
+        StepRequest::ReadKeys => flatten(
             worker
                 .call(move |token| Ok(steps::read_keys(token, &doc).map(|()| StepOutput::Done)))
                 .await,
         ),
-        Step::RemoveOldCertificates => match certs {
-            None => Err(missing("certificates")),
-            Some(bundle) => flatten(
-                worker
-                    .call(move |token| {
-                        Ok(steps::remove_old_certificates(token, &bundle).map(|removed| {
-                            tracing::info!(job = %job_id, removed, "old certificates removed");
-                            StepOutput::Done
-                        }))
-                    })
-                    .await,
-            ),
-        },
-        other => Err(StepFailure::Failed(StepError {
+        StepRequest::RemoveOldCertificates { certs } => flatten(
+            worker
+                .call(move |token| {
+                    Ok(steps::remove_old_certificates(token, &certs).map(|removed| {
+                        tracing::info!(job = %job_id, removed, "old certificates removed");
+                        StepOutput::Done
+                    }))
+                })
+                .await,
+        ),
+        StepRequest::Unsupported(other) => Err(StepFailure::Failed(StepError {
             code: code(codes::STEP_UNSUPPORTED),
             message: format!("step {other} is not supported by this agent version"),
             retryable: false,
         })),
     };
     done
+}
+
+/// The certificates verified against the job and the trust material, on the token's worker
+/// (those verified already are taken as they are).
+fn verify(
+    token: &dyn Device,
+    doc: &JobDocument,
+    certificates: Certificates,
+    trust: &TrustMaterial,
+) -> Result<Verified, StepFailure> {
+    match certificates {
+        Certificates::Verified(v) => Ok(v),
+        Certificates::ToVerify(bundle) => {
+            steps::verify_certificates(token, doc, &bundle, &trust.certificates, SystemTime::now())
+                .map(Arc::new)
+        }
+    }
 }
 
 impl Daemon {
@@ -270,12 +249,18 @@ impl Daemon {
             .token
             .as_ref()
             .and_then(|k| self.seats.get(k))
-            .and_then(|s| s.worker.clone());
+            .and_then(|s| s.sessions.worker().cloned());
         let doc = Arc::clone(&entry.doc);
-        let pins = entry.pins.clone();
-        let serial = entry.machine.serial().cloned();
-        let certs = entry.certs.clone();
-        let verified = entry.verified.clone();
+        let request = StepRequest::build(
+            step,
+            JobData {
+                pins: entry.pins.as_ref(),
+                serial: entry.machine.serial(),
+                certs: entry.certs.as_ref(),
+                verified: entry.verified.as_ref(),
+                keeps_keys: keeps_keys(&doc),
+            },
+        );
         let trust = Arc::clone(&self.trust);
         let tx = self.events.clone();
         let job_id = job_id.clone();
@@ -311,10 +296,17 @@ impl Daemon {
         entry.step_started = Some((step, now_utc()));
         tracing::debug!(job = %job_id, step = %step, "step started");
         tokio::spawn(async move {
-            let done = run_step(
-                step, job_id, doc, pins, serial, certs, verified, trust, worker,
-            )
-            .await;
+            let done = match request {
+                Ok(request) => run_step(request, job_id, doc, trust, worker).await,
+                // The step fails as it starts, as a step fails (the job machine decides).
+                Err(missing) => StepDone {
+                    job_id,
+                    step,
+                    outcome: Err(missing.into()),
+                    verified: None,
+                    csr: None,
+                },
+            };
             let _ = tx.send(Event::StepDone(Box::new(done))).await;
         });
     }
@@ -351,7 +343,7 @@ impl Daemon {
                 if let Some(key) = self.jobs.get(&job_id).and_then(|e| e.token.clone())
                     && let Some(seat) = self.seats.get_mut(&key)
                 {
-                    seat.worker = None;
+                    seat.sessions = std::mem::take(&mut seat.sessions).worker_closed();
                 }
                 Input::TokenRemoved { step: done.step }
             }

@@ -21,6 +21,7 @@ use crate::usb::UsbEvent;
 use crate::worker::TokenWorker;
 
 use super::records::{Record, RecordKind};
+use super::seat_state::{Reading, Sessions, WorkerStart};
 use super::{Daemon, DaemonError, Event};
 
 /// A token at the desk.
@@ -30,7 +31,8 @@ pub(super) struct Seat {
     pub(super) state: TokenState,
     pub(super) certificates: Vec<CertificateExpiry>,
     pub(super) job: Option<JobId>,
-    pub(super) worker: Option<Arc<TokenWorker>>,
+    /// The sessions this agent holds on the token: observations, its worker.
+    pub(super) sessions: Sessions,
     /// Number of the latest observation started: an older one that ends later (it may have
     /// read the token before a job initialized it) is dropped.
     pub(super) observation: u64,
@@ -38,23 +40,12 @@ pub(super) struct Seat {
     pub(super) outcome: Option<ExecutionState>,
     /// The operator pressed the slot's acknowledge button since.
     pub(super) acknowledged: bool,
-    /// A worker is being opened for this token (one `Token` per physical token).
-    pub(super) opening: bool,
-    /// Observations (each with its own session) still running on this token.
-    pub(super) observing: usize,
-    /// A worker is wanted once those observations end: `C_InitToken` refuses to run while
-    /// another session of this process is open on the token.
-    pub(super) worker_wanted: bool,
     /// Why the token is `damaged`, as last logged: a failure is logged once per change, not
     /// on every scan.
     pub(super) damage: Option<TokenDamage>,
-    /// The slot scan cannot read the token (`C_GetTokenInfo` fails): `present` is what was
-    /// known before, if anything.
-    pub(super) unreadable: bool,
-    /// Readings of this token that failed in a row (it is `damaged`), and when the scan may
-    /// read it again: failed readings back off (see [`crate::desk::reread_delay`]).
-    pub(super) failed_readings: u32,
-    pub(super) reread_at: Option<Instant>,
+    /// Whether the desk can read the token: when the slot scan cannot (`C_GetTokenInfo`
+    /// fails), `present` is what was known before, if anything.
+    pub(super) reading: Reading,
 }
 
 impl Seat {
@@ -65,17 +56,12 @@ impl Seat {
             state,
             certificates: Vec::new(),
             job: None,
-            worker: None,
+            sessions: Sessions::Idle,
             observation: 0,
             outcome: None,
             acknowledged: false,
-            opening: false,
-            observing: 0,
-            worker_wanted: false,
             damage: None,
-            unreadable: false,
-            failed_readings: 0,
-            reread_at: None,
+            reading: Reading::Good,
         }
     }
 }
@@ -189,9 +175,10 @@ impl Daemon {
                         // A damaged token is read again until it reads well (one reading at
                         // a time); its failure is logged only when it changes.
                         let retry = seat.state == TokenState::Damaged
-                            && seat.observing == 0
-                            && seat.reread_at.is_none_or(|at| Instant::now() >= at);
-                        let was_unreadable = std::mem::take(&mut seat.unreadable);
+                            && seat.sessions.observing() == 0
+                            && seat.reading.may_reread(Instant::now());
+                        let (reading, was_unreadable) = seat.reading.scan_read();
+                        seat.reading = reading;
                         if was_unreadable {
                             tracing::info!(token = %key, slot = present.slot, "token can be read again");
                             if seat.state != TokenState::Damaged {
@@ -269,7 +256,7 @@ impl Daemon {
             };
             Seat::new(module, present, TokenState::Damaged)
         });
-        seat.unreadable = true;
+        seat.reading = seat.reading.scan_failed();
         // What an observation started before this read is stale now.
         seat.observation += 1;
         if seat.job.is_none() && seat.state != TokenState::Damaged {
@@ -296,7 +283,7 @@ impl Daemon {
             // run beside another), and the job's end observes it again.
             return;
         }
-        if seat.unreadable {
+        if seat.reading.is_unreadable() {
             // Nothing to read (a serial-less one would pass for blank): the scan that finds
             // it readable again observes it.
             return;
@@ -304,7 +291,7 @@ impl Daemon {
         let module = self.modules[seat.module].clone();
         let present = seat.present.clone();
         seat.observation += 1;
-        seat.observing += 1;
+        seat.sessions = std::mem::take(&mut seat.sessions).observation_started();
         let number = seat.observation;
         let tx = self.events.clone();
         tokio::task::spawn_blocking(move || {
@@ -323,8 +310,9 @@ impl Daemon {
             Duration::from_secs(u64::from(self.config.inventory.expiry_warning_days) * 86_400);
         let mut start = false;
         if let Some(seat) = self.seats.get_mut(&key) {
-            seat.observing = seat.observing.saturating_sub(1);
-            start = seat.observing == 0 && std::mem::take(&mut seat.worker_wanted);
+            let (sessions, open) = std::mem::take(&mut seat.sessions).observation_ended();
+            seat.sessions = sessions;
+            start = open;
         }
         if start {
             self.start_worker(key.clone());
@@ -341,8 +329,7 @@ impl Daemon {
                 if seat.damage.take().is_some() {
                     tracing::info!(token = %key, "token reads well again");
                 }
-                seat.failed_readings = 0;
-                seat.reread_at = None;
+                seat.reading = seat.reading.read_well();
                 seat.state = classify(&obs, SystemTime::now(), warning);
                 seat.present = obs.present.clone();
                 seat.certificates = obs
@@ -362,10 +349,10 @@ impl Daemon {
                     seat.damage = Some(damage);
                 }
                 seat.state = TokenState::Damaged;
-                seat.failed_readings = seat.failed_readings.saturating_add(1);
                 let scan = Duration::from_millis(self.config.pkcs11.scan_interval_ms);
-                seat.reread_at =
-                    Some(Instant::now() + crate::desk::reread_delay(scan, seat.failed_readings));
+                seat.reading = seat.reading.read_failed(Instant::now(), |failed| {
+                    crate::desk::reread_delay(scan, failed)
+                });
             }
         }
         if let Some(seat) = self.seats.get(&key)
@@ -388,15 +375,13 @@ impl Daemon {
         let Some(seat) = self.seats.get_mut(&key) else {
             return;
         };
-        if seat.opening {
+        let (sessions, start) = std::mem::take(&mut seat.sessions).want_worker();
+        seat.sessions = sessions;
+        if start != WorkerStart::Open {
+            // Being opened, or opened when the observations' sessions are closed (see
+            // `on_observed`).
             return;
         }
-        if seat.observing > 0 {
-            // Opened when the observation's session is closed (see `on_observed`).
-            seat.worker_wanted = true;
-            return;
-        }
-        seat.opening = true;
         let module = self.modules[seat.module].clone();
         let present = seat.present.clone();
         let tx = self.events.clone();
@@ -418,10 +403,11 @@ impl Daemon {
             self.requeue_unclaimed(&key);
             return Ok(());
         };
-        seat.opening = false;
+        let sessions = std::mem::take(&mut seat.sessions);
         match result {
-            Ok(worker) => seat.worker = Some(worker),
+            Ok(worker) => seat.sessions = sessions.worker_opened(Some(worker)),
             Err(e) => {
+                seat.sessions = sessions.worker_opened(None);
                 tracing::warn!(token = %key, error = %e, "cannot open the token");
                 self.requeue_unclaimed(&key);
                 return Ok(());

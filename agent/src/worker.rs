@@ -30,7 +30,11 @@ use crate::device::Device;
 use crate::token::TokenError;
 use crate::token::meter::{CallClock, announce_calls_to};
 
-type Job<D> = Box<dyn FnOnce(&mut D) + Send>;
+/// A call to run on the token's thread; what it returns delivers the result to the caller,
+/// run only once the worker has noted the token's serial, so that a caller who awaited the
+/// call never reads a serial older than the call's effect.
+type Job<D> = Box<dyn FnOnce(&mut D) -> Deliver + Send>;
+type Deliver = Box<dyn FnOnce() + Send>;
 
 /// The async handle of a token's worker thread, which owns the token's `D`.
 #[derive(Debug)]
@@ -69,10 +73,11 @@ impl<D: Device + 'static> TokenWorker<D> {
                 let mut token = token;
                 // Ends when every sender is gone, i.e. the handle was dropped.
                 while let Ok(job) = queue.recv() {
-                    job(&mut token);
+                    let deliver = job(&mut token);
                     if let Ok(mut s) = shared_serial.lock() {
                         *s = token.serial().map(str::to_string);
                     }
+                    deliver();
                 }
                 drop(token);
                 drop(exit_tx);
@@ -120,7 +125,9 @@ impl<D: Device + 'static> TokenWorker<D> {
                 Err(TokenError::WorkerPanicked { serial, message })
             });
             // The caller may have stopped waiting; the work is done either way.
-            let _ = reply.send(result);
+            Box::new(move || {
+                let _ = reply.send(result);
+            }) as Deliver
         });
         let gone = || TokenError::WorkerGone {
             serial: self.serial(),

@@ -10,7 +10,7 @@ use ukey_protocol::event::{ExecutionState, Step};
 use ukey_protocol::ids::{JobId, Nonce, TokenSerial};
 use ukey_protocol::job::JobDocument;
 use ukey_protocol::seal::UnsealKey;
-use ukey_protocol::signed::{JobSigningKey, sign_job};
+use ukey_protocol::signed::{JobEnvelope, JobSigningKey, sign_job};
 
 use super::{Record, RecordKind, replayed};
 use crate::daemon::DaemonError;
@@ -32,8 +32,9 @@ fn job(name: &str, job_id: &str) -> JobDocument {
         "new" => include_str!("../../../../protocol/tests/vectors/job-new.json"),
         _ => include_str!("../../../../protocol/tests/vectors/job-replace.json"),
     };
-    let envelope: serde_json::Value = serde_json::from_str(text).unwrap();
-    let mut doc: JobDocument = serde_json::from_value(envelope["job"].clone()).unwrap();
+    // The vectors are signed envelopes: the job is their payload.
+    let envelope = JobEnvelope::decode(text.as_bytes()).unwrap();
+    let mut doc = JobDocument::decode(envelope.job_bytes()).unwrap();
     doc.job_id = JobId::new(job_id).unwrap();
     doc.nonce = Nonce::new(format!("nonce-{job_id}-0123456789abcdef")).unwrap();
     doc

@@ -231,9 +231,11 @@ impl Daemon {
         // Order: the job to the journal, its `queued` event to the outbox (re-made from the
         // journal after a crash), then the broker's ack (a crash before it: the broker
         // delivers the job again, a known duplicate).
+        let seen_at = now_utc();
         let mut records = vec![Record::Job {
             job_id: job_id.clone(),
             envelope: sealed,
+            seen_at: Some(seen_at),
         }];
         let newly_revoked = doc
             .old_token_serial
@@ -258,6 +260,7 @@ impl Daemon {
         let mut entry = JobEntry::new(Arc::new(doc), machine);
         // The `Job` record (a `Revoked` one is nobody's: compaction keeps it).
         entry.records = 1;
+        entry.seen_at = seen_at;
         self.jobs.insert(job_id.clone(), entry);
         if targeted {
             self.arm(&job_id, Timer::TargetToken);

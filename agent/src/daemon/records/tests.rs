@@ -49,6 +49,7 @@ fn job_record(key: &JournalKey, doc: &JobDocument) -> Record {
     Record::Job {
         job_id: doc.job_id.clone(),
         envelope: key.seal(doc.job_id.as_str(), &bytes).unwrap(),
+        seen_at: Some(CLAIMED_AT),
     }
 }
 
@@ -151,6 +152,7 @@ fn revocations_summaries_and_order_survive_replay() {
             job_id: JobId::new("j-done").unwrap(),
             nonce: done_nonce.clone(),
             expires_at: datetime!(2025-03-08 08:00 UTC),
+            keep_until: None,
         },
         // A record of a job nobody knows (its job was compacted away): skipped.
         input_record(

@@ -417,3 +417,44 @@ fn trust_defaults_and_several_signing_keys_with_bad_entries_named() {
                 && p.problem.contains("no platform signing key")),
     );
 }
+
+#[test]
+fn check_names_a_short_rsa_platform_key_with_its_file_and_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("short.key");
+    let public = dir.path().join("short.pub.pem");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:1024",
+            "-out",
+        ])
+        .arg(&private)
+        .status()
+        .unwrap()
+        .success()
+        && std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&private)
+            .arg("-out")
+            .arg(&public)
+            .status()
+            .unwrap()
+            .success();
+    assert!(made, "openssl failed");
+    let text = MINIMAL
+        .replace("\"sign.pem\"", &format!("{public:?}"))
+        .replace("\"seal.pem\"", &format!("{public:?}"));
+    let problems = Config::parse(&text).unwrap().check();
+    for key in ["trust.platform_signing_key", "trust.platform_sealing_key"] {
+        let p = problems
+            .iter()
+            .find(|p| p.key == key)
+            .unwrap_or_else(|| panic!("no problem for {key}: {problems:?}"));
+        assert!(p.problem.contains("1024 bits"), "{p}");
+        assert!(p.problem.contains("short.pub.pem"), "{p}");
+    }
+}

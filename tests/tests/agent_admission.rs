@@ -4,10 +4,11 @@
 
 use std::time::Instant;
 
-use ukey_platform_sim::{Misbehaviour, Times};
+use ukey_platform_sim::{JobDraft, Misbehaviour, Times};
 use ukey_protocol::event::ExecutionState;
+use ukey_protocol::job::JobKind;
 use ukey_protocol::keys::KeyAlgorithm;
-use ukey_tests::station::Station;
+use ukey_tests::station::{PRODUCTION_TIMEOUT, Station};
 
 /// The default limit on rejection events (`trust.rejections_per_minute`).
 const LIMIT_PER_MINUTE: u64 = 10;
@@ -72,4 +73,28 @@ async fn a_flood_of_forged_jobs_is_counted_not_published_and_a_valid_job_still_r
         log.matches("job rejected").count() as u64 <= allowed,
         "a log line for each rejection above the limit"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_valid_for_longer_than_seven_days_is_rejected_as_too_long_lived() {
+    let mut station = Station::sim(1).await;
+    station.start_agent().await;
+    let draft = JobDraft::new(JobKind::New, &station.station_id)
+        .unwrap()
+        .with_lifetime(time::Duration::days(8));
+    let job = station.platform.dispatch_draft(&draft).await.unwrap();
+    let record = station
+        .platform
+        .wait_for_state(&job, ExecutionState::Rejected, PRODUCTION_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| station.fail_with_log(e));
+    let error = record.last_event().unwrap().error.clone().unwrap();
+    assert_eq!(error.code.as_str(), "lifetime-too-long");
+    // Seven days, the default cap, is accepted and runs.
+    let draft = JobDraft::new(JobKind::New, &station.station_id)
+        .unwrap()
+        .with_lifetime(time::Duration::days(7));
+    let job = station.platform.dispatch_draft(&draft).await.unwrap();
+    station.insert_blank(0);
+    station.new_job_succeeded(&job).await;
 }

@@ -54,6 +54,13 @@ pub struct Snapshot {
     /// PKCS#11 module calls made since the agent started.
     #[serde(default)]
     pub module_calls: u64,
+    /// Jobs rejected since start, and of those the ones above the rate limit on rejection
+    /// events (`trust.rejections_per_minute`), which got no event.
+    #[serde(default)]
+    pub rejected_jobs: u64,
+    /// See `rejected_jobs`.
+    #[serde(default)]
+    pub rejections_suppressed: u64,
     /// False in the last snapshot a stopping agent writes.
     #[serde(default = "yes")]
     pub running: bool,
@@ -197,6 +204,10 @@ pub fn render(s: &Snapshot, now_unix: u64) -> String {
         s.module_cpu_us as f64 / 1e6,
         s.module_calls
     ));
+    out.push_str(&format!(
+        "rejected: {} job(s), {} without an event (above the rate limit)\n",
+        s.rejected_jobs, s.rejections_suppressed
+    ));
     out.push_str(&format!("jobs:    {} queued", s.queued_jobs.len()));
     if !s.queued_jobs.is_empty() {
         out.push_str(&format!(" ({})", s.queued_jobs.join(", ")));
@@ -255,6 +266,8 @@ mod tests {
             cpu_us: 12_500_000,
             module_cpu_us: 8_000_000,
             module_calls: 4321,
+            rejected_jobs: 200,
+            rejections_suppressed: 190,
             running: true,
         }
     }
@@ -272,6 +285,10 @@ mod tests {
         assert!(text.contains("in-production"), "{text}");
         assert!(
             text.contains("12.5 s since start, of which 8.0 s inside PKCS#11 modules (4321 calls)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rejected: 200 job(s), 190 without an event"),
             "{text}"
         );
         assert!(!text.contains("NOT RUNNING"));

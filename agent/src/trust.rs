@@ -26,7 +26,7 @@ pub enum TrustError {
     #[error("{key}: cannot read {path}: {source}")]
     Read {
         /// The configuration key.
-        key: &'static str,
+        key: String,
         /// The file.
         path: PathBuf,
         /// What the OS said.
@@ -36,7 +36,7 @@ pub enum TrustError {
     #[error("{key}: {path}: {reason}")]
     Parse {
         /// The configuration key.
-        key: &'static str,
+        key: String,
         /// The file.
         path: PathBuf,
         /// Why.
@@ -48,6 +48,8 @@ pub enum TrustError {
 pub struct TrustMaterial {
     /// Verifies signed jobs.
     pub keyring: JobKeyring,
+    /// The longest validity a job may have (`trust.max_job_lifetime_days`).
+    pub max_job_lifetime: time::Duration,
     /// Seals PINs to the platform.
     pub platform_seal: SealRecipient,
     /// Opens secrets sealed to the station.
@@ -66,34 +68,107 @@ impl std::fmt::Debug for TrustMaterial {
     }
 }
 
-fn read(key: &'static str, path: &Path) -> Result<String, TrustError> {
+/// The shortest RSA modulus accepted for the platform's signing and sealing keys.
+pub const MIN_RSA_BITS: u32 = 2048;
+
+/// What a platform public key is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// Verifies the platform's signed jobs and messages.
+    Signing,
+    /// Seals PINs to the platform.
+    Sealing,
+}
+
+fn read(key: &str, path: &Path) -> Result<String, TrustError> {
     std::fs::read_to_string(path).map_err(|source| TrustError::Read {
-        key,
+        key: key.to_owned(),
         path: path.to_owned(),
         source,
     })
 }
 
-fn parse_err(key: &'static str, path: &Path, reason: impl ToString) -> TrustError {
+fn parse_err(key: &str, path: &Path, reason: impl ToString) -> TrustError {
     TrustError::Parse {
-        key,
+        key: key.to_owned(),
         path: path.to_owned(),
         reason: reason.to_string(),
+    }
+}
+
+/// Refuses an RSA key shorter than [`MIN_RSA_BITS`], naming its size.
+fn check_rsa_bits(key: &str, path: &Path, bits: Option<u32>) -> Result<(), TrustError> {
+    match bits {
+        Some(bits) if bits < MIN_RSA_BITS => Err(parse_err(
+            key,
+            path,
+            format!("RSA key of {bits} bits: at least {MIN_RSA_BITS} bits are required"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn load_signing_key(key: &str, path: &Path) -> Result<JobVerifyingKey, TrustError> {
+    let verifying = JobVerifyingKey::from_public_key_pem(&read(key, path)?)
+        .map_err(|e| parse_err(key, path, e))?;
+    check_rsa_bits(key, path, verifying.rsa_bits())?;
+    Ok(verifying)
+}
+
+fn load_sealing_key(key: &str, path: &Path) -> Result<SealRecipient, TrustError> {
+    let recipient = SealRecipient::from_public_key_pem(&read(key, path)?)
+        .map_err(|e| parse_err(key, path, e))?;
+    check_rsa_bits(key, path, recipient.rsa_bits())?;
+    Ok(recipient)
+}
+
+/// Loads the platform public key of configuration key `key` from `path` as `used` needs it,
+/// and refuses what [`TrustMaterial::load`] would refuse (for `check-config`).
+pub fn load_public_key(key: &str, path: &Path, used: Use) -> Result<(), TrustError> {
+    match used {
+        Use::Signing => load_signing_key(key, path).map(drop),
+        Use::Sealing => load_sealing_key(key, path).map(drop),
+    }
+}
+
+impl TrustError {
+    /// The message without the configuration key (for a report that names the key apart).
+    pub fn detail(&self) -> String {
+        match self {
+            TrustError::Read { path, source, .. } => {
+                format!("cannot read {}: {source}", path.display())
+            }
+            TrustError::Parse { path, reason, .. } => format!("{}: {reason}", path.display()),
+        }
     }
 }
 
 impl TrustMaterial {
     /// Loads and parses every file of `[trust]`.
     pub fn load(config: &TrustConfig) -> Result<TrustMaterial, TrustError> {
-        let path = &config.platform_signing_key;
-        let key = JobVerifyingKey::from_public_key_pem(&read("trust.platform_signing_key", path)?)
-            .map_err(|e| parse_err("trust.platform_signing_key", path, e))?;
-        let keyring = JobKeyring::single(config.platform_signing_key_id.clone(), key);
+        let mut keyring = JobKeyring::new();
+        for (key, kid, path) in config.signing_keys() {
+            if keyring.get(kid).is_some() {
+                return Err(parse_err(
+                    &key,
+                    path,
+                    format!("key id \"{kid}\" is listed twice"),
+                ));
+            }
+            keyring.insert(kid, load_signing_key(&key, path)?);
+        }
+        if keyring.is_empty() {
+            return Err(TrustError::Parse {
+                key: "trust.platform_signing_key".into(),
+                path: PathBuf::new(),
+                reason:
+                    "no platform signing key: set platform_signing_key or platform_signing_keys"
+                        .into(),
+            });
+        }
 
-        let path = &config.platform_sealing_key;
         let platform_seal =
-            SealRecipient::from_public_key_pem(&read("trust.platform_sealing_key", path)?)
-                .map_err(|e| parse_err("trust.platform_sealing_key", path, e))?;
+            load_sealing_key("trust.platform_sealing_key", &config.platform_sealing_key)?;
 
         let path = &config.station_key;
         let pem = Zeroizing::new(read("trust.station_key", path)?);
@@ -106,13 +181,14 @@ impl TrustMaterial {
             pem_all.push('\n');
         }
         let anchors = TrustAnchors::from_pem(&pem_all).map_err(|e| TrustError::Parse {
-            key: "trust.ca_certs",
+            key: "trust.ca_certs".into(),
             path: config.ca_certs.first().cloned().unwrap_or_default(),
             reason: e.to_string(),
         })?;
         let journal_key = JournalKey::derive(&station_key);
         Ok(TrustMaterial {
             keyring,
+            max_job_lifetime: config.max_job_lifetime(),
             platform_seal,
             station_key,
             certificates: Trust {
@@ -240,5 +316,45 @@ mod tests {
         assert_ne!(resaved, pem);
         let again = JournalKey::derive(&UnsealKey::from_pkcs8_pem(&resaved).unwrap());
         assert_eq!(&again.open("job-1", &sealed).unwrap()[..], b"personal data");
+    }
+
+    /// An RSA public key of `bits` made by openssl, in `dir`.
+    fn rsa_public_key(dir: &Path, bits: u32) -> PathBuf {
+        let private = dir.join(format!("rsa-{bits}.pem"));
+        let public = dir.join(format!("rsa-{bits}.pub.pem"));
+        let ok = std::process::Command::new("openssl")
+            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt"])
+            .arg(format!("rsa_keygen_bits:{bits}"))
+            .arg("-out")
+            .arg(&private)
+            .status()
+            .unwrap()
+            .success()
+            && std::process::Command::new("openssl")
+                .args(["pkey", "-pubout", "-in"])
+                .arg(&private)
+                .arg("-out")
+                .arg(&public)
+                .status()
+                .unwrap()
+                .success();
+        assert!(ok, "openssl failed");
+        public
+    }
+
+    #[test]
+    fn short_rsa_keys_are_refused_for_signing_and_sealing_naming_file_and_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = rsa_public_key(dir.path(), 1024);
+        for used in [Use::Signing, Use::Sealing] {
+            let err = load_public_key("trust.platform_sealing_key", &short, used).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("1024 bits"), "{text}");
+            assert!(text.contains(&short.display().to_string()), "{text}");
+            assert!(text.contains("trust.platform_sealing_key"), "{text}");
+        }
+        let long = rsa_public_key(dir.path(), 2048);
+        load_public_key("trust.platform_signing_key", &long, Use::Signing).unwrap();
+        load_public_key("trust.platform_sealing_key", &long, Use::Sealing).unwrap();
     }
 }

@@ -98,6 +98,9 @@ codes! {
     EXPIRED = "expired";
     /// The job is not valid yet.
     NOT_YET_VALID = "not-yet-valid";
+    /// The job is valid for longer than the station allows (`expires_at - issued_at` beyond
+    /// its maximum job lifetime, 7 days by default).
+    LIFETIME_TOO_LONG = "lifetime-too-long";
     /// The job's nonce was seen before.
     REPLAYED_NONCE = "replayed-nonce";
     /// The job document is malformed or breaks a rule.

@@ -129,6 +129,16 @@ pub enum SealRecipient {
 }
 
 impl SealRecipient {
+    /// The modulus size in bits of an RSA key (`None` for an EC key): the station refuses
+    /// short ones at load.
+    pub fn rsa_bits(&self) -> Option<u32> {
+        use rsa::traits::PublicKeyParts;
+        match self {
+            SealRecipient::P256(_) => None,
+            SealRecipient::Rsa(key) => Some(key.n().bit_width()),
+        }
+    }
+
     /// Parses a DER SubjectPublicKeyInfo (P-256 or RSA).
     pub fn from_public_key_der(der: &[u8]) -> Result<SealRecipient, ProtocolError> {
         if let Ok(key) = p256::PublicKey::from_public_key_der(der) {

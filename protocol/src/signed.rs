@@ -243,6 +243,16 @@ impl JobVerifyingKey {
         )?)
     }
 
+    /// The modulus size in bits of an RSA key (`None` for an EC key): the station refuses
+    /// short ones at load.
+    pub fn rsa_bits(&self) -> Option<u32> {
+        use rsa::traits::PublicKeyParts;
+        match self {
+            JobVerifyingKey::P256(_) => None,
+            JobVerifyingKey::Rsa(key) => Some(key.n().bit_width()),
+        }
+    }
+
     fn key_type(&self) -> &'static str {
         match self {
             JobVerifyingKey::P256(_) => "EC P-256",
@@ -316,6 +326,16 @@ impl JobKeyring {
         let key_id = key_id.into();
         self.keys.retain(|(id, _)| *id != key_id);
         self.keys.push((key_id, key));
+    }
+
+    /// The number of keys trusted.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether no key is trusted.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
     }
 
     /// The key of `key_id`.

@@ -90,15 +90,66 @@ pub enum UsbWatcherKind {
 pub struct TrustConfig {
     /// PEM files with the CA certificates that issued certificates must chain to.
     pub ca_certs: Vec<PathBuf>,
-    /// PEM public key the platform signs jobs with.
-    pub platform_signing_key: PathBuf,
+    /// PEM public key the platform signs jobs with (optional when `platform_signing_keys`
+    /// lists keys).
+    #[serde(default)]
+    pub platform_signing_key: Option<PathBuf>,
     /// The key id the platform names in a job's signature for that key (default `platform`).
     #[serde(default = "default_signing_key_id")]
     pub platform_signing_key_id: String,
+    /// More platform signing keys, each under its own key id: the platform rotates its key by
+    /// signing with a new id while jobs signed with the old one are still valid.
+    #[serde(default)]
+    pub platform_signing_keys: Vec<SigningKeyConfig>,
+    /// The longest a job may be valid (`expires_at - issued_at`), in days (default 7); a job
+    /// valid for longer is refused (`lifetime-too-long`).
+    #[serde(default = "default_max_job_lifetime_days")]
+    pub max_job_lifetime_days: u32,
+    /// At most this many `rejected` events a minute (a token bucket, default 10); rejections
+    /// above it are counted in `status` and logged once a minute, with no event.
+    #[serde(default = "default_rejections_per_minute")]
+    pub rejections_per_minute: u32,
     /// PEM public key of the platform that PINs leaving the station are sealed to.
     pub platform_sealing_key: PathBuf,
     /// PEM (PKCS#8) private key of this station, for secrets sealed to it (SO PINs in jobs).
     pub station_key: PathBuf,
+}
+
+/// One platform signing key and the key id (the JWS `kid`) the platform names it by.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningKeyConfig {
+    /// The key id.
+    pub kid: String,
+    /// PEM public key file.
+    pub file: PathBuf,
+}
+
+impl TrustConfig {
+    /// Every signing key with its key id and configuration key (for messages): the single
+    /// `platform_signing_key` first, then `platform_signing_keys`.
+    pub fn signing_keys(&self) -> Vec<(String, &str, &PathBuf)> {
+        let single = self.platform_signing_key.iter().map(|file| {
+            (
+                "trust.platform_signing_key".to_owned(),
+                self.platform_signing_key_id.as_str(),
+                file,
+            )
+        });
+        let listed = self.platform_signing_keys.iter().enumerate().map(|(i, k)| {
+            (
+                format!("trust.platform_signing_keys[{i}]"),
+                k.kid.as_str(),
+                &k.file,
+            )
+        });
+        single.chain(listed).collect()
+    }
+
+    /// The longest validity a job may have.
+    pub fn max_job_lifetime(&self) -> time::Duration {
+        time::Duration::days(i64::from(self.max_job_lifetime_days))
+    }
 }
 
 /// The serial indicator panel.
@@ -117,6 +168,12 @@ fn default_signing_key_id() -> String {
 }
 fn default_scan_interval_ms() -> u64 {
     500
+}
+fn default_max_job_lifetime_days() -> u32 {
+    7
+}
+fn default_rejections_per_minute() -> u32 {
+    10
 }
 fn default_pin_min() -> usize {
     6
@@ -215,18 +272,34 @@ impl TrustConfig {
                 &["CERTIFICATE"],
             );
         }
-        check_pem_file(
-            problem,
-            "trust.platform_signing_key",
-            &self.platform_signing_key,
-            &["PUBLIC KEY"],
-        );
-        check_pem_file(
+        let keys = self.signing_keys();
+        if keys.is_empty() {
+            problem(
+                "trust.platform_signing_key",
+                "no platform signing key: set platform_signing_key or platform_signing_keys".into(),
+            );
+        }
+        let mut kids = BTreeSet::new();
+        for (key, kid, file) in keys {
+            if kid.trim().is_empty() {
+                problem(&key, "the key id (kid) is empty".into());
+            } else if !kids.insert(kid) {
+                problem(&key, format!("key id \"{kid}\" is listed twice"));
+            }
+            check_public_key(problem, &key, file, crate::trust::Use::Signing);
+        }
+        check_public_key(
             problem,
             "trust.platform_sealing_key",
             &self.platform_sealing_key,
-            &["PUBLIC KEY"],
+            crate::trust::Use::Sealing,
         );
+        if !(1..=365).contains(&self.max_job_lifetime_days) {
+            problem(
+                "trust.max_job_lifetime_days",
+                format!("{} is outside 1..=365", self.max_job_lifetime_days),
+            );
+        }
         check_pem_file(
             problem,
             "trust.station_key",
@@ -236,6 +309,32 @@ impl TrustConfig {
         if let Some(text) = crate::private_files::key_mode_problem(&self.station_key) {
             problem("trust.station_key", text);
         }
+    }
+}
+
+/// The PEM checks, then (only when they pass, so one fault is one problem) what loading
+/// the key would refuse: a key that does not parse, an RSA key under 2048 bits.
+fn check_public_key(
+    problem: &mut impl FnMut(&str, String),
+    key: &str,
+    path: &std::path::Path,
+    used: crate::trust::Use,
+) {
+    let mut found = false;
+    check_pem_file(
+        &mut |k: &str, text: String| {
+            found = true;
+            problem(k, text)
+        },
+        key,
+        path,
+        &["PUBLIC KEY"],
+    );
+    if found {
+        return;
+    }
+    if let Err(e) = crate::trust::load_public_key(key, path, used) {
+        problem(key, e.detail());
     }
 }
 

@@ -212,7 +212,12 @@ impl Config {
         for ca in &mut self.trust.ca_certs {
             fix(ca);
         }
-        fix(&mut self.trust.platform_signing_key);
+        if let Some(key) = self.trust.platform_signing_key.as_mut() {
+            fix(key);
+        }
+        for key in &mut self.trust.platform_signing_keys {
+            fix(&mut key.file);
+        }
         fix(&mut self.trust.platform_sealing_key);
         fix(&mut self.trust.station_key);
         self.broker.resolve_relative(fix);

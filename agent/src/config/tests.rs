@@ -336,3 +336,125 @@ fn an_audit_file_size_below_the_minimum_is_reported() {
             .any(|p| p.key == "audit.max_file_bytes")
     );
 }
+
+#[test]
+fn trust_defaults_and_several_signing_keys_with_bad_entries_named() {
+    let config = Config::parse(MINIMAL).unwrap();
+    assert_eq!(config.trust.max_job_lifetime_days, 7);
+    assert_eq!(config.trust.max_job_lifetime(), time::Duration::days(7));
+    assert_eq!(config.trust.rejections_per_minute, 10);
+    let dir = tempfile::tempdir().unwrap();
+    let p256_pub = |name: &str| {
+        use p256::elliptic_curve::Generate;
+        use p256::pkcs8::{EncodePublicKey, LineEnding};
+        let key = p256::SecretKey::generate_from_rng(&mut rand::rng());
+        let pem = key.public_key().to_public_key_pem(LineEnding::LF).unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    let (old, new) = (p256_pub("old.pem"), p256_pub("new.pem"));
+    std::fs::write(
+        dir.path().join("garbage.pem"),
+        "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+    )
+    .unwrap();
+    let text = MINIMAL
+        .replace(
+            "platform_signing_key = \"sign.pem\"\n",
+            &format!(
+                "platform_signing_key = {old:?}\nplatform_signing_key_id = \"k-2025\"\n\
+                 platform_signing_keys = [{{ kid = \"k-2026\", file = {new:?} }}, \
+                 {{ kid = \"k-2025\", file = {new:?} }}, {{ kid = \"k-bad\", file = \"garbage.pem\" }}]\n\
+                 max_job_lifetime_days = 0\n"
+            ),
+        );
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, &text).unwrap();
+    let config = Config::load(&path).unwrap();
+    let keys = config.trust.signing_keys();
+    let kids: Vec<&str> = keys.iter().map(|(_, kid, _)| *kid).collect();
+    assert_eq!(kids, ["k-2025", "k-2026", "k-2025", "k-bad"]);
+    let problems = config.check();
+    let about = |key: &str| {
+        problems
+            .iter()
+            .filter(|p| p.key == key)
+            .map(|p| p.problem.clone())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        about("trust.platform_signing_key").is_empty(),
+        "{problems:?}"
+    );
+    assert!(
+        about("trust.platform_signing_keys[0]").is_empty(),
+        "{problems:?}"
+    );
+    assert!(
+        about("trust.platform_signing_keys[1]")
+            .iter()
+            .any(|p| p.contains("\"k-2025\" is listed twice")),
+        "{problems:?}"
+    );
+    assert!(
+        about("trust.platform_signing_keys[2]")
+            .iter()
+            .any(|p| p.contains("garbage.pem")),
+        "{problems:?}"
+    );
+    assert!(
+        !about("trust.max_job_lifetime_days").is_empty(),
+        "{problems:?}"
+    );
+    // Without any signing key the configuration says so.
+    let none =
+        Config::parse(&MINIMAL.replace("platform_signing_key = \"sign.pem\"\n", "")).unwrap();
+    assert!(
+        none.check()
+            .iter()
+            .any(|p| p.key == "trust.platform_signing_key"
+                && p.problem.contains("no platform signing key")),
+    );
+}
+
+#[test]
+fn check_names_a_short_rsa_platform_key_with_its_file_and_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("short.key");
+    let public = dir.path().join("short.pub.pem");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:1024",
+            "-out",
+        ])
+        .arg(&private)
+        .status()
+        .unwrap()
+        .success()
+        && std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&private)
+            .arg("-out")
+            .arg(&public)
+            .status()
+            .unwrap()
+            .success();
+    assert!(made, "openssl failed");
+    let text = MINIMAL
+        .replace("\"sign.pem\"", &format!("{public:?}"))
+        .replace("\"seal.pem\"", &format!("{public:?}"));
+    let problems = Config::parse(&text).unwrap().check();
+    for key in ["trust.platform_signing_key", "trust.platform_sealing_key"] {
+        let p = problems
+            .iter()
+            .find(|p| p.key == key)
+            .unwrap_or_else(|| panic!("no problem for {key}: {problems:?}"));
+        assert!(p.problem.contains("1024 bits"), "{p}");
+        assert!(p.problem.contains("short.pub.pem"), "{p}");
+    }
+}

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use time::OffsetDateTime;
+use time::{Duration, OffsetDateTime};
 use ukey_protocol::ProtocolError;
 use ukey_protocol::codes::{self, Code};
 use ukey_protocol::event::{ExecutionState, Step, StepError, StepEvent};
@@ -21,6 +21,7 @@ use crate::link::Incoming;
 
 use super::jobs::{JobEntry, Waiting};
 use super::records::Record;
+use super::rejections::Verdict;
 use super::{Daemon, DaemonError, now_utc};
 
 /// Acknowledges a message to the broker (after what it asked for is durable).
@@ -58,19 +59,31 @@ pub(super) enum Admission {
     Unreadable(ProtocolError),
 }
 
+/// What a job is checked against besides its own content.
+pub(super) struct Policy<'a> {
+    /// The platform keys trusted, by key id.
+    pub(super) keyring: &'a JobKeyring,
+    /// This station.
+    pub(super) station: &'a StationId,
+    /// The longest validity (`expires_at - issued_at`) a job may have: the station's replay
+    /// memory lasts that long, so a longer-lived job could outlive it.
+    pub(super) max_lifetime: Duration,
+}
+
 /// Decides about a job message (pure): `known` gives the nonce of a job this station knows
 /// (running or finished) by its id, `seen` the nonces accepted before.
 ///
 /// A redelivery is recognised by job id first, before the nonce check that would call it a
-/// replay. A different job under a known id is rejected only when it verifies.
+/// replay. A different job under a known id is rejected only when it verifies. A verified job
+/// valid for longer than `policy.max_lifetime` is refused (`lifetime-too-long`).
 pub(super) fn admit<'a>(
     envelope: &JobEnvelope,
     known: impl Fn(&JobId) -> Option<&'a Nonce>,
-    keyring: &JobKeyring,
-    station: &StationId,
+    policy: &Policy<'_>,
     seen: &impl NonceSet,
     now: OffsetDateTime,
 ) -> Admission {
+    let (keyring, station) = (policy.keyring, policy.station);
     let unverified = JobDocument::decode(envelope.job_bytes());
     if let Ok(unverified) = &unverified
         && let Some(nonce) = known(&unverified.job_id)
@@ -92,6 +105,17 @@ pub(super) fn admit<'a>(
         .verify(keyring, station, now)
         .and_then(|doc| check_nonce(&doc, seen).map(|()| doc));
     match (verified, unverified) {
+        (Ok(doc), _) if doc.expires_at - doc.issued_at > policy.max_lifetime => Admission::Reject {
+            reason: format!(
+                "the job is valid for {} (issued {}, expires {}); this station accepts at most {}",
+                doc.expires_at - doc.issued_at,
+                doc.issued_at,
+                doc.expires_at,
+                policy.max_lifetime
+            ),
+            job_id: doc.job_id,
+            code: codes::LIFETIME_TOO_LONG,
+        },
         (Ok(doc), _) => Admission::Accept(Box::new(doc)),
         (Err(e), Ok(unverified)) => Admission::Reject {
             job_id: unverified.job_id,
@@ -158,14 +182,12 @@ impl Daemon {
                 .map(|e| &e.doc.nonce)
                 .or_else(|| self.finished.get(id).map(|f| &f.nonce))
         };
-        let admission = admit(
-            &envelope,
-            known,
-            &self.trust.keyring,
-            &self.station,
-            &self.nonces,
-            now_utc(),
-        );
+        let policy = Policy {
+            keyring: &self.trust.keyring,
+            station: &self.station,
+            max_lifetime: self.trust.max_job_lifetime,
+        };
+        let admission = admit(&envelope, known, &policy, &self.nonces, now_utc());
         let doc = match admission {
             Admission::Accept(doc) => *doc,
             Admission::Duplicate(job_id) => {
@@ -209,9 +231,11 @@ impl Daemon {
         // Order: the job to the journal, its `queued` event to the outbox (re-made from the
         // journal after a crash), then the broker's ack (a crash before it: the broker
         // delivers the job again, a known duplicate).
+        let seen_at = now_utc();
         let mut records = vec![Record::Job {
             job_id: job_id.clone(),
             envelope: sealed,
+            seen_at: Some(seen_at),
         }];
         let newly_revoked = doc
             .old_token_serial
@@ -236,6 +260,7 @@ impl Daemon {
         let mut entry = JobEntry::new(Arc::new(doc), machine);
         // The `Job` record (a `Revoked` one is nobody's: compaction keeps it).
         entry.records = 1;
+        entry.seen_at = seen_at;
         self.jobs.insert(job_id.clone(), entry);
         if targeted {
             self.arm(&job_id, Timer::TargetToken);
@@ -253,6 +278,21 @@ impl Daemon {
         code_str: Code,
         reason: &str,
     ) -> Result<(), DaemonError> {
+        match self.rejections.on_rejection(std::time::Instant::now()) {
+            Verdict::Publish => {}
+            Verdict::Suppress { log } => {
+                // Above the limit: no journal write, no publish, and one log line a minute.
+                if let Some(count) = log {
+                    tracing::warn!(
+                        suppressed = count,
+                        total_suppressed = self.rejections.suppressed(),
+                        limit_per_minute = self.config.trust.rejections_per_minute,
+                        "rejected jobs above the rate limit: no rejection events published for them"
+                    );
+                }
+                return Ok(());
+            }
+        }
         tracing::warn!(job = %job_id, code = %code_str, %reason, "job rejected");
         // The id derives from the message, so a redelivered bad job is one event, not many.
         let digest = Sha256::digest(envelope.job_bytes());

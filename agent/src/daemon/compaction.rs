@@ -8,8 +8,9 @@
 //!   from them, event ids included);
 //! - for a finished job whose records are still there, one `Done` record in the place of its
 //!   `Job` record: enough to recognise a redelivery by job id and nonce;
-//! - `Done` records until their job's document expires (an expired job is refused on its
-//!   expiry, so nothing is left to recognise);
+//! - `Done` records until their job's document expires and at least the maximum job lifetime
+//!   plus the clock skew have passed since the station accepted it (an expired job is refused
+//!   on its expiry; the longer memory covers a station clock set back meanwhile);
 //! - `Revoked` records, always (a lost token stays revoked);
 //!
 //! and drops everything else (the other records of finished jobs, records of jobs nobody
@@ -17,7 +18,7 @@
 //! bound on the rewrite's cost.
 //!
 //! The daemon's memory follows the same rule ([`Daemon::forget_expired`]): after a
-//! compaction it forgets the finished jobs whose documents expired and their nonces, so a
+//! compaction it forgets the finished jobs whose memory ran out and their nonces, so a
 //! daemon that runs for months holds what its journal holds, not every job it ever saw.
 //!
 //! What this module does not do: read or write the journal, or make the outbox durable
@@ -29,6 +30,7 @@ use std::time::Instant;
 use time::OffsetDateTime;
 use ukey_protocol::ids::{JobId, Nonce};
 use ukey_protocol::job::JobDocument;
+use ukey_protocol::signed::MAX_CLOCK_SKEW;
 
 use super::records::Record;
 use super::{Daemon, DaemonError, now_utc};
@@ -40,15 +42,31 @@ pub(super) struct FinishedJob {
     pub(super) nonce: Nonce,
     /// The job document's expiry: after it, the job is refused anyway.
     pub(super) expires_at: OffsetDateTime,
+    /// Until when the station remembers it ([`FinishedJob::of`]).
+    pub(super) keep_until: OffsetDateTime,
 }
 
 impl FinishedJob {
-    /// The summary of a finished job's document.
-    pub(super) fn of(doc: &JobDocument) -> FinishedJob {
+    /// The summary of a finished job's document, accepted at `seen_at`: remembered until
+    /// the document expires, and at least `max_lifetime` + [`MAX_CLOCK_SKEW`] after
+    /// `seen_at`, so its nonce outlives every window in which the job could still verify.
+    pub(super) fn of(
+        doc: &JobDocument,
+        seen_at: OffsetDateTime,
+        max_lifetime: time::Duration,
+    ) -> FinishedJob {
         FinishedJob {
             nonce: doc.nonce.clone(),
             expires_at: doc.expires_at,
+            keep_until: doc.expires_at.max(seen_at + max_lifetime + MAX_CLOCK_SKEW),
         }
+    }
+}
+
+impl Daemon {
+    /// [`FinishedJob::of`] with this station's maximum job lifetime.
+    pub(super) fn finished_job(&self, entry: &super::jobs::JobEntry) -> FinishedJob {
+        FinishedJob::of(&entry.doc, entry.seen_at, self.trust.max_job_lifetime)
     }
 }
 
@@ -71,21 +89,25 @@ pub(super) fn compacted(
             Record::Done {
                 ref job_id,
                 expires_at,
+                keep_until,
                 ..
             } => {
-                if expires_at > now && done.insert(job_id.clone()) {
+                // A summary written before `keep_until` existed lasts until the expiry.
+                if keep_until.unwrap_or(expires_at) > now && done.insert(job_id.clone()) {
                     keep.push(record);
                 }
             }
             Record::Job { ref job_id, .. } if !is_live(job_id) => {
                 if let Some(f) = finished.get(job_id)
-                    && f.expires_at > now
+                    && f.keep_until > now
                     && done.insert(job_id.clone())
                 {
                     keep.push(Record::Done {
                         job_id: job_id.clone(),
                         nonce: f.nonce.clone(),
                         expires_at: f.expires_at,
+                        // Only when it says more than the expiry.
+                        keep_until: (f.keep_until != f.expires_at).then_some(f.keep_until),
                     });
                 }
             }
@@ -165,7 +187,7 @@ impl Daemon {
     }
 }
 
-/// Forgets the finished jobs whose documents expired before `now`, then every nonce that
+/// Forgets the finished jobs whose memory ran out (`keep_until`) before `now`, then every nonce that
 /// neither a live job (`live`) nor a remembered finished job carries: [`compacted`]'s rule
 /// for `Done` records, applied to the daemon's memory. A redelivery of a forgotten job is
 /// refused as expired, and so is a replay of its nonce (signed into that expired document).
@@ -175,7 +197,7 @@ pub(super) fn forget_expired<'a>(
     live: impl Iterator<Item = &'a Nonce>,
     now: OffsetDateTime,
 ) {
-    finished.retain(|_, f| f.expires_at > now);
+    finished.retain(|_, f| f.keep_until > now);
     // Owned: compaction is rare, and the nonces are short.
     let known: BTreeSet<Nonce> = live
         .cloned()
@@ -222,6 +244,7 @@ mod tests {
         Record::Job {
             job_id: id(j),
             envelope: sealed(),
+            seen_at: None,
         }
     }
 
@@ -252,6 +275,7 @@ mod tests {
             job_id: id(j),
             nonce: nonce(j),
             expires_at: now() + time::Duration::seconds(expires_in),
+            keep_until: None,
         }
     }
 
@@ -267,6 +291,7 @@ mod tests {
             FinishedJob {
                 nonce: nonce(j),
                 expires_at: now() + time::Duration::seconds(expires_in),
+                keep_until: now() + time::Duration::seconds(expires_in),
             },
         )
     }
@@ -421,5 +446,54 @@ mod tests {
                 "total {total}, dead {dead}, min {min_dead}"
             );
         }
+    }
+
+    #[test]
+    fn a_finished_job_is_remembered_for_the_lifetime_plus_skew_after_it_was_seen() {
+        // A job valid for one hour, accepted at `now()`: its document expires long before
+        // the 7 days + 5 minutes the station keeps its nonce.
+        let seen = now();
+        let mut doc: JobDocument = {
+            use ukey_protocol::Message;
+            let text = include_str!("../../../protocol/tests/vectors/job-new.json");
+            let envelope = ukey_protocol::signed::JobEnvelope::decode(text.as_bytes()).unwrap();
+            JobDocument::decode(envelope.job_bytes()).unwrap()
+        };
+        doc.issued_at = seen;
+        doc.nonce = nonce("j");
+        doc.expires_at = seen + time::Duration::hours(1);
+        let f = FinishedJob::of(&doc, seen, time::Duration::days(7));
+        let until = seen + time::Duration::days(7) + MAX_CLOCK_SKEW;
+        assert_eq!(f.keep_until, until);
+        // A document valid for longer than that is remembered until it expires.
+        let mut long = doc.clone();
+        long.expires_at = seen + time::Duration::days(30);
+        assert_eq!(
+            FinishedJob::of(&long, seen, time::Duration::days(7)).keep_until,
+            long.expires_at
+        );
+
+        let finished: BTreeMap<JobId, FinishedJob> = [(id("j"), f)].into();
+        let after_expiry = doc.expires_at + time::Duration::days(1);
+        // Compaction keeps its summary, with the date, past the document's expiry...
+        let keep = compacted(vec![job("j")], |_| false, &finished, after_expiry);
+        let summary = json(&keep);
+        assert_eq!(summary.len(), 1, "{summary:?}");
+        let again = compacted(keep, |_| false, &finished, after_expiry);
+        assert_eq!(json(&again), summary);
+        // ... and so does the memory, nonce included.
+        let mut remembered = finished.clone();
+        let mut nonces: BTreeSet<Nonce> = [nonce("j")].into();
+        forget_expired(
+            &mut remembered,
+            &mut nonces,
+            std::iter::empty(),
+            after_expiry,
+        );
+        assert!(remembered.contains_key(&id("j")) && nonces.contains(&nonce("j")));
+        // Both forget it once the time is up.
+        assert!(compacted(again, |_| false, &finished, until).is_empty());
+        forget_expired(&mut remembered, &mut nonces, std::iter::empty(), until);
+        assert!(remembered.is_empty() && nonces.is_empty());
     }
 }

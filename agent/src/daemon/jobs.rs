@@ -24,7 +24,6 @@ use crate::link::Incoming;
 use crate::steps::Pins;
 
 use super::admission::ack;
-use super::compaction::FinishedJob;
 use super::records::{Record, RecordKind};
 use super::{Daemon, DaemonError, now_utc};
 
@@ -46,6 +45,8 @@ pub(super) struct JobEntry {
     pub(super) step_started: Option<(Step, OffsetDateTime)>,
     /// How many journal records are this job's: dead weight once it finished.
     pub(super) records: usize,
+    /// When the station accepted the job: its replay memory is counted from here.
+    pub(super) seen_at: OffsetDateTime,
 }
 
 impl JobEntry {
@@ -62,6 +63,7 @@ impl JobEntry {
             running: false,
             step_started: None,
             records: 0,
+            seen_at: OffsetDateTime::now_utc(),
         }
     }
 }
@@ -288,7 +290,7 @@ impl Daemon {
                 }
             }
             self.finished
-                .insert(job_id.clone(), FinishedJob::of(&entry.doc));
+                .insert(job_id.clone(), self.finished_job(&entry));
             self.compact_if_due()?;
         }
         self.try_claim_all().await

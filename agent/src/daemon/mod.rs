@@ -85,6 +85,7 @@ mod compaction;
 mod inventory;
 mod jobs;
 mod records;
+mod rejections;
 mod reports;
 mod runner;
 mod seat_state;
@@ -188,6 +189,8 @@ struct Daemon {
     module_problems: Vec<(PathBuf, String)>,
     /// Token calls running past `timeouts.wedged_call_secs` (alerts, lights, status).
     stuck_calls: StuckCalls,
+    /// The rate limit on `rejected` events, and the counts of rejections.
+    rejections: rejections::RejectionLimiter,
 }
 
 fn now_utc() -> OffsetDateTime {
@@ -231,6 +234,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let (panel, mut presses) = Panel::start(config.panel.as_ref(), panel_shutdown.clone())
         .map_err(|e| DaemonError::Config(format!("panel: {e}")))?;
     let config_wedged_call = config.timeouts.wedged_call();
+    let config_rejections_per_minute = config.trust.rejections_per_minute;
     let mut daemon = Daemon {
         config,
         trust,
@@ -260,6 +264,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         usb_ids: BTreeMap::new(),
         module_problems,
         stuck_calls: StuckCalls::new(config_wedged_call),
+        rejections: rejections::RejectionLimiter::new(config_rejections_per_minute),
     };
     daemon.replay().await?;
     crate::systemd::ready();

@@ -33,8 +33,18 @@ use super::{Daemon, DaemonError, now_utc};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "record", rename_all = "snake_case")]
 pub(super) enum Record {
-    /// A job was accepted: its signed envelope, encrypted with the journal key.
-    Job { job_id: JobId, envelope: Sealed },
+    /// A job was accepted, at `seen_at`: its signed envelope, encrypted with the journal key.
+    /// (`seen_at` is absent in journals written before it existed.)
+    Job {
+        job_id: JobId,
+        envelope: Sealed,
+        #[serde(
+            default,
+            with = "time::serde::rfc3339::option",
+            skip_serializing_if = "Option::is_none"
+        )]
+        seen_at: Option<OffsetDateTime>,
+    },
     /// The PINs chosen for a job's token.
     Pins { job_id: JobId, pins: Sealed },
     /// Something happened to a job, at `at`: the [`Input`] (which may carry a certificate
@@ -50,12 +60,19 @@ pub(super) enum Record {
     /// An accepted `replace` job names this lost token: plugged in here, it shows as
     /// `revoked` and no job runs on it. Kept through compaction.
     Revoked { serial: TokenSerial },
-    /// Compaction summary of a finished job: enough to recognise a redelivery.
+    /// Compaction summary of a finished job: enough to recognise a redelivery, until
+    /// `keep_until` (or `expires_at`, in journals written before it existed).
     Done {
         job_id: JobId,
         nonce: Nonce,
         #[serde(with = "time::serde::rfc3339")]
         expires_at: OffsetDateTime,
+        #[serde(
+            default,
+            with = "time::serde::rfc3339::option",
+            skip_serializing_if = "Option::is_none"
+        )]
+        keep_until: Option<OffsetDateTime>,
     },
 }
 
@@ -104,7 +121,11 @@ pub(super) fn replayed(records: Vec<Record>, key: &JournalKey) -> Result<Replaye
     let mut r = Replayed::default();
     for record in records {
         match record {
-            Record::Job { job_id, envelope } => {
+            Record::Job {
+                job_id,
+                envelope,
+                seen_at,
+            } => {
                 r.accepted_order.push(job_id.clone());
                 let doc = open_job(key, &job_id, &envelope)?;
                 r.nonces.insert(doc.nonce.clone());
@@ -118,6 +139,9 @@ pub(super) fn replayed(records: Vec<Record>, key: &JournalKey) -> Result<Replaye
                 let machine = JobMachine::new(job_id.clone(), doc.kind, doc.rekey);
                 let mut entry = JobEntry::new(Arc::new(doc), machine);
                 entry.records = 1;
+                // Unknown in older journals: counted from now, which remembers longer, never
+                // shorter.
+                entry.seen_at = seen_at.unwrap_or_else(now_utc);
                 // The `queued` event was made at acceptance; replaying keeps the seq.
                 let accepted = entry.machine.accepted();
                 r.jobs.insert(job_id.clone(), entry);
@@ -183,9 +207,17 @@ pub(super) fn replayed(records: Vec<Record>, key: &JournalKey) -> Result<Replaye
                 job_id,
                 nonce,
                 expires_at,
+                keep_until,
             } => {
                 r.nonces.insert(nonce.clone());
-                r.finished.insert(job_id, FinishedJob { nonce, expires_at });
+                r.finished.insert(
+                    job_id,
+                    FinishedJob {
+                        nonce,
+                        expires_at,
+                        keep_until: keep_until.unwrap_or(expires_at),
+                    },
+                );
             }
             Record::Revoked { serial } => {
                 r.revoked.insert(serial.as_str().trim().to_owned());
@@ -280,7 +312,8 @@ impl Daemon {
             .collect();
         for id in finished {
             if let Some(entry) = self.jobs.remove(&id) {
-                self.finished.insert(id, FinishedJob::of(&entry.doc));
+                let finished = self.finished_job(&entry);
+                self.finished.insert(id, finished);
             }
         }
         let old = self.journal.replay()?;

@@ -199,6 +199,8 @@ impl Daemon {
             cpu_us: micros(crate::token::meter::process_cpu()),
             module_cpu_us: micros(crate::token::meter::module_cpu()),
             module_calls: crate::token::meter::module_calls(),
+            rejected_jobs: self.rejections.rejected(),
+            rejections_suppressed: self.rejections.suppressed(),
             running: true,
         }
     }

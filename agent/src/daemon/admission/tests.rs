@@ -12,7 +12,7 @@ use ukey_protocol::ids::{JobId, Nonce, StationId, TokenSerial};
 use ukey_protocol::job::{JobDocument, JobKind};
 use ukey_protocol::signed::{JobEnvelope, JobKeyring, JobSigningKey, sign_job};
 
-use super::{Admission, admit};
+use super::{Admission, Policy, admit};
 
 /// A time inside the sample jobs' validity (issued 2025-03-01, expiring 2025-03-08).
 const NOW: OffsetDateTime = datetime!(2025-03-02 12:00 UTC);
@@ -29,6 +29,15 @@ fn keyring() -> JobKeyring {
     JobKeyring::single("platform", key(7).verifying_key())
 }
 
+/// The default policy: jobs valid for at most 7 days.
+fn policy<'a>(keyring: &'a JobKeyring, station: &'a StationId) -> Policy<'a> {
+    Policy {
+        keyring,
+        station,
+        max_lifetime: Duration::days(7),
+    }
+}
+
 /// The protocol's sample job of `name` (a golden vector), with its own id and nonce.
 fn job(name: &str, job_id: &str) -> JobDocument {
     let text = match name {
@@ -36,8 +45,9 @@ fn job(name: &str, job_id: &str) -> JobDocument {
         "renew" => include_str!("../../../../protocol/tests/vectors/job-renew.json"),
         _ => include_str!("../../../../protocol/tests/vectors/job-replace.json"),
     };
+    // The vectors are signed envelopes: the job is their payload.
     let envelope = JobEnvelope::decode(text.as_bytes()).unwrap();
-    let mut doc: JobDocument = serde_json::from_slice(envelope.job_bytes()).unwrap();
+    let mut doc = JobDocument::decode(envelope.job_bytes()).unwrap();
     doc.job_id = JobId::new(job_id).unwrap();
     doc.nonce = Nonce::new(format!("nonce-{job_id}-0123456789abcdef")).unwrap();
     doc
@@ -51,7 +61,13 @@ fn signed(doc: &JobDocument, by: &JobSigningKey) -> JobEnvelope {
 
 /// Admission with no job known and the nonces in `seen`.
 fn decide(envelope: &JobEnvelope, seen: &BTreeSet<Nonce>, now: OffsetDateTime) -> Admission {
-    admit(envelope, |_| None, &keyring(), &station(), seen, now)
+    admit(
+        envelope,
+        |_| None,
+        &policy(&keyring(), &station()),
+        seen,
+        now,
+    )
 }
 
 fn rejected_with(admission: Admission) -> (String, &'static str) {
@@ -114,7 +130,13 @@ fn a_redelivered_job_is_a_duplicate_even_with_a_seen_nonce() {
     // Recognised by job id before the nonce check, and before the expiry: a finished job
     // redelivered late is still a duplicate, not a new rejection event.
     for now in [NOW, doc.expires_at + Duration::days(1)] {
-        match admit(&envelope, known, &keyring(), &station(), &seen, now) {
+        match admit(
+            &envelope,
+            known,
+            &policy(&keyring(), &station()),
+            &seen,
+            now,
+        ) {
             Admission::Duplicate(id) => assert_eq!(id, doc.job_id),
             other => panic!("expected a duplicate, got {other:?}"),
         }
@@ -131,8 +153,7 @@ fn another_job_under_a_known_id_is_rejected_when_it_verifies_and_ignored_when_no
     let verified = admit(
         &signed(&second, &key(7)),
         known,
-        &keyring(),
-        &station(),
+        &policy(&keyring(), &station()),
         &seen,
         NOW,
     );
@@ -144,8 +165,7 @@ fn another_job_under_a_known_id_is_rejected_when_it_verifies_and_ignored_when_no
     match admit(
         &signed(&second, &key(9)),
         known,
-        &keyring(),
-        &station(),
+        &policy(&keyring(), &station()),
         &seen,
         NOW,
     ) {
@@ -165,4 +185,81 @@ fn a_job_naming_a_revoked_token_is_admitted_and_left_to_the_claim_matcher() {
         decide(&signed(&doc, &key(7)), &BTreeSet::new(), NOW),
         Admission::Accept(_)
     ));
+}
+
+#[test]
+fn a_job_valid_for_longer_than_the_lifetime_cap_is_rejected() {
+    let mut doc = job("new", "j-long");
+    // The sample is valid for exactly 7 days: the cap itself is allowed.
+    assert_eq!(doc.expires_at - doc.issued_at, Duration::days(7));
+    assert!(matches!(
+        decide(&signed(&doc, &key(7)), &BTreeSet::new(), NOW),
+        Admission::Accept(_)
+    ));
+    doc.expires_at = doc.issued_at + Duration::days(7) + Duration::seconds(1);
+    let got = rejected_with(decide(&signed(&doc, &key(7)), &BTreeSet::new(), NOW));
+    assert_eq!(got, ("j-long".into(), "lifetime-too-long"));
+    // A shorter cap, configured, refuses the 7-day sample too.
+    doc.expires_at = doc.issued_at + Duration::days(7);
+    let (ring, desk) = (keyring(), station());
+    let short = Policy {
+        max_lifetime: Duration::days(1),
+        ..policy(&ring, &desk)
+    };
+    match admit(
+        &signed(&doc, &key(7)),
+        |_| None,
+        &short,
+        &BTreeSet::new(),
+        NOW,
+    ) {
+        Admission::Reject { code, reason, .. } => {
+            assert_eq!(code.as_str(), "lifetime-too-long");
+            assert!(reason.contains("at most"), "{reason}");
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    // A forged long-lived job is still a bad signature (the signature is checked first).
+    doc.expires_at = doc.issued_at + Duration::days(30);
+    let got = rejected_with(decide(&signed(&doc, &key(8)), &BTreeSet::new(), NOW));
+    assert_eq!(got, ("j-long".into(), "bad-signature"));
+}
+
+#[test]
+fn a_job_signed_with_any_trusted_key_id_is_accepted() {
+    // Rotation: the platform signs with a new key under a new id while the old one's jobs
+    // are still valid; the station trusts both.
+    let mut ring = keyring();
+    ring.insert("platform-2", key(9).verifying_key());
+    let doc = job("new", "j-rotated");
+    let bytes = sign_job(&doc, &key(9), "platform-2")
+        .unwrap()
+        .encode()
+        .unwrap();
+    let rotated = JobEnvelope::decode(&bytes).unwrap();
+    for envelope in [signed(&doc, &key(7)), rotated.clone()] {
+        assert!(matches!(
+            admit(
+                &envelope,
+                |_| None,
+                &policy(&ring, &station()),
+                &BTreeSet::new(),
+                NOW
+            ),
+            Admission::Accept(_)
+        ));
+    }
+    // The new key under the old id does not verify.
+    let bytes = sign_job(&doc, &key(9), "platform")
+        .unwrap()
+        .encode()
+        .unwrap();
+    let got = rejected_with(admit(
+        &JobEnvelope::decode(&bytes).unwrap(),
+        |_| None,
+        &policy(&ring, &station()),
+        &BTreeSet::new(),
+        NOW,
+    ));
+    assert_eq!(got, ("j-rotated".into(), "bad-signature"));
 }

@@ -10,8 +10,7 @@ use ukey_protocol::event::{ExecutionState, Step};
 use ukey_protocol::ids::{JobId, Nonce, TokenSerial};
 use ukey_protocol::job::JobDocument;
 use ukey_protocol::seal::UnsealKey;
-use ukey_protocol::signed::JobEnvelope;
-use ukey_protocol::signed::{JobSigningKey, sign_job};
+use ukey_protocol::signed::{JobEnvelope, JobSigningKey, sign_job};
 
 use super::{Record, RecordKind, replayed};
 use crate::daemon::DaemonError;
@@ -33,8 +32,9 @@ fn job(name: &str, job_id: &str) -> JobDocument {
         "new" => include_str!("../../../../protocol/tests/vectors/job-new.json"),
         _ => include_str!("../../../../protocol/tests/vectors/job-replace.json"),
     };
+    // The vectors are signed envelopes: the job is their payload.
     let envelope = JobEnvelope::decode(text.as_bytes()).unwrap();
-    let mut doc: JobDocument = serde_json::from_slice(envelope.job_bytes()).unwrap();
+    let mut doc = JobDocument::decode(envelope.job_bytes()).unwrap();
     doc.job_id = JobId::new(job_id).unwrap();
     doc.nonce = Nonce::new(format!("nonce-{job_id}-0123456789abcdef")).unwrap();
     doc
@@ -49,6 +49,7 @@ fn job_record(key: &JournalKey, doc: &JobDocument) -> Record {
     Record::Job {
         job_id: doc.job_id.clone(),
         envelope: key.seal(doc.job_id.as_str(), &bytes).unwrap(),
+        seen_at: Some(CLAIMED_AT),
     }
 }
 
@@ -151,6 +152,7 @@ fn revocations_summaries_and_order_survive_replay() {
             job_id: JobId::new("j-done").unwrap(),
             nonce: done_nonce.clone(),
             expires_at: datetime!(2025-03-08 08:00 UTC),
+            keep_until: None,
         },
         // A record of a job nobody knows (its job was compacted away): skipped.
         input_record(

@@ -15,6 +15,7 @@ use crate::desk::TokenKey;
 use crate::job::{Input, JobState};
 use crate::steps::{self, Pins};
 
+use super::job_data::advance;
 use super::jobs::Waiting;
 use super::seats::Seat;
 use super::{Daemon, DaemonError};
@@ -286,6 +287,7 @@ impl Daemon {
         };
         let sets_pins = entry.machine.plan().contains(&Step::Initialize);
         let doc = Arc::clone(&entry.doc);
+        let mut chosen = None;
         if sets_pins {
             let (min, max) = self
                 .seats
@@ -303,12 +305,16 @@ impl Daemon {
                     pins.so = so;
                 }
             }
-            // Journaled with the claim (`on_worker`), before any token write uses them.
-            if let Some(entry) = self.jobs.get_mut(&job_id) {
-                entry.pins = Some(Arc::new(pins));
-            }
+            chosen = Some(Arc::new(pins));
         }
         if let Some(entry) = self.jobs.get_mut(&job_id) {
+            // The PINs are journaled with the claim (`on_worker`), before any token write
+            // uses them.
+            // A refusal (a flaw: only a queued job is claimed) leaves the data as it was;
+            // the first step that needs the PINs then fails, naming the phase.
+            if let Err(e) = advance(&mut entry.data, |d| d.claim(chosen)) {
+                tracing::warn!(job = %job_id, error = %e, "PINs not kept");
+            }
             entry.token = Some(key.clone());
         }
         if let Some(seat) = self.seats.get_mut(&key) {

@@ -11,19 +11,18 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 use ukey_protocol::Message;
 use ukey_protocol::ack::Ack;
-use ukey_protocol::bundle::{CertBundle, CertOutcome, CertResponse, CsrBundle};
+use ukey_protocol::bundle::{CertOutcome, CertResponse};
 use ukey_protocol::cancel::Cancel;
 use ukey_protocol::event::{ExecutionState, Step};
 use ukey_protocol::ids::{EventId, JobId, TokenSerial};
 use ukey_protocol::job::JobDocument;
 
-use crate::certs::VerifiedCertificate;
 use crate::desk::TokenKey;
 use crate::job::{Action, Input, JobMachine, JobState, Report};
 use crate::link::Incoming;
-use crate::steps::Pins;
 
 use super::admission::ack;
+use super::job_data::{JobData, advance};
 use super::records::{Record, RecordKind};
 use super::{Daemon, DaemonError, now_utc};
 
@@ -31,12 +30,10 @@ use super::{Daemon, DaemonError, now_utc};
 pub(super) struct JobEntry {
     pub(super) doc: Arc<JobDocument>,
     pub(super) machine: JobMachine,
-    pub(super) pins: Option<Arc<Pins>>,
-    pub(super) csr: Option<CsrBundle>,
+    /// Its PINs, CSR bundle and certificates, by phase.
+    pub(super) data: JobData,
     /// When the CSR bundle was last published: unanswered, it is published again.
     pub(super) csr_sent: Option<tokio::time::Instant>,
-    pub(super) certs: Option<CertBundle>,
-    pub(super) verified: Option<Arc<Vec<VerifiedCertificate>>>,
     /// The desk key of the token it works on.
     pub(super) token: Option<TokenKey>,
     /// A step is running on the token.
@@ -54,11 +51,8 @@ impl JobEntry {
         JobEntry {
             doc,
             machine,
-            pins: None,
-            csr: None,
+            data: JobData::Queued,
             csr_sent: None,
-            certs: None,
-            verified: None,
             token: None,
             running: false,
             step_started: None,
@@ -141,8 +135,10 @@ impl Daemon {
         }
         let input = match response.outcome {
             CertOutcome::Issued(bundle) => {
-                if let Some(entry) = self.jobs.get_mut(&job_id) {
-                    entry.certs = Some(bundle.clone());
+                if let Some(entry) = self.jobs.get_mut(&job_id)
+                    && let Err(e) = advance(&mut entry.data, |d| d.issue(bundle.clone()))
+                {
+                    tracing::warn!(job = %job_id, error = %e, "certificates not kept");
                 }
                 Input::CertificatesArrived { bundle }
             }

@@ -46,6 +46,8 @@
 //! - `seat_state`: a seat's sessions (observing, opening, working) and reading (good,
 //!   failing with its back-off, unreadable) as pure state machines;
 //! - `claims`: queued jobs matched to free tokens (the pure `match_claims`), release, resume;
+//! - `job_data`: a job's PINs, CSR bundle and certificates as phases, each transition
+//!   consuming the last;
 //! - `step_request`: a step as a typed request carrying what it needs, built from the job;
 //! - `runner`: a step started on its token's worker, and its end fed back;
 //! - `inventory`: the retained slot table and alerts, built pure and published on change;
@@ -83,6 +85,7 @@ mod admission;
 mod claims;
 mod compaction;
 mod inventory;
+mod job_data;
 mod jobs;
 mod records;
 mod rejections;

@@ -25,6 +25,7 @@ use crate::steps::Pins;
 use crate::trust::{JournalKey, Sealed};
 
 use super::compaction::{FinishedJob, compacted};
+use super::job_data::{Phase, PhaseError, advance};
 use super::jobs::{JobEntry, Waiting, reports_of};
 use super::sink::step_event;
 use super::{Daemon, DaemonError, now_utc};
@@ -157,8 +158,9 @@ pub(super) fn replayed(records: Vec<Record>, key: &JournalKey) -> Result<Replaye
                 let bytes = open_record(key, &job_id, RecordKind::Pins, &pins)?;
                 let opened = Pins::from_bytes(&bytes).map_err(DaemonError::Journal)?;
                 if let Some(entry) = r.jobs.get_mut(&job_id) {
-                    entry.pins = Some(Arc::new(opened));
                     entry.records += 1;
+                    let claimed = advance(&mut entry.data, |d| d.claim(Some(Arc::new(opened))));
+                    not_applicable(&job_id, claimed);
                 }
             }
             Record::Input { job_id, at, input } => {
@@ -167,9 +169,7 @@ pub(super) fn replayed(records: Vec<Record>, key: &JournalKey) -> Result<Replaye
                     continue;
                 };
                 entry.records += 1;
-                if let Input::CertificatesArrived { bundle } = &input {
-                    entry.certs = Some(bundle.clone());
-                }
+                replay_data(&job_id, entry, &input);
                 // Inputs were valid when journaled; an error here means the journal
                 // is from another version: log and go on with the rest.
                 let actions = match entry.machine.on(input) {
@@ -199,8 +199,9 @@ pub(super) fn replayed(records: Vec<Record>, key: &JournalKey) -> Result<Replaye
             Record::Csr { job_id, bundle } => {
                 let bundle = open_json(key, &job_id, RecordKind::Csr, &bundle)?;
                 if let Some(entry) = r.jobs.get_mut(&job_id) {
-                    entry.csr = Some(bundle);
                     entry.records += 1;
+                    let requested = advance(&mut entry.data, |d| d.request(bundle));
+                    not_applicable(&job_id, requested);
                 }
             }
             Record::Done {
@@ -225,6 +226,30 @@ pub(super) fn replayed(records: Vec<Record>, key: &JournalKey) -> Result<Replaye
         }
     }
     Ok(r)
+}
+
+/// The job data an input brings, as it did when it was journaled: a claim without a `Pins`
+/// record before it (a job that sets no PINs) claims without PINs, and issued certificates
+/// are kept.
+fn replay_data(job_id: &JobId, entry: &mut JobEntry, input: &Input) {
+    let result = match input {
+        Input::Claimed { .. } if entry.data.phase() == Phase::Queued => {
+            advance(&mut entry.data, |d| d.claim(None))
+        }
+        Input::CertificatesArrived { bundle } => {
+            advance(&mut entry.data, |d| d.issue(bundle.clone()))
+        }
+        _ => Ok(()),
+    };
+    not_applicable(job_id, result);
+}
+
+/// Like an input the machine refuses, data that does not fit the job's phase means a journal
+/// of another version: logged, and the replay goes on with the rest.
+fn not_applicable(job_id: &JobId, result: Result<(), PhaseError>) {
+    if let Err(e) = result {
+        tracing::warn!(job = %job_id, error = %e, "journal data not applicable on replay");
+    }
 }
 
 /// The events of `reports`, made at `at` (a replay re-makes them as they were); a step's

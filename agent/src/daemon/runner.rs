@@ -22,8 +22,9 @@ use crate::token::TokenError;
 use crate::trust::TrustMaterial;
 use crate::worker::TokenWorker;
 
+use super::job_data::advance;
 use super::records::{Record, RecordKind};
-use super::step_request::{Certificates, JobData, Requests, StepRequest, Verified};
+use super::step_request::{Certificates, Holding, Requests, StepRequest, Verified};
 use super::{Daemon, DaemonError, Event, now_utc};
 
 pub(super) struct StepDone {
@@ -253,11 +254,9 @@ impl Daemon {
         let doc = Arc::clone(&entry.doc);
         let request = StepRequest::build(
             step,
-            JobData {
-                pins: entry.pins.as_ref(),
+            Holding {
+                data: &entry.data,
                 serial: entry.machine.serial(),
-                certs: entry.certs.as_ref(),
-                verified: entry.verified.as_ref(),
                 keeps_keys: keeps_keys(&doc),
             },
         );
@@ -317,12 +316,16 @@ impl Daemon {
             return Ok(());
         };
         entry.running = false;
-        if let Some(v) = done.verified {
-            entry.verified = Some(v);
+        if let Some(v) = done.verified
+            && let Err(e) = advance(&mut entry.data, |d| d.verify(v))
+        {
+            tracing::warn!(job = %job_id, error = %e, "verified certificates not kept");
         }
         let mut records = Vec::new();
         if let Some(csr) = &done.csr {
-            entry.csr = Some(csr.clone());
+            if let Err(e) = advance(&mut entry.data, |d| d.request(csr.clone())) {
+                tracing::warn!(job = %job_id, error = %e, "CSR bundle not kept");
+            }
             records.push(Record::Csr {
                 job_id: job_id.clone(),
                 bundle: self.seal_json(&job_id, RecordKind::Csr, csr)?,

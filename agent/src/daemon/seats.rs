@@ -427,7 +427,7 @@ impl Daemon {
                 let mut records = Vec::new();
                 if let Some(entry) = self.jobs.get_mut(&job_id) {
                     entry.token = Some(key);
-                    if let Some(pins) = entry.pins.clone() {
+                    if let Some(pins) = entry.data.pins().cloned() {
                         records.push(Record::Pins {
                             job_id: job_id.clone(),
                             pins: self.seal_record(

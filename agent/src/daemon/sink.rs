@@ -149,7 +149,7 @@ impl Daemon {
         let Some(entry) = self.jobs.get_mut(job_id) else {
             return;
         };
-        let Some(bundle) = entry.csr.clone() else {
+        let Some(bundle) = entry.data.csr().cloned() else {
             return;
         };
         entry.csr_sent = Some(tokio::time::Instant::now());

@@ -1,7 +1,8 @@
 //! A step as a typed request: each variant carries exactly what its step needs (PINs, the
-//! token's serial, the issued certificates), built from the job's data before the step
-//! starts. A step whose data the job does not have fails there, with one error naming what
-//! is missing, instead of each step checking at run time.
+//! token's serial, the issued certificates), built from the job's data (its phase, see
+//! `job_data`) before the step starts. A step whose data the job's phase does not hold fails
+//! there, with one error naming what is missing and the phase found, instead of each step
+//! checking at run time.
 //!
 //! What this module does not do: run the step (`runner`), or decide which step is next
 //! (the job machine).
@@ -16,6 +17,8 @@ use ukey_protocol::ids::TokenSerial;
 use crate::certs::VerifiedCertificate;
 use crate::job::code;
 use crate::steps::{Pins, StepFailure};
+
+use super::job_data::{JobData, Phase};
 
 /// Certificates checked against the job and the trust material.
 pub(super) type Verified = Arc<Vec<VerifiedCertificate>>;
@@ -96,87 +99,93 @@ pub(super) enum StepRequest {
 
 /// What the job holds when a step is to start (borrowed from its entry).
 #[derive(Clone, Copy)]
-pub(super) struct JobData<'a> {
-    pub(super) pins: Option<&'a Arc<Pins>>,
+pub(super) struct Holding<'a> {
+    /// The job's data in its phase.
+    pub(super) data: &'a JobData,
+    /// The token working on the job (the job machine's).
     pub(super) serial: Option<&'a TokenSerial>,
-    pub(super) certs: Option<&'a CertBundle>,
-    pub(super) verified: Option<&'a Verified>,
     /// See [`super::runner::keeps_keys`].
     pub(super) keeps_keys: bool,
 }
 
-/// Data a step needs that its job does not hold (a flaw of the agent: the job machine
-/// plans steps only after the ones that give their data).
+/// Data a step needs that its job does not hold in its phase (a flaw of the agent: the job
+/// machine plans steps only after the ones that give their data).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Missing {
     pub(super) step: Step,
     pub(super) what: &'static str,
+    /// The phase the job's data was in.
+    pub(super) found: Phase,
 }
 
 impl From<Missing> for StepFailure {
     fn from(m: Missing) -> StepFailure {
         StepFailure::Failed(StepError {
             code: code(codes::INTERNAL),
-            message: format!("{} missing for step {}", m.what, m.step),
+            message: format!(
+                "{} missing for step {} (job data {})",
+                m.what, m.step, m.found
+            ),
             retryable: true,
         })
     }
 }
 
 impl StepRequest {
-    /// The request for `step` from what the job holds.
-    pub(super) fn build(step: Step, data: JobData<'_>) -> Result<StepRequest, Missing> {
-        let missing = |what| Missing { step, what };
-        let pins = || data.pins.cloned().ok_or(missing("PINs"));
-        let certs = || data.certs.cloned().ok_or(missing("certificates"));
-        let login = || match data.pins {
+    /// The request for `step` from what the job holds: the certificates come from the
+    /// phases that have them, a missing piece is a phase that lacks it.
+    pub(super) fn build(step: Step, job: Holding<'_>) -> Result<StepRequest, Missing> {
+        let missing = |what| Missing {
+            step,
+            what,
+            found: job.data.phase(),
+        };
+        let pins = || job.data.pins().cloned().ok_or(missing("PINs"));
+        let login = || match job.data.pins() {
             Some(pins) => Ok(Login::Pins(Arc::clone(pins))),
-            None if data.keeps_keys => Ok(Login::KeptKeys),
+            None if job.keeps_keys => Ok(Login::KeptKeys),
             None => Err(missing("PINs")),
         };
-        // Certificates verified earlier are used as they are; the bundle must be there all
-        // the same (it was what they were verified from).
-        let verified_or_bundle = || {
-            let bundle = certs()?;
-            Ok(match data.verified {
-                Some(v) => Certificates::Verified(Arc::clone(v)),
-                None => Certificates::ToVerify(bundle),
-            })
+        // Certificates verified earlier are used as they are; issued ones are verified first.
+        let certificates = || match job.data {
+            JobData::Verified { verified, .. } => Ok(Certificates::Verified(Arc::clone(verified))),
+            JobData::Issued { certs, .. } => Ok(Certificates::ToVerify(certs.clone())),
+            _ => Err(missing("certificates")),
+        };
+        let certs = || match job.data {
+            JobData::Issued { certs, .. } | JobData::Verified { certs, .. } => Ok(certs.clone()),
+            _ => Err(missing("certificates")),
         };
         Ok(match step {
             Step::Initialize => StepRequest::Initialize { pins: pins()? },
             Step::GenerateKeys => StepRequest::GenerateKeys { pins: pins()? },
             Step::RequestCertificates => {
                 let missing_any = || missing("PINs or token serial");
-                let serial = data.serial.cloned().ok_or_else(missing_any)?;
-                let requests = match data.pins {
-                    _ if data.keeps_keys => Requests::Renewal,
+                let serial = job.serial.cloned().ok_or_else(missing_any)?;
+                let requests = match job.data.pins() {
+                    _ if job.keeps_keys => Requests::Renewal,
                     Some(pins) => Requests::New(Arc::clone(pins)),
                     None => return Err(missing_any()),
                 };
                 StepRequest::RequestCertificates { serial, requests }
             }
             Step::VerifyCertificates => StepRequest::VerifyCertificates {
-                certificates: verified_or_bundle()?,
+                certificates: certificates()?,
             },
             Step::Install => {
-                let certificates = verified_or_bundle()?;
+                let certificates = certificates()?;
                 StepRequest::Install {
                     certificates,
                     login: login()?,
                 }
             }
             Step::Activate => StepRequest::Activate { pins: pins()? },
+            // After a restart the bundle is verified again (read-only) to rebuild the
+            // fingerprints.
             Step::Bind => {
                 let login = login()?;
-                // After a restart the bundle is verified again (read-only) to rebuild the
-                // fingerprints.
-                let certificates = match data.verified {
-                    Some(v) => Certificates::Verified(Arc::clone(v)),
-                    None => Certificates::ToVerify(certs()?),
-                };
                 StepRequest::Bind {
-                    certificates,
+                    certificates: certificates()?,
                     login,
                 }
             }

@@ -14,6 +14,7 @@ use ukey_protocol::signed::{JobEnvelope, JobSigningKey, sign_job};
 
 use super::{Record, RecordKind, replayed};
 use crate::daemon::DaemonError;
+use crate::daemon::job_data::Phase;
 use crate::job::{Input, JobState};
 use crate::steps::Pins;
 use crate::trust::JournalKey;
@@ -100,7 +101,8 @@ fn a_claimed_job_comes_back_running_with_its_pins_and_its_last_events() {
     let r = replayed(records, &key).unwrap();
     let entry = &r.jobs[&id];
     assert_eq!(entry.records, 3);
-    assert!(entry.pins.is_some());
+    assert_eq!(entry.data.phase(), Phase::Claimed);
+    assert!(entry.data.pins().is_some());
     assert!(matches!(entry.machine.state(), JobState::Running { .. }));
     assert_eq!(entry.machine.serial(), Some(&serial));
     // The step the claim started, with the claim's time: its end reports that start.
@@ -205,4 +207,123 @@ fn a_record_sealed_for_another_job_or_with_another_key_stops_the_replay() {
         replayed(records, &key),
         Err(DaemonError::Journal(_))
     ));
+}
+
+fn csr_record(key: &JournalKey, job_id: &JobId, serial: &TokenSerial) -> Record {
+    let bundle = ukey_protocol::bundle::CsrBundle {
+        v: ukey_protocol::V1,
+        job_id: job_id.clone(),
+        token_serial: serial.clone(),
+        requests: Vec::new(),
+    };
+    Record::Csr {
+        job_id: job_id.clone(),
+        bundle: key
+            .seal(
+                &RecordKind::Csr.context(job_id),
+                &serde_json::to_vec(&bundle).unwrap(),
+            )
+            .unwrap(),
+    }
+}
+
+#[test]
+fn replay_rebuilds_the_job_data_phase_by_phase() {
+    let key = journal_key();
+    let doc = job("new", "j-data");
+    let id = doc.job_id.clone();
+    let serial = TokenSerial::new("SERIAL-1").unwrap();
+    let claimed = input_record(
+        &key,
+        &id,
+        CLAIMED_AT,
+        &Input::Claimed {
+            serial: Some(serial.clone()),
+        },
+    );
+    let bundle = ukey_protocol::bundle::CertBundle {
+        certificates: Vec::new(),
+        ca_chain: Vec::new(),
+    };
+    let issued = input_record(
+        &key,
+        &id,
+        CLAIMED_AT,
+        &Input::CertificatesArrived {
+            bundle: bundle.clone(),
+        },
+    );
+    let mut records = vec![job_record(&key, &doc)];
+    let r = replayed(records.clone(), &key).unwrap();
+    assert_eq!(r.jobs[&id].data.phase(), Phase::Queued);
+
+    records.push(pins_record(&key, &id, &id));
+    records.push(claimed);
+    let r = replayed(records.clone(), &key).unwrap();
+    assert_eq!(r.jobs[&id].data.phase(), Phase::Claimed);
+    assert!(r.jobs[&id].data.pins().is_some());
+
+    records.push(csr_record(&key, &id, &serial));
+    let r = replayed(records.clone(), &key).unwrap();
+    let data = &r.jobs[&id].data;
+    assert_eq!(data.phase(), Phase::Requested);
+    assert_eq!(data.csr().map(|c| &c.token_serial), Some(&serial));
+    assert!(data.pins().is_some());
+
+    // The certificates are kept as the response arrived, whatever the machine made of it.
+    records.push(issued);
+    let r = replayed(records, &key).unwrap();
+    let entry = &r.jobs[&id];
+    assert_eq!(entry.records, 5);
+    match &entry.data {
+        crate::daemon::job_data::JobData::Issued {
+            pins: Some(_),
+            csr,
+            certs,
+        } => {
+            assert_eq!(csr.token_serial, serial);
+            assert_eq!(certs, &bundle);
+        }
+        other => panic!("replayed as {}", other.phase()),
+    }
+}
+
+#[test]
+fn a_claim_without_a_pins_record_replays_as_claimed_without_pins() {
+    let key = journal_key();
+    let doc = job("new", "j-nopins");
+    let id = doc.job_id.clone();
+    let records = vec![
+        job_record(&key, &doc),
+        input_record(
+            &key,
+            &id,
+            CLAIMED_AT,
+            &Input::Claimed {
+                serial: Some(TokenSerial::new("SERIAL-2").unwrap()),
+            },
+        ),
+    ];
+    let r = replayed(records, &key).unwrap();
+    let data = &r.jobs[&id].data;
+    assert_eq!(data.phase(), Phase::Claimed);
+    assert!(data.pins().is_none());
+}
+
+#[test]
+fn a_csr_bundle_before_any_claim_is_not_applicable_and_the_replay_goes_on() {
+    let key = journal_key();
+    let doc = job("new", "j-early");
+    let id = doc.job_id.clone();
+    let serial = TokenSerial::new("SERIAL-3").unwrap();
+    let records = vec![
+        job_record(&key, &doc),
+        csr_record(&key, &id, &serial),
+        pins_record(&key, &id, &id),
+    ];
+    let r = replayed(records, &key).unwrap();
+    let entry = &r.jobs[&id];
+    assert_eq!(entry.records, 3);
+    assert_eq!(entry.data.phase(), Phase::Claimed);
+    assert!(entry.data.csr().is_none());
 }

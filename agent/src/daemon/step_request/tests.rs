@@ -1,21 +1,24 @@
-//! Unit tests of building step requests from what a job holds: what each step carries, and
-//! the error naming what is missing.
+//! Unit tests of building step requests from what a job holds in its phase: what each step
+//! carries, and the error naming what is missing and the phase found.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 
-use ukey_protocol::bundle::CertBundle;
+use ukey_protocol::V1;
+use ukey_protocol::bundle::{CertBundle, CsrBundle};
 use ukey_protocol::codes;
 use ukey_protocol::event::Step;
-use ukey_protocol::ids::TokenSerial;
+use ukey_protocol::ids::{JobId, TokenSerial};
 
-use super::{Certificates, JobData, Login, Missing, Requests, StepRequest, Verified};
+use super::{Certificates, Holding, Login, Missing, Requests, StepRequest, Verified};
+use crate::daemon::job_data::{JobData, Phase};
 use crate::steps::{Pins, StepFailure};
 
 struct Held {
     pins: Arc<Pins>,
     serial: TokenSerial,
+    csr: CsrBundle,
     certs: CertBundle,
     verified: Verified,
 }
@@ -24,6 +27,12 @@ fn held() -> Held {
     Held {
         pins: Arc::new(Pins::generate(6, 16).unwrap()),
         serial: TokenSerial::new("T1").unwrap(),
+        csr: CsrBundle {
+            v: V1,
+            job_id: JobId::new("j-1").unwrap(),
+            token_serial: TokenSerial::new("T1").unwrap(),
+            requests: Vec::new(),
+        },
         certs: CertBundle {
             certificates: Vec::new(),
             ca_chain: Vec::new(),
@@ -32,32 +41,47 @@ fn held() -> Held {
     }
 }
 
+/// The job's data in `phase`, with its PINs or without.
+fn data(h: &Held, phase: Phase, with_pins: bool) -> JobData {
+    let pins = with_pins.then(|| Arc::clone(&h.pins));
+    let csr = h.csr.clone();
+    let certs = h.certs.clone();
+    match phase {
+        Phase::Queued => JobData::Queued,
+        Phase::Claimed => JobData::Claimed { pins },
+        Phase::Requested => JobData::Requested { pins, csr },
+        Phase::Issued => JobData::Issued { pins, csr, certs },
+        Phase::Verified => JobData::Verified {
+            pins,
+            csr,
+            certs,
+            verified: Arc::clone(&h.verified),
+        },
+    }
+}
+
 /// Everything a job can hold.
-fn all(h: &Held) -> JobData<'_> {
-    JobData {
-        pins: Some(&h.pins),
+fn everything(h: &Held) -> JobData {
+    data(h, Phase::Verified, true)
+}
+
+fn holding<'a>(h: &'a Held, data: &'a JobData) -> Holding<'a> {
+    Holding {
+        data,
         serial: Some(&h.serial),
-        certs: Some(&h.certs),
-        verified: Some(&h.verified),
         keeps_keys: false,
     }
 }
 
-/// A job just claimed: nothing but (maybe) its PINs.
-fn nothing() -> JobData<'static> {
-    JobData {
-        pins: None,
-        serial: None,
-        certs: None,
-        verified: None,
-        keeps_keys: false,
-    }
-}
-
-fn missing(step: Step, data: JobData<'_>) -> &'static str {
-    match StepRequest::build(step, data) {
-        Err(Missing { step: s, what }) => {
+fn missing(step: Step, job: Holding<'_>) -> &'static str {
+    match StepRequest::build(step, job) {
+        Err(Missing {
+            step: s,
+            what,
+            found,
+        }) => {
             assert_eq!(s, step);
+            assert_eq!(found, job.data.phase());
             what
         }
         Ok(r) => panic!("{step} built without its data: {r:?}"),
@@ -67,6 +91,7 @@ fn missing(step: Step, data: JobData<'_>) -> &'static str {
 #[test]
 fn every_step_is_built_for_the_step_it_names() {
     let h = held();
+    let all = everything(&h);
     for step in [
         Step::Initialize,
         Step::GenerateKeys,
@@ -79,7 +104,7 @@ fn every_step_is_built_for_the_step_it_names() {
         Step::ReadKeys,
         Step::RemoveOldCertificates,
     ] {
-        let request = StepRequest::build(step, all(&h)).unwrap();
+        let request = StepRequest::build(step, holding(&h, &all)).unwrap();
         assert_eq!(request.step(), step);
         assert!(!matches!(request, StepRequest::Unsupported(_)), "{step}");
     }
@@ -88,28 +113,33 @@ fn every_step_is_built_for_the_step_it_names() {
 #[test]
 fn steps_that_use_the_pins_carry_them_and_fail_without() {
     let h = held();
+    let all = everything(&h);
+    let queued = JobData::Queued;
+    let claimed_without = data(&h, Phase::Claimed, false);
     for step in [Step::Initialize, Step::GenerateKeys, Step::Activate] {
-        match StepRequest::build(step, all(&h)).unwrap() {
+        match StepRequest::build(step, holding(&h, &all)).unwrap() {
             StepRequest::Initialize { pins }
             | StepRequest::GenerateKeys { pins }
             | StepRequest::Activate { pins } => assert!(Arc::ptr_eq(&pins, &h.pins)),
             other => panic!("{step} built as {other:?}"),
         }
-        assert_eq!(missing(step, nothing()), "PINs");
+        // The claim gives them: the phase before has none.
+        assert_eq!(missing(step, holding(&h, &queued)), "PINs");
+        assert_eq!(missing(step, holding(&h, &claimed_without)), "PINs");
         // Keeping the keys never stands in for PINs a step writes with.
-        let kept = JobData {
+        let kept = Holding {
             keeps_keys: true,
-            ..nothing()
+            ..holding(&h, &claimed_without)
         };
         assert_eq!(missing(step, kept), "PINs");
     }
     // Steps that read with the station's keys need nothing of the job.
     assert!(matches!(
-        StepRequest::build(Step::ResetPin, nothing()),
+        StepRequest::build(Step::ResetPin, holding(&h, &queued)),
         Ok(StepRequest::ResetPin)
     ));
     assert!(matches!(
-        StepRequest::build(Step::ReadKeys, nothing()),
+        StepRequest::build(Step::ReadKeys, holding(&h, &queued)),
         Ok(StepRequest::ReadKeys)
     ));
 }
@@ -117,7 +147,8 @@ fn steps_that_use_the_pins_carry_them_and_fail_without() {
 #[test]
 fn certificate_requests_are_new_with_pins_and_renewals_when_the_keys_stay() {
     let h = held();
-    match StepRequest::build(Step::RequestCertificates, all(&h)).unwrap() {
+    let claimed = data(&h, Phase::Claimed, true);
+    match StepRequest::build(Step::RequestCertificates, holding(&h, &claimed)).unwrap() {
         StepRequest::RequestCertificates {
             serial,
             requests: Requests::New(pins),
@@ -128,9 +159,9 @@ fn certificate_requests_are_new_with_pins_and_renewals_when_the_keys_stay() {
         other => panic!("{other:?}"),
     }
     // Keeping the keys asks for renewals even if the job held PINs.
-    let kept = JobData {
+    let kept = Holding {
         keeps_keys: true,
-        ..all(&h)
+        ..holding(&h, &claimed)
     };
     assert!(matches!(
         StepRequest::build(Step::RequestCertificates, kept),
@@ -139,27 +170,22 @@ fn certificate_requests_are_new_with_pins_and_renewals_when_the_keys_stay() {
             ..
         })
     ));
-    let kept_no_pins = JobData {
-        pins: None,
-        serial: Some(&h.serial),
+    let claimed_without = data(&h, Phase::Claimed, false);
+    let kept_no_pins = Holding {
         keeps_keys: true,
-        ..nothing()
+        ..holding(&h, &claimed_without)
     };
     assert!(StepRequest::build(Step::RequestCertificates, kept_no_pins).is_ok());
-    let no_serial = JobData {
+    let no_serial = Holding {
         serial: None,
-        ..all(&h)
+        ..holding(&h, &claimed)
     };
     assert_eq!(
         missing(Step::RequestCertificates, no_serial),
         "PINs or token serial"
     );
-    let no_pins = JobData {
-        pins: None,
-        ..all(&h)
-    };
     assert_eq!(
-        missing(Step::RequestCertificates, no_pins),
+        missing(Step::RequestCertificates, holding(&h, &claimed_without)),
         "PINs or token serial"
     );
 }
@@ -167,81 +193,80 @@ fn certificate_requests_are_new_with_pins_and_renewals_when_the_keys_stay() {
 #[test]
 fn certificates_verified_earlier_are_used_and_a_bundle_alone_is_verified_again() {
     let h = held();
+    let all = everything(&h);
+    let issued = data(&h, Phase::Issued, true);
     for step in [Step::VerifyCertificates, Step::Install, Step::Bind] {
-        let certificates = match StepRequest::build(step, all(&h)).unwrap() {
+        let certificates_of = |job| match StepRequest::build(step, job).unwrap() {
             StepRequest::VerifyCertificates { certificates }
             | StepRequest::Install { certificates, .. }
             | StepRequest::Bind { certificates, .. } => certificates,
             other => panic!("{step} built as {other:?}"),
         };
+        let certificates = certificates_of(holding(&h, &all));
         assert!(matches!(certificates, Certificates::Verified(v) if Arc::ptr_eq(&v, &h.verified)));
-        let after_restart = JobData {
-            verified: None,
-            ..all(&h)
-        };
-        let certificates = match StepRequest::build(step, after_restart).unwrap() {
-            StepRequest::VerifyCertificates { certificates }
-            | StepRequest::Install { certificates, .. }
-            | StepRequest::Bind { certificates, .. } => certificates,
-            other => panic!("{step} built as {other:?}"),
-        };
+        // After a restart the job is issued again: its bundle is verified first.
+        let certificates = certificates_of(holding(&h, &issued));
         assert!(matches!(certificates, Certificates::ToVerify(b) if b == h.certs));
-        let no_bundle = JobData {
-            certs: None,
-            verified: None,
-            ..all(&h)
-        };
-        assert_eq!(missing(step, no_bundle), "certificates");
+        // Before the platform issued, there is nothing to verify (a queued job has no PINs
+        // either, which install and bind ask for first).
+        for phase in [Phase::Claimed, Phase::Requested] {
+            let before = data(&h, phase, true);
+            assert_eq!(missing(step, holding(&h, &before)), "certificates");
+        }
     }
     assert_eq!(
-        missing(Step::RemoveOldCertificates, nothing()),
+        missing(Step::VerifyCertificates, holding(&h, &JobData::Queued)),
         "certificates"
     );
-    // Verification and installation want the bundle even with verified certificates;
-    // the bind report needs only the verified ones.
-    let verified_only = JobData {
-        certs: None,
-        ..all(&h)
-    };
-    assert_eq!(missing(Step::Install, verified_only), "certificates");
-    assert!(StepRequest::build(Step::Bind, verified_only).is_ok());
+    let requested = data(&h, Phase::Requested, true);
+    assert_eq!(
+        missing(Step::RemoveOldCertificates, holding(&h, &requested)),
+        "certificates"
+    );
+    for job in [&issued, &all] {
+        assert!(matches!(
+            StepRequest::build(Step::RemoveOldCertificates, holding(&h, job)),
+            Ok(StepRequest::RemoveOldCertificates { certs }) if certs == h.certs
+        ));
+    }
 }
 
 #[test]
 fn install_and_bind_log_in_with_the_pins_or_not_at_all_when_the_keys_stay() {
     let h = held();
+    let all = everything(&h);
+    let without = data(&h, Phase::Verified, false);
     for step in [Step::Install, Step::Bind] {
-        let login = |data| match StepRequest::build(step, data).unwrap() {
+        let login = |job| match StepRequest::build(step, job).unwrap() {
             StepRequest::Install { login, .. } | StepRequest::Bind { login, .. } => login,
             other => panic!("{step} built as {other:?}"),
         };
-        assert!(matches!(login(all(&h)), Login::Pins(p) if Arc::ptr_eq(&p, &h.pins)));
-        let kept = JobData {
-            pins: None,
+        assert!(matches!(login(holding(&h, &all)), Login::Pins(p) if Arc::ptr_eq(&p, &h.pins)));
+        let kept = Holding {
             keeps_keys: true,
-            ..all(&h)
+            ..holding(&h, &without)
         };
         let kept_login = login(kept);
         assert!(matches!(kept_login, Login::KeptKeys));
         assert!(kept_login.pins().is_none());
-        let no_pins = JobData {
-            pins: None,
-            ..all(&h)
-        };
-        assert_eq!(missing(step, no_pins), "PINs");
+        assert_eq!(missing(step, holding(&h, &without)), "PINs");
     }
 }
 
 #[test]
-fn a_missing_piece_fails_the_step_as_a_retryable_internal_error_naming_it() {
+fn a_missing_piece_fails_the_step_as_a_retryable_internal_error_naming_it_and_the_phase() {
     let failure = StepFailure::from(Missing {
         step: Step::Install,
-        what: "PINs",
+        what: "certificates",
+        found: Phase::Requested,
     });
     let StepFailure::Failed(error) = failure else {
         panic!("a missing piece is a failure, not a removal")
     };
     assert_eq!(error.code, codes::INTERNAL);
-    assert_eq!(error.message, "PINs missing for step install");
+    assert_eq!(
+        error.message,
+        "certificates missing for step install (job data requested)"
+    );
     assert!(error.retryable);
 }

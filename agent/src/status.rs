@@ -54,6 +54,10 @@ pub struct Snapshot {
     /// PKCS#11 module calls made since the agent started.
     #[serde(default)]
     pub module_calls: u64,
+    /// Acks, certificate responses and cancels refused since the agent started: unsigned,
+    /// not signed by a trusted platform key, or meant for another station (never acted on).
+    #[serde(default)]
+    pub refused_platform_messages: u64,
     /// False in the last snapshot a stopping agent writes.
     #[serde(default = "yes")]
     pub running: bool,
@@ -197,6 +201,10 @@ pub fn render(s: &Snapshot, now_unix: u64) -> String {
         s.module_cpu_us as f64 / 1e6,
         s.module_calls
     ));
+    out.push_str(&format!(
+        "refused: {} platform message(s) not signed by a trusted key for this station\n",
+        s.refused_platform_messages
+    ));
     out.push_str(&format!("jobs:    {} queued", s.queued_jobs.len()));
     if !s.queued_jobs.is_empty() {
         out.push_str(&format!(" ({})", s.queued_jobs.join(", ")));
@@ -255,6 +263,7 @@ mod tests {
             cpu_us: 12_500_000,
             module_cpu_us: 8_000_000,
             module_calls: 4321,
+            refused_platform_messages: 3,
             running: true,
         }
     }
@@ -272,6 +281,10 @@ mod tests {
         assert!(text.contains("in-production"), "{text}");
         assert!(
             text.contains("12.5 s since start, of which 8.0 s inside PKCS#11 modules (4321 calls)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("refused: 3 platform message(s) not signed"),
             "{text}"
         );
         assert!(!text.contains("NOT RUNNING"));

@@ -82,6 +82,7 @@ mod compaction;
 mod inventory;
 mod jobs;
 mod records;
+mod refusals;
 mod reports;
 mod runner;
 mod seats;
@@ -183,6 +184,8 @@ struct Daemon {
     module_problems: Vec<(PathBuf, String)>,
     /// Token calls running past `timeouts.wedged_call_secs` (alerts, lights, status).
     stuck_calls: StuckCalls,
+    /// Platform messages refused as unsigned or mis-signed (status, rate-limited warnings).
+    refusals: refusals::Refusals,
 }
 
 fn now_utc() -> OffsetDateTime {
@@ -255,6 +258,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         usb_ids: BTreeMap::new(),
         module_problems,
         stuck_calls: StuckCalls::new(config_wedged_call),
+        refusals: refusals::Refusals::default(),
     };
     daemon.replay().await?;
     crate::systemd::ready();

@@ -199,6 +199,7 @@ impl Daemon {
             cpu_us: micros(crate::token::meter::process_cpu()),
             module_cpu_us: micros(crate::token::meter::module_cpu()),
             module_calls: crate::token::meter::module_calls(),
+            refused_platform_messages: self.refusals.total(),
             running: true,
         }
     }

@@ -91,7 +91,7 @@ mod tests {
             r.refuse(start + LOG_EVERY * 3),
             Some(LineDue { unlogged: 1 })
         );
-        assert_eq!(r.total(), 1004);
+        assert_eq!(r.total(), 1005);
     }
 
     #[test]

@@ -61,6 +61,10 @@ pub struct Snapshot {
     /// See `rejected_jobs`.
     #[serde(default)]
     pub rejections_suppressed: u64,
+    /// Acks, certificate responses and cancels refused since the agent started: unsigned,
+    /// not signed by a trusted platform key, or meant for another station (never acted on).
+    #[serde(default)]
+    pub refused_platform_messages: u64,
     /// False in the last snapshot a stopping agent writes.
     #[serde(default = "yes")]
     pub running: bool,
@@ -208,6 +212,10 @@ pub fn render(s: &Snapshot, now_unix: u64) -> String {
         "rejected: {} job(s), {} without an event (above the rate limit)\n",
         s.rejected_jobs, s.rejections_suppressed
     ));
+    out.push_str(&format!(
+        "refused: {} platform message(s) not signed by a trusted key for this station\n",
+        s.refused_platform_messages
+    ));
     out.push_str(&format!("jobs:    {} queued", s.queued_jobs.len()));
     if !s.queued_jobs.is_empty() {
         out.push_str(&format!(" ({})", s.queued_jobs.join(", ")));
@@ -268,6 +276,7 @@ mod tests {
             module_calls: 4321,
             rejected_jobs: 200,
             rejections_suppressed: 190,
+            refused_platform_messages: 3,
             running: true,
         }
     }
@@ -289,6 +298,10 @@ mod tests {
         );
         assert!(
             text.contains("rejected: 200 job(s), 190 without an event"),
+            "{text}"
+        );
+        assert!(
+            text.contains("refused: 3 platform message(s) not signed"),
             "{text}"
         );
         assert!(!text.contains("NOT RUNNING"));

@@ -1,6 +1,8 @@
 //! The simulated platform's MQTT client: it dispatches signed jobs, acknowledges and records
-//! step events, answers CSR bundles with certificates from its test CA, unseals the PINs of
-//! bind reports, and records presence and inventory.
+//! step events, answers CSR bundles with certificates from its test CA, cancels jobs on
+//! request, unseals the PINs of bind reports, and records presence and inventory. Everything
+//! it sends a station (jobs, acks, certificate responses, cancels) is signed with its job key
+//! ([`ukey_protocol::sign_platform_message`]), unless a misbehaviour says otherwise.
 //!
 //! Two tasks: one polls rumqttc's event loop without pause and forwards what arrives over an
 //! unbounded channel (so the loop never waits for the platform's work); one handles those
@@ -30,10 +32,10 @@ use ukey_protocol::codec::Message;
 use ukey_protocol::profile::SubjectData;
 use ukey_protocol::topic::parse_any_station;
 use ukey_protocol::{
-    Ack, Base64Bytes, CertBundle, CertOutcome, CertResponse, CsrBundle, ExecutionState, Inventory,
-    IssuedCertificate, JobDocument, JobEnvelope, JobId, JobKind, KeyAlgorithm, KeyLabel, Presence,
-    SealContext, SealPurpose, SealedSecret, StationId, Step, StepData, StepEvent, Topic, Topics,
-    V1,
+    Ack, Base64Bytes, Cancel, CertBundle, CertOutcome, CertResponse, CsrBundle, ExecutionState,
+    Inventory, IssuedCertificate, JobDocument, JobEnvelope, JobId, JobKind, KeyAlgorithm, KeyLabel,
+    Presence, SealContext, SealPurpose, SealedSecret, StationId, Step, StepData, StepEvent, Topic,
+    Topics, V1, sign_platform_message,
 };
 use x509_cert::spki::SubjectPublicKeyInfoOwned;
 
@@ -424,6 +426,46 @@ impl Platform {
         self.dispatch(&job).await
     }
 
+    /// Publishes a signed cancel of `job_id` (QoS 1) on its station's cancel topic, saying
+    /// `reason`. [`Misbehaviour::UnsignedCancel`] applies here. Not re-published after the
+    /// broker lost the session.
+    pub async fn cancel(&self, job_id: &JobId, reason: &str) -> Result<(), PlatformError> {
+        let station = self
+            .shared
+            .records()
+            .job(job_id)
+            .and_then(|r| r.station_id().cloned())
+            .ok_or_else(|| PlatformError::UnknownJob {
+                job_id: job_id.clone(),
+            })?;
+        let cancel = Cancel {
+            v: V1,
+            station_id: station.clone(),
+            job_id: job_id.clone(),
+            reason: reason.to_owned(),
+            at: OffsetDateTime::now_utc(),
+        };
+        let payload = if self.shared.armed.take(Misbehaviour::UnsignedCancel) {
+            self.shared.update(|r| {
+                r.job_mut(job_id)
+                    .misbehaviours
+                    .push(Misbehaviour::UnsignedCancel)
+            });
+            cancel.encode()
+        } else {
+            let keys = &self.shared.keys;
+            sign_platform_message(&cancel, keys.job_key(), keys.job_key_id())
+        }
+        .map_err(|e| PlatformError::protocol("cancel", e))?;
+        let topic = self.shared.topics(&station)?.job_cancel(job_id);
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .map_err(|e| PlatformError::Mqtt {
+                detail: e.to_string(),
+            })
+    }
+
     /// A copy of everything recorded so far.
     pub fn snapshot(&self) -> Records {
         self.shared.records().clone()
@@ -666,7 +708,9 @@ async fn republish(shared: &Shared, client: &AsyncClient) {
                 out.push((topics.jobs(), bytes));
             }
             if last.is_some_and(|e| e.step == Step::RequestCertificates)
-                && let Some(Ok(bytes)) = job.cert_responses().last().map(Message::encode)
+                && let Some(Ok(bytes)) = job.cert_responses().last().map(|r| {
+                    sign_platform_message(r, shared.keys.job_key(), shared.keys.job_key_id())
+                })
             {
                 out.push((topics.job_certs(&doc.job_id), bytes));
             }
@@ -762,8 +806,12 @@ async fn on_event(
         _ => (Ok(None), Ok(None)),
     };
     let event_id = event.event_id.clone();
+    let is_bind = event.step == Step::Bind;
     shared.update(|r| record_event(r, station, topic_job, event, so_pin, user_pin));
-    if shared.armed.take(Misbehaviour::SilenceAcks) {
+    // An unsigned ack stands in for the silence: a test can keep the true acks back and
+    // still see the forged one arrive.
+    let unsigned = is_bind && shared.armed.take(Misbehaviour::UnsignedBindAck);
+    if !unsigned && shared.armed.take(Misbehaviour::SilenceAcks) {
         shared.update(|r| {
             r.job_mut(topic_job)
                 .misbehaviours
@@ -776,11 +824,23 @@ async fn on_event(
         station_id: station.clone(),
         event_ids: vec![event_id],
     };
-    let (Ok(topics), Ok(payload)) = (shared.topics(station), ack.encode()) else {
+    let payload = if unsigned {
+        shared.update(|r| {
+            r.job_mut(topic_job)
+                .misbehaviours
+                .push(Misbehaviour::UnsignedBindAck)
+        });
+        ack.encode()
+    } else {
+        sign_platform_message(&ack, shared.keys.job_key(), shared.keys.job_key_id())
+    };
+    let (Ok(topics), Ok(payload)) = (shared.topics(station), payload) else {
         return;
     };
     publish(shared, client, topics.acks(), payload).await;
-    shared.update(|r| r.acks_sent += 1);
+    if !unsigned {
+        shared.update(|r| r.acks_sent += 1);
+    }
 }
 
 fn record_event(
@@ -909,6 +969,29 @@ async fn on_csr(
         });
         return;
     }
+    if shared.armed.take(Misbehaviour::ForgedRejection) {
+        shared.update(|r| {
+            r.job_mut(topic_job)
+                .misbehaviours
+                .push(Misbehaviour::ForgedRejection)
+        });
+        let forged = CertResponse {
+            v: V1,
+            station_id: station.clone(),
+            job_id: topic_job.clone(),
+            outcome: CertOutcome::Rejected(rejection(
+                RejectionCode::IssuanceRefused,
+                "forged: signed by a key no station trusts".to_owned(),
+            )),
+        };
+        // Not recorded as a response: the platform never sent it, as far as its ledger goes.
+        if let (Ok(topics), Ok(key)) = (shared.topics(station), shared.keys.forger_key())
+            && let Ok(bytes) = sign_platform_message(&forged, key, shared.keys.job_key_id())
+        {
+            publish(shared, client, topics.job_certs(topic_job), bytes).await;
+        }
+        return;
+    }
     let cached = lock(&shared.answered).get(&digest).cloned();
     let response = match cached {
         Some(response) => response,
@@ -937,11 +1020,12 @@ async fn on_csr(
             response
         }
     };
-    let (Ok(topics), Ok(bytes)) = (shared.topics(station), response.encode()) else {
+    let signed = sign_platform_message(&response, shared.keys.job_key(), shared.keys.job_key_id());
+    let (Ok(topics), Ok(bytes)) = (shared.topics(station), signed) else {
         shared.update(|r| {
             r.job_mut(topic_job)
                 .problems
-                .push("the certificate response could not be encoded".to_owned())
+                .push("the certificate response could not be signed".to_owned())
         });
         return;
     };

@@ -32,6 +32,16 @@ pub enum Misbehaviour {
     SilenceAcks,
     /// The CSR bundle is answered with a rejection (`issuance-refused`).
     RejectIssuance,
+    /// The acknowledgement of a `bind` event is published unsigned (the bare JSON), as anyone
+    /// who can publish on the station's topics could, even while [`Misbehaviour::SilenceAcks`]
+    /// holds the true acks back. It is not repeated: the station's re-sent event gets a
+    /// signed one (or none while the acks are silenced).
+    UnsignedBindAck,
+    /// The CSR bundle is answered with a rejection signed by a key no station trusts, under
+    /// the trusted key's id. The station's re-sent bundle gets a true answer.
+    ForgedRejection,
+    /// [`super::Platform::cancel`] publishes the cancel unsigned (the bare JSON).
+    UnsignedCancel,
 }
 
 /// How long a misbehaviour stays armed.

@@ -318,6 +318,11 @@ impl Message for StepEvent {
                     },
                 ));
             }
+            // A cancel's reason rides in its `canceled` event's error (code `canceled`).
+            (Some(e), false) if self.state == ExecutionState::Canceled => {
+                e.code.check("error.code")?;
+                check_text("error.message", &e.message, 512)?;
+            }
             (Some(_), false) => {
                 return Err(ProtocolError::invalid(
                     "error",

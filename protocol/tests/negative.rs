@@ -471,8 +471,22 @@ fn step_event_rules() {
                 "error.message",
                 Problem::Empty,
             ),
+            (
+                vec![
+                    Set("/state", json!("canceled")),
+                    Set("/error/message", json!("")),
+                ],
+                "error.message",
+                Problem::Empty,
+            ),
         ],
     );
+    // A cancel's reason may ride in the `canceled` event's error, or be left out.
+    let mut canceled = failed.clone();
+    canceled.state = ExecutionState::Canceled;
+    StepEvent::decode(&canceled.encode().unwrap()).unwrap();
+    canceled.error = None;
+    StepEvent::decode(&canceled.encode().unwrap()).unwrap();
     let bind = sample_bind_event();
     check(
         &bind,

@@ -1,6 +1,8 @@
 //! The job table and its queue: what the daemon knows of each job, and feeding a job's
 //! machine an input (journal, outbox, then the other actions). Certificate responses,
-//! cancels and the platform's acknowledgements arrive here as inputs.
+//! cancels and the platform's acknowledgements arrive here as inputs, each verified first
+//! (signed by a trusted platform key, addressed to this station); one that does not verify is
+//! refused: counted, logged at a bounded rate, acknowledged to the broker, never acted on.
 //!
 //! What this module does not do: decide the next step (the job machine), publish events
 //! (`sink`), or start steps (`runner`).
@@ -9,13 +11,14 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use time::OffsetDateTime;
-use ukey_protocol::Message;
 use ukey_protocol::ack::Ack;
 use ukey_protocol::bundle::{CertOutcome, CertResponse};
 use ukey_protocol::cancel::Cancel;
 use ukey_protocol::event::{ExecutionState, Step};
 use ukey_protocol::ids::{EventId, JobId, TokenSerial};
 use ukey_protocol::job::JobDocument;
+use ukey_protocol::signed::{PlatformMessage, verify_platform_message};
+use ukey_protocol::{Message, ProtocolError};
 
 use crate::desk::TokenKey;
 use crate::job::{Action, Input, JobMachine, JobState, Report};
@@ -24,6 +27,7 @@ use crate::link::Incoming;
 use super::admission::ack;
 use super::job_data::{JobData, advance};
 use super::records::{Record, RecordKind};
+use super::refusals;
 use super::{Daemon, DaemonError, now_utc};
 
 /// A job the daemon knows.
@@ -111,7 +115,7 @@ impl Daemon {
         job_id: JobId,
         message: Incoming,
     ) -> Result<(), DaemonError> {
-        let response = match CertResponse::decode(message.payload()) {
+        let response = match self.verify::<CertResponse>(message.payload()) {
             Ok(r) if r.job_id == job_id => r,
             Ok(_) => {
                 tracing::warn!(job = %job_id, "certificate response for another job on this topic ignored");
@@ -119,7 +123,7 @@ impl Daemon {
                 return Ok(());
             }
             Err(e) => {
-                tracing::warn!(job = %job_id, error = %e, "malformed certificate response ignored");
+                self.refuse(CertResponse::NAME, Some(&job_id), &e);
                 ack(message).await;
                 return Ok(());
             }
@@ -156,7 +160,7 @@ impl Daemon {
         job_id: JobId,
         message: Incoming,
     ) -> Result<(), DaemonError> {
-        match Cancel::decode(message.payload()) {
+        match self.verify::<Cancel>(message.payload()) {
             Ok(cancel) if cancel.job_id == job_id => {
                 if self
                     .jobs
@@ -175,14 +179,14 @@ impl Daemon {
                 }
             }
             Ok(_) => tracing::warn!(job = %job_id, "cancel naming another job ignored"),
-            Err(e) => tracing::warn!(job = %job_id, error = %e, "malformed cancel ignored"),
+            Err(e) => self.refuse(Cancel::NAME, Some(&job_id), &e),
         }
         ack(message).await;
         Ok(())
     }
 
     pub(super) async fn on_ack(&mut self, message: Incoming) -> Result<(), DaemonError> {
-        match Ack::decode(message.payload()) {
+        match self.verify::<Ack>(message.payload()) {
             Ok(a) => {
                 let ids: Vec<String> = a.event_ids.iter().map(|e| e.to_string()).collect();
                 if let Err(e) = self.link.acknowledge(ids).await {
@@ -199,10 +203,34 @@ impl Daemon {
                     self.feed(&job_id, Input::FinalAcknowledged).await?;
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "malformed ack ignored"),
+            Err(e) => self.refuse(Ack::NAME, None, &e),
         }
         ack(message).await;
         Ok(())
+    }
+
+    /// Verifies a platform message as received: signed by a trusted key, of kind `M`,
+    /// addressed to this station.
+    fn verify<M: PlatformMessage>(&self, payload: &[u8]) -> Result<M, ProtocolError> {
+        verify_platform_message::<M>(payload, &self.trust.keyring, &self.station)
+    }
+
+    /// Counts a refused platform message, never acted on, and logs it unless a line was
+    /// written less than a minute ago (whoever can publish on the station's topics must not
+    /// flood the log). The line names the kind of message and why, nothing of its content.
+    fn refuse(&mut self, what: &'static str, job_id: Option<&JobId>, e: &ProtocolError) {
+        let Some(line) = self.refusals.refuse(std::time::Instant::now()) else {
+            return;
+        };
+        let job = job_id.map(tracing::field::display);
+        tracing::warn!(
+            message_kind = what,
+            job,
+            reason = refusals::reason(e),
+            refused_total = self.refusals.total(),
+            not_logged_since_last_line = line.unlogged,
+            "refused a platform message that is not signed by a trusted key for this station; not acted on"
+        );
     }
 
     /// Feeds `input` to a job: journal, outbox, then the other actions.

@@ -88,6 +88,7 @@ mod inventory;
 mod job_data;
 mod jobs;
 mod records;
+mod refusals;
 mod rejections;
 mod reports;
 mod runner;
@@ -194,6 +195,8 @@ struct Daemon {
     stuck_calls: StuckCalls,
     /// The rate limit on `rejected` events, and the counts of rejections.
     rejections: rejections::RejectionLimiter,
+    /// Platform messages refused as unsigned or mis-signed (status, rate-limited warnings).
+    refusals: refusals::Refusals,
 }
 
 fn now_utc() -> OffsetDateTime {
@@ -268,6 +271,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         module_problems,
         stuck_calls: StuckCalls::new(config_wedged_call),
         rejections: rejections::RejectionLimiter::new(config_rejections_per_minute),
+        refusals: refusals::Refusals::default(),
     };
     daemon.replay().await?;
     crate::systemd::ready();

@@ -201,6 +201,7 @@ impl Daemon {
             module_calls: crate::token::meter::module_calls(),
             rejected_jobs: self.rejections.rejected(),
             rejections_suppressed: self.rejections.suppressed(),
+            refused_platform_messages: self.refusals.total(),
             running: true,
         }
     }

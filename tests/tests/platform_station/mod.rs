@@ -20,6 +20,7 @@ use ukey_protocol::{
     Base64Bytes, CertResponse, CertificateRequest, CsrBundle, EventId, ExecutionState, JobDocument,
     JobEnvelope, JobId, JobKeyring, JobVerifyingKey, KeyAlgorithm, KeyLabel, SealRecipient,
     StationId, Step, StepData, StepEvent, TokenSerial, Topic, Topics, UnsealKey, V1,
+    verify_platform_message,
 };
 use x509_cert::builder::{Builder, RequestBuilder};
 use x509_cert::name::Name;
@@ -249,18 +250,21 @@ impl Station {
             .unwrap()
     }
 
-    /// The next certificate response.
+    /// The next certificate response, verified as the agent verifies it.
     pub async fn next_certs(&mut self) -> CertResponse {
         let (topic, payload) = self.next_where(|t| matches!(t, Topic::JobCerts(_))).await;
-        let response = CertResponse::decode(&payload).unwrap();
+        let response =
+            verify_platform_message::<CertResponse>(&payload, &self.keyring, &self.id).unwrap();
         assert_eq!(topic.job_id(), Some(&response.job_id));
         response
     }
 
-    /// The next ack's event ids.
+    /// The next ack's event ids, verified as the agent verifies them.
     pub async fn next_ack(&mut self) -> Vec<EventId> {
         let (_, payload) = self.next_where(|t| *t == Topic::Acks).await;
-        ukey_protocol::Ack::decode(&payload).unwrap().event_ids
+        verify_platform_message::<ukey_protocol::Ack>(&payload, &self.keyring, &self.id)
+            .unwrap()
+            .event_ids
     }
 
     pub async fn publish(&self, topic: String, payload: Vec<u8>) {

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use ukey_agent::config::ModelConfig;
 use ukey_agent::panel::{ButtonAction, Light};
 use ukey_platform_sim::JobDraft;
 use ukey_protocol::event::ExecutionState;
@@ -12,6 +13,19 @@ use ukey_protocol::keys::KeyAlgorithm;
 use ukey_tests::station::{PRODUCTION_TIMEOUT, Station, light_until};
 
 const WAIT: Duration = Duration::from_secs(60);
+
+/// A `[[models]]` entry: USB `vendor_id:product_id` served by `module`, default PIN policy.
+fn model(name: &str, vendor_id: u16, product_id: u16, module: &std::path::Path) -> ModelConfig {
+    ModelConfig {
+        name: name.into(),
+        vendor_id,
+        product_id,
+        module: module.to_path_buf(),
+        interface: ukey_agent::device::Interface::Pkcs11,
+        pin_min: 6,
+        pin_max: 16,
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panel_lights_and_status_follow_the_desk() {
@@ -63,10 +77,7 @@ async fn a_broken_model_module_is_reported_and_the_desk_keeps_working() {
     let mut station = Station::sim(1).await;
     let broken = station.dir().join("broken-ukey.so");
     std::fs::write(&broken, "not a shared library").unwrap();
-    station.extra_config = format!(
-        "[[models]]\nname = \"Broken K9\"\nvendor_id = 0x1234\nproduct_id = 0x5678\nmodule = {:?}\n",
-        broken.display().to_string()
-    );
+    station.configure(move |c| c.models.push(model("Broken K9", 0x1234, 0x5678, &broken)));
     station.start_agent().await;
     let job = station.dispatch_new(KeyAlgorithm::P256).await;
     station.insert_blank(0);
@@ -95,10 +106,8 @@ async fn a_ukey_without_usb_access_is_reported_apart_from_absence() {
     let mut station = Station::sim(2).await;
     station.usb_sim = true;
     // The sim's tokens are USB 5553:4b01: a configured model, served by the sim's module.
-    station.extra_config = format!(
-        "[[models]]\nname = \"Ukey-Sim\"\nvendor_id = 0x5553\nproduct_id = 0x4b01\nmodule = {:?}\n",
-        ukey_tests::hsm_sim_module().display().to_string()
-    );
+    let module = ukey_tests::hsm_sim_module();
+    station.configure(move |c| c.models.push(model("Ukey-Sim", 0x5553, 0x4b01, &module)));
     station.start_agent().await;
     station.insert_blank(1);
     station.rack().set_usb_access(1, false).unwrap();
@@ -233,10 +242,14 @@ async fn the_models_pin_policy_shapes_the_pins() {
     use secrecy::ExposeSecret;
     let mut station = Station::sim(1).await;
     station.usb_sim = true;
-    station.extra_config = format!(
-        "[[models]]\nname = \"Ukey-Sim\"\nvendor_id = 0x5553\nproduct_id = 0x4b01\nmodule = {:?}\npin_min = 12\npin_max = 12\n",
-        ukey_tests::hsm_sim_module().display().to_string()
-    );
+    let module = ukey_tests::hsm_sim_module();
+    station.configure(move |c| {
+        c.models.push(ModelConfig {
+            pin_min: 12,
+            pin_max: 12,
+            ..model("Ukey-Sim", 0x5553, 0x4b01, &module)
+        })
+    });
     station.start_agent().await;
     let serial = station.insert_blank(0);
     // The USB arrival (which tells the model) is seen before the job arrives.

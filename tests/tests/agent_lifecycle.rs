@@ -235,7 +235,7 @@ async fn unlock_resets_a_locked_user_pin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unlock_with_a_locked_so_pin_touches_nothing_and_a_missing_token_times_out() {
     let mut station = Station::sim(3).await;
-    station.extra_config = "target_token_secs = 4\n".into();
+    station.configure(|c| c.timeouts.target_token_secs = 4);
     station.start_agent().await;
     let (made, serial) = produce(&station, 0, KeyAlgorithm::P256).await;
 

@@ -447,6 +447,33 @@ impl Station {
         record
     }
 
+    /// The usual scenario, once the agent runs: the platform dispatches a `new` job of
+    /// `alg`, a blank token goes into `slot`, and the job succeeds within
+    /// [`PRODUCTION_TIMEOUT`] (else the test fails with the agent's log). Returns the job,
+    /// the token's serial and the job's record.
+    pub async fn produce_new(
+        &self,
+        slot: usize,
+        alg: ukey_protocol::keys::KeyAlgorithm,
+    ) -> (
+        ukey_protocol::ids::JobId,
+        String,
+        ukey_platform_sim::JobRecord,
+    ) {
+        let job = self.dispatch_new(alg).await;
+        let serial = self.insert_blank(slot);
+        let record = self
+            .platform
+            .wait_for_state(
+                &job,
+                ukey_protocol::event::ExecutionState::Succeeded,
+                PRODUCTION_TIMEOUT,
+            )
+            .await
+            .unwrap_or_else(|e| self.fail_with_log(e));
+        (job, serial, record)
+    }
+
     /// Panics with `e` and everything the agent logged (for a failed wait).
     pub fn fail_with_log(&self, e: impl std::fmt::Display) -> ! {
         panic!("{e}\n--- agent log ---\n{}", self.agent_log())

@@ -33,13 +33,7 @@ async fn panel_lights_and_status_follow_the_desk() {
     let (board, events) = station.attach_emulated_panel(2);
     station.start_agent().await;
 
-    let job = station.dispatch_new(KeyAlgorithm::P256).await;
-    station.insert_blank(1);
-    station
-        .platform
-        .wait_for_state(&job, ExecutionState::Succeeded, PRODUCTION_TIMEOUT)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", station.agent_log()));
+    let _ = station.produce_new(1, KeyAlgorithm::P256).await;
     // A finished token: "take it out".
     light_until(&board, &events, 1, Light::Done);
     assert_eq!(board.lights()[0], Light::Off, "the empty slot stays dark");
@@ -79,13 +73,7 @@ async fn a_broken_model_module_is_reported_and_the_desk_keeps_working() {
     std::fs::write(&broken, "not a shared library").unwrap();
     station.configure(move |c| c.models.push(model("Broken K9", 0x1234, 0x5678, &broken)));
     station.start_agent().await;
-    let job = station.dispatch_new(KeyAlgorithm::P256).await;
-    station.insert_blank(0);
-    station
-        .platform
-        .wait_for_state(&job, ExecutionState::Succeeded, PRODUCTION_TIMEOUT)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", station.agent_log()));
+    let _ = station.produce_new(0, KeyAlgorithm::P256).await;
     let station_id = station.station_id.clone();
     let alert = station
         .platform
@@ -145,13 +133,7 @@ async fn a_targeted_job_meeting_the_wrong_token_says_so_and_touches_nothing() {
     let mut station = Station::sim(2).await;
     station.start_agent().await;
     // A finished Ukey.
-    let job = station.dispatch_new(KeyAlgorithm::P256).await;
-    let serial = station.insert_blank(0);
-    station
-        .platform
-        .wait_for_state(&job, ExecutionState::Succeeded, PRODUCTION_TIMEOUT)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", station.agent_log()));
+    let (_, serial, _) = station.produce_new(0, KeyAlgorithm::P256).await;
     let station_id = station.station_id.clone();
     // The inventory shows it finished (so that its leaving below is news, not an older table).
     station

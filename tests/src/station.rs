@@ -226,14 +226,17 @@ impl Station {
         &self,
         alg: ukey_protocol::keys::KeyAlgorithm,
     ) -> ukey_protocol::ids::JobId {
-        let draft =
-            ukey_platform_sim::JobDraft::new(ukey_protocol::job::JobKind::New, &self.station_id)
-                .unwrap_or_else(|e| panic!("job draft: {e}"))
-                .with_algorithm(alg);
         self.platform
-            .dispatch_draft(&draft)
+            .dispatch_draft(&self.new_draft(alg))
             .await
             .unwrap_or_else(|e| panic!("dispatch: {e}"))
+    }
+
+    /// A `new` job for a made-up company, keys of `alg`.
+    pub fn new_draft(&self, alg: ukey_protocol::keys::KeyAlgorithm) -> ukey_platform_sim::JobDraft {
+        ukey_platform_sim::JobDraft::new(ukey_protocol::job::JobKind::New, &self.station_id)
+            .unwrap_or_else(|e| panic!("job draft: {e}"))
+            .with_algorithm(alg)
     }
 
     /// The hsm-sim rack (panics on a SoftHSM2 desk).
@@ -447,20 +450,24 @@ impl Station {
         record
     }
 
-    /// The usual scenario, once the agent runs: the platform dispatches a `new` job of
-    /// `alg`, a blank token goes into `slot`, and the job succeeds within
-    /// [`PRODUCTION_TIMEOUT`] (else the test fails with the agent's log). Returns the job,
-    /// the token's serial and the job's record.
-    pub async fn produce_new(
+    /// The usual scenario, once the agent runs: the platform dispatches `draft`, a blank
+    /// token goes into `slot`, and the job succeeds within [`PRODUCTION_TIMEOUT`] (else the
+    /// test fails with the agent's log). Returns the job, the token's serial and the job's
+    /// record.
+    pub async fn produce(
         &self,
         slot: usize,
-        alg: ukey_protocol::keys::KeyAlgorithm,
+        draft: &ukey_platform_sim::JobDraft,
     ) -> (
         ukey_protocol::ids::JobId,
         String,
         ukey_platform_sim::JobRecord,
     ) {
-        let job = self.dispatch_new(alg).await;
+        let job = self
+            .platform
+            .dispatch_draft(draft)
+            .await
+            .unwrap_or_else(|e| panic!("dispatch: {e}"));
         let serial = self.insert_blank(slot);
         let record = self
             .platform
@@ -472,6 +479,19 @@ impl Station {
             .await
             .unwrap_or_else(|e| self.fail_with_log(e));
         (job, serial, record)
+    }
+
+    /// [`Station::produce`] with a `new` job for a made-up company, keys of `alg`.
+    pub async fn produce_new(
+        &self,
+        slot: usize,
+        alg: ukey_protocol::keys::KeyAlgorithm,
+    ) -> (
+        ukey_protocol::ids::JobId,
+        String,
+        ukey_platform_sim::JobRecord,
+    ) {
+        self.produce(slot, &self.new_draft(alg)).await
     }
 
     /// Panics with `e` and everything the agent logged (for a failed wait).

@@ -27,6 +27,7 @@
 
 mod broker;
 mod desk;
+pub mod desk_builder;
 mod error;
 mod interrupt;
 mod lifecycle;
@@ -40,19 +41,20 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
-use ukey_agent::config::Config;
+use ukey_agent::config::{Config, TimeoutConfig};
 use ukey_agent::panel::Light;
 use ukey_protocol::{KeyAlgorithm, KeyLabel, PresenceStatus, StationId};
 
 pub use error::DemoError;
 
 use desk::{Desk, DeskPlan, DeskRun, Outcome, TokenResult, Tokens};
+use desk_builder::DeskBuilder;
 use hsm_sim::rack::latency::Profile;
 use hsm_sim::rack::{DIR_ENV, InsertOptions, Rack, RackConfig};
 use interrupt::{Interrupt, Signal};
 use progress::{Progress, ProgressKind};
 use report::{CertSummary, FaultSummary, Summary, TokenSummary, ms};
-use ukey_platform_sim::{Platform, PlatformConfig, Records, StationTrust};
+use ukey_platform_sim::{Platform, Records};
 use verify::{Check, Expectation};
 
 /// The file name of hsm-sim's PKCS#11 module next to the binary.
@@ -336,65 +338,6 @@ fn init_logging(path: &Path) -> Result<(), DemoError> {
         .with_writer(std::sync::Mutex::new(file))
         .try_init();
     Ok(())
-}
-
-/// A TOML basic string.
-fn toml_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out += "\\\"",
-            '\\' => out += "\\\\",
-            c if c.is_control() => out += &format!("\\u{:04X}", u32::from(c)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// What the agent's configuration file says.
-struct AgentFile<'a> {
-    files: &'a Path,
-    host: &'a str,
-    port: u16,
-    module: &'a Path,
-    sim_dir: Option<&'a Path>,
-    panel: Option<&'a Path>,
-    trust: &'a StationTrust,
-}
-
-impl AgentFile<'_> {
-    /// The TOML text, in the shape of `agent/ukey-agent.example.toml`.
-    fn text(&self) -> String {
-        let path = |p: &Path| toml_str(&p.display().to_string());
-        let usb = match self.sim_dir {
-            Some(dir) => format!("watcher = \"sim\"\nsim_dir = {}\n", path(dir)),
-            None => "watcher = \"none\"\n".to_owned(),
-        };
-        format!(
-            "# Written by `ukey-demo`: the agent of the demo's desk.\n\
-             station_id = {station}\n\
-             state_dir = {state}\n\n\
-             [broker]\nhost = {host}\nport = {port}\nkeep_alive_secs = 10\n\n\
-             [pkcs11]\ndefault_module = {module}\nscan_interval_ms = 50\n\n\
-             [usb]\n{usb}\n\
-             {trust}platform_signing_key_id = {kid}\n\n\
-             [timeouts]\ncertificates_secs = 120\ntoken_removed_secs = 120\n\
-             bind_ack_secs = 120\nshutdown_grace_secs = 10\n{panel}",
-            station = toml_str(STATION),
-            state = path(&self.files.join("agent-state")),
-            host = toml_str(self.host),
-            port = self.port,
-            module = path(self.module),
-            trust = self.trust.toml_section(),
-            kid = toml_str(&self.trust.job_key_id),
-            panel = self
-                .panel
-                .map(|p| format!("\n[panel]\ndevice = {}\n", path(p)))
-                .unwrap_or_default(),
-        )
-    }
 }
 
 /// What the async part hands back.
@@ -964,8 +907,22 @@ pub(crate) async fn start_station(
         }
     };
     let station = StationId::new(STATION).map_err(|e| DemoError::Agent(e.to_string()))?;
-    let platform =
-        Platform::start(PlatformConfig::new(host.clone(), port, station.clone())).await?;
+    let builder = DeskBuilder::new(
+        station.clone(),
+        files.join("agent-state"),
+        host.clone(),
+        port,
+        module,
+    )
+    .usb_sim(rack.map(|_| root))
+    .timeouts(TimeoutConfig {
+        certificates_secs: 120,
+        token_removed_secs: 120,
+        bind_ack_secs: 120,
+        shutdown_grace_secs: 10,
+        ..TimeoutConfig::default()
+    });
+    let platform = builder.start_platform(|_| {}).await?;
     let trust = platform.write_station_trust(&station, &files.join("trust"))?;
     let config_path = files.join("agent.toml");
     // The rack's indicator panel, emulated on a pty: the agent drives its lights.
@@ -984,17 +941,8 @@ pub(crate) async fn start_station(
         None => None,
     };
     let panel_link = panel.as_ref().map(|_| files.join("panel"));
-    let text = AgentFile {
-        files,
-        host: &host,
-        port,
-        module,
-        sim_dir: rack.map(|_| root),
-        panel: panel_link.as_deref(),
-        trust: &trust,
-    }
-    .text();
-    std::fs::write(&config_path, text).map_err(|e| DemoError::folder(&config_path, e))?;
+    let config = builder.panel(panel_link.as_deref()).config(&trust);
+    desk_builder::write_config(&config, "`ukey-demo`", &config_path)?;
     let config = Config::load_checked(&config_path).map_err(|e| DemoError::Agent(e.to_string()))?;
 
     let shutdown = CancellationToken::new();

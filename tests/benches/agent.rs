@@ -2,7 +2,7 @@
 //! the targets next to them. `scripts/bench` builds the release agent and module and runs it;
 //! `docs/BENCHMARKS.md` explains the method and keeps the measured figures.
 //!
-//! Every figure comes from a whole desk, as in `tests/tests/agent_e2e.rs`: a real Mosquitto,
+//! Every figure comes from a whole desk, as in `tests/tests/agent/production.rs`: a real Mosquitto,
 //! the simulated platform (in this process), an hsm-sim rack (`instant` latency) or SoftHSM2,
 //! and the release `ukey-agent` binary as a child process. P-256 keys throughout.
 //!

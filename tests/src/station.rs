@@ -1,6 +1,9 @@
 //! A whole production desk for end-to-end tests: a real Mosquitto, the simulated platform,
 //! a token store (hsm-sim rack or SoftHSM2) and the real `ukey-agent` binary as a child
-//! process, which a test can kill with SIGKILL and start again.
+//! process, which a test can kill with SIGKILL and start again. The desk is put together
+//! and the agent's configuration written by the demo's desk builder
+//! (`ukey_demo::desk_builder`); a test changes that configuration with
+//! [`Station::configure`].
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -9,8 +12,10 @@ use std::time::Duration;
 use hsm_sim::rack::object::class_name;
 use hsm_sim::rack::token::Token;
 
-use hsm_sim::rack::{InsertOptions, Rack, RackConfig};
+use hsm_sim::rack::{InsertOptions, Rack};
 use tempfile::TempDir;
+use ukey_agent::config::{Config, PanelConfig, TimeoutConfig};
+use ukey_demo::desk_builder::{self, DeskBuilder};
 use ukey_platform_sim::{Platform, PlatformConfig, StationTrust};
 use ukey_protocol::ids::StationId;
 use ukey_protocol::presence::PresenceStatus;
@@ -44,18 +49,18 @@ pub struct Station {
     /// The trust files, written once: a restarted agent keeps its station key (its journal
     /// is encrypted with a key derived from it, and the platform seals SO PINs to it).
     trust: Option<StationTrust>,
-    /// Extra lines for the agent's configuration, appended at its end (inside `[timeouts]`
-    /// unless they open a table of their own).
-    pub extra_config: String,
+    /// Changes to the agent's configuration, applied in order after the desk builder made it.
+    config_edits: Vec<ConfigEdit>,
     /// Watch hsm-sim's virtual USB bus (`[usb] watcher = "sim"`) instead of slot scans only.
     pub usb_sim: bool,
     /// The agent's step timeouts.
     pub timeouts: Timeouts,
     /// `[pkcs11] scan_interval_ms`: how often the agent scans the slots (50 ms by default).
     pub scan_interval_ms: u64,
-    /// The lines of the `[broker]` table, instead of this station's Mosquitto on loopback.
-    pub broker_section: Option<String>,
 }
+
+/// One change to the agent's configuration ([`Station::configure`]).
+type ConfigEdit = Box<dyn Fn(&mut Config) + Send + Sync>;
 
 /// The `[timeouts]` the agent is started with, in seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +75,20 @@ pub struct Timeouts {
     pub shutdown_grace_secs: u64,
     /// `resend_secs`.
     pub resend_secs: u64,
+}
+
+impl Timeouts {
+    /// These timeouts, the others at the agent's defaults.
+    pub fn config(self) -> TimeoutConfig {
+        TimeoutConfig {
+            certificates_secs: self.certificates_secs,
+            token_removed_secs: self.token_removed_secs,
+            bind_ack_secs: self.bind_ack_secs,
+            shutdown_grace_secs: self.shutdown_grace_secs,
+            resend_secs: self.resend_secs,
+            ..TimeoutConfig::default()
+        }
+    }
 }
 
 impl Default for Timeouts {
@@ -117,16 +136,8 @@ impl Station {
     /// A desk on an hsm-sim rack of `slots` slots.
     pub async fn sim(slots: usize) -> Station {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
-        let rack_dir = dir.path().join("rack");
-        let rack = Rack::init(
-            &rack_dir,
-            RackConfig {
-                slots,
-                ..Default::default()
-            },
-            false,
-        )
-        .unwrap_or_else(|e| panic!("rack init: {e}"));
+        let rack = desk_builder::rack(&dir.path().join("rack"), slots)
+            .unwrap_or_else(|e| panic!("rack init: {e}"));
         Station::with(dir, Tokens::Sim { rack }).await
     }
 
@@ -149,15 +160,8 @@ impl Station {
         platform: impl FnOnce(&mut PlatformConfig),
     ) -> Station {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
-        let rack = Rack::init(
-            &dir.path().join("rack"),
-            RackConfig {
-                slots,
-                ..Default::default()
-            },
-            false,
-        )
-        .unwrap_or_else(|e| panic!("rack init: {e}"));
+        let rack = desk_builder::rack(&dir.path().join("rack"), slots)
+            .unwrap_or_else(|e| panic!("rack init: {e}"));
         Station::with_broker(dir, Tokens::Sim { rack }, broker, platform).await
     }
 
@@ -168,11 +172,12 @@ impl Station {
         tweak: impl FnOnce(&mut PlatformConfig),
     ) -> Station {
         let station_id = StationId::new(STATION_ID).unwrap_or_else(|e| panic!("{e}"));
-        let mut config = PlatformConfig::new("127.0.0.1", broker.port(), station_id.clone());
-        tweak(&mut config);
-        let platform = Platform::start(config).await.unwrap_or_else(|e| {
-            panic!("platform start: {e}\n--- broker log ---\n{}", broker.log())
-        });
+        let platform = Station::builder_for(&dir, &tokens, &broker, &station_id)
+            .start_platform(tweak)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("platform start: {e}\n--- broker log ---\n{}", broker.log())
+            });
         Station {
             broker,
             platform,
@@ -182,12 +187,38 @@ impl Station {
             agent: None,
             starts: 0,
             trust: None,
-            extra_config: String::new(),
+            config_edits: Vec::new(),
             usb_sim: false,
             timeouts: Timeouts::default(),
             scan_interval_ms: 50,
-            broker_section: None,
         }
+    }
+
+    /// The desk builder for these parts, before this test's settings.
+    fn builder_for(
+        dir: &TempDir,
+        tokens: &Tokens,
+        broker: &Mosquitto,
+        station_id: &StationId,
+    ) -> DeskBuilder {
+        let module = match tokens {
+            Tokens::Sim { .. } => crate::hsm_sim_module(),
+            Tokens::SoftHsm(s) => s.module(),
+        };
+        DeskBuilder::new(
+            station_id.clone(),
+            dir.path().join("state"),
+            "127.0.0.1",
+            broker.port(),
+            module,
+        )
+        .keep_alive_secs(5)
+    }
+
+    /// Changes the agent's configuration as `edit` says, on every later start (after the
+    /// edits before it): e.g. a `[[models]]` entry, a shorter `[timeouts]` value, TLS.
+    pub fn configure(&mut self, edit: impl Fn(&mut Config) + Send + Sync + 'static) {
+        self.config_edits.push(Box::new(edit));
     }
 
     /// The platform dispatches a `new` job for a made-up company, keys of `alg`.
@@ -195,14 +226,17 @@ impl Station {
         &self,
         alg: ukey_protocol::keys::KeyAlgorithm,
     ) -> ukey_protocol::ids::JobId {
-        let draft =
-            ukey_platform_sim::JobDraft::new(ukey_protocol::job::JobKind::New, &self.station_id)
-                .unwrap_or_else(|e| panic!("job draft: {e}"))
-                .with_algorithm(alg);
         self.platform
-            .dispatch_draft(&draft)
+            .dispatch_draft(&self.new_draft(alg))
             .await
             .unwrap_or_else(|e| panic!("dispatch: {e}"))
+    }
+
+    /// A `new` job for a made-up company, keys of `alg`.
+    pub fn new_draft(&self, alg: ukey_protocol::keys::KeyAlgorithm) -> ukey_platform_sim::JobDraft {
+        ukey_platform_sim::JobDraft::new(ukey_protocol::job::JobKind::New, &self.station_id)
+            .unwrap_or_else(|e| panic!("job draft: {e}"))
+            .with_algorithm(alg)
     }
 
     /// The hsm-sim rack (panics on a SoftHSM2 desk).
@@ -266,35 +300,25 @@ impl Station {
                 .unwrap_or_else(|e| panic!("station trust: {e}")),
         };
         self.trust = Some(trust.clone());
-        let text = format!(
-            "station_id = \"{sid}\"\nstate_dir = {state:?}\n\
-             [broker]\n{broker}\
-             [pkcs11]\ndefault_module = {module:?}\nscan_interval_ms = {scan}\n\
-             {usb}\
-             {trust}platform_signing_key_id = {kid:?}\n\
-             [timeouts]\ncertificates_secs = {cert}\ntoken_removed_secs = {removed}\n\
-             bind_ack_secs = {bind}\nshutdown_grace_secs = {grace}\nresend_secs = {resend}\n\
-             {extra}",
-            sid = self.station_id,
-            state = self.state_dir().display().to_string(),
-            broker = self.broker_section.clone().unwrap_or_else(|| format!(
-                "host = \"127.0.0.1\"\nport = {}\nkeep_alive_secs = 5\n",
-                self.broker.port()
-            )),
-            module = self.module().display().to_string(),
-            trust = trust.toml_section(),
-            kid = trust.job_key_id,
-            cert = self.timeouts.certificates_secs,
-            removed = self.timeouts.token_removed_secs,
-            bind = self.timeouts.bind_ack_secs,
-            grace = self.timeouts.shutdown_grace_secs,
-            resend = self.timeouts.resend_secs,
-            extra = self.extra_config,
-            scan = self.scan_interval_ms,
-            usb = self.usb_section(),
-        );
+        let rack_dir = match (&self.tokens, self.usb_sim) {
+            (Tokens::Sim { rack }, true) => Some(rack.dir().to_path_buf()),
+            _ => None,
+        };
+        let mut config =
+            Station::builder_for(&self.dir, &self.tokens, &self.broker, &self.station_id)
+                .scan_interval_ms(self.scan_interval_ms)
+                .usb_sim(rack_dir.as_deref())
+                .timeouts(self.timeouts.config())
+                .config(&trust);
+        if rack_dir.is_some() {
+            config.usb.arrival_timeout_secs = 5;
+        }
+        for edit in &self.config_edits {
+            edit(&mut config);
+        }
         let path = self.dir.path().join("agent.toml");
-        std::fs::write(&path, text).unwrap_or_else(|e| panic!("agent.toml: {e}"));
+        desk_builder::write_config(&config, "the ukey-tests harness", &path)
+            .unwrap_or_else(|e| panic!("agent.toml: {e}"));
         path
     }
 
@@ -322,17 +346,6 @@ impl Station {
             .snapshot()
             .current_presence(&self.station_id)
             .map(|p| p.seq)
-    }
-
-    /// The `[usb]` table: hsm-sim's bus (with its devices' model configured) or no watcher.
-    fn usb_section(&self) -> String {
-        match (&self.tokens, self.usb_sim) {
-            (Tokens::Sim { rack }, true) => format!(
-                "[usb]\nwatcher = \"sim\"\nsim_dir = {:?}\narrival_timeout_secs = 5\n",
-                rack.dir().display().to_string()
-            ),
-            _ => "[usb]\nwatcher = \"none\"\n".to_owned(),
-        }
     }
 
     /// Starts the agent process without waiting for it.
@@ -397,9 +410,8 @@ impl Station {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
-    /// Plugs an emulated indicator panel with `slots` slots into the desk: appends its
-    /// `[panel]` table to [`Station::extra_config`] (so extra `[timeouts]` lines go before
-    /// this call) and returns the board and its events.
+    /// Plugs an emulated indicator panel with `slots` slots into the desk (its `[panel]`
+    /// table in the agent's configuration) and returns the board and its events.
     pub fn attach_emulated_panel(
         &mut self,
         slots: u8,
@@ -414,10 +426,7 @@ impl Station {
             ..hsm_sim::panel::PanelOptions::default()
         })
         .unwrap_or_else(|e| panic!("emulated panel: {e}"));
-        self.extra_config.push_str(&format!(
-            "[panel]\ndevice = {:?}\n",
-            link.display().to_string()
-        ));
+        self.configure(move |c| c.panel = Some(PanelConfig::new(link.clone())));
         board
     }
 
@@ -439,6 +448,50 @@ impl Station {
         }
         assert_events_exactly_once(&record);
         record
+    }
+
+    /// The usual scenario, once the agent runs: the platform dispatches `draft`, a blank
+    /// token goes into `slot`, and the job succeeds within [`PRODUCTION_TIMEOUT`] (else the
+    /// test fails with the agent's log). Returns the job, the token's serial and the job's
+    /// record.
+    pub async fn produce(
+        &self,
+        slot: usize,
+        draft: &ukey_platform_sim::JobDraft,
+    ) -> (
+        ukey_protocol::ids::JobId,
+        String,
+        ukey_platform_sim::JobRecord,
+    ) {
+        let job = self
+            .platform
+            .dispatch_draft(draft)
+            .await
+            .unwrap_or_else(|e| panic!("dispatch: {e}"));
+        let serial = self.insert_blank(slot);
+        let record = self
+            .platform
+            .wait_for_state(
+                &job,
+                ukey_protocol::event::ExecutionState::Succeeded,
+                PRODUCTION_TIMEOUT,
+            )
+            .await
+            .unwrap_or_else(|e| self.fail_with_log(e));
+        (job, serial, record)
+    }
+
+    /// [`Station::produce`] with a `new` job for a made-up company, keys of `alg`.
+    pub async fn produce_new(
+        &self,
+        slot: usize,
+        alg: ukey_protocol::keys::KeyAlgorithm,
+    ) -> (
+        ukey_protocol::ids::JobId,
+        String,
+        ukey_platform_sim::JobRecord,
+    ) {
+        self.produce(slot, &self.new_draft(alg)).await
     }
 
     /// Panics with `e` and everything the agent logged (for a failed wait).

@@ -11,12 +11,12 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ConfigProblem, DEFAULT_TOPIC_PREFIX, PRIVATE_KEY_LABELS, check_pem_file, io_reason};
 
 /// The MQTT broker and how to reach it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
     /// Host name or address of a single broker. Either this or [`BrokerConfig::hosts`].
@@ -78,6 +78,23 @@ impl std::fmt::Display for BrokerAddress {
 }
 
 impl BrokerConfig {
+    /// A single broker at `host` (and `port`, else the default port), every other key at
+    /// its default.
+    pub fn new(host: impl Into<String>, port: Option<u16>) -> BrokerConfig {
+        BrokerConfig {
+            host: host.into(),
+            hosts: Vec::new(),
+            port,
+            client_id: None,
+            keep_alive_secs: default_keep_alive(),
+            topic_prefix: default_topic_prefix(),
+            username: None,
+            password_file: None,
+            allow_plaintext: false,
+            tls: None,
+        }
+    }
+
     /// The port to connect to: the configured one, else 8883 with TLS and 1883 without.
     pub fn port(&self) -> u16 {
         self.port
@@ -344,7 +361,7 @@ fn parse_address(entry: &str, default_port: u16) -> Result<BrokerAddress, String
 }
 
 /// TLS to the broker.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM file with the CA certificate(s) the broker's certificate must chain to.

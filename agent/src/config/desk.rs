@@ -6,12 +6,12 @@ use crate::device::Interface;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{PRIVATE_KEY_LABELS, check_file, check_pem_file};
 
 /// PKCS#11 modules.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pkcs11Config {
     /// The module used for tokens whose USB model is not listed in `models` (and for modules
@@ -24,7 +24,7 @@ pub struct Pkcs11Config {
 }
 
 /// One supported Ukey model.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// Human name, shown in the inventory and logs.
@@ -47,7 +47,7 @@ pub struct ModelConfig {
 }
 
 /// Token arrival detection.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UsbConfig {
     /// `rusb` (real USB hot-plug), `sim` (hsm-sim's virtual bus) or `none` (slot scan only).
@@ -72,7 +72,7 @@ impl Default for UsbConfig {
 }
 
 /// Which USB watcher feeds the desk.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UsbWatcherKind {
     /// Real USB hot-plug through libusb.
@@ -85,7 +85,7 @@ pub enum UsbWatcherKind {
 }
 
 /// Keys and certificates.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrustConfig {
     /// PEM files with the CA certificates that issued certificates must chain to.
@@ -116,7 +116,7 @@ pub struct TrustConfig {
 }
 
 /// One platform signing key and the key id (the JWS `kid`) the platform names it by.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SigningKeyConfig {
     /// The key id.
@@ -126,6 +126,27 @@ pub struct SigningKeyConfig {
 }
 
 impl TrustConfig {
+    /// The trust section with one platform signing key under `signing_key_id`, and every
+    /// other key at its default.
+    pub fn new(
+        ca_certs: Vec<PathBuf>,
+        signing_key: impl Into<PathBuf>,
+        signing_key_id: impl Into<String>,
+        sealing_key: impl Into<PathBuf>,
+        station_key: impl Into<PathBuf>,
+    ) -> TrustConfig {
+        TrustConfig {
+            ca_certs,
+            platform_signing_key: Some(signing_key.into()),
+            platform_signing_key_id: signing_key_id.into(),
+            platform_signing_keys: Vec::new(),
+            max_job_lifetime_days: default_max_job_lifetime_days(),
+            rejections_per_minute: default_rejections_per_minute(),
+            platform_sealing_key: sealing_key.into(),
+            station_key: station_key.into(),
+        }
+    }
+
     /// Every signing key with its key id and configuration key (for messages): the single
     /// `platform_signing_key` first, then `platform_signing_keys`.
     pub fn signing_keys(&self) -> Vec<(String, &str, &PathBuf)> {
@@ -153,7 +174,7 @@ impl TrustConfig {
 }
 
 /// The serial indicator panel.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PanelConfig {
     /// The serial device, e.g. `/dev/ttyACM0`.
@@ -189,6 +210,14 @@ fn default_baud() -> u32 {
 }
 
 impl Pkcs11Config {
+    /// `default_module` with the default scan interval.
+    pub fn new(default_module: impl Into<PathBuf>) -> Pkcs11Config {
+        Pkcs11Config {
+            default_module: default_module.into(),
+            scan_interval_ms: default_scan_interval_ms(),
+        }
+    }
+
     pub(super) fn check(&self, problem: &mut impl FnMut(&str, String)) {
         check_file(problem, "pkcs11.default_module", &self.default_module);
         if !(10..=60_000).contains(&self.scan_interval_ms) {
@@ -339,6 +368,14 @@ fn check_public_key(
 }
 
 impl PanelConfig {
+    /// The panel on `device` at the default baud rate.
+    pub fn new(device: impl Into<PathBuf>) -> PanelConfig {
+        PanelConfig {
+            device: device.into(),
+            baud: default_baud(),
+        }
+    }
+
     pub(super) fn check(&self, problem: &mut impl FnMut(&str, String)) {
         if self.baud == 0 {
             problem("panel.baud", "must be positive".into());

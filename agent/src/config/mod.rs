@@ -7,6 +7,9 @@
 //! loadable paths, values that must be in range — and reports every problem with the key it
 //! belongs to. This module reads files but opens no devices and no network connections.
 //!
+//! Writing ([`Config::to_toml`]) is the inverse of parsing: the demo and the integration
+//! tests build a typed [`Config`] and write it, so what they run is what `check-config` checks.
+//!
 //! One submodule per group of sections: `broker` (`[broker]`, its TLS, credentials and the
 //! plaintext rule), `desk` (modules, models, USB, trust files, panel) and `timeouts`
 //! (timeouts, inventory, journal); their types are re-exported here.
@@ -14,7 +17,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 mod broker;
 mod desk;
@@ -59,6 +62,12 @@ pub enum ConfigError {
         /// Every problem found.
         problems: Vec<ConfigProblem>,
     },
+    /// The configuration cannot be written as TOML (a path that is not UTF-8).
+    #[error("cannot write the configuration as TOML: {message}")]
+    Serialize {
+        /// The serializer's message.
+        message: String,
+    },
 }
 
 /// One problem with one key of the configuration.
@@ -77,7 +86,7 @@ impl fmt::Display for ConfigProblem {
 }
 
 /// The whole configuration of one desk's agent.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// This desk's station id: the `{sid}` of every topic.
@@ -122,7 +131,7 @@ pub struct Config {
 }
 
 /// The audit log (`audit/audit-NNNNNN.jsonl` in the state folder; see `crate::audit`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// The log moves on to a new file once the current one would pass this many bytes
@@ -144,7 +153,7 @@ fn default_audit_max_file_bytes() -> u64 {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -159,6 +168,32 @@ fn default_state_dir() -> PathBuf {
 }
 
 impl Config {
+    /// A configuration with these required parts and every other key at its default (as if
+    /// the file held only them): what a program that writes configurations starts from.
+    pub fn new(
+        station_id: impl Into<String>,
+        broker: BrokerConfig,
+        pkcs11: Pkcs11Config,
+        trust: TrustConfig,
+    ) -> Config {
+        Config {
+            station_id: station_id.into(),
+            state_dir: default_state_dir(),
+            log_format: LogFormat::default(),
+            log_level: None,
+            broker,
+            pkcs11,
+            models: Vec::new(),
+            usb: UsbConfig::default(),
+            trust,
+            timeouts: TimeoutConfig::default(),
+            inventory: InventoryConfig::default(),
+            journal: JournalConfig::default(),
+            panel: None,
+            audit: AuditConfig::default(),
+        }
+    }
+
     /// Reads and parses `path`. Unknown keys are errors. Relative paths inside the file are
     /// taken relative to the file's folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -193,6 +228,14 @@ impl Config {
     /// Parses configuration text.
     pub fn parse(text: &str) -> Result<Config, String> {
         toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+
+    /// The configuration as TOML text that [`Config::parse`] reads back equal. Absent
+    /// optional keys are left out, so their defaults apply on reading.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string(self).map_err(|e| ConfigError::Serialize {
+            message: e.to_string(),
+        })
     }
 
     fn resolve_relative(&mut self, base: &Path) {

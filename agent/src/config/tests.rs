@@ -458,3 +458,116 @@ fn check_names_a_short_rsa_platform_key_with_its_file_and_size() {
         assert!(p.problem.contains("short.pub.pem"), "{p}");
     }
 }
+
+/// Files a full configuration names, each holding what `check` expects (keys mode 0600).
+fn world_for_round_trip(dir: &Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let write = |name: &str, text: &str, mode: u32| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path.display().to_string()
+    };
+    let cert = "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n";
+    // check-config reads the platform's public keys (their kind and size): a real one.
+    let public = {
+        use p256::elliptic_curve::Generate;
+        use p256::pkcs8::{EncodePublicKey, LineEnding};
+        let key = p256::SecretKey::generate_from_rng(&mut rand::rng());
+        key.public_key().to_public_key_pem(LineEnding::LF).unwrap()
+    };
+    let public = public.as_str();
+    let private = "-----BEGIN PRIVATE KEY-----\nAA==\n-----END PRIVATE KEY-----\n";
+    let module = write("module.so", "a module", 0o644);
+    let rack = dir.join("rack");
+    std::fs::create_dir_all(&rack).unwrap();
+    format!(
+        "station_id = \"desk-07\"\nstate_dir = {state:?}\nlog_format = \"json\"\n\
+         log_level = \"info,ukey_agent=debug\"\n\
+         [broker]\nhosts = [\"127.0.0.1:1884\", \"[::1]\"]\nport = 8884\n\
+         client_id = \"desk-07-client\"\nkeep_alive_secs = 15\ntopic_prefix = \"acme/ukey/v2\"\n\
+         username = \"desk-07\"\npassword_file = {password:?}\n\
+         [broker.tls]\nca_file = {cert:?}\nclient_cert = {cert:?}\nclient_key = {key:?}\n\
+         [pkcs11]\ndefault_module = {module:?}\nscan_interval_ms = 75\n\
+         [[models]]\nname = \"Ukey-Sim\"\nvendor_id = 0x5553\nproduct_id = 0x4b01\n\
+         module = {module:?}\npin_min = 8\npin_max = 12\n\
+         [usb]\nwatcher = \"sim\"\nsim_dir = {rack:?}\narrival_timeout_secs = 3\n\
+         [trust]\nca_certs = [{cert:?}]\nplatform_signing_key = {public:?}\n\
+         platform_signing_key_id = \"platform-2\"\nplatform_sealing_key = {public:?}\n\
+         station_key = {key:?}\n\
+         [timeouts]\ncertificates_secs = 11\ntoken_removed_secs = 12\nbind_ack_secs = 13\n\
+         target_token_secs = 14\nshutdown_grace_secs = 15\nresend_secs = 16\nwedged_call_secs = 17\n\
+         [inventory]\nexpiry_warning_days = 45\n\
+         [journal]\ncompact_after_records = 64\n\
+         [panel]\ndevice = \"/dev/ttyACM3\"\nbaud = 57600\n\
+         [audit]\nmax_file_bytes = 1048576\n",
+        state = dir.join("state").display().to_string(),
+        password = write("broker.password", "s3cret-Pw\n", 0o600),
+        cert = write("ca.pem", cert, 0o644),
+        public = write("public.pem", public, 0o644),
+        key = write("station.key", private, 0o600),
+        rack = rack.display().to_string(),
+    )
+}
+
+#[test]
+fn a_written_configuration_parses_back_equal_and_passes_the_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = Config::parse(&world_for_round_trip(dir.path())).unwrap();
+    assert_eq!(full.check(), Vec::new(), "the hand-written one is valid");
+    for config in [full, Config::parse(MINIMAL).unwrap()] {
+        let text = config.to_toml().unwrap();
+        let back = Config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(back, config, "{text}");
+    }
+    // Written to a file, `check-config`'s own loader accepts it.
+    let written = dir.path().join("agent.toml");
+    let config = Config::parse(&world_for_round_trip(dir.path())).unwrap();
+    std::fs::write(&written, config.to_toml().unwrap()).unwrap();
+    let loaded = Config::load_checked(&written).unwrap();
+    assert_eq!(loaded, config);
+    assert!(!config.to_toml().unwrap().contains("s3cret"));
+}
+
+#[test]
+fn absent_optional_keys_stay_absent_when_written() {
+    let text = Config::parse(MINIMAL).unwrap().to_toml().unwrap();
+    for key in [
+        "client_id",
+        "username",
+        "password_file",
+        "[panel]",
+        "[broker.tls]",
+        "log_level",
+    ] {
+        assert!(!text.contains(key), "{key} in\n{text}");
+    }
+}
+
+#[test]
+fn the_example_configuration_survives_a_round_trip() {
+    let config = Config::parse(EXAMPLE).unwrap();
+    let back = Config::parse(&config.to_toml().unwrap()).unwrap();
+    assert_eq!(back, config);
+}
+
+#[test]
+fn a_built_configuration_equals_the_file_holding_only_its_required_keys() {
+    let built = Config::new(
+        "d1",
+        BrokerConfig::new("127.0.0.1", None),
+        Pkcs11Config::new("/usr/lib/softhsm/libsofthsm2.so"),
+        TrustConfig::new(
+            vec!["ca.pem".into()],
+            "sign.pem",
+            "platform",
+            "seal.pem",
+            "station.pem",
+        ),
+    );
+    assert_eq!(built, Config::parse(MINIMAL).unwrap());
+    assert_eq!(
+        PanelConfig::new("/dev/x"),
+        toml::from_str::<PanelConfig>("device = \"/dev/x\"").unwrap()
+    );
+}

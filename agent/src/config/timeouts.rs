@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::DEFAULT_COMPACT_AFTER_RECORDS;
 
 /// Step timeouts, in seconds.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutConfig {
     /// How long to wait for the platform's certificates after sending CSRs (default 600).
@@ -87,7 +87,7 @@ impl TimeoutConfig {
 }
 
 /// What the inventory reports.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InventoryConfig {
     /// A certificate expiring within this many days makes its token `expiring` (default 30).
@@ -104,7 +104,7 @@ impl Default for InventoryConfig {
 }
 
 /// The job journal (`journal.log` in the state folder).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JournalConfig {
     /// The running agent compacts its journal (finished jobs shrink to one small record)

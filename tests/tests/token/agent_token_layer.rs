@@ -13,7 +13,7 @@
 //! the environment before the module loads; nextest runs one test per process.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod sim_common;
+use crate::sim_common;
 
 use std::path::Path;
 
@@ -1180,7 +1180,7 @@ mod suite {
                 .await
                 .unwrap();
             assert_ne!(thread, caller, "the call ran on the runtime's thread");
-            // The worker times the PKCS#11 call now running (a stalled one: agent_stuck_call),
+            // The worker times the PKCS#11 call now running (a stalled one: agent::stuck_call),
             // not the closure: between calls there is nothing to time, even mid-closure.
             assert_eq!(worker.running_for(), None);
             let (entered_tx, entered_rx) = tokio::sync::oneshot::channel::<()>();

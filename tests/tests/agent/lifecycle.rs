@@ -25,13 +25,7 @@ async fn produce(station: &Station, slot: usize, alg: KeyAlgorithm) -> (JobDraft
     let draft = JobDraft::new(JobKind::New, &station.station_id)
         .unwrap()
         .with_algorithm(alg);
-    let job = station.platform.dispatch_draft(&draft).await.unwrap();
-    let inserted = station.insert_blank(slot);
-    let record = station
-        .platform
-        .wait_for_state(&job, ExecutionState::Succeeded, PRODUCTION_TIMEOUT)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n--- agent log ---\n{}", station.agent_log()));
+    let (_, inserted, record) = station.produce(slot, &draft).await;
     let serial = record.token_serial().cloned().unwrap();
     assert_eq!(serial.as_str(), inserted);
     (draft, serial)
@@ -235,7 +229,7 @@ async fn unlock_resets_a_locked_user_pin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unlock_with_a_locked_so_pin_touches_nothing_and_a_missing_token_times_out() {
     let mut station = Station::sim(3).await;
-    station.extra_config = "target_token_secs = 4\n".into();
+    station.configure(|c| c.timeouts.target_token_secs = 4);
     station.start_agent().await;
     let (made, serial) = produce(&station, 0, KeyAlgorithm::P256).await;
 
@@ -773,13 +767,7 @@ async fn inventory_tells_each_tokens_state_on_insertion() {
     let draft = JobDraft::new(JobKind::Replace, &station.station_id)
         .unwrap()
         .with_old_token(lost.clone());
-    let job = station.platform.dispatch_draft(&draft).await.unwrap();
-    station.insert_blank(5);
-    station
-        .platform
-        .wait_for_state(&job, ExecutionState::Succeeded, PRODUCTION_TIMEOUT)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n--- agent log ---\n{}", station.agent_log()));
+    station.produce(5, &draft).await;
     let lost_objects = station.objects(lost.as_str());
     station.reinsert(6, lost.as_str());
 

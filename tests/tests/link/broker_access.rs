@@ -355,10 +355,11 @@ async fn a_plaintext_broker_off_loopback_is_refused_unless_allowed_and_then_warn
     let mut station = Station::sim(1).await;
     let port = station.broker.port();
     // The station's broker, and a second address on the network (TEST-NET-1) in clear.
-    let hosts =
-        format!("hosts = [\"127.0.0.1:{port}\", \"192.0.2.10:{port}\"]\nkeep_alive_secs = 5\n");
-
-    station.broker_section = Some(hosts.clone());
+    station.configure(move |c| {
+        c.broker.host = String::new();
+        c.broker.port = None;
+        c.broker.hosts = vec![format!("127.0.0.1:{port}"), format!("192.0.2.10:{port}")];
+    });
     let config = station.write_config();
     let (code, _, stderr) = check_config(&config);
     assert_eq!(code, Some(3), "{stderr}");
@@ -378,7 +379,7 @@ async fn a_plaintext_broker_off_loopback_is_refused_unless_allowed_and_then_warn
     );
 
     // Accepted out loud: valid, with one warning in check-config, at start and in status.
-    station.broker_section = Some(format!("{hosts}allow_plaintext = true\n"));
+    station.configure(|c| c.broker.allow_plaintext = true);
     let config = station.write_config();
     let (code, stdout, stderr) = check_config(&config);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
@@ -413,12 +414,12 @@ async fn the_agent_names_a_refused_password_and_never_logs_it() {
     let secured = Mosquitto::start_with_users(&[("desk-01", PASSWORD)]);
     let wrong = "Zx9-wrong-battery-staple";
     let file = password_file(station.dir(), wrong);
-    station.broker_section = Some(format!(
-        "host = \"127.0.0.1\"\nport = {}\nkeep_alive_secs = 5\nusername = \"desk-01\"\n\
-         password_file = {:?}\n",
-        secured.port(),
-        file.display().to_string()
-    ));
+    let port = secured.port();
+    station.configure(move |c| {
+        c.broker.port = Some(port);
+        c.broker.username = Some("desk-01".into());
+        c.broker.password_file = Some(file.clone());
+    });
     station.spawn_agent();
     station
         .wait_for_log("refused the station's login", 1, WAIT)

@@ -4,7 +4,7 @@
 //! decryption, ECDH, objects, random numbers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod sim_common;
+use crate::sim_common;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::RvError;
@@ -314,7 +314,7 @@ fn rsa_keys_sign_and_decrypt(kind: Kind) {
     key.pss_verify::<Sha256>(b"doc", &sig).unwrap();
 
     // OAEP with SHA-1: what SoftHSM 2.6 supports (hsm-sim also takes SHA-256, tested in
-    // sim_token.rs).
+    // sim::virtual_token).
     let ct = key.oaep_encrypt::<sha1::Sha1>(b"bid document key").unwrap();
     let oaep = PkcsOaepParams::new(
         MechanismType::SHA1,

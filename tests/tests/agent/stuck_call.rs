@@ -63,7 +63,7 @@ fn light_was_set(events: &std::sync::mpsc::Receiver<BoardEvent>, slot: u8, light
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_call_raises_an_alert_that_clears_when_it_returns() {
     let mut station = Station::sim(1).await;
-    station.extra_config = "wedged_call_secs = 1\n".into();
+    station.configure(|c| c.timeouts.wedged_call_secs = 1);
     let (_board, events) = station.attach_emulated_panel(1);
     station.start_agent().await;
     let serial = station.insert_blank(0);
@@ -159,15 +159,9 @@ async fn a_stalled_call_raises_an_alert_that_clears_when_it_returns() {
 async fn no_alert_when_nothing_is_slow() {
     let mut station = Station::sim(1).await;
     // Short, but well above any step of a P-256 job on an instant simulated token.
-    station.extra_config = "wedged_call_secs = 5\n".into();
+    station.configure(|c| c.timeouts.wedged_call_secs = 5);
     station.start_agent().await;
-    let job = station.dispatch_new(KeyAlgorithm::P256).await;
-    station.insert_blank(0);
-    station
-        .platform
-        .wait_for_state(&job, ExecutionState::Succeeded, PRODUCTION_TIMEOUT)
-        .await
-        .unwrap_or_else(|e| station.fail_with_log(e));
+    let _ = station.produce_new(0, KeyAlgorithm::P256).await;
     let records = station.platform.snapshot();
     let inventories = records.inventory();
     assert!(!inventories.is_empty());
@@ -181,7 +175,7 @@ async fn no_alert_when_nothing_is_slow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_longer_than_the_limit_made_of_short_calls_raises_no_alert() {
     let mut station = Station::sim(1).await;
-    station.extra_config = "wedged_call_secs = 1\n".into();
+    station.configure(|c| c.timeouts.wedged_call_secs = 1);
     station.start_agent().await;
     station.insert_blank(0);
     // Three key generations of 600 ms each: the step takes about 1.8 s, no call 1 s.

@@ -5,7 +5,7 @@
 //! plugs in. Outputs are checked, not only exit codes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod sim_common;
+use crate::sim_common;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -4,7 +4,7 @@
 //! certificate misbehaviour produces exactly the fault it names.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod platform_station;
+use crate::platform_station;
 
 use std::time::SystemTime;
 

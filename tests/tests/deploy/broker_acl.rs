@@ -318,12 +318,13 @@ async fn a_desk_produces_a_token_through_the_acl_broker() {
         });
     })
     .await;
-    station.extra_config = format!(
-        "[broker.tls]\nca_file = {:?}\nclient_cert = {:?}\nclient_key = {:?}\n",
-        p.join("clients-ca.pem").display().to_string(),
-        p.join(format!("{STATION_ID}.pem")).display().to_string(),
-        p.join(format!("{STATION_ID}.key")).display().to_string(),
-    );
+    station.configure(move |c| {
+        c.broker.tls = Some(ukey_agent::config::TlsConfig {
+            ca_file: p.join("clients-ca.pem"),
+            client_cert: Some(p.join(format!("{STATION_ID}.pem"))),
+            client_key: Some(p.join(format!("{STATION_ID}.key"))),
+        })
+    });
     station.start_agent().await;
     station.insert_blank(0);
     let job = station

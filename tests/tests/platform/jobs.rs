@@ -3,7 +3,7 @@
 //! and bind reports, and checks what the platform acknowledged, counted and unsealed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod platform_station;
+use crate::platform_station;
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;

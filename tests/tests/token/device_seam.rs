@@ -5,7 +5,7 @@
 //! by the desk's classification of what the seam observes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod sim_common;
+use crate::sim_common;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

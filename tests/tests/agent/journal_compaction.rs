@@ -37,7 +37,7 @@ const FINISHED: ObjectCount = ObjectCount {
 /// A desk whose agent compacts after every finished job (a job writes about ten records).
 async fn desk(slots: usize) -> Station {
     let mut station = Station::sim(slots).await;
-    station.extra_config = "[journal]\ncompact_after_records = 8\n".to_owned();
+    station.configure(|c| c.journal.compact_after_records = 8);
     station
 }
 

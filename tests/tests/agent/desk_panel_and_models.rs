@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use ukey_agent::config::ModelConfig;
 use ukey_agent::panel::{ButtonAction, Light};
 use ukey_platform_sim::JobDraft;
 use ukey_protocol::event::ExecutionState;
@@ -13,19 +14,26 @@ use ukey_tests::station::{PRODUCTION_TIMEOUT, Station, light_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// A `[[models]]` entry: USB `vendor_id:product_id` served by `module`, default PIN policy.
+fn model(name: &str, vendor_id: u16, product_id: u16, module: &std::path::Path) -> ModelConfig {
+    ModelConfig {
+        name: name.into(),
+        vendor_id,
+        product_id,
+        module: module.to_path_buf(),
+        interface: ukey_agent::device::Interface::Pkcs11,
+        pin_min: 6,
+        pin_max: 16,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panel_lights_and_status_follow_the_desk() {
     let mut station = Station::sim(2).await;
     let (board, events) = station.attach_emulated_panel(2);
     station.start_agent().await;
 
-    let job = station.dispatch_new(KeyAlgorithm::P256).await;
-    station.insert_blank(1);
-    station
-        .platform
-        .wait_for_state(&job, ExecutionState::Succeeded, PRODUCTION_TIMEOUT)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", station.agent_log()));
+    let _ = station.produce_new(1, KeyAlgorithm::P256).await;
     // A finished token: "take it out".
     light_until(&board, &events, 1, Light::Done);
     assert_eq!(board.lights()[0], Light::Off, "the empty slot stays dark");
@@ -63,18 +71,9 @@ async fn a_broken_model_module_is_reported_and_the_desk_keeps_working() {
     let mut station = Station::sim(1).await;
     let broken = station.dir().join("broken-ukey.so");
     std::fs::write(&broken, "not a shared library").unwrap();
-    station.extra_config = format!(
-        "[[models]]\nname = \"Broken K9\"\nvendor_id = 0x1234\nproduct_id = 0x5678\nmodule = {:?}\n",
-        broken.display().to_string()
-    );
+    station.configure(move |c| c.models.push(model("Broken K9", 0x1234, 0x5678, &broken)));
     station.start_agent().await;
-    let job = station.dispatch_new(KeyAlgorithm::P256).await;
-    station.insert_blank(0);
-    station
-        .platform
-        .wait_for_state(&job, ExecutionState::Succeeded, PRODUCTION_TIMEOUT)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", station.agent_log()));
+    let _ = station.produce_new(0, KeyAlgorithm::P256).await;
     let station_id = station.station_id.clone();
     let alert = station
         .platform
@@ -95,10 +94,8 @@ async fn a_ukey_without_usb_access_is_reported_apart_from_absence() {
     let mut station = Station::sim(2).await;
     station.usb_sim = true;
     // The sim's tokens are USB 5553:4b01: a configured model, served by the sim's module.
-    station.extra_config = format!(
-        "[[models]]\nname = \"Ukey-Sim\"\nvendor_id = 0x5553\nproduct_id = 0x4b01\nmodule = {:?}\n",
-        ukey_tests::hsm_sim_module().display().to_string()
-    );
+    let module = ukey_tests::hsm_sim_module();
+    station.configure(move |c| c.models.push(model("Ukey-Sim", 0x5553, 0x4b01, &module)));
     station.start_agent().await;
     station.insert_blank(1);
     station.rack().set_usb_access(1, false).unwrap();
@@ -136,13 +133,7 @@ async fn a_targeted_job_meeting_the_wrong_token_says_so_and_touches_nothing() {
     let mut station = Station::sim(2).await;
     station.start_agent().await;
     // A finished Ukey.
-    let job = station.dispatch_new(KeyAlgorithm::P256).await;
-    let serial = station.insert_blank(0);
-    station
-        .platform
-        .wait_for_state(&job, ExecutionState::Succeeded, PRODUCTION_TIMEOUT)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", station.agent_log()));
+    let (_, serial, _) = station.produce_new(0, KeyAlgorithm::P256).await;
     let station_id = station.station_id.clone();
     // The inventory shows it finished (so that its leaving below is news, not an older table).
     station
@@ -233,10 +224,14 @@ async fn the_models_pin_policy_shapes_the_pins() {
     use secrecy::ExposeSecret;
     let mut station = Station::sim(1).await;
     station.usb_sim = true;
-    station.extra_config = format!(
-        "[[models]]\nname = \"Ukey-Sim\"\nvendor_id = 0x5553\nproduct_id = 0x4b01\nmodule = {:?}\npin_min = 12\npin_max = 12\n",
-        ukey_tests::hsm_sim_module().display().to_string()
-    );
+    let module = ukey_tests::hsm_sim_module();
+    station.configure(move |c| {
+        c.models.push(ModelConfig {
+            pin_min: 12,
+            pin_max: 12,
+            ..model("Ukey-Sim", 0x5553, 0x4b01, &module)
+        })
+    });
     station.start_agent().await;
     let serial = station.insert_blank(0);
     // The USB arrival (which tells the model) is seen before the job arrives.

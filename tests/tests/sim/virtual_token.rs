@@ -6,7 +6,7 @@
 // Only to set the environment before the module loads (see sim_common::load_sim).
 #![allow(unsafe_code)]
 
-mod sim_common;
+use crate::sim_common;
 
 use std::time::{Duration, Instant};
 

@@ -295,6 +295,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let resend_every = daemon.config.timeouts.resend();
     let mut resend_tick = tokio::time::interval(resend_every);
     resend_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // ... and at once after every (re)connect: a broker that lost the platform's session
+    // may have dropped a bundle it acknowledged (docs/PROTOCOL.md, "Redelivery").
+    let mut link_state = daemon.link.state();
     let watchdog = crate::systemd::watchdog_interval();
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     let grace = daemon.config.timeouts.shutdown_grace();
@@ -351,6 +354,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
                 }
             }
             _ = resend_tick.tick() => daemon.resend_csrs(resend_every),
+            Ok(()) = link_state.changed() => {
+                let subscribed = matches!(
+                    *link_state.borrow_and_update(),
+                    crate::link::LinkState::Connected { subscribed: true, .. }
+                );
+                if subscribed {
+                    daemon.resend_csrs(Duration::ZERO);
+                }
+            }
             _ = watchdog_tick.tick(), if watchdog.is_some() => {
                 crate::systemd::watchdog();
             }

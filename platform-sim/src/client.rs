@@ -10,9 +10,13 @@
 //! [`Platform::wait_until`] and friends, which wake on every change (a `watch` channel), never
 //! on a timer.
 //!
+//! What a station may not have received is published again ([`crate::redeliver`]): jobs it
+//! has not reported on, certificate responses it has not gone past, cancels of jobs that
+//! have not ended, on every presence birth of the station, every
+//! [`PlatformConfig::redeliver_every`], and after the broker lost the platform's own session.
+//!
 //! Not a real platform: no database (everything is in memory and lost at drop), no ACLs, no
-//! revocation, no retries beyond re-publishing unanswered jobs and certificate responses after
-//! the broker lost the session.
+//! revocation.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -34,8 +38,8 @@ use ukey_protocol::topic::parse_any_station;
 use ukey_protocol::{
     Ack, Base64Bytes, Cancel, CertBundle, CertOutcome, CertResponse, CsrBundle, ExecutionState,
     Inventory, IssuedCertificate, JobDocument, JobEnvelope, JobId, JobKind, KeyAlgorithm, KeyLabel,
-    Presence, SealContext, SealPurpose, SealedSecret, StationId, Step, StepData, StepEvent, Topic,
-    Topics, V1, sign_platform_message,
+    Presence, PresenceStatus, SealContext, SealPurpose, SealedSecret, StationId, Step, StepData,
+    StepEvent, Topic, Topics, V1, sign_platform_message,
 };
 use x509_cert::spki::SubjectPublicKeyInfoOwned;
 
@@ -45,6 +49,7 @@ use super::jobs::{JobDraft, build_job, sign};
 use super::keys::{KeyOptions, PlatformKeys, StationTrust};
 use super::misbehave::{Armed, Misbehaviour, Times};
 use super::records::{JobRecord, Records, TokenRecord};
+use super::redeliver::Owed;
 
 /// The largest MQTT packet the platform sends or accepts (both ways): the protocol's 64 KiB
 /// bound plus room for the topic, with margin.
@@ -83,7 +88,14 @@ pub struct PlatformConfig {
     /// TLS with a client certificate (a broker that tells the platform from stations by
     /// certificate, as `deploy/mosquitto/` does). Default: plain TCP.
     pub tls: Option<PlatformTls>,
+    /// How often the platform publishes again what its stations have not shown they
+    /// received (besides on every presence birth); `None` only on births and reconnects.
+    /// Default 30 s.
+    pub redeliver_every: Option<Duration>,
 }
+
+/// The default of [`PlatformConfig::redeliver_every`].
+pub const REDELIVER_EVERY: Duration = Duration::from_secs(30);
 
 /// The files for a TLS connection with a client certificate (PEM).
 #[derive(Debug, Clone)]
@@ -108,6 +120,7 @@ impl PlatformConfig {
             client_id: None,
             connect_timeout: Duration::from_secs(10),
             tls: None,
+            redeliver_every: Some(REDELIVER_EVERY),
         }
     }
 }
@@ -268,7 +281,13 @@ impl Platform {
         let (tx, rx) = mpsc::unbounded_channel();
         let tasks = vec![
             tokio::spawn(poll(eventloop, tx, cancel.clone())),
-            tokio::spawn(handle(shared.clone(), client.clone(), rx, cancel.clone())),
+            tokio::spawn(handle(
+                shared.clone(),
+                client.clone(),
+                rx,
+                config.redeliver_every,
+                cancel.clone(),
+            )),
         ];
         let platform = Platform {
             shared,
@@ -380,7 +399,8 @@ impl Platform {
     pub async fn dispatch(&self, job: &SignedJob) -> Result<JobId, PlatformError> {
         let keys = &self.shared.keys;
         let mut applied = Vec::new();
-        let envelope = if self.shared.armed.take(Misbehaviour::ForgedSignature) {
+        let forged = self.shared.armed.take(Misbehaviour::ForgedSignature);
+        let envelope = if forged {
             applied.push(Misbehaviour::ForgedSignature);
             sign(&job.document, keys.forger_key()?, keys.job_key_id())?
         } else {
@@ -408,6 +428,9 @@ impl Platform {
                 record.envelopes_sent.push(envelope.clone());
             }
             record.misbehaviours.extend(applied);
+            if !forged {
+                record.job_payload = Some(payload.clone());
+            }
         });
         for _ in 0..copies {
             self.client
@@ -427,8 +450,8 @@ impl Platform {
     }
 
     /// Publishes a signed cancel of `job_id` (QoS 1) on its station's cancel topic, saying
-    /// `reason`. [`Misbehaviour::UnsignedCancel`] applies here. Not re-published after the
-    /// broker lost the session.
+    /// `reason`. [`Misbehaviour::UnsignedCancel`] applies here. A signed cancel is published
+    /// again until the job ends (see [`crate::redeliver`]).
     pub async fn cancel(&self, job_id: &JobId, reason: &str) -> Result<(), PlatformError> {
         let station = self
             .shared
@@ -445,7 +468,8 @@ impl Platform {
             reason: reason.to_owned(),
             at: OffsetDateTime::now_utc(),
         };
-        let payload = if self.shared.armed.take(Misbehaviour::UnsignedCancel) {
+        let unsigned = self.shared.armed.take(Misbehaviour::UnsignedCancel);
+        let payload = if unsigned {
             self.shared.update(|r| {
                 r.job_mut(job_id)
                     .misbehaviours
@@ -457,6 +481,10 @@ impl Platform {
             sign_platform_message(&cancel, keys.job_key(), keys.job_key_id())
         }
         .map_err(|e| PlatformError::protocol("cancel", e))?;
+        if !unsigned {
+            self.shared
+                .update(|r| r.job_mut(job_id).cancel_payload = Some(payload.clone()));
+        }
         let topic = self.shared.topics(&station)?.job_cancel(job_id);
         self.client
             .publish(topic, QoS::AtLeastOnce, false, payload)
@@ -618,12 +646,21 @@ async fn handle(
     shared: Arc<Shared>,
     client: AsyncClient,
     mut rx: mpsc::UnboundedReceiver<Inbound>,
+    redeliver_every: Option<Duration>,
     cancel: CancellationToken,
 ) {
     let mut connections = 0u64;
+    // Without a timer the branch below never fires (an hour, disabled by its guard).
+    let every = redeliver_every.unwrap_or(Duration::from_secs(3600));
+    let mut redeliver_tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    redeliver_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let inbound = tokio::select! {
             () = cancel.cancelled() => return,
+            _ = redeliver_tick.tick(), if redeliver_every.is_some() => {
+                redeliver(&shared, &client, None).await;
+                continue;
+            }
             inbound = rx.recv() => match inbound {
                 Some(inbound) => inbound,
                 None => return,
@@ -635,7 +672,8 @@ async fn handle(
                 shared.update(|r| r.connections += 1);
                 subscribe(&shared, &client).await;
                 if connections > 1 && !session_present {
-                    republish(&shared, &client).await;
+                    // rumqttc dropped its unacknowledged publishes with the session.
+                    redeliver(&shared, &client, None).await;
                 }
             }
             Inbound::Subscribed { ok } => {
@@ -687,38 +725,57 @@ async fn publish(shared: &Shared, client: &AsyncClient, topic: String, payload: 
     }
 }
 
-/// After the broker lost the session (and with it rumqttc's unacknowledged publishes), sends
-/// again what a station may still be waiting for: jobs without any event, and the certificate
-/// response of jobs whose last event is the request.
-async fn republish(shared: &Shared, client: &AsyncClient) {
-    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
-    {
+/// Publishes again what `station` (every station when `None`) has not shown it received.
+async fn redeliver(shared: &Shared, client: &AsyncClient, station: Option<&StationId>) {
+    let owed = {
         let records = shared.records();
-        for job in records.jobs() {
-            let (Some(station), Some(doc)) = (job.station_id(), job.document()) else {
-                continue;
-            };
-            let Ok(topics) = shared.topics(station) else {
-                continue;
-            };
-            let last = job.last_event();
-            if last.is_none()
-                && let Some(Ok(bytes)) = job.envelopes_sent().last().map(Message::encode)
-            {
-                out.push((topics.jobs(), bytes));
+        crate::redeliver::owed(&records, station)
+    };
+    let mut sent = Vec::new();
+    for owed in owed {
+        let job_id = owed.job_id().clone();
+        let (station, topic, payload) = match owed {
+            Owed::Job {
+                station, payload, ..
+            } => {
+                let Ok(topics) = shared.topics(&station) else {
+                    continue;
+                };
+                (station, topics.jobs(), payload)
             }
-            if last.is_some_and(|e| e.step == Step::RequestCertificates)
-                && let Some(Ok(bytes)) = job.cert_responses().last().map(|r| {
-                    sign_platform_message(r, shared.keys.job_key(), shared.keys.job_key_id())
-                })
-            {
-                out.push((topics.job_certs(&doc.job_id), bytes));
+            Owed::Certs {
+                station,
+                job_id,
+                payload,
+            } => {
+                let Ok(topics) = shared.topics(&station) else {
+                    continue;
+                };
+                (station, topics.job_certs(&job_id), payload)
             }
+            Owed::Cancel {
+                station,
+                job_id,
+                payload,
+            } => {
+                let Ok(topics) = shared.topics(&station) else {
+                    continue;
+                };
+                (station, topics.job_cancel(&job_id), payload)
+            }
+        };
+        if !shared.serves(&station) {
+            continue;
         }
-    }
-    for (topic, payload) in out {
         publish(shared, client, topic, payload).await;
+        sent.push(job_id);
     }
+    shared.update(|r| {
+        r.redelivery_rounds += 1;
+        for job_id in &sent {
+            r.job_mut(job_id).redelivered += 1;
+        }
+    });
 }
 
 async fn on_publish(shared: &Shared, client: &AsyncClient, topic: &str, payload: &[u8]) {
@@ -745,7 +802,15 @@ async fn on_publish(shared: &Shared, client: &AsyncClient, topic: &str, payload:
             Err(e) => unreadable(e),
         },
         Topic::Presence => match Presence::decode(payload) {
-            Ok(p) => shared.update(|r| r.presence.push(p)),
+            Ok(p) => {
+                let born = p.status == PresenceStatus::Online;
+                shared.update(|r| r.presence.push(p));
+                // A birth comes after the station's subscriptions on the same connection:
+                // what it missed while away can be sent now.
+                if born {
+                    redeliver(shared, client, Some(&station)).await;
+                }
+            }
             Err(e) => unreadable(e),
         },
         Topic::Inventory => match Inventory::decode(payload) {
@@ -909,6 +974,7 @@ fn record_event(
         _ => None,
     };
     let job_id = event.job_id.clone();
+    job.arrivals.push(event.seq);
     job.events.insert(at, event);
     let Some(serial) = serial else {
         return;
@@ -993,8 +1059,8 @@ async fn on_csr(
         return;
     }
     let cached = lock(&shared.answered).get(&digest).cloned();
-    let response = match cached {
-        Some(response) => response,
+    let (response, honest) = match cached {
+        Some(response) => (response, true),
         None => {
             let mut applied = Vec::new();
             let outcome = match &document {
@@ -1012,12 +1078,13 @@ async fn on_csr(
             };
             // Only honest answers are repeated for a re-sent bundle: after a misbehaviour
             // "once", the same request gets a good answer.
-            if applied.is_empty() {
+            let honest = applied.is_empty();
+            if honest {
                 lock(&shared.answered).insert(digest, response.clone());
             } else {
                 shared.update(|r| r.job_mut(topic_job).misbehaviours.extend(applied));
             }
-            response
+            (response, honest)
         }
     };
     let signed = sign_platform_message(&response, shared.keys.job_key(), shared.keys.job_key_id());
@@ -1029,7 +1096,12 @@ async fn on_csr(
         });
         return;
     };
-    shared.update(|r| r.job_mut(topic_job).cert_responses.push(response));
+    shared.update(|r| {
+        let job = r.job_mut(topic_job);
+        job.cert_responses.push(response);
+        // Only an honest answer is owed again (`crate::redeliver`).
+        job.cert_payload = honest.then(|| bytes.clone());
+    });
     publish(shared, client, topics.job_certs(topic_job), bytes).await;
 }
 

@@ -10,6 +10,9 @@
 //! - [`jobs`]: made-up but valid companies and people; job drafts, building and signing.
 //! - [`client`]: [`Platform`], the MQTT client that does all of the above over a broker.
 //! - [`records`]: what the platform recorded ([`Records`], [`JobRecord`], [`TokenRecord`]).
+//! - [`ledger`]: what the records say, in any arrival order: events lost, duplicated, out
+//!   of order, forbidden transitions ([`Ledger`], [`JobLedger`]).
+//! - `redeliver`: what a station has not shown it received, published again.
 //! - [`misbehave`]: [`Misbehaviour`]s on request.
 //!
 //! What it does not do: persistence of its records, revocation, access control, anything a
@@ -25,8 +28,10 @@ pub mod client;
 pub mod error;
 pub mod jobs;
 pub mod keys;
+pub mod ledger;
 pub mod misbehave;
 pub mod records;
+mod redeliver;
 pub mod verify;
 
 pub use ca::{CaAlgorithm, Issue, RejectionCode, TestCa, subject_data};
@@ -34,5 +39,6 @@ pub use client::{KeySource, MAX_PACKET_BYTES, Platform, PlatformConfig, Platform
 pub use error::PlatformError;
 pub use jobs::{JobDraft, Order, Person, build_job, sign};
 pub use keys::{DEFAULT_JOB_KEY_ID, KeyOptions, PlatformKeys, StationTrust};
+pub use ledger::{JobLedger, Ledger};
 pub use misbehave::{Misbehaviour, Times};
 pub use records::{JobRecord, Records, TokenRecord};

@@ -15,6 +15,7 @@ use ukey_protocol::{
     StepEvent, TokenSerial,
 };
 
+use super::ledger::{JobLedger, Ledger};
 use super::misbehave::Misbehaviour;
 
 /// Everything about one job.
@@ -31,6 +32,16 @@ pub struct JobRecord {
     pub(crate) csr_bundles: Vec<CsrBundle>,
     pub(crate) cert_responses: Vec<CertResponse>,
     pub(crate) misbehaviours: Vec<Misbehaviour>,
+    /// The honest signed envelope as published: owed until the job's first event.
+    pub(crate) job_payload: Option<Vec<u8>>,
+    /// The last honest signed certificate response as published: owed until the station
+    /// is past `request-certificates`.
+    pub(crate) cert_payload: Option<Vec<u8>>,
+    /// The honest signed cancel as published: owed until the job ends.
+    pub(crate) cancel_payload: Option<Vec<u8>>,
+    pub(crate) redelivered: usize,
+    /// The `seq` of each unique event, in the order the events arrived.
+    pub(crate) arrivals: Vec<u64>,
 }
 
 impl JobRecord {
@@ -47,6 +58,11 @@ impl JobRecord {
             csr_bundles: Vec::new(),
             cert_responses: Vec::new(),
             misbehaviours: Vec::new(),
+            job_payload: None,
+            cert_payload: None,
+            cancel_payload: None,
+            redelivered: 0,
+            arrivals: Vec::new(),
         }
     }
 
@@ -74,6 +90,18 @@ impl JobRecord {
     /// The unique step events, ordered by `seq`.
     pub fn events(&self) -> &[StepEvent] {
         &self.events
+    }
+
+    /// The `seq` of each unique event, in the order the events arrived (a re-sent event
+    /// may overtake an earlier one).
+    pub fn arrivals(&self) -> &[u64] {
+        &self.arrivals
+    }
+
+    /// What the platform's ledger says about this job ([`JobLedger`]): events lost,
+    /// duplicated, out of order, forbidden transitions.
+    pub fn ledger(&self) -> JobLedger {
+        JobLedger::of(self)
     }
 
     /// How many events arrived again with an event id already recorded.
@@ -107,6 +135,12 @@ impl JobRecord {
     /// station had to catch).
     pub fn misbehaviours(&self) -> &[Misbehaviour] {
         &self.misbehaviours
+    }
+
+    /// How many times the platform published one of this job's messages again because the
+    /// station had not shown it arrived (docs/PROTOCOL.md, "Redelivery").
+    pub fn redelivered(&self) -> usize {
+        self.redelivered
     }
 
     /// The certificates of the last issued response.
@@ -218,9 +252,15 @@ pub struct Records {
     pub(crate) acks_sent: usize,
     pub(crate) connections: u64,
     pub(crate) subscriptions: u64,
+    pub(crate) redelivery_rounds: u64,
 }
 
 impl Records {
+    /// The ledger of every job ([`Ledger`]).
+    pub fn ledger(&self) -> Ledger {
+        Ledger::of(self)
+    }
+
     /// One job's record.
     pub fn job(&self, job_id: &JobId) -> Option<&JobRecord> {
         self.jobs.get(job_id)
@@ -296,6 +336,12 @@ impl Records {
     /// platform to hear stations again.
     pub fn subscriptions(&self) -> u64 {
         self.subscriptions
+    }
+
+    /// How many times the platform went through what it owes the stations (on a presence
+    /// birth, on its timer, after it lost its own session), whether or not anything was owed.
+    pub fn redelivery_rounds(&self) -> u64 {
+        self.redelivery_rounds
     }
 
     pub(crate) fn job_mut(&mut self, job_id: &JobId) -> &mut JobRecord {

@@ -1,4 +1,5 @@
-//! A real Mosquitto broker for tests: free loopback port, persistence on, killable.
+//! A real Mosquitto broker for tests: free loopback port, persistence on (or off, to lose
+//! every session when killed), killable.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,9 @@ pub struct Mosquitto {
     config: Option<String>,
     /// A password file (made with `mosquitto_passwd`): clients must log in.
     password_file: Option<PathBuf>,
+    /// `persistence false`: a restart forgets every session, its subscriptions and queued
+    /// messages (see [`Mosquitto::start_forgetful`]).
+    forgetful: bool,
 }
 
 fn mosquitto_binary() -> PathBuf {
@@ -40,28 +44,42 @@ impl Mosquitto {
         Mosquitto::start_with_users(&[])
     }
 
+    /// Starts a broker without persistence: after [`Mosquitto::kill`] and
+    /// [`Mosquitto::restart`] it knows no session, so whatever is published to a client
+    /// before that client subscribes again is dropped (and still acknowledged).
+    pub fn start_forgetful() -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        Mosquitto::start_in(dir, None, None, true)
+    }
+
     /// Starts a broker that admits only these users (name, password), from a password file
     /// made by `mosquitto_passwd`; with none, anyone may connect.
     pub fn start_with_users(users: &[(&str, &str)]) -> Mosquitto {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
         let password_file = (!users.is_empty()).then(|| write_password_file(dir.path(), users));
-        Mosquitto::start_in(dir, None, password_file)
+        Mosquitto::start_in(dir, None, password_file, false)
     }
 
     /// Starts a broker with the configuration `text`, in which `@PORT@` stands for the free
     /// port to listen on. Its folder ([`Mosquitto::dir`]) holds the files the caller put
     /// there (certificates, ACLs), with read access for all, and an empty, writable `db/`.
     pub fn start_with_config(dir: TempDir, text: &str) -> Mosquitto {
-        Mosquitto::start_in(dir, Some(text.to_owned()), None)
+        Mosquitto::start_in(dir, Some(text.to_owned()), None, false)
     }
 
-    fn start_in(dir: TempDir, config: Option<String>, password_file: Option<PathBuf>) -> Mosquitto {
+    fn start_in(
+        dir: TempDir,
+        config: Option<String>,
+        password_file: Option<PathBuf>,
+        forgetful: bool,
+    ) -> Mosquitto {
         let mut broker = Mosquitto {
             dir,
             port: 0,
             child: None,
             config,
             password_file,
+            forgetful,
         };
         let mut last_err = String::new();
         // A port found free can be taken before mosquitto binds it: try a few.
@@ -107,7 +125,7 @@ impl Mosquitto {
         let text = format!(
             "listener {port} 127.0.0.1\n\
              {access}\
-             persistence true\n\
+             persistence {persistence}\n\
              persistence_location {loc}/\n\
              autosave_interval 1\n\
              max_queued_messages 100000\n\
@@ -115,6 +133,7 @@ impl Mosquitto {
              log_dest file {log}\n\
              log_type error\nlog_type warning\nlog_type notice\n",
             port = self.port,
+            persistence = !self.forgetful,
             loc = persist.display(),
             log = self.dir.path().join("mosquitto.log").display(),
         );

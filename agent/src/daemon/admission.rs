@@ -68,6 +68,10 @@ pub(super) struct Policy<'a> {
     /// The longest validity (`expires_at - issued_at`) a job may have: the station's replay
     /// memory lasts that long, so a longer-lived job could outlive it.
     pub(super) max_lifetime: Duration,
+    /// Jobs issued at or before this time are refused: the station no longer remembers
+    /// every job issued then, so it cannot tell such a job from a replay, whatever its own
+    /// clock says (`compaction::raised_floor`).
+    pub(super) replay_floor: Option<OffsetDateTime>,
 }
 
 /// Decides about a job message (pure): `known` gives the nonce of a job this station knows
@@ -116,6 +120,23 @@ pub(super) fn admit<'a>(
             job_id: doc.job_id,
             code: codes::LIFETIME_TOO_LONG,
         },
+        (Ok(doc), _)
+            if policy
+                .replay_floor
+                .is_some_and(|floor| doc.issued_at <= floor) =>
+        {
+            Admission::Reject {
+                reason: format!(
+                    "the job was issued at {}, not after {}, the issue time of a job this \
+                     station has forgotten: it cannot be told from a replay (check the \
+                     station's and the platform's clocks)",
+                    doc.issued_at,
+                    policy.replay_floor.unwrap_or(doc.issued_at)
+                ),
+                job_id: doc.job_id,
+                code: codes::REPLAYED_NONCE,
+            }
+        }
         (Ok(doc), _) => Admission::Accept(Box::new(doc)),
         (Err(e), Ok(unverified)) => Admission::Reject {
             job_id: unverified.job_id,
@@ -186,6 +207,7 @@ impl Daemon {
             keyring: &self.trust.keyring,
             station: &self.station,
             max_lifetime: self.trust.max_job_lifetime,
+            replay_floor: self.replay_floor,
         };
         let admission = admit(&envelope, known, &policy, &self.nonces, now_utc());
         let doc = match admission {

@@ -40,6 +40,9 @@ use super::{Daemon, DaemonError, now_utc};
 pub(super) struct FinishedJob {
     /// The job document's nonce: a redelivery carries the same one.
     pub(super) nonce: Nonce,
+    /// The job document's `issued_at` (its expiry for a summary written before it was
+    /// kept): forgetting the job raises the replay floor to it ([`raised_floor`]).
+    pub(super) issued_at: OffsetDateTime,
     /// The job document's expiry: after it, the job is refused anyway.
     pub(super) expires_at: OffsetDateTime,
     /// Until when the station remembers it ([`FinishedJob::of`]).
@@ -57,6 +60,7 @@ impl FinishedJob {
     ) -> FinishedJob {
         FinishedJob {
             nonce: doc.nonce.clone(),
+            issued_at: doc.issued_at,
             expires_at: doc.expires_at,
             keep_until: doc.expires_at.max(seen_at + max_lifetime + MAX_CLOCK_SKEW),
         }
@@ -108,6 +112,7 @@ pub(super) fn compacted(
                         expires_at: f.expires_at,
                         // Only when it says more than the expiry.
                         keep_until: (f.keep_until != f.expires_at).then_some(f.keep_until),
+                        issued_at: Some(f.issued_at),
                     });
                 }
             }
@@ -164,16 +169,14 @@ impl Daemon {
         self.link.sync_outbox()?;
         self.replayable.clear();
         let records = self.journal.replay()?;
+        let now = now_utc();
+        // Before the rewrite forgets them (see `raise_replay_floor`).
+        self.raise_replay_floor(now)?;
         let jobs = &self.jobs;
-        let keep = compacted(
-            records,
-            |id| jobs.contains_key(id),
-            &self.finished,
-            now_utc(),
-        );
+        let keep = compacted(records, |id| jobs.contains_key(id), &self.finished, now);
         self.journal.rewrite(&keep)?;
         self.dead_records = 0;
-        self.forget_expired(now_utc());
+        self.forget_expired(now);
         // Counts and sizes only: records hold job content.
         tracing::info!(
             records_before = before,
@@ -206,7 +209,40 @@ pub(super) fn forget_expired<'a>(
     nonces.retain(|n| known.contains(n));
 }
 
+/// The replay floor once the finished jobs whose memory ran out before `now` are forgotten:
+/// the latest `issued_at` among them, or `floor` if that is later. A job issued at or before
+/// the floor is refused ([`super::admission::admit`]): the station can no longer tell it from
+/// a replay of a job it forgot, and a clock set back past that job's expiry would otherwise
+/// let such a replay verify again. Issue times are the platform's, so the floor does not move
+/// with the station's clock; a legitimate job is issued after every job the station forgot
+/// (those were forgotten only after their whole lifetime).
+pub(super) fn raised_floor(
+    floor: Option<OffsetDateTime>,
+    finished: &BTreeMap<JobId, FinishedJob>,
+    now: OffsetDateTime,
+) -> Option<OffsetDateTime> {
+    finished
+        .values()
+        .filter(|f| f.keep_until <= now)
+        .map(|f| f.issued_at)
+        .chain(floor)
+        .max()
+}
+
 impl Daemon {
+    /// Raises the replay floor ([`raised_floor`]) durably, before the jobs it covers are
+    /// forgotten.
+    pub(super) fn raise_replay_floor(&mut self, now: OffsetDateTime) -> Result<(), DaemonError> {
+        let floor = raised_floor(self.replay_floor, &self.finished, now);
+        if floor != self.replay_floor
+            && let Some(floor) = floor
+        {
+            super::sequences::write_replay_floor(&self.config.state_dir, floor)?;
+            self.replay_floor = Some(floor);
+        }
+        Ok(())
+    }
+
     /// [`forget_expired`] on the daemon's finished jobs and nonces.
     pub(super) fn forget_expired(&mut self, now: OffsetDateTime) {
         forget_expired(
@@ -276,6 +312,8 @@ mod tests {
             nonce: nonce(j),
             expires_at: now() + time::Duration::seconds(expires_in),
             keep_until: None,
+            // As in `finished` below.
+            issued_at: Some(now() - time::Duration::hours(1)),
         }
     }
 
@@ -290,6 +328,7 @@ mod tests {
             id(j),
             FinishedJob {
                 nonce: nonce(j),
+                issued_at: now() - time::Duration::hours(1),
                 expires_at: now() + time::Duration::seconds(expires_in),
                 keep_until: now() + time::Duration::seconds(expires_in),
             },
@@ -365,6 +404,37 @@ mod tests {
         // Nothing left to forget: a second pass keeps everything.
         forget_expired(&mut remembered, &mut nonces, live.iter(), now());
         assert_eq!(nonces.len(), 2);
+    }
+
+    #[test]
+    fn forgetting_jobs_raises_the_replay_floor_to_their_latest_issue_and_never_lowers_it() {
+        let at = |h: i64| now() + time::Duration::hours(h);
+        let summary = |issued: i64, keep: i64| FinishedJob {
+            nonce: nonce("n"),
+            issued_at: at(issued),
+            expires_at: at(keep),
+            keep_until: at(keep),
+        };
+        let finished: BTreeMap<JobId, FinishedJob> = [
+            (id("a"), summary(-30, -2)),
+            (id("b"), summary(-20, -1)),
+            // Still remembered: it does not move the floor.
+            (id("c"), summary(-10, 5)),
+        ]
+        .into();
+        assert_eq!(raised_floor(None, &finished, now()), Some(at(-20)));
+        // A floor raised before stays where it is when nothing newer is forgotten.
+        assert_eq!(raised_floor(Some(at(-15)), &finished, now()), Some(at(-15)));
+        assert_eq!(
+            raised_floor(None, &BTreeMap::new(), now()),
+            None,
+            "nothing forgotten, no floor"
+        );
+        // The clock set back: nothing is forgotten, the floor stays.
+        assert_eq!(
+            raised_floor(Some(at(-20)), &finished, at(-48)),
+            Some(at(-20))
+        );
     }
 
     #[test]

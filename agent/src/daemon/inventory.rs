@@ -222,12 +222,11 @@ impl Daemon {
 
     /// Publishes `report` as the retained inventory, numbered after the last one.
     pub(super) fn publish_inventory(&mut self, report: DeskReport) {
-        self.inventory_seq += 1;
         let inventory = Inventory {
             alerts: report.alerts.clone(),
             v: V1,
             station_id: self.station.clone(),
-            seq: self.inventory_seq,
+            seq: self.inventory_seq.next(),
             at: now_utc(),
             slots: report.slots.clone(),
         };

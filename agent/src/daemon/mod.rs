@@ -94,6 +94,7 @@ mod reports;
 mod runner;
 mod seat_state;
 mod seats;
+mod sequences;
 mod sink;
 mod startup;
 mod step_request;
@@ -166,11 +167,14 @@ struct Daemon {
     /// Journal records of jobs finished since the last compaction (see `compact_if_due`).
     dead_records: usize,
     nonces: BTreeSet<Nonce>,
+    /// Jobs issued at or before this time are refused: the station forgot jobs issued then
+    /// (`compaction::raised_floor`). Kept in the state folder.
+    replay_floor: Option<OffsetDateTime>,
     seats: BTreeMap<TokenKey, Seat>,
     /// Lost tokens named by accepted `replace` jobs (journaled).
     revoked: BTreeSet<String>,
     events: mpsc::Sender<Event>,
-    inventory_seq: u64,
+    inventory_seq: sequences::InventorySeq,
     /// The inventory published last: the next goes out when the state differs from it.
     inventory_published: Option<DeskReport>,
     claiming: bool,
@@ -230,7 +234,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let outbox = Outbox::open(state_dir.join("outbox"))?;
 
     let (modules, module_problems) = startup::load_modules(&config).await?;
-    let presence_seq = startup::next_presence_seq(&state_dir)?;
+    let presence_seq = sequences::next_presence_seq(&state_dir)?;
+    let inventory_seq = sequences::InventorySeq::open(&state_dir, now_utc())?;
+    let replay_floor = sequences::read_replay_floor(&state_dir)?;
     let link_config = startup::link_config(&config, &topics, &station, presence_seq)?;
     let link_shutdown = CancellationToken::new();
     let (link, mut incoming) = Link::start(link_config, outbox, link_shutdown.clone())?;
@@ -258,7 +264,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         seats: BTreeMap::new(),
         revoked: BTreeSet::new(),
         events: events_tx,
-        inventory_seq: u64::try_from(now_utc().unix_timestamp()).unwrap_or(0) * 1000,
+        inventory_seq,
+        replay_floor,
         inventory_published: None,
         claiming: true,
         timers: Timers::new(),
@@ -295,6 +302,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let resend_every = daemon.config.timeouts.resend();
     let mut resend_tick = tokio::time::interval(resend_every);
     resend_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // ... and at once after every (re)connect: a broker that lost the platform's session
+    // may have dropped a bundle it acknowledged (docs/PROTOCOL.md, "Redelivery").
+    let mut link_state = daemon.link.state();
     let watchdog = crate::systemd::watchdog_interval();
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     let grace = daemon.config.timeouts.shutdown_grace();
@@ -351,6 +361,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
                 }
             }
             _ = resend_tick.tick() => daemon.resend_csrs(resend_every),
+            Ok(()) = link_state.changed() => {
+                let subscribed = matches!(
+                    *link_state.borrow_and_update(),
+                    crate::link::LinkState::Connected { subscribed: true, .. }
+                );
+                if subscribed {
+                    daemon.resend_csrs(Duration::ZERO);
+                }
+            }
             _ = watchdog_tick.tick(), if watchdog.is_some() => {
                 crate::systemd::watchdog();
             }

@@ -74,6 +74,14 @@ pub(super) enum Record {
             skip_serializing_if = "Option::is_none"
         )]
         keep_until: Option<OffsetDateTime>,
+        /// The document's `issued_at`: forgetting the job raises the replay floor to it
+        /// (absent in journals written before it existed: the expiry stands in, later).
+        #[serde(
+            default,
+            with = "time::serde::rfc3339::option",
+            skip_serializing_if = "Option::is_none"
+        )]
+        issued_at: Option<OffsetDateTime>,
     },
 }
 
@@ -209,12 +217,14 @@ pub(super) fn replayed(records: Vec<Record>, key: &JournalKey) -> Result<Replaye
                 nonce,
                 expires_at,
                 keep_until,
+                issued_at,
             } => {
                 r.nonces.insert(nonce.clone());
                 r.finished.insert(
                     job_id,
                     FinishedJob {
                         nonce,
+                        issued_at: issued_at.unwrap_or(expires_at),
                         expires_at,
                         keep_until: keep_until.unwrap_or(expires_at),
                     },
@@ -342,8 +352,11 @@ impl Daemon {
             }
         }
         let old = self.journal.replay()?;
-        let jobs = &self.jobs;
         let now = now_utc();
+        // Before the rewrite forgets them: a crash in between leaves a floor that is only
+        // stricter than needed.
+        self.raise_replay_floor(now)?;
+        let jobs = &self.jobs;
         let keep = compacted(old, |id| jobs.contains_key(id), &self.finished, now);
         self.journal.rewrite(&keep)?;
         self.dead_records = 0;

@@ -1,5 +1,5 @@
 //! Start-up wiring that is not the loop: the PKCS#11 modules, the link's settings, the
-//! presence sequence number kept across restarts and the USB watcher's thread.
+//! USB watcher's thread (the presence sequence number is in `sequences`).
 //!
 //! What this module does not do: load trust material or open the journal (`run` does, in
 //! order, because each step can refuse to start the daemon).
@@ -96,24 +96,6 @@ pub(super) fn link_config(
     link_config.birth_payload = encode(presence(PresenceStatus::Online))?;
     link_config.death_payload = encode(presence(PresenceStatus::Offline))?;
     Ok(link_config)
-}
-
-/// A presence sequence number that grows across restarts (kept in the state folder).
-pub(super) fn next_presence_seq(dir: &std::path::Path) -> Result<u64, DaemonError> {
-    let path = dir.join("presence.seq");
-    let last: u64 = std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0);
-    let next = last + 1;
-    let tmp = dir.join("presence.seq.tmp");
-    crate::private_files::write(&tmp, next.to_string().as_bytes())
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|source| DaemonError::StateDir {
-            path: path.clone(),
-            source,
-        })?;
-    Ok(next)
 }
 
 impl Daemon {

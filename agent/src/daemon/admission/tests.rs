@@ -35,6 +35,7 @@ fn policy<'a>(keyring: &'a JobKeyring, station: &'a StationId) -> Policy<'a> {
         keyring,
         station,
         max_lifetime: Duration::days(7),
+        replay_floor: None,
     }
 }
 
@@ -262,4 +263,49 @@ fn a_job_signed_with_any_trusted_key_id_is_accepted() {
         NOW,
     ));
     assert_eq!(got, ("j-rotated".into(), "bad-signature"));
+}
+
+/// The station's clock set back: a job it finished and then forgot (its memory ran out by
+/// the clock of that time) verifies again by the wrong clock. The replay floor, raised when
+/// the job was forgotten, refuses it whatever the clock says; a job issued later passes.
+#[test]
+fn a_clock_set_back_past_a_forgotten_job_does_not_let_it_run_again() {
+    let old = job("new", "j-old");
+    let envelope = signed(&old, &key(7));
+    // The clock set back to a time inside the old job's validity.
+    let wrong_now = NOW;
+    let (ring, desk) = (keyring(), station());
+    let forgetful = policy(&ring, &desk);
+    assert!(
+        matches!(
+            admit(&envelope, |_| None, &forgetful, &BTreeSet::new(), wrong_now),
+            Admission::Accept(_)
+        ),
+        "without the floor the replay would run"
+    );
+    let guarded = Policy {
+        replay_floor: Some(old.issued_at),
+        ..policy(&ring, &desk)
+    };
+    let got = rejected_with(admit(
+        &envelope,
+        |_| None,
+        &guarded,
+        &BTreeSet::new(),
+        wrong_now,
+    ));
+    assert_eq!(got, ("j-old".into(), "replayed-nonce"));
+
+    let mut fresh = job("new", "j-fresh");
+    fresh.issued_at = old.issued_at + Duration::seconds(1);
+    match admit(
+        &signed(&fresh, &key(7)),
+        |_| None,
+        &guarded,
+        &BTreeSet::new(),
+        wrong_now,
+    ) {
+        Admission::Accept(accepted) => assert_eq!(*accepted, fresh),
+        other => panic!("a job issued after the floor is accepted, got {other:?}"),
+    }
 }

@@ -155,6 +155,7 @@ fn revocations_summaries_and_order_survive_replay() {
             nonce: done_nonce.clone(),
             expires_at: datetime!(2025-03-08 08:00 UTC),
             keep_until: None,
+            issued_at: None,
         },
         // A record of a job nobody knows (its job was compacted away): skipped.
         input_record(

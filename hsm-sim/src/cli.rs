@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::rack::fault::{Fault, FaultAction};
 use crate::rack::latency::{Op, Profile};
 use crate::rack::object::{attr_name, display_value};
-use crate::rack::token::TokenSettings;
+use crate::rack::token::{Interface, TokenSettings};
 use crate::rack::{self, InsertOptions, LatencyChange, Rack, RackConfig};
 
 /// A virtual Ukey rack behind a real PKCS#11 module (`libhsm_sim.so`).
@@ -81,13 +81,14 @@ pub enum Command {
         /// Slot number.
         #[arg(long)]
         slot: usize,
-        /// PKCS#11 function, e.g. C_Sign, C_GenerateKeyPair.
+        /// PKCS#11 function, e.g. C_Sign, C_GenerateKeyPair; or SKF function of an SKF
+        /// token, e.g. SKF_ECCSignData, SKF_VerifyPIN.
         #[arg(long, required_unless_present = "clear")]
         call: Option<String>,
         /// Which call fails, counted from 1 after arming.
         #[arg(long, default_value_t = 1)]
         nth: u32,
-        /// Return this code, e.g. CKR_DEVICE_ERROR (or a number).
+        /// Return this code, e.g. CKR_DEVICE_ERROR (SAR_FAIL for an SKF function), or a number.
         #[arg(long, group = "action")]
         rv: Option<String>,
         /// Pull the token out of its slot on that call.
@@ -191,6 +192,10 @@ pub struct SettingsArgs {
     /// USB product id, hex [default: 4b01].
     #[arg(long, value_parser = parse_hex16)]
     product_id: Option<u16>,
+    /// The token's library: pkcs11 (libhsm_sim.so) or skf (libhsm_sim_skf.so, GM/T 0016)
+    /// [default: pkcs11].
+    #[arg(long, value_parser = parse_interface)]
+    interface: Option<Interface>,
 }
 
 impl SettingsArgs {
@@ -203,6 +208,7 @@ impl SettingsArgs {
             || self.memory.is_some()
             || self.vendor_id.is_some()
             || self.product_id.is_some()
+            || self.interface.is_some()
     }
 
     fn over(&self, base: &TokenSettings) -> TokenSettings {
@@ -215,12 +221,17 @@ impl SettingsArgs {
             max_bytes: self.memory.unwrap_or(base.max_bytes),
             vendor_id: self.vendor_id.unwrap_or(base.vendor_id),
             product_id: self.product_id.unwrap_or(base.product_id),
+            interface: self.interface.unwrap_or(base.interface),
         }
     }
 }
 
 fn parse_profile(s: &str) -> std::result::Result<Profile, String> {
     Profile::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_interface(s: &str) -> std::result::Result<Interface, String> {
+    Interface::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_hex16(s: &str) -> std::result::Result<u16, String> {
@@ -300,6 +311,9 @@ pub fn run(cli: Cli) -> Result<String> {
                             format!("{}/{}", t.user_retries.0, t.user_retries.1),
                             format!("{}/{}", t.so_retries.0, t.so_retries.1),
                         );
+                        if t.interface != "pkcs11" {
+                            out += &format!("     interface: {}\n", t.interface);
+                        }
                         for f in t.faults {
                             out += &format!("     fault: {f}\n");
                         }
@@ -325,6 +339,9 @@ pub fn run(cli: Cli) -> Result<String> {
             );
             for f in t.faults() {
                 out += &format!("fault: {}\n", f.describe());
+            }
+            if let Some(dev) = t.skf() {
+                out += &dev.describe();
             }
             for (h, o) in t.objects() {
                 out += &format!("object {h}:\n");
@@ -354,6 +371,11 @@ pub fn run(cli: Cli) -> Result<String> {
             }
             let call = call.unwrap_or_default();
             let action = match (rv, pull, delay) {
+                (Some(rv), false, None) if call.trim().to_ascii_uppercase().starts_with("SKF_") => {
+                    FaultAction::Fail {
+                        rv: CK_RV::from(crate::skf::consts::parse_sar(&rv)?),
+                    }
+                }
                 (Some(rv), false, None) => FaultAction::Fail {
                     rv: rack::names::parse_rv(&rv)? as CK_RV,
                 },

@@ -176,7 +176,7 @@ pub fn decrypt(d: &[u8; 32], c: &Cipher) -> Result<Zeroizing<Vec<u8>>, Sar> {
 
 /// SM4-ECB over whole blocks (no padding): `SAR_INDATALENERR` for a partial block.
 pub fn sm4_ecb(key: &[u8; 16], data: &[u8], encrypt: bool) -> Result<Zeroizing<Vec<u8>>, Sar> {
-    if data.len() % 16 != 0 {
+    if !data.len().is_multiple_of(16) {
         return Err(SAR_INDATALENERR);
     }
     let cipher = sm4::Sm4::new_from_slice(key).map_err(|_| SAR_KEYINFOTYPEERR)?;

@@ -399,3 +399,6 @@ impl SkfEngine {
         st.handles.remove(&h);
     }
 }
+
+#[cfg(test)]
+mod tests;

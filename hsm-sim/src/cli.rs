@@ -439,3 +439,84 @@ pub fn run(cli: Cli) -> Result<String> {
         Command::Panel(args) => crate::panel::run(args),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn sim(dir: &std::path::Path, args: &[&str]) -> Result<String> {
+        let mut argv = vec!["hsm-sim", "--dir", dir.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        run(Cli::try_parse_from(argv).unwrap())
+    }
+
+    #[test]
+    fn skf_tokens_through_the_cli() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        sim(d, &["rack", "init", "--slots", "2"]).unwrap();
+        sim(d, &["insert", "--slot", "1", "--interface", "skf"]).unwrap();
+        sim(d, &["insert", "--slot", "0"]).unwrap();
+        let list = sim(d, &["list"]).unwrap();
+        assert_eq!(list.matches("interface: skf").count(), 1, "{list}");
+        let json = sim(d, &["list", "--json"]).unwrap();
+        assert!(json.contains("\"interface\": \"skf\""), "{json}");
+        let shown = sim(d, &["show", "--slot", "1"]).unwrap();
+        assert!(
+            shown.contains("SKF device label \"\", device key factory"),
+            "{shown}"
+        );
+        let armed = sim(
+            d,
+            &[
+                "fault",
+                "--slot",
+                "1",
+                "--call",
+                "skf_eccsigndata",
+                "--rv",
+                "sar_pin_locked",
+            ],
+        )
+        .unwrap();
+        assert!(
+            armed.contains("SKF_ECCSignData call #1 -> SAR_PIN_LOCKED"),
+            "{armed}"
+        );
+        assert!(matches!(
+            sim(
+                d,
+                &[
+                    "fault", "--slot", "1", "--call", "SKF_Nope", "--rv", "SAR_FAIL"
+                ]
+            ),
+            Err(Error::UnknownFunction { .. })
+        ));
+        assert!(matches!(
+            sim(
+                d,
+                &[
+                    "fault",
+                    "--slot",
+                    "1",
+                    "--call",
+                    "SKF_GenRandom",
+                    "--rv",
+                    "CKR_DEVICE_ERROR"
+                ]
+            ),
+            Err(Error::UnknownRv { .. })
+        ));
+        assert!(
+            Cli::try_parse_from(["hsm-sim", "insert", "--slot", "0", "--interface", "usb"])
+                .is_err()
+        );
+        let latency = sim(
+            d,
+            &["latency", "--slot", "1", "--op", "keygen-sm2", "--ms", "5"],
+        )
+        .unwrap();
+        assert!(latency.contains("KeygenSm2"), "{latency}");
+    }
+}

@@ -30,7 +30,7 @@ pub unsafe extern "C" fn SKF_GenECCKeyPair(
 ///
 /// # Safety
 /// `p` must be null or point to a blob followed by its `CipherLen` bytes of C2.
-unsafe fn read_cipher(p: *const u8, max: usize) -> Result<gm::Cipher, Sar> {
+pub(crate) unsafe fn read_cipher(p: *const u8, max: usize) -> Result<gm::Cipher, Sar> {
     // SAFETY: the blob's head is readable by the contract.
     let head = unsafe { get(p as *const ECCCIPHERBLOB_HEAD) }?;
     let len = head.CipherLen as usize;

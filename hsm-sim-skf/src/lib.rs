@@ -8,7 +8,8 @@
 //! behaviour lives), and turns its `Result` into a `SAR_…` code. No panic crosses the C
 //! boundary (`SAR_FAIL`). Files follow the standard's chapters: devices and device
 //! authentication ([`device`]), access control ([`access`]), applications, containers and
-//! certificates ([`application`]), cryptographic services ([`crypto`]). The C types are in
+//! certificates ([`application`]), cryptographic services ([`crypto`], and session keys
+//! with SM4 in [`symmetric`]). The C types are in
 //! [`types`].
 //!
 //! Every pointer is checked before memory is touched: NULL where the standard wants memory
@@ -25,6 +26,7 @@ pub mod access;
 pub mod application;
 pub mod crypto;
 pub mod device;
+pub mod symmetric;
 pub mod types;
 
 use std::ffi::{c_char, c_void};

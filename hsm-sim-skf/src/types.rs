@@ -139,7 +139,22 @@ pub struct ENVELOPEDKEYBLOB_HEAD {
 /// Where `ENVELOPEDKEYBLOB.ECCCipherBlob` starts.
 pub const ENVELOPE_CIPHER_OFFSET: usize = 208;
 
+/// `BLOCKCIPHERPARAM` (passed by value to `SKF_EncryptInit`/`SKF_DecryptInit`): 44 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct BLOCKCIPHERPARAM {
+    /// The IV (16 bytes used for SM4-CBC).
+    pub IV: [BYTE; 32],
+    /// Length of the IV.
+    pub IVLen: ULONG,
+    /// 0: no padding; 1: PKCS#5.
+    pub PaddingType: ULONG,
+    /// Feedback bits (OFB/CFB; not used).
+    pub FeedBitLen: ULONG,
+}
+
 const _: () = {
+    assert!(std::mem::size_of::<BLOCKCIPHERPARAM>() == 44);
     assert!(std::mem::size_of::<DEVINFO>() == 294);
     assert!(std::mem::offset_of!(DEVINFO, AlgSymCap) == 198);
     assert!(std::mem::size_of::<ECCPUBLICKEYBLOB>() == 132);

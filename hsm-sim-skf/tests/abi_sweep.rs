@@ -13,7 +13,7 @@ use hsm_sim::rack::{InsertOptions, Rack, RackConfig};
 use hsm_sim::skf::consts::*;
 use hsm_sim::skf::engine::dev_name;
 use hsm_sim_skf::types::*;
-use hsm_sim_skf::{access::*, application::*, crypto::*, device::*};
+use hsm_sim_skf::{access::*, application::*, crypto::*, device::*, symmetric::*};
 
 /// Handles of a prepared token: a device with an application, the user PIN verified, a
 /// container with a signing key pair and a certificate, a hash in progress.
@@ -23,6 +23,7 @@ struct Fx {
     app: HANDLE,
     con: HANDLE,
     hash: HANDLE,
+    key: HANDLE,
     public: ECCPUBLICKEYBLOB,
 }
 
@@ -575,6 +576,151 @@ fn cases() -> Vec<(&'static str, ULONG, Call)> {
         SAR_INVALIDHANDLEERR,
         Box::new(|f| SKF_CloseHandle(f.dev)),
     );
+    // Session keys and SM4.
+    let param = |padding: ULONG| BLOCKCIPHERPARAM {
+        IV: [0; 32],
+        IVLen: 0,
+        PaddingType: padding,
+        FeedBitLen: 0,
+    };
+    add(
+        "ImportSessionKey huge",
+        SAR_INDATALENERR,
+        Box::new(|f| unsafe {
+            SKF_ImportSessionKey(
+                f.con,
+                SGD_SM4_ECB,
+                [0u8; 16].as_mut_ptr(),
+                ULONG::MAX,
+                &mut null_mut(),
+            )
+        }),
+    );
+    add(
+        "ImportSessionKey NULL",
+        SAR_INVALIDPARAMERR,
+        Box::new(|f| unsafe {
+            SKF_ImportSessionKey(f.con, SGD_SM4_ECB, null_mut(), 180, &mut null_mut())
+        }),
+    );
+    add(
+        "ImportSessionKey short",
+        SAR_INDATALENERR,
+        Box::new(|f| unsafe {
+            SKF_ImportSessionKey(
+                f.con,
+                SGD_SM4_ECB,
+                [0u8; 16].as_mut_ptr(),
+                10,
+                &mut null_mut(),
+            )
+        }),
+    );
+    add(
+        "ImportSessionKey CipherLen past the data",
+        SAR_INDATALENERR,
+        Box::new(|f| {
+            let mut blob = vec![0u8; 180];
+            blob[160..164].copy_from_slice(&1000u32.to_ne_bytes());
+            unsafe {
+                SKF_ImportSessionKey(f.con, SGD_SM4_ECB, blob.as_mut_ptr(), 180, &mut null_mut())
+            }
+        }),
+    );
+    add(
+        "SetSymmKey NULL",
+        SAR_INVALIDPARAMERR,
+        Box::new(|f| unsafe { SKF_SetSymmKey(f.dev, null_mut(), SGD_SM4_ECB, &mut null_mut()) }),
+    );
+    add(
+        "SetSymmKey SM1",
+        SAR_NOTSUPPORTYETERR,
+        Box::new(|f| unsafe {
+            SKF_SetSymmKey(f.dev, [0u8; 16].as_mut_ptr(), 0x101, &mut null_mut())
+        }),
+    );
+    add(
+        "EncryptInit stale",
+        SAR_INVALIDHANDLEERR,
+        Box::new(move |_| SKF_EncryptInit(stale, param(0))),
+    );
+    add(
+        "EncryptInit bad padding",
+        SAR_INVALIDPARAMERR,
+        Box::new(move |f| SKF_EncryptInit(f.key, param(7))),
+    );
+    add(
+        "Encrypt without init",
+        SAR_NOTINITIALIZEERR,
+        Box::new(|f| unsafe {
+            SKF_Encrypt(
+                f.key,
+                [0u8; 16].as_mut_ptr(),
+                16,
+                [0u8; 16].as_mut_ptr(),
+                &mut 16,
+            )
+        }),
+    );
+    add(
+        "Encrypt huge",
+        SAR_INDATALENERR,
+        Box::new(|f| unsafe {
+            SKF_Encrypt(
+                f.key,
+                [0u8; 16].as_mut_ptr(),
+                ULONG::MAX,
+                null_mut(),
+                &mut 0,
+            )
+        }),
+    );
+    add(
+        "Encrypt partial block unpadded",
+        SAR_INDATALENERR,
+        Box::new(move |f| unsafe {
+            SKF_EncryptInit(f.key, param(0));
+            SKF_Encrypt(
+                f.key,
+                [0u8; 16].as_mut_ptr(),
+                5,
+                [0u8; 16].as_mut_ptr(),
+                &mut 16,
+            )
+        }),
+    );
+    add(
+        "DecryptInit a hash",
+        SAR_INVALIDHANDLEERR,
+        Box::new(move |f| SKF_DecryptInit(f.hash, param(0))),
+    );
+    add(
+        "Decrypt NULL len",
+        SAR_INVALIDPARAMERR,
+        Box::new(|f| unsafe {
+            SKF_Decrypt(f.key, [0u8; 16].as_mut_ptr(), 16, null_mut(), null_mut())
+        }),
+    );
+    add(
+        "Decrypt small",
+        SAR_BUFFER_TOO_SMALL,
+        Box::new(move |f| {
+            let mut buf = [0x55u8; 64];
+            let mut len: ULONG = 8;
+            let rv = unsafe {
+                SKF_DecryptInit(f.key, param(0));
+                SKF_Decrypt(
+                    f.key,
+                    [0u8; 32].as_mut_ptr(),
+                    32,
+                    buf.as_mut_ptr(),
+                    &mut len,
+                )
+            };
+            assert!(buf[8..].iter().all(|b| *b == 0x55) && len == 32);
+            rv
+        }),
+    );
     v
 }
 
@@ -583,6 +729,7 @@ fn prepare() -> Fx {
     let mut app = null_mut();
     let mut con = null_mut();
     let mut hash = null_mut();
+    let mut key = null_mut();
     let mut public = ECCPUBLICKEYBLOB {
         BitLen: 0,
         XCoordinate: [0; 64],
@@ -638,12 +785,17 @@ fn prepare() -> Fx {
             SKF_DigestInit(dev, SGD_SM3, null_mut(), null_mut(), 0, &mut hash),
             SAR_OK
         );
+        assert_eq!(
+            SKF_SetSymmKey(dev, [9u8; 16].as_mut_ptr(), SGD_SM4_ECB, &mut key),
+            SAR_OK
+        );
     }
     Fx {
         dev,
         app,
         con,
         hash,
+        key,
         public,
     }
 }

@@ -72,6 +72,17 @@ static void sm4_ecb(const BYTE key[16], const BYTE *in, int len, BYTE *out) {
     EVP_CIPHER_CTX_free(c);
 }
 
+/* SM4-ECB with PKCS#5 padding through libcrypto; returns the ciphertext's length. */
+static int sm4_ecb_padded(const BYTE key[16], const BYTE *in, int len, BYTE *out) {
+    EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+    int n = 0, m = 0;
+    CHECK(c && EVP_EncryptInit_ex(c, EVP_sm4_ecb(), NULL, key, NULL) == 1);
+    CHECK(EVP_EncryptUpdate(c, out, &n, in, len) == 1);
+    CHECK(EVP_EncryptFinal_ex(c, out + n, &m) == 1);
+    EVP_CIPHER_CTX_free(c);
+    return n + m;
+}
+
 static void dev_auth(DEVHANDLE dev, const BYTE key[16], ULONG want) {
     BYTE challenge[16] = {0}, auth[16];
     EXPECT(FN(SKF_GenRandom)(dev, challenge, 8), SAR_OK);
@@ -265,6 +276,37 @@ static int production(const char *serial, const char *cert_in, const char *cert_
     blob_len = sizeof blob;
     EXPECT(FN(SKF_ExportPublicKey)(con, FALSE, blob, &blob_len), SAR_OK);
     CHECK(memcmp(blob, &env->PubKey, sizeof(ECCPUBLICKEYBLOB)) == 0);
+
+    /* The encryption key on the token decrypts: an SM4 key wrapped to it is unwrapped on
+     * the token and encrypts as OpenSSL does with the same key. */
+    BYTE session[16], sealed[64], expected[64], opened[64];
+    EXPECT(FN(SKF_GenRandom)(dev, session, 16), SAR_OK);
+    PECCCIPHERBLOB wrapped = calloc(1, sizeof(ECCCIPHERBLOB) + 16);
+    CHECK(wrapped != NULL);
+    EXPECT(FN(SKF_ExtECCEncrypt)(dev, &env->PubKey, session, 16, wrapped), SAR_OK);
+    HANDLE key = NULL;
+    EXPECT(FN(SKF_ImportSessionKey)(con, SGD_SM4_ECB, (BYTE *)wrapped, 164 + 16, &key), SAR_OK);
+    BLOCKCIPHERPARAM param;
+    memset(&param, 0, sizeof param);
+    param.PaddingType = 1;
+    static BYTE note[] = "sealed bid, lot 7";
+    ULONG sealed_len = 0, opened_len = sizeof opened;
+    EXPECT(FN(SKF_Encrypt)(key, note, sizeof note - 1, sealed, &sealed_len), 0x0A00000C);
+    EXPECT(FN(SKF_EncryptInit)(key, param), SAR_OK);
+    EXPECT(FN(SKF_Encrypt)(key, note, sizeof note - 1, NULL, &sealed_len), SAR_OK);
+    CHECK(sealed_len == 32);
+    EXPECT(FN(SKF_Encrypt)(key, note, sizeof note - 1, sealed, &sealed_len), SAR_OK);
+    CHECK(sealed_len == (ULONG)sm4_ecb_padded(session, note, sizeof note - 1, expected));
+    CHECK(memcmp(sealed, expected, sealed_len) == 0);
+    EXPECT(FN(SKF_DecryptInit)(key, param), SAR_OK);
+    EXPECT(FN(SKF_Decrypt)(key, sealed, sealed_len, opened, &opened_len), SAR_OK);
+    CHECK(opened_len == sizeof note - 1 && memcmp(opened, note, opened_len) == 0);
+    EXPECT(FN(SKF_CloseHandle)(key), SAR_OK);
+    /* Wrapped to the signing key instead, the key does not come out. */
+    EXPECT(FN(SKF_ExtECCEncrypt)(dev, &pub, session, 16, wrapped), SAR_OK);
+    EXPECT(FN(SKF_ImportSessionKey)(con, SGD_SM4_ECB, (BYTE *)wrapped, 164 + 16, &key),
+           0x0A000011);
+    free(wrapped);
 
     /* What SKF_ExtECCEncrypt makes, OpenSSL decrypts (C1, C3, C2 in their places). */
     static BYTE secret[] = "bid document key";

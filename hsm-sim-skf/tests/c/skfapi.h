@@ -104,6 +104,13 @@ typedef struct SKF_ENVELOPEDKEYBLOB {
     ECCCIPHERBLOB ECCCipherBlob;
 } ENVELOPEDKEYBLOB, *PENVELOPEDKEYBLOB;
 
+typedef struct Struct_BLOCKCIPHERPARAM {
+    BYTE IV[32];
+    ULONG IVLen;
+    ULONG PaddingType;
+    ULONG FeedBitLen;
+} BLOCKCIPHERPARAM, *PBLOCKCIPHERPARAM;
+
 #pragma pack(pop)
 
 typedef ULONG (*SKF_EnumDev_t)(BOOL, LPSTR, ULONG *);
@@ -141,5 +148,11 @@ typedef ULONG (*SKF_ECCVerify_t)(DEVHANDLE, ECCPUBLICKEYBLOB *, BYTE *, ULONG, P
 typedef ULONG (*SKF_ExtECCEncrypt_t)(DEVHANDLE, ECCPUBLICKEYBLOB *, BYTE *, ULONG, PECCCIPHERBLOB);
 typedef ULONG (*SKF_ImportCertificate_t)(HCONTAINER, BOOL, BYTE *, ULONG);
 typedef ULONG (*SKF_ExportCertificate_t)(HCONTAINER, BOOL, BYTE *, ULONG *);
+
+typedef ULONG (*SKF_ImportSessionKey_t)(HCONTAINER, ULONG, BYTE *, ULONG, HANDLE *);
+typedef ULONG (*SKF_EncryptInit_t)(HANDLE, BLOCKCIPHERPARAM);
+typedef ULONG (*SKF_Encrypt_t)(HANDLE, BYTE *, ULONG, BYTE *, ULONG *);
+typedef ULONG (*SKF_DecryptInit_t)(HANDLE, BLOCKCIPHERPARAM);
+typedef ULONG (*SKF_Decrypt_t)(HANDLE, BYTE *, ULONG, BYTE *, ULONG *);
 
 #endif

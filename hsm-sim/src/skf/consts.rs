@@ -257,6 +257,12 @@ pub const FUNCTIONS: &[&str] = &[
     "SKF_DigestUpdate",
     "SKF_DigestFinal",
     "SKF_CloseHandle",
+    "SKF_ImportSessionKey",
+    "SKF_SetSymmKey",
+    "SKF_EncryptInit",
+    "SKF_Encrypt",
+    "SKF_DecryptInit",
+    "SKF_Decrypt",
 ];
 
 /// The name of an SKF return code, or its number in hex when it has none.

@@ -193,6 +193,36 @@ pub fn sm4_ecb(key: &[u8; 16], data: &[u8], encrypt: bool) -> Result<Zeroizing<V
     Ok(out)
 }
 
+/// SM4-CBC over whole blocks (no padding): `SAR_INDATALENERR` for a partial block.
+pub fn sm4_cbc(
+    key: &[u8; 16],
+    iv: &[u8; 16],
+    data: &[u8],
+    encrypt: bool,
+) -> Result<Zeroizing<Vec<u8>>, Sar> {
+    if !data.len().is_multiple_of(16) {
+        return Err(SAR_INDATALENERR);
+    }
+    let mut chain = *iv;
+    let mut out = Zeroizing::new(Vec::with_capacity(data.len()));
+    for block in data.chunks_exact(16) {
+        if encrypt {
+            let mut x = [0u8; 16];
+            for (o, (a, b)) in x.iter_mut().zip(block.iter().zip(chain.iter())) {
+                *o = a ^ b;
+            }
+            let c = sm4_ecb(key, &x, true)?;
+            chain.copy_from_slice(&c);
+            out.extend_from_slice(&c);
+        } else {
+            let p = sm4_ecb(key, block, false)?;
+            out.extend(p.iter().zip(chain.iter()).map(|(a, b)| a ^ b));
+            chain.copy_from_slice(block);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -231,5 +261,15 @@ mod tests {
         assert_eq!(hex::encode(&c[..]), "681edf34d206965e86b3e94f536e4246");
         assert_eq!(&sm4_ecb(&k, &c, false).unwrap()[..], &k[..]);
         assert_eq!(sm4_ecb(&k, &[0; 5], true), Err(SAR_INDATALENERR));
+        // CBC: the first block is ECB of plaintext XOR IV; decryption inverts it.
+        let iv = [7u8; 16];
+        let data = [0x42u8; 32];
+        let c = sm4_cbc(&k, &iv, &data, true).unwrap();
+        let mut x = [0u8; 16];
+        for i in 0..16 {
+            x[i] = data[i] ^ iv[i];
+        }
+        assert_eq!(&c[..16], &sm4_ecb(&k, &x, true).unwrap()[..]);
+        assert_eq!(&sm4_cbc(&k, &iv, &c, false).unwrap()[..], &data[..]);
     }
 }

@@ -162,10 +162,14 @@ impl SkfEngine {
         self.delay(&d, Op::Destroy, Duration::ZERO)?;
         self.commit(&d, |dev, _| dev.delete_app(&name))?;
         let mut st = self.lock()?;
+        // This process's handles on that application of this device (any connection).
+        let on_device = |dev: &usize| matches!(st.handles.get(dev), Some(Handle::Dev(c)) if c.slot == d.slot && c.insertion == d.insertion);
         let apps: Vec<usize> = st
             .handles
             .iter()
-            .filter(|(_, x)| matches!(x, Handle::App { name: n, .. } if *n == name))
+            .filter(
+                |(_, x)| matches!(x, Handle::App { name: n, dev } if *n == name && on_device(dev)),
+            )
             .map(|(k, _)| *k)
             .collect();
         for a in apps {

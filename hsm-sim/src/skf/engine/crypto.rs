@@ -232,10 +232,13 @@ impl SkfEngine {
         self.hash_dev(h).map(|_| ())
     }
 
-    /// `SKF_CloseHandle`: a hash handle.
+    /// `SKF_CloseHandle`: a hash or session-key handle.
     pub fn close_handle(&self, h: usize) -> Result<(), Sar> {
         let mut st = self.lock()?;
-        if !matches!(st.handles.get(&h), Some(Handle::Hash { .. })) {
+        if !matches!(
+            st.handles.get(&h),
+            Some(Handle::Hash { .. } | Handle::Key { .. })
+        ) {
             return Err(SAR_INVALIDHANDLEERR);
         }
         st.handles.remove(&h);

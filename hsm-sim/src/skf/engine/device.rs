@@ -21,6 +21,7 @@ impl SkfEngine {
         let slot = self.slot_of(name, slots.len())?;
         let (serial, insertion) = slots[slot].clone().ok_or(SAR_DEVICE_REMOVED)?;
         let ctx = DevCtx {
+            handle: 0,
             slot,
             serial: serial.clone(),
             insertion,

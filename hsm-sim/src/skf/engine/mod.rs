@@ -14,6 +14,7 @@ mod access;
 mod container;
 mod crypto;
 mod device;
+mod symmetric;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,6 +90,13 @@ struct Dev {
 
 enum Handle {
     Dev(Dev),
+    /// A session key (`SKF_ImportSessionKey`, `SKF_SetSymmKey`) and its operation.
+    Key {
+        dev: usize,
+        key: Zeroizing<[u8; 16]>,
+        alg: u32,
+        op: Option<SymOp>,
+    },
     App {
         dev: usize,
         name: String,
@@ -101,6 +109,15 @@ enum Handle {
         dev: usize,
         state: Option<gm::Sm3State>,
     },
+}
+
+/// An SM4 operation set up by `SKF_EncryptInit` or `SKF_DecryptInit`.
+#[derive(Debug, Clone, Copy)]
+struct SymOp {
+    encrypt: bool,
+    iv: [u8; 16],
+    /// PKCS#5 padding (`PaddingType` 1) or none (0).
+    padding: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -122,6 +139,7 @@ struct State {
 /// A connected device, copied out of the state so no lock is held during slow work.
 #[derive(Debug, Clone)]
 struct DevCtx {
+    handle: usize,
     slot: usize,
     serial: String,
     insertion: u64,
@@ -247,6 +265,7 @@ impl SkfEngine {
             return Err(SAR_DEVICE_REMOVED);
         }
         Ok(DevCtx {
+            handle: h,
             slot: d.slot,
             serial: d.serial,
             insertion: d.insertion,
@@ -387,7 +406,9 @@ impl SkfEngine {
             .handles
             .iter()
             .filter(|(_, c)| match c {
-                Handle::App { dev, .. } | Handle::Hash { dev, .. } => *dev == h,
+                Handle::App { dev, .. } | Handle::Hash { dev, .. } | Handle::Key { dev, .. } => {
+                    *dev == h
+                }
                 Handle::Con { app, .. } => *app == h,
                 Handle::Dev(_) => false,
             })

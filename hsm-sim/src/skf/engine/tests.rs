@@ -243,3 +243,19 @@ fn digests_follow_the_length_and_handle_rules() {
         Err(SAR_INVALIDPARAMERR)
     );
 }
+
+#[test]
+fn deleting_an_application_closes_its_handles_on_that_device_only() {
+    let (dir, r) = rack(2);
+    r.insert(0, skf()).unwrap();
+    r.insert(1, skf()).unwrap();
+    let e = SkfEngine::new(Rack::open(dir.path()).unwrap());
+    let (dev0, a0) = ready(&e, 0, "ukey");
+    let (_, a1) = ready(&e, 1, "ukey");
+    let second = e.connect(dev_name(0).as_bytes()).unwrap();
+    let again = e.open_app(second, b"ukey").unwrap();
+    e.delete_app(dev0, b"ukey").unwrap();
+    assert_eq!(e.pin_info(a0, USER_TYPE), Err(SAR_INVALIDHANDLEERR));
+    assert_eq!(e.pin_info(again, USER_TYPE), Err(SAR_INVALIDHANDLEERR));
+    assert_eq!(e.pin_info(a1, USER_TYPE).unwrap(), (6, 6, true));
+}

@@ -8,7 +8,7 @@
 use std::ffi::c_char;
 use std::ptr::null_mut;
 
-use hsm_sim::rack::token::{Interface, TokenSettings};
+use hsm_sim::rack::token::TokenSettings;
 use hsm_sim::rack::{InsertOptions, Rack, RackConfig};
 use hsm_sim::skf::consts::*;
 use hsm_sim::skf::engine::dev_name;
@@ -873,10 +873,7 @@ fn every_function_survives_malformed_calls() {
     rack.insert(
         0,
         InsertOptions {
-            settings: Some(TokenSettings {
-                interface: Interface::Skf,
-                ..TokenSettings::default()
-            }),
+            settings: Some(TokenSettings::skf()),
             ..Default::default()
         },
     )

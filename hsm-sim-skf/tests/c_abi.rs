@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use hsm_sim::rack::fault::{Fault, FaultAction};
-use hsm_sim::rack::token::{Interface, TokenSettings};
+use hsm_sim::rack::token::TokenSettings;
 use hsm_sim::rack::{InsertOptions, Rack, RackConfig};
 use hsm_sim::skf::consts::{SAR_DEVICE_REMOVED, SAR_GENRANDERR};
 
@@ -127,10 +127,7 @@ fn a_c_program_makes_a_token_through_skf_and_openssl_checks_it() {
         1,
         InsertOptions {
             serial: Some(SERIAL.into()),
-            settings: Some(TokenSettings {
-                interface: Interface::Skf,
-                ..TokenSettings::default()
-            }),
+            settings: Some(TokenSettings::skf()),
             latency: None,
         },
     )
@@ -211,6 +208,7 @@ fn a_c_program_makes_a_token_through_skf_and_openssl_checks_it() {
     let expect = |sar: u32| {
         run(Command::new(&exe)
             .env("HSM_SIM_DIR", &state)
+            .env_remove("HSM_SIM_LATENCY")
             .arg(library())
             .arg("expect-genrandom")
             .arg(format!("{sar:#x}")))

@@ -189,7 +189,7 @@ pub struct SettingsArgs {
     /// USB vendor id, hex [default: 5553].
     #[arg(long, value_parser = parse_hex16)]
     vendor_id: Option<u16>,
-    /// USB product id, hex [default: 4b01].
+    /// USB product id, hex [default: 4b01; 4b02 with --interface skf].
     #[arg(long, value_parser = parse_hex16)]
     product_id: Option<u16>,
     /// The token's library: pkcs11 (libhsm_sim.so) or skf (libhsm_sim_skf.so, GM/T 0016)
@@ -220,7 +220,15 @@ impl SettingsArgs {
             max_objects: self.max_objects.unwrap_or(base.max_objects),
             max_bytes: self.memory.unwrap_or(base.max_bytes),
             vendor_id: self.vendor_id.unwrap_or(base.vendor_id),
-            product_id: self.product_id.unwrap_or(base.product_id),
+            product_id: self.product_id.unwrap_or(
+                // An SKF token is another model: its own product id unless one is given.
+                match (self.interface, base.interface) {
+                    (Some(Interface::Skf), Interface::Pkcs11) => {
+                        crate::rack::token::DEFAULT_SKF_PRODUCT_ID
+                    }
+                    _ => base.product_id,
+                },
+            ),
             interface: self.interface.unwrap_or(base.interface),
         }
     }
@@ -462,6 +470,11 @@ mod tests {
         assert_eq!(list.matches("interface: skf").count(), 1, "{list}");
         let json = sim(d, &["list", "--json"]).unwrap();
         assert!(json.contains("\"interface\": \"skf\""), "{json}");
+        let usb = sim(d, &["usb"]).unwrap();
+        assert!(
+            usb.contains("19202") && usb.contains("Ukey-Sim GM"),
+            "{usb}"
+        );
         let shown = sim(d, &["show", "--slot", "1"]).unwrap();
         assert!(
             shown.contains("SKF device label \"\", device key factory"),

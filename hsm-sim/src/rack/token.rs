@@ -29,6 +29,9 @@ pub struct UsbIdentity {
 pub const DEFAULT_VENDOR_ID: u16 = 0x5553;
 /// Default USB product id of simulated Ukeys.
 pub const DEFAULT_PRODUCT_ID: u16 = 0x4b01;
+/// Default USB product id of simulated SKF (国密) Ukeys: another model, so a desk's model
+/// table can send them to the SKF library.
+pub const DEFAULT_SKF_PRODUCT_ID: u16 = 0x4b02;
 
 /// What a new token is made with; a rack holds defaults, `insert` may override them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +109,16 @@ impl Default for TokenSettings {
 }
 
 impl TokenSettings {
+    /// The defaults of an SKF token: interface `skf`, product id
+    /// [`DEFAULT_SKF_PRODUCT_ID`].
+    pub fn skf() -> TokenSettings {
+        TokenSettings {
+            interface: Interface::Skf,
+            product_id: DEFAULT_SKF_PRODUCT_ID,
+            ..TokenSettings::default()
+        }
+    }
+
     /// Checks the settings make sense.
     pub fn validate(&self) -> crate::Result<()> {
         let bad = |name, reason: &str| {
@@ -267,7 +280,10 @@ impl Token {
             serial: serial.to_string(),
             label: String::new(),
             manufacturer: "ukey-station hsm-sim".into(),
-            model: "Ukey-Sim".into(),
+            model: match settings.interface {
+                Interface::Pkcs11 => "Ukey-Sim".into(),
+                Interface::Skf => "Ukey-Sim GM".into(),
+            },
             usb: UsbIdentity {
                 vendor_id: settings.vendor_id,
                 product_id: settings.product_id,

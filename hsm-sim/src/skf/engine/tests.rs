@@ -9,10 +9,7 @@ use crate::rack::{InsertOptions, LatencyChange, RackConfig};
 
 fn skf() -> InsertOptions {
     InsertOptions {
-        settings: Some(TokenSettings {
-            interface: Interface::Skf,
-            ..TokenSettings::default()
-        }),
+        settings: Some(TokenSettings::skf()),
         ..Default::default()
     }
 }

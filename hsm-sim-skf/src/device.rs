@@ -46,13 +46,10 @@ pub unsafe extern "C" fn SKF_WaitForDevEvent(
     })
 }
 
-/// `SKF_CancelWaitForDevEvent`.
+/// `SKF_CancelWaitForDevEvent`: ends the waits in progress, or else the next one.
 #[unsafe(no_mangle)]
 pub extern "C" fn SKF_CancelWaitForDevEvent() -> ULONG {
-    shell(|| {
-        eng().cancel_wait();
-        Ok(())
-    })
+    shell(|| eng().cancel_wait())
 }
 
 /// `SKF_EnumDev`: names of the devices present (`bPresent` TRUE) or of every slot, as a

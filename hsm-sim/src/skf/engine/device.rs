@@ -74,7 +74,27 @@ impl SkfEngine {
     /// `cap - 1` bytes → `SAR_BUFFER_TOO_SMALL` with `needed` set, the event kept.
     /// `SKF_CancelWaitForDevEvent` ends the wait with `SAR_NOT_EVENTERR`.
     pub fn wait_for_dev_event(&self, cap: usize, needed: &mut usize) -> Result<(String, u32), Sar> {
-        let generation = self.cancel.load(Ordering::SeqCst);
+        let generation = {
+            let mut st = self.lock()?;
+            if std::mem::take(&mut st.cancel_pending) {
+                return Err(SAR_NOT_EVENTERR);
+            }
+            st.waiters += 1;
+            self.cancel.load(Ordering::SeqCst)
+        };
+        let result = self.wait_loop(generation, cap, needed);
+        if let Ok(mut st) = self.lock() {
+            st.waiters -= 1;
+        }
+        result
+    }
+
+    fn wait_loop(
+        &self,
+        generation: u64,
+        cap: usize,
+        needed: &mut usize,
+    ) -> Result<(String, u32), Sar> {
         loop {
             if self.cancel.load(Ordering::SeqCst) != generation {
                 return Err(SAR_NOT_EVENTERR);
@@ -109,9 +129,16 @@ impl SkfEngine {
         }
     }
 
-    /// `SKF_CancelWaitForDevEvent`: every wait in progress returns `SAR_NOT_EVENTERR`.
-    pub fn cancel_wait(&self) {
+    /// `SKF_CancelWaitForDevEvent`: every wait in progress returns `SAR_NOT_EVENTERR`; with
+    /// none in progress, the next wait does (so a cancel that comes just before its waiter
+    /// starts to wait is not lost).
+    pub fn cancel_wait(&self) -> Result<(), Sar> {
+        let mut st = self.lock()?;
         self.cancel.fetch_add(1, Ordering::SeqCst);
+        if st.waiters == 0 {
+            st.cancel_pending = true;
+        }
+        Ok(())
     }
 
     /// `SKF_SetLabel` (no authentication needed, as on most tokens).

@@ -134,6 +134,10 @@ struct State {
     secure: HashMap<(usize, u64, String), Rights>,
     /// The insertion each slot's SKF device had when `SKF_WaitForDevEvent` last reported it.
     seen: Vec<Option<u64>>,
+    /// Threads in `SKF_WaitForDevEvent` now.
+    waiters: usize,
+    /// A cancel that came while nobody waited: the next wait returns at once.
+    cancel_pending: bool,
 }
 
 /// A connected device, copied out of the state so no lock is held during slow work.

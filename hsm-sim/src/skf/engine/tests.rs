@@ -100,11 +100,16 @@ fn hot_plug_events_and_cancel() {
         let e = std::sync::Arc::clone(&e);
         std::thread::spawn(move || e.wait_for_dev_event(64, &mut 0))
     };
-    while !waiter.is_finished() {
-        e.cancel_wait();
-        std::thread::yield_now();
-    }
+    e.cancel_wait().unwrap();
     assert_eq!(waiter.join().unwrap(), Err(SAR_NOT_EVENTERR));
+    // A cancel with no wait in progress ends the next wait, once.
+    e.cancel_wait().unwrap();
+    assert_eq!(e.wait_for_dev_event(64, &mut needed), Err(SAR_NOT_EVENTERR));
+    r.remove(0).unwrap();
+    assert_eq!(
+        e.wait_for_dev_event(64, &mut needed).unwrap(),
+        (dev_name(0), DEV_EVENT_REMOVAL)
+    );
 }
 
 #[test]

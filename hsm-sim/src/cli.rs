@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::rack::fault::{Fault, FaultAction};
 use crate::rack::latency::{Op, Profile};
 use crate::rack::object::{attr_name, display_value};
-use crate::rack::token::TokenSettings;
+use crate::rack::token::{Interface, TokenSettings};
 use crate::rack::{self, InsertOptions, LatencyChange, Rack, RackConfig};
 
 /// A virtual Ukey rack behind a real PKCS#11 module (`libhsm_sim.so`).
@@ -81,13 +81,14 @@ pub enum Command {
         /// Slot number.
         #[arg(long)]
         slot: usize,
-        /// PKCS#11 function, e.g. C_Sign, C_GenerateKeyPair.
+        /// PKCS#11 function, e.g. C_Sign, C_GenerateKeyPair; or SKF function of an SKF
+        /// token, e.g. SKF_ECCSignData, SKF_VerifyPIN.
         #[arg(long, required_unless_present = "clear")]
         call: Option<String>,
         /// Which call fails, counted from 1 after arming.
         #[arg(long, default_value_t = 1)]
         nth: u32,
-        /// Return this code, e.g. CKR_DEVICE_ERROR (or a number).
+        /// Return this code, e.g. CKR_DEVICE_ERROR (SAR_FAIL for an SKF function), or a number.
         #[arg(long, group = "action")]
         rv: Option<String>,
         /// Pull the token out of its slot on that call.
@@ -188,9 +189,13 @@ pub struct SettingsArgs {
     /// USB vendor id, hex [default: 5553].
     #[arg(long, value_parser = parse_hex16)]
     vendor_id: Option<u16>,
-    /// USB product id, hex [default: 4b01].
+    /// USB product id, hex [default: 4b01; 4b02 with --interface skf].
     #[arg(long, value_parser = parse_hex16)]
     product_id: Option<u16>,
+    /// The token's library: pkcs11 (libhsm_sim.so) or skf (libhsm_sim_skf.so, GM/T 0016)
+    /// [default: pkcs11].
+    #[arg(long, value_parser = parse_interface)]
+    interface: Option<Interface>,
 }
 
 impl SettingsArgs {
@@ -203,6 +208,7 @@ impl SettingsArgs {
             || self.memory.is_some()
             || self.vendor_id.is_some()
             || self.product_id.is_some()
+            || self.interface.is_some()
     }
 
     fn over(&self, base: &TokenSettings) -> TokenSettings {
@@ -214,13 +220,26 @@ impl SettingsArgs {
             max_objects: self.max_objects.unwrap_or(base.max_objects),
             max_bytes: self.memory.unwrap_or(base.max_bytes),
             vendor_id: self.vendor_id.unwrap_or(base.vendor_id),
-            product_id: self.product_id.unwrap_or(base.product_id),
+            product_id: self.product_id.unwrap_or(
+                // An SKF token is another model: its own product id unless one is given.
+                match (self.interface, base.interface) {
+                    (Some(Interface::Skf), Interface::Pkcs11) => {
+                        crate::rack::token::DEFAULT_SKF_PRODUCT_ID
+                    }
+                    _ => base.product_id,
+                },
+            ),
+            interface: self.interface.unwrap_or(base.interface),
         }
     }
 }
 
 fn parse_profile(s: &str) -> std::result::Result<Profile, String> {
     Profile::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_interface(s: &str) -> std::result::Result<Interface, String> {
+    Interface::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_hex16(s: &str) -> std::result::Result<u16, String> {
@@ -300,6 +319,9 @@ pub fn run(cli: Cli) -> Result<String> {
                             format!("{}/{}", t.user_retries.0, t.user_retries.1),
                             format!("{}/{}", t.so_retries.0, t.so_retries.1),
                         );
+                        if t.interface != "pkcs11" {
+                            out += &format!("     interface: {}\n", t.interface);
+                        }
                         for f in t.faults {
                             out += &format!("     fault: {f}\n");
                         }
@@ -325,6 +347,9 @@ pub fn run(cli: Cli) -> Result<String> {
             );
             for f in t.faults() {
                 out += &format!("fault: {}\n", f.describe());
+            }
+            if let Some(dev) = t.skf() {
+                out += &dev.describe();
             }
             for (h, o) in t.objects() {
                 out += &format!("object {h}:\n");
@@ -354,6 +379,11 @@ pub fn run(cli: Cli) -> Result<String> {
             }
             let call = call.unwrap_or_default();
             let action = match (rv, pull, delay) {
+                (Some(rv), false, None) if call.trim().to_ascii_uppercase().starts_with("SKF_") => {
+                    FaultAction::Fail {
+                        rv: CK_RV::from(crate::skf::consts::parse_sar(&rv)?),
+                    }
+                }
                 (Some(rv), false, None) => FaultAction::Fail {
                     rv: rack::names::parse_rv(&rv)? as CK_RV,
                 },
@@ -415,5 +445,91 @@ pub fn run(cli: Cli) -> Result<String> {
                 .map_err(|e| Error::Encode(e.to_string()))
         }
         Command::Panel(args) => crate::panel::run(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn sim(dir: &std::path::Path, args: &[&str]) -> Result<String> {
+        let mut argv = vec!["hsm-sim", "--dir", dir.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        run(Cli::try_parse_from(argv).unwrap())
+    }
+
+    #[test]
+    fn skf_tokens_through_the_cli() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        sim(d, &["rack", "init", "--slots", "2"]).unwrap();
+        sim(d, &["insert", "--slot", "1", "--interface", "skf"]).unwrap();
+        sim(d, &["insert", "--slot", "0"]).unwrap();
+        let list = sim(d, &["list"]).unwrap();
+        assert_eq!(list.matches("interface: skf").count(), 1, "{list}");
+        let json = sim(d, &["list", "--json"]).unwrap();
+        assert!(json.contains("\"interface\": \"skf\""), "{json}");
+        let usb = sim(d, &["usb"]).unwrap();
+        assert!(
+            usb.contains("19202") && usb.contains("Ukey-Sim GM"),
+            "{usb}"
+        );
+        let shown = sim(d, &["show", "--slot", "1"]).unwrap();
+        assert!(
+            shown.contains("SKF device label \"\", device key factory"),
+            "{shown}"
+        );
+        let armed = sim(
+            d,
+            &[
+                "fault",
+                "--slot",
+                "1",
+                "--call",
+                "skf_eccsigndata",
+                "--rv",
+                "sar_pin_locked",
+            ],
+        )
+        .unwrap();
+        assert!(
+            armed.contains("SKF_ECCSignData call #1 -> SAR_PIN_LOCKED"),
+            "{armed}"
+        );
+        assert!(matches!(
+            sim(
+                d,
+                &[
+                    "fault", "--slot", "1", "--call", "SKF_Nope", "--rv", "SAR_FAIL"
+                ]
+            ),
+            Err(Error::UnknownFunction { .. })
+        ));
+        assert!(matches!(
+            sim(
+                d,
+                &[
+                    "fault",
+                    "--slot",
+                    "1",
+                    "--call",
+                    "SKF_GenRandom",
+                    "--rv",
+                    "CKR_DEVICE_ERROR"
+                ]
+            ),
+            Err(Error::UnknownRv { .. })
+        ));
+        assert!(
+            Cli::try_parse_from(["hsm-sim", "insert", "--slot", "0", "--interface", "usb"])
+                .is_err()
+        );
+        let latency = sim(
+            d,
+            &["latency", "--slot", "1", "--op", "keygen-sm2", "--ms", "5"],
+        )
+        .unwrap();
+        assert!(latency.contains("KeygenSm2"), "{latency}");
     }
 }

@@ -86,14 +86,18 @@ pub enum Error {
     },
     /// A function name that is not a PKCS#11 v2.40 function.
     #[error(
-        "unknown PKCS#11 function {name:?} (expected a name such as C_Sign or C_GenerateKeyPair)"
+        "unknown function {name:?} (expected a PKCS#11 name such as C_Sign or C_GenerateKeyPair, \
+         or an SKF name such as SKF_ECCSignData)"
     )]
     UnknownFunction {
         /// The name given.
         name: String,
     },
     /// A return-code name that is not a known `CKR_` code.
-    #[error("unknown return code {name:?} (expected a name such as CKR_DEVICE_ERROR or a number)")]
+    #[error(
+        "unknown return code {name:?} (expected a name such as CKR_DEVICE_ERROR, SAR_FAIL for \
+         an SKF function, or a number)"
+    )]
     UnknownRv {
         /// The name given.
         name: String,

@@ -22,6 +22,7 @@ mod error;
 pub mod panel;
 pub mod pkcs11;
 pub mod rack;
+pub mod skf;
 pub mod usb;
 
 pub use error::{Error, Result};

@@ -312,6 +312,8 @@ impl Engine {
     }
 
     /// The slots as the rack file has them now: per slot, the token serial and insertion.
+    /// An SKF token is not this library's: its slot looks empty (as a token of another
+    /// vendor does to a PKCS#11 module).
     fn slots(&self) -> Result<Vec<Option<(String, u64)>>, Rv> {
         Ok(self
             .rack
@@ -320,7 +322,13 @@ impl Engine {
             .map(|r| {
                 r.slots
                     .iter()
-                    .map(|s| s.as_ref().map(|i| (i.serial.clone(), i.insertion)))
+                    .map(|s| {
+                        s.as_ref()
+                            .filter(|i| {
+                                !self.rack.token(&i.serial).is_ok_and(|t| t.skf().is_some())
+                            })
+                            .map(|i| (i.serial.clone(), i.insertion))
+                    })
                     .collect()
             })
             .unwrap_or_default())

@@ -120,6 +120,9 @@ impl Fault {
     /// `call #2 on`).
     pub fn describe(&self) -> String {
         let what = match self.action {
+            FaultAction::Fail { rv } if self.function.starts_with("SKF_") => {
+                crate::skf::consts::sar_name(u32::try_from(rv).unwrap_or(u32::MAX))
+            }
             FaultAction::Fail { rv } => names::rv_name(rv),
             FaultAction::Pull => "pull the token".to_string(),
             FaultAction::Delay { ms } => format!("delay {ms} ms"),

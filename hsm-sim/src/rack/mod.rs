@@ -165,6 +165,9 @@ pub struct TokenSummary {
     pub so_retries: (u32, u32),
     /// Armed faults, described.
     pub faults: Vec<String>,
+    /// The token's library: `pkcs11` or `skf`. For an SKF token the state is its SKF
+    /// state, objects count containers, the counters are the first application's.
+    pub interface: &'static str,
 }
 
 impl TokenSummary {
@@ -180,7 +183,7 @@ impl TokenSummary {
         } else {
             "ready"
         };
-        TokenSummary {
+        let mut summary = TokenSummary {
             serial: t.serial().to_string(),
             label: t.label().to_string(),
             state: state.to_string(),
@@ -190,7 +193,23 @@ impl TokenSummary {
             user_retries: t.retries(Who::User),
             so_retries: t.retries(Who::So),
             faults: t.faults().iter().map(Fault::describe).collect(),
+            interface: t.interface().name(),
+        };
+        if let Some(dev) = t.skf() {
+            summary.label = dev.label().to_string();
+            summary.state = dev.state().to_string();
+            summary.objects = dev.apps().values().map(|a| a.containers().len()).sum();
+            summary.used_bytes = dev.used_bytes();
+            let first = dev.apps().keys().next();
+            let counters = |kind| {
+                first
+                    .and_then(|name| dev.pin_info(name, kind).ok())
+                    .map_or((0, 0), |(max, left, _)| (left, max))
+            };
+            summary.user_retries = counters(crate::skf::device::PinType::User);
+            summary.so_retries = counters(crate::skf::device::PinType::Admin);
         }
+        summary
     }
 }
 

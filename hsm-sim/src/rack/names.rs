@@ -256,6 +256,12 @@ pub fn parse_rv(name: &str) -> Result<CK_RV> {
 /// returns it as the list spells it.
 pub fn parse_function(name: &str) -> Result<&'static str> {
     let trimmed = name.trim();
+    // SKF functions (`SKF_…`, the prefix required here) for tokens served by the SKF library.
+    if trimmed.len() > 4 && trimmed[..4].eq_ignore_ascii_case("skf_") {
+        return crate::skf::consts::parse_function(trimmed).ok_or_else(|| Error::UnknownFunction {
+            name: name.to_string(),
+        });
+    }
     let wanted = if trimmed.len() > 2 && trimmed[..2].eq_ignore_ascii_case("c_") {
         trimmed[2..].to_ascii_lowercase()
     } else {
@@ -295,5 +301,10 @@ mod tests {
             "C_GenerateKeyPair"
         );
         assert!(parse_function("C_Frobnicate").is_err());
+        assert_eq!(
+            parse_function("skf_eccsigndata").unwrap(),
+            "SKF_ECCSignData"
+        );
+        assert!(parse_function("SKF_Frobnicate").is_err());
     }
 }

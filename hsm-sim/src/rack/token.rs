@@ -29,6 +29,9 @@ pub struct UsbIdentity {
 pub const DEFAULT_VENDOR_ID: u16 = 0x5553;
 /// Default USB product id of simulated Ukeys.
 pub const DEFAULT_PRODUCT_ID: u16 = 0x4b01;
+/// Default USB product id of simulated SKF (国密) Ukeys: another model, so a desk's model
+/// table can send them to the SKF library.
+pub const DEFAULT_SKF_PRODUCT_ID: u16 = 0x4b02;
 
 /// What a new token is made with; a rack holds defaults, `insert` may override them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +53,43 @@ pub struct TokenSettings {
     pub vendor_id: u16,
     /// USB product id.
     pub product_id: u16,
+    /// The interface the token's vendor library speaks (PKCS#11 or SKF).
+    pub interface: Interface,
+}
+
+/// Which library reaches a token: one interface per token, as real tokens ship with their
+/// vendor's library (a 国密 token with its SKF library, others with PKCS#11). The other
+/// library does not see the token at all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Interface {
+    /// `libhsm_sim.so` (PKCS#11 v2.40).
+    #[default]
+    Pkcs11,
+    /// `libhsm_sim_skf.so` (GM/T 0016-2012).
+    Skf,
+}
+
+impl Interface {
+    /// Parses `pkcs11` / `skf`.
+    pub fn parse(name: &str) -> crate::Result<Interface> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "pkcs11" => Ok(Interface::Pkcs11),
+            "skf" => Ok(Interface::Skf),
+            _ => Err(crate::Error::InvalidSetting {
+                name: "interface",
+                reason: format!("{name:?}: expected pkcs11 or skf"),
+            }),
+        }
+    }
+
+    /// The interface's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Interface::Pkcs11 => "pkcs11",
+            Interface::Skf => "skf",
+        }
+    }
 }
 
 impl Default for TokenSettings {
@@ -63,11 +103,22 @@ impl Default for TokenSettings {
             max_bytes: 64 * 1024,
             vendor_id: DEFAULT_VENDOR_ID,
             product_id: DEFAULT_PRODUCT_ID,
+            interface: Interface::Pkcs11,
         }
     }
 }
 
 impl TokenSettings {
+    /// The defaults of an SKF token: interface `skf`, product id
+    /// [`DEFAULT_SKF_PRODUCT_ID`].
+    pub fn skf() -> TokenSettings {
+        TokenSettings {
+            interface: Interface::Skf,
+            product_id: DEFAULT_SKF_PRODUCT_ID,
+            ..TokenSettings::default()
+        }
+    }
+
     /// Checks the settings make sense.
     pub fn validate(&self) -> crate::Result<()> {
         let bad = |name, reason: &str| {
@@ -156,6 +207,9 @@ pub struct Token {
     faults: Vec<Fault>,
     #[serde(default)]
     policy: KeyPolicy,
+    /// The SKF side of an SKF token (`None`: a PKCS#11 token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    skf: Option<crate::skf::device::SkfDevice>,
 }
 
 /// The token's rules about keys, beyond what the specification requires of every token.
@@ -226,7 +280,10 @@ impl Token {
             serial: serial.to_string(),
             label: String::new(),
             manufacturer: "ukey-station hsm-sim".into(),
-            model: "Ukey-Sim".into(),
+            model: match settings.interface {
+                Interface::Pkcs11 => "Ukey-Sim".into(),
+                Interface::Skf => "Ukey-Sim GM".into(),
+            },
             usb: UsbIdentity {
                 vendor_id: settings.vendor_id,
                 product_id: settings.product_id,
@@ -247,7 +304,28 @@ impl Token {
             latency: LatencySettings::default(),
             faults: Vec::new(),
             policy: KeyPolicy::default(),
+            skf: (settings.interface == Interface::Skf)
+                .then(crate::skf::device::SkfDevice::factory),
         }
+    }
+
+    /// The interface of the token's library.
+    pub fn interface(&self) -> Interface {
+        if self.skf.is_some() {
+            Interface::Skf
+        } else {
+            Interface::Pkcs11
+        }
+    }
+
+    /// The SKF state of an SKF token.
+    pub fn skf(&self) -> Option<&crate::skf::device::SkfDevice> {
+        self.skf.as_ref()
+    }
+
+    /// The SKF state of an SKF token, to change.
+    pub fn skf_mut(&mut self) -> Option<&mut crate::skf::device::SkfDevice> {
+        self.skf.as_mut()
     }
 
     /// The token's rules about keys.
@@ -451,6 +529,9 @@ impl Token {
         self.user_retries_left = self.user_retries_max;
         self.so_retries_left = self.so_retries_max;
         self.objects.clear();
+        if self.skf.is_some() {
+            self.skf = Some(crate::skf::device::SkfDevice::factory());
+        }
     }
 
     /// Stores a new token object; `CKR_DEVICE_MEMORY` when it does not fit.

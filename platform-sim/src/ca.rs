@@ -670,10 +670,7 @@ mod tests {
         assert_eq!(ca.certificate_der(), again.certificate_der());
         assert_eq!(again.algorithm(), CaAlgorithm::Sm2);
         let cert = again.certificate();
-        assert_eq!(
-            cert.signature_algorithm().oid,
-            crate::verify::SM2_WITH_SM3
-        );
+        assert_eq!(cert.signature_algorithm().oid, crate::verify::SM2_WITH_SM3);
         assert!(cert.signature_algorithm().parameters.is_none());
         // Self-signed with the default ID: its own key verifies it (DER signature).
         let tbs = cert.tbs_certificate().to_der().unwrap();

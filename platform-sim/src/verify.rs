@@ -169,8 +169,8 @@ mod tests {
         let err = verify_signature_with_id(&spki, &sm2_sm3, b"tbS", &der, &id).unwrap_err();
         assert!(err.contains("does not verify"), "{err}");
         // Raw r||s is not X.509's DER.
-        let err =
-            verify_signature_with_id(&spki, &sm2_sm3, b"tbs", &signature.to_vec(), &id).unwrap_err();
+        let err = verify_signature_with_id(&spki, &sm2_sm3, b"tbs", &signature.to_vec(), &id)
+            .unwrap_err();
         assert!(err.contains("not a DER"), "{err}");
         let err = verify_signature_with_id(&spki, &ecdsa_sha256(), b"tbs", &der, &id).unwrap_err();
         assert!(err.contains("needs a P-256 key"), "{err}");

@@ -327,7 +327,9 @@ mod tests {
         let json = serde_json::to_string(&id).unwrap_or_default();
         assert_eq!(json, "\"seal@example.cn\"");
         assert_eq!(serde_json::from_str::<SignerId>(&json).ok(), Some(id));
-        let err = serde_json::from_str::<SignerId>("\"\"").err().map(|e| e.to_string());
+        let err = serde_json::from_str::<SignerId>("\"\"")
+            .err()
+            .map(|e| e.to_string());
         assert!(
             err.as_deref().is_some_and(|e| e.contains("signer_id")),
             "{err:?}"

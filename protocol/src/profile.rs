@@ -355,6 +355,9 @@ mod tests {
             "keyEncipherment, dataEncipherment"
         );
         let seal_sm2 = key_usage(KeyLabel::SealOfficial, KeyAlgorithm::Sm2);
-        assert_eq!(key_usage_text(&seal_sm2), "digitalSignature, nonRepudiation");
+        assert_eq!(
+            key_usage_text(&seal_sm2),
+            "digitalSignature, nonRepudiation"
+        );
     }
 }

@@ -388,8 +388,14 @@ fn sm2_keys_take_a_bounded_signer_id() {
         ],
     );
     let job = JobDocument::decode(&bytes).unwrap();
-    assert_eq!(job.key_spec(KeyLabel::SealOfficial), Some(KeyAlgorithm::Sm2));
-    assert_eq!(job.signer_id(KeyLabel::SealOfficial).as_str(), "seal@example.cn");
+    assert_eq!(
+        job.key_spec(KeyLabel::SealOfficial),
+        Some(KeyAlgorithm::Sm2)
+    );
+    assert_eq!(
+        job.signer_id(KeyLabel::SealOfficial).as_str(),
+        "seal@example.cn"
+    );
     // No signer ID: the GM/T 0009 default.
     assert_eq!(job.signer_id(KeyLabel::SealLegal), SignerId::DEFAULT);
     // The longest allowed ID decodes; the encoder writes it back.

@@ -161,8 +161,7 @@ impl Ca {
                 // The sm2 signer's own signature encodes as raw r||s: X.509 wants DER.
                 let mut builder = builder;
                 let tbs = builder.finalize(k.as_ref()).unwrap();
-                let signature: ::sm2::dsa::Signature =
-                    signature::Signer::sign(k.as_ref(), &tbs);
+                let signature: ::sm2::dsa::Signature = signature::Signer::sign(k.as_ref(), &tbs);
                 let bits = der::asn1::BitString::from_bytes(signature.to_der().as_bytes()).unwrap();
                 builder.assemble(bits, k.as_ref()).unwrap()
             }

@@ -99,9 +99,7 @@ fn usage_of(label: KeyLabel, algorithm: KeyAlgorithm) -> (bool, bool) {
     match (label.is_signing(), algorithm) {
         (true, _) => (false, false),
         (false, KeyAlgorithm::P256) => (false, true),
-        (false, KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Sm2) => {
-            (true, false)
-        }
+        (false, KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Sm2) => (true, false),
     }
 }
 

@@ -121,10 +121,20 @@ fn sm2_chains_get_the_chain_checks() {
         usage: KeyUsages::DigitalSignature,
         ..CaShape::default()
     };
-    let sub = root.subordinate_with("SM2 Issuing CA", shape, validity(now - DAY, now + 900 * DAY));
+    let sub = root.subordinate_with(
+        "SM2 Issuing CA",
+        shape,
+        validity(now - DAY, now + 900 * DAY),
+    );
     let der = sub.issue(KeyLabel::SealOfficial, &key);
     assert!(matches!(
-        check(KeyLabel::SealOfficial, &der, &key, &[sub.der()], &root.anchors()),
+        check(
+            KeyLabel::SealOfficial,
+            &der,
+            &key,
+            &[sub.der()],
+            &root.anchors()
+        ),
         Err(CertError::IntermediateKeyUsage { .. })
     ));
     // An expired intermediate.
@@ -135,7 +145,13 @@ fn sm2_chains_get_the_chain_checks() {
     );
     let der = sub.issue(KeyLabel::SealOfficial, &key);
     assert!(matches!(
-        check(KeyLabel::SealOfficial, &der, &key, &[sub.der()], &root.anchors()),
+        check(
+            KeyLabel::SealOfficial,
+            &der,
+            &key,
+            &[sub.der()],
+            &root.anchors()
+        ),
         Err(CertError::IntermediateNotValid { .. })
     ));
     // A root that allows no intermediate below it.
@@ -151,8 +167,18 @@ fn sm2_chains_get_the_chain_checks() {
     let sub = strict.subordinate("SM2 Issuing CA");
     let der = sub.issue(KeyLabel::SealOfficial, &key);
     assert!(matches!(
-        check(KeyLabel::SealOfficial, &der, &key, &[sub.der()], &strict.anchors()),
-        Err(CertError::PathLengthExceeded { path_len: 0, below: 1, .. })
+        check(
+            KeyLabel::SealOfficial,
+            &der,
+            &key,
+            &[sub.der()],
+            &strict.anchors()
+        ),
+        Err(CertError::PathLengthExceeded {
+            path_len: 0,
+            below: 1,
+            ..
+        })
     ));
     // An unknown critical extension in the intermediate.
     let sub = root.subordinate_with(
@@ -165,11 +191,24 @@ fn sm2_chains_get_the_chain_checks() {
     );
     let der = sub.issue(KeyLabel::SealOfficial, &key);
     assert!(matches!(
-        check(KeyLabel::SealOfficial, &der, &key, &[sub.der()], &root.anchors()),
+        check(
+            KeyLabel::SealOfficial,
+            &der,
+            &key,
+            &[sub.der()],
+            &root.anchors()
+        ),
         Err(CertError::UnknownCriticalExtension { .. })
     ));
     // An SM2 leaf under a P-256 root is fine too (the algorithms are per certificate).
     let p256_root = Ca::p256("P-256 Root");
     let der = p256_root.issue(KeyLabel::SealOfficial, &key);
-    check(KeyLabel::SealOfficial, &der, &key, &[], &p256_root.anchors()).unwrap();
+    check(
+        KeyLabel::SealOfficial,
+        &der,
+        &key,
+        &[],
+        &p256_root.anchors(),
+    )
+    .unwrap();
 }

@@ -1,6 +1,7 @@
 //! The test CA of the simulated platform: a self-signed root with a P-256, an RSA-2048 or an
-//! SM2 key that checks certificate requests against a job and issues end-entity certificates
-//! to the Ukey profile (`ukey_protocol::profile`). An SM2 CA signs with SM2-with-SM3 and the
+//! SM2 key (and, when asked, an intermediate CA under it) that checks certificate requests
+//! against a job and issues end-entity certificates to the Ukey profile
+//! (`ukey_protocol::profile`). An SM2 CA signs with SM2-with-SM3 and the
 //! GM/T 0009 default signer ID; an SM2 CSR is checked with the signer ID its job's key spec
 //! names (the default unless it names one).
 //!
@@ -30,7 +31,9 @@ use x509_cert::Certificate;
 use x509_cert::builder::profile::BuilderProfile;
 use x509_cert::builder::{Builder, CertificateBuilder};
 use x509_cert::certificate::TbsCertificate;
-use x509_cert::ext::pkix::{BasicConstraints, KeyUsage, KeyUsages, SubjectKeyIdentifier};
+use x509_cert::ext::pkix::{
+    AuthorityKeyIdentifier, BasicConstraints, KeyUsage, KeyUsages, SubjectKeyIdentifier,
+};
 use x509_cert::ext::{Extension, ToExtension};
 use x509_cert::name::Name;
 use x509_cert::request::CertReq;
@@ -205,35 +208,43 @@ fn sign_sm2<P: BuilderProfile>(
     builder.assemble(bits, key)
 }
 
-/// A root CA's own profile: cA=true, keyCertSign and cRLSign, a subject key identifier.
-struct RootProfile {
-    name: Name,
+/// A CA certificate's profile: cA=true with a path length, keyCertSign and cRLSign, a subject
+/// key identifier, and for an intermediate an authority key identifier. A root allows one
+/// intermediate below it ([`TestCa::intermediate`]), an intermediate none.
+struct CaProfile {
+    subject: Name,
+    issuer: Name,
+    path_len: u8,
 }
 
-impl BuilderProfile for RootProfile {
+impl BuilderProfile for CaProfile {
     fn get_issuer(&self, _subject: &Name) -> Name {
-        self.name.clone()
+        self.issuer.clone()
     }
 
     fn get_subject(&self) -> Name {
-        self.name.clone()
+        self.subject.clone()
     }
 
     fn build_extensions(
         &self,
         spk: SubjectPublicKeyInfoRef<'_>,
-        _issuer_spk: SubjectPublicKeyInfoRef<'_>,
+        issuer_spk: SubjectPublicKeyInfoRef<'_>,
         tbs: &TbsCertificate,
     ) -> x509_cert::builder::Result<Vec<Extension>> {
         let mut ext = Vec::new();
         let basic = BasicConstraints {
             ca: true,
-            path_len_constraint: Some(0),
+            path_len_constraint: Some(self.path_len),
         };
         ext.push(basic.to_extension(tbs.subject(), &ext)?);
         let usage = KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign);
         ext.push(usage.to_extension(tbs.subject(), &ext)?);
         ext.push(SubjectKeyIdentifier::try_from(spk)?.to_extension(tbs.subject(), &ext)?);
+        if self.subject != self.issuer {
+            let aki = AuthorityKeyIdentifier::try_from(issuer_spk)?;
+            ext.push(aki.to_extension(tbs.subject(), &ext)?);
+        }
         Ok(ext)
     }
 }
@@ -288,7 +299,35 @@ impl TestCa {
         let key = CaKey::generate(algorithm)?;
         let now = SystemTime::now();
         let validity = validity(now - DAY, now + CA_VALIDITY)?;
-        let certificate = key.build(RootProfile { name }, validity, key.spki()?)?;
+        let profile = CaProfile {
+            subject: name.clone(),
+            issuer: name,
+            path_len: 1,
+        };
+        let certificate = key.build(profile, validity, key.spki()?)?;
+        TestCa::from_parts(key, certificate)
+    }
+
+    /// A fresh intermediate CA named `CN={common_name},O=ukey-station simulation,C=CN`,
+    /// issued by this CA (pathLenConstraint 0, valid for half the root's span). It issues like
+    /// any [`TestCa`]; a station then needs its certificate as an intermediate of the chain.
+    pub fn intermediate(
+        &self,
+        algorithm: CaAlgorithm,
+        common_name: &str,
+    ) -> Result<TestCa, PlatformError> {
+        let name: Name = format!("CN={common_name},O=ukey-station simulation,C=CN")
+            .parse()
+            .map_err(|e| PlatformError::key("CA name", e))?;
+        let key = CaKey::generate(algorithm)?;
+        let now = SystemTime::now();
+        let validity = validity(now - DAY, now + CA_VALIDITY / 2)?;
+        let profile = CaProfile {
+            subject: name,
+            issuer: self.name().clone(),
+            path_len: 0,
+        };
+        let certificate = self.key.build(profile, validity, key.spki()?)?;
         TestCa::from_parts(key, certificate)
     }
 

@@ -9,8 +9,8 @@ use crate::platform_station;
 use std::time::SystemTime;
 
 use platform_station::{
-    SoftKey, SoftToken, Station, WAIT, openssl_req_verify, openssl_verify, platform, stranger,
-    subject_of,
+    SoftKey, SoftToken, Station, WAIT, openssl_req_verify, openssl_verify, openssl_verify_chain,
+    platform, stranger, subject_of,
 };
 use ukey_agent::certs::CertError;
 use ukey_platform_sim::{CaAlgorithm, JobDraft, KeyOptions, Misbehaviour, RejectionCode, Times};
@@ -174,6 +174,66 @@ async fn an_sm2_csr_is_checked_with_the_signer_id_its_job_names() {
         &p256.csr(&subject_of(&job).subject(legal).unwrap()),
     );
     assert_eq!(r.unwrap_err().code.as_str(), "csr-key-mismatch");
+}
+
+#[tokio::test]
+async fn an_sm2_chain_through_an_intermediate_is_accepted_by_the_agent_and_openssl() {
+    let root = ukey_platform_sim::TestCa::generate(CaAlgorithm::Sm2, "SM2 Root CA").unwrap();
+    let issuing = root
+        .intermediate(CaAlgorithm::Sm2, "SM2 Issuing CA")
+        .unwrap();
+    let station = ukey_protocol::StationId::new("desk-01").unwrap();
+    let draft = JobDraft::new(JobKind::New, &station)
+        .unwrap()
+        .with_algorithm(KeyAlgorithm::Sm2);
+    let job = ukey_platform_sim::build_job(&draft, time::OffsetDateTime::now_utc(), None).unwrap();
+    let data = subject_of(&job);
+    let dir = tempfile::tempdir().unwrap();
+    let root_pem = dir.path().join("root.pem");
+    std::fs::write(&root_pem, root.certificate_pem().unwrap()).unwrap();
+    let anchors = ukey_agent::certs::TrustAnchors::from_der([root.certificate_der()]).unwrap();
+    let chain = vec![issuing.certificate_der().to_vec()];
+    let (not_before, not_after) =
+        ukey_platform_sim::Issue::window(SystemTime::now(), job.validity_days);
+    for label in KeyLabel::ALL {
+        let key = SoftKey::new(KeyAlgorithm::Sm2);
+        let csr = key.csr(&data.subject(label).unwrap());
+        let spki = issuing.check_csr(&job, label, &csr).unwrap();
+        let der = issuing
+            .issue(&ukey_platform_sim::Issue {
+                label,
+                subject: &data,
+                subject_override: None,
+                public_key: &spki,
+                not_before,
+                not_after,
+            })
+            .unwrap();
+        let expected = ukey_agent::certs::Expected {
+            label,
+            token_key: &spki,
+            subject: &data,
+            validity_days: job.validity_days,
+        };
+        let policy = ukey_agent::certs::ValidityPolicy::default();
+        let verify = |intermediates: &[Vec<u8>]| {
+            ukey_agent::certs::verify_certificate(
+                &der,
+                intermediates,
+                &expected,
+                &anchors,
+                &policy,
+                SystemTime::now(),
+            )
+        };
+        verify(&chain).unwrap();
+        let (passed, text) = openssl_verify_chain(&root_pem, &chain, &der, dir.path());
+        assert!(passed, "openssl verify {label}: {text}");
+        // Without the intermediate neither accepts it.
+        assert!(matches!(verify(&[]), Err(CertError::UnknownIssuer { .. })));
+        let (passed, _) = openssl_verify(&root_pem, &der, dir.path());
+        assert!(!passed, "openssl accepted {label} without its intermediate");
+    }
 }
 
 #[tokio::test]

@@ -377,34 +377,52 @@ const SM2_WITH_SM3: &str = "1.2.156.10197.1.501";
 /// SM2-with-SM3 certificate the GM/T 0009 default signer ID is passed (`-vfyopt distid:`):
 /// OpenSSL 3.0 hashes an empty ID otherwise.
 pub fn openssl_verify(ca: &Path, der: &[u8], dir: &Path) -> (bool, String) {
-    openssl_verify_chain(ca, &[], der, dir)
+    openssl_verify_one(ca, false, der, dir)
 }
 
-/// [`openssl_verify`] with `untrusted` intermediates (DER).
+/// [`openssl_verify`] through `intermediates` (DER, the issuer of `der` first), one link at a
+/// time: OpenSSL 3.0 applies `-vfyopt distid:` to the certificate it verifies only, not to
+/// `-untrusted` ones, so an SM2 intermediate's signature would be checked with an empty ID.
+/// Each certificate is verified against its issuer, an intermediate trusted with
+/// `-partial_chain`; all links must pass.
 pub fn openssl_verify_chain(
     ca: &Path,
-    untrusted: &[Vec<u8>],
+    intermediates: &[Vec<u8>],
     der: &[u8],
     dir: &Path,
 ) -> (bool, String) {
+    let mut text = String::new();
+    let mut issuer = ca.to_path_buf();
+    // From the top: the last intermediate is issued by the CA.
+    for (i, cert) in intermediates.iter().rev().enumerate() {
+        let (passed, out) = openssl_verify_one(&issuer, i > 0, cert, dir);
+        text.push_str(&out);
+        if !passed {
+            return (false, text);
+        }
+        let c = x509_cert::Certificate::from_der(cert).unwrap();
+        issuer = dir.join(format!(
+            "issuer-{}.pem",
+            hex::encode(&cert[cert.len() - 8..])
+        ));
+        std::fs::write(&issuer, c.to_pem(der::pem::LineEnding::LF).unwrap()).unwrap();
+    }
+    let (passed, out) = openssl_verify_one(&issuer, !intermediates.is_empty(), der, dir);
+    text.push_str(&out);
+    (passed, text)
+}
+
+/// `openssl verify -CAfile issuer` of one DER certificate (`-partial_chain` when the issuer is
+/// not a root), with the GM/T default ID for an SM2-with-SM3 one.
+fn openssl_verify_one(issuer: &Path, partial: bool, der: &[u8], dir: &Path) -> (bool, String) {
     let openssl = ukey_tests::require_tool("openssl");
     let cert = x509_cert::Certificate::from_der(der).unwrap();
     let path = dir.join(format!("leaf-{}.pem", hex::encode(&der[der.len() - 8..])));
     std::fs::write(&path, cert.to_pem(der::pem::LineEnding::LF).unwrap()).unwrap();
     let mut command = Command::new(openssl);
-    command.arg("verify").arg("-CAfile").arg(ca);
-    if !untrusted.is_empty() {
-        let mut pem = String::new();
-        for der in untrusted {
-            let c = x509_cert::Certificate::from_der(der).unwrap();
-            pem.push_str(&c.to_pem(der::pem::LineEnding::LF).unwrap());
-        }
-        let chain = dir.join(format!(
-            "untrusted-{}.pem",
-            hex::encode(&der[der.len() - 8..])
-        ));
-        std::fs::write(&chain, pem).unwrap();
-        command.arg("-untrusted").arg(chain);
+    command.arg("verify").arg("-CAfile").arg(issuer);
+    if partial {
+        command.arg("-partial_chain");
     }
     if cert.signature_algorithm().oid.to_string() == SM2_WITH_SM3 {
         command

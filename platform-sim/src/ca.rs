@@ -1,6 +1,9 @@
-//! The test CA of the simulated platform: a self-signed root with a P-256 or an RSA-2048 key
-//! that checks certificate requests against a job and issues end-entity certificates to the
-//! Ukey profile (`ukey_protocol::profile`).
+//! The test CA of the simulated platform: a self-signed root with a P-256, an RSA-2048 or an
+//! SM2 key (and, when asked, an intermediate CA under it) that checks certificate requests
+//! against a job and issues end-entity certificates to the Ukey profile
+//! (`ukey_protocol::profile`). An SM2 CA signs with SM2-with-SM3 and the
+//! GM/T 0009 default signer ID; an SM2 CSR is checked with the signer ID its job's key spec
+//! names (the default unless it names one).
 //!
 //! This is a simulation. The CA key lives in memory and, when asked, in a plain PEM file;
 //! there is no revocation, no audit, no hardware. It exists so that tests and the demo can
@@ -23,12 +26,14 @@ use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use sha2::Sha256;
 use ukey_protocol::codes::{self, Code};
 use ukey_protocol::profile::{SubjectData, UkeyProfile};
-use ukey_protocol::{CertRejection, ErrorCode, JobDocument, KeyAlgorithm, KeyLabel};
+use ukey_protocol::{CertRejection, ErrorCode, JobDocument, KeyAlgorithm, KeyLabel, SignerId};
 use x509_cert::Certificate;
 use x509_cert::builder::profile::BuilderProfile;
 use x509_cert::builder::{Builder, CertificateBuilder};
 use x509_cert::certificate::TbsCertificate;
-use x509_cert::ext::pkix::{BasicConstraints, KeyUsage, KeyUsages, SubjectKeyIdentifier};
+use x509_cert::ext::pkix::{
+    AuthorityKeyIdentifier, BasicConstraints, KeyUsage, KeyUsages, SubjectKeyIdentifier,
+};
 use x509_cert::ext::{Extension, ToExtension};
 use x509_cert::name::Name;
 use x509_cert::request::CertReq;
@@ -37,7 +42,7 @@ use x509_cert::spki::{SubjectPublicKeyInfoOwned, SubjectPublicKeyInfoRef};
 use x509_cert::time::{Time, Validity};
 
 use crate::error::PlatformError;
-use crate::verify::{key_algorithm, verify_signature};
+use crate::verify::{key_algorithm, verify_signature, verify_signature_with_id};
 
 /// How long a test CA's own certificate is valid.
 const CA_VALIDITY: Duration = Duration::from_secs(20 * 365 * 86_400);
@@ -53,14 +58,17 @@ pub enum CaAlgorithm {
     P256,
     /// RSA-2048, sha256WithRSAEncryption.
     Rsa2048,
+    /// SM2, SM2-with-SM3 (GM/T 0003, 0009, 0010): the CA of 国密 certificates.
+    Sm2,
 }
 
 impl CaAlgorithm {
-    /// The name used in file names and on the command line: `p256`, `rsa2048`.
+    /// The name used in file names and on the command line: `p256`, `rsa2048`, `sm2`.
     pub fn as_str(self) -> &'static str {
         match self {
             CaAlgorithm::P256 => "p256",
             CaAlgorithm::Rsa2048 => "rsa2048",
+            CaAlgorithm::Sm2 => "sm2",
         }
     }
 }
@@ -78,7 +86,10 @@ impl std::str::FromStr for CaAlgorithm {
         match s {
             "p256" => Ok(CaAlgorithm::P256),
             "rsa2048" => Ok(CaAlgorithm::Rsa2048),
-            other => Err(format!("unknown CA algorithm {other:?} (p256 or rsa2048)")),
+            "sm2" => Ok(CaAlgorithm::Sm2),
+            other => Err(format!(
+                "unknown CA algorithm {other:?} (p256, rsa2048 or sm2)"
+            )),
         }
     }
 }
@@ -86,6 +97,8 @@ impl std::str::FromStr for CaAlgorithm {
 /// The CA's private key, with the signer x509-cert's builder wants.
 enum CaKey {
     P256(p256::ecdsa::SigningKey),
+    /// Made with the default signer ID: certificates are signed with it.
+    Sm2(Box<sm2::dsa::SigningKey>),
     Rsa {
         key: Box<rsa::PrivateKey>,
         signer: Box<rsa::pkcs1v15::SigningKey<Sha256>>,
@@ -103,7 +116,14 @@ impl CaKey {
                     .map_err(|e| PlatformError::key("RSA CA key", e))?;
                 Ok(CaKey::rsa(key))
             }
+            CaAlgorithm::Sm2 => CaKey::sm2(&sm2::SecretKey::generate_from_rng(&mut rand::rng())),
         }
+    }
+
+    fn sm2(secret: &sm2::SecretKey) -> Result<CaKey, PlatformError> {
+        sm2::dsa::SigningKey::new(SignerId::DEFAULT.as_str(), secret)
+            .map(|k| CaKey::Sm2(Box::new(k)))
+            .map_err(|e| PlatformError::key("SM2 CA key", e))
     }
 
     fn rsa(key: rsa::PrivateKey) -> CaKey {
@@ -117,6 +137,7 @@ impl CaKey {
     fn algorithm(&self) -> CaAlgorithm {
         match self {
             CaKey::P256(_) => CaAlgorithm::P256,
+            CaKey::Sm2(_) => CaAlgorithm::Sm2,
             CaKey::Rsa { .. } => CaAlgorithm::Rsa2048,
         }
     }
@@ -124,6 +145,7 @@ impl CaKey {
     fn spki(&self) -> Result<SubjectPublicKeyInfoOwned, PlatformError> {
         let spki = match self {
             CaKey::P256(k) => SubjectPublicKeyInfoOwned::from_key(k.verifying_key()),
+            CaKey::Sm2(k) => SubjectPublicKeyInfoOwned::from_key(k.verifying_key()),
             CaKey::Rsa { signer, .. } => SubjectPublicKeyInfoOwned::from_key(
                 &signature::Keypair::verifying_key(signer.as_ref()),
             ),
@@ -134,6 +156,9 @@ impl CaKey {
     fn to_pkcs8_pem(&self) -> Result<zeroize::Zeroizing<String>, PlatformError> {
         match self {
             CaKey::P256(k) => k.to_pkcs8_pem(LineEnding::LF),
+            CaKey::Sm2(k) => sm2::SecretKey::from_bytes(&k.to_bytes())
+                .map_err(|e| PlatformError::key("CA private key", e))?
+                .to_pkcs8_pem(LineEnding::LF),
             CaKey::Rsa { key, .. } => key.to_pkcs8_pem(LineEnding::LF),
         }
         .map_err(|e| PlatformError::key("CA private key", e))
@@ -142,6 +167,9 @@ impl CaKey {
     fn from_pkcs8_pem(pem: &str) -> Result<CaKey, PlatformError> {
         if let Ok(key) = p256::ecdsa::SigningKey::from_pkcs8_pem(pem) {
             return Ok(CaKey::P256(key));
+        }
+        if let Ok(secret) = sm2::SecretKey::from_pkcs8_pem(pem) {
+            return CaKey::sm2(&secret);
         }
         rsa::PrivateKey::from_pkcs8_pem(pem)
             .map(CaKey::rsa)
@@ -159,6 +187,7 @@ impl CaKey {
             .map_err(|e| PlatformError::key("certificate builder", e))?;
         match self {
             CaKey::P256(k) => builder.build::<_, p256::ecdsa::DerSignature>(k),
+            CaKey::Sm2(k) => sign_sm2(builder, k),
             CaKey::Rsa { signer, .. } => {
                 builder.build::<_, rsa::pkcs1v15::Signature>(signer.as_ref())
             }
@@ -167,35 +196,55 @@ impl CaKey {
     }
 }
 
-/// A root CA's own profile: cA=true, keyCertSign and cRLSign, a subject key identifier.
-struct RootProfile {
-    name: Name,
+/// Signs a certificate with an SM2 key. Not `build`: the `sm2` signer's own signature type
+/// encodes as raw `r ‖ s`, where X.509 wants the DER `SEQUENCE { r, s }`.
+fn sign_sm2<P: BuilderProfile>(
+    mut builder: CertificateBuilder<P>,
+    key: &sm2::dsa::SigningKey,
+) -> x509_cert::builder::Result<Certificate> {
+    let tbs = builder.finalize(key)?;
+    let signature: sm2::dsa::Signature = signature::Signer::try_sign(key, &tbs)?;
+    let bits = der::asn1::BitString::from_bytes(signature.to_der().as_bytes())?;
+    builder.assemble(bits, key)
 }
 
-impl BuilderProfile for RootProfile {
+/// A CA certificate's profile: cA=true with a path length, keyCertSign and cRLSign, a subject
+/// key identifier, and for an intermediate an authority key identifier. A root allows one
+/// intermediate below it ([`TestCa::intermediate`]), an intermediate none.
+struct CaProfile {
+    subject: Name,
+    issuer: Name,
+    path_len: u8,
+}
+
+impl BuilderProfile for CaProfile {
     fn get_issuer(&self, _subject: &Name) -> Name {
-        self.name.clone()
+        self.issuer.clone()
     }
 
     fn get_subject(&self) -> Name {
-        self.name.clone()
+        self.subject.clone()
     }
 
     fn build_extensions(
         &self,
         spk: SubjectPublicKeyInfoRef<'_>,
-        _issuer_spk: SubjectPublicKeyInfoRef<'_>,
+        issuer_spk: SubjectPublicKeyInfoRef<'_>,
         tbs: &TbsCertificate,
     ) -> x509_cert::builder::Result<Vec<Extension>> {
         let mut ext = Vec::new();
         let basic = BasicConstraints {
             ca: true,
-            path_len_constraint: Some(0),
+            path_len_constraint: Some(self.path_len),
         };
         ext.push(basic.to_extension(tbs.subject(), &ext)?);
         let usage = KeyUsage(KeyUsages::KeyCertSign | KeyUsages::CRLSign);
         ext.push(usage.to_extension(tbs.subject(), &ext)?);
         ext.push(SubjectKeyIdentifier::try_from(spk)?.to_extension(tbs.subject(), &ext)?);
+        if self.subject != self.issuer {
+            let aki = AuthorityKeyIdentifier::try_from(issuer_spk)?;
+            ext.push(aki.to_extension(tbs.subject(), &ext)?);
+        }
         Ok(ext)
     }
 }
@@ -250,7 +299,35 @@ impl TestCa {
         let key = CaKey::generate(algorithm)?;
         let now = SystemTime::now();
         let validity = validity(now - DAY, now + CA_VALIDITY)?;
-        let certificate = key.build(RootProfile { name }, validity, key.spki()?)?;
+        let profile = CaProfile {
+            subject: name.clone(),
+            issuer: name,
+            path_len: 1,
+        };
+        let certificate = key.build(profile, validity, key.spki()?)?;
+        TestCa::from_parts(key, certificate)
+    }
+
+    /// A fresh intermediate CA named `CN={common_name},O=ukey-station simulation,C=CN`,
+    /// issued by this CA (pathLenConstraint 0, valid for half the root's span). It issues like
+    /// any [`TestCa`]; a station then needs its certificate as an intermediate of the chain.
+    pub fn intermediate(
+        &self,
+        algorithm: CaAlgorithm,
+        common_name: &str,
+    ) -> Result<TestCa, PlatformError> {
+        let name: Name = format!("CN={common_name},O=ukey-station simulation,C=CN")
+            .parse()
+            .map_err(|e| PlatformError::key("CA name", e))?;
+        let key = CaKey::generate(algorithm)?;
+        let now = SystemTime::now();
+        let validity = validity(now - DAY, now + CA_VALIDITY / 2)?;
+        let profile = CaProfile {
+            subject: name,
+            issuer: self.name().clone(),
+            path_len: 0,
+        };
+        let certificate = self.key.build(profile, validity, key.spki()?)?;
         TestCa::from_parts(key, certificate)
     }
 
@@ -341,7 +418,7 @@ impl TestCa {
         let algorithm = key_algorithm(issue.public_key).ok_or_else(|| {
             PlatformError::key(
                 "certificate request",
-                "key is not P-256, RSA-2048 or RSA-3072",
+                "key is not P-256, RSA-2048, RSA-3072 or SM2",
             )
         })?;
         let mut profile =
@@ -378,7 +455,15 @@ impl TestCa {
                 format!("{label} CSR signature has unused bits"),
             )
         })?;
-        verify_signature(&csr.info.public_key, &csr.algorithm, &info, signature).map_err(|e| {
+        // An SM2 CSR is signed with the signer ID of its key spec (ignored by the others).
+        verify_signature_with_id(
+            &csr.info.public_key,
+            &csr.algorithm,
+            &info,
+            signature,
+            &job.signer_id(label),
+        )
+        .map_err(|e| {
             rejection(
                 RejectionCode::CsrBadSignature,
                 format!("{label} CSR self-signature: {e}"),
@@ -613,6 +698,33 @@ mod tests {
             RejectionCode::CsrKeyMismatch.code(),
             codes::CSR_KEY_MISMATCH
         );
+    }
+
+    #[test]
+    fn sm2_ca_round_trips_through_files_and_signs_with_sm2_with_sm3() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, path) = TestCa::load_or_generate(dir.path(), CaAlgorithm::Sm2, "T").unwrap();
+        assert_eq!(path, dir.path().join("ca-sm2.pem"));
+        let (again, _) = TestCa::load_or_generate(dir.path(), CaAlgorithm::Sm2, "T").unwrap();
+        assert_eq!(ca.certificate_der(), again.certificate_der());
+        assert_eq!(again.algorithm(), CaAlgorithm::Sm2);
+        let cert = again.certificate();
+        assert_eq!(cert.signature_algorithm().oid, crate::verify::SM2_WITH_SM3);
+        assert!(cert.signature_algorithm().parameters.is_none());
+        // Self-signed with the default ID: its own key verifies it (DER signature).
+        let tbs = cert.tbs_certificate().to_der().unwrap();
+        verify_signature(
+            cert.tbs_certificate().subject_public_key_info(),
+            cert.signature_algorithm(),
+            &tbs,
+            cert.signature().as_bytes().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            key_algorithm(cert.tbs_certificate().subject_public_key_info()),
+            Some(KeyAlgorithm::Sm2)
+        );
+        assert_eq!("sm2".parse::<CaAlgorithm>(), Ok(CaAlgorithm::Sm2));
     }
 
     #[test]

@@ -1242,6 +1242,11 @@ fn fresh_key_like(
             let k = p256::ecdsa::SigningKey::generate_from_rng(&mut rand::rng());
             SubjectPublicKeyInfoOwned::from_key(k.verifying_key())
         }
+        Some(KeyAlgorithm::Sm2) => {
+            use p256::elliptic_curve::Generate as _;
+            let k = sm2::SecretKey::generate_from_rng(&mut rand::rng());
+            SubjectPublicKeyInfoOwned::from_key(&k.public_key())
+        }
         Some(alg @ (KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072)) => {
             let bits = alg.rsa_bits().unwrap_or(2048);
             let k = rsa::PrivateKey::new(&mut rand::rng(), bits)

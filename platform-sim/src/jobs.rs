@@ -340,10 +340,7 @@ pub fn build_job(
         handler: person(&draft.order.handler),
         keys: KeyLabel::ALL
             .into_iter()
-            .map(|label| KeySpec {
-                label,
-                alg: draft.algorithm,
-            })
+            .map(|label| KeySpec::new(label, draft.algorithm))
             .collect(),
         validity_days: draft.validity_days,
         target_token_serial: draft.target_token_serial.clone(),

@@ -301,6 +301,12 @@ pub enum Problem {
         /// The algorithm.
         alg: KeyAlgorithm,
     },
+    /// A field that belongs to keys of one algorithm only (an SM2 `signer_id`).
+    #[error("allowed only for algorithm {alg}")]
+    OnlyForAlgorithm {
+        /// The algorithm it belongs to.
+        alg: KeyAlgorithm,
+    },
     /// A value that must be unique appears twice (slot index, event id).
     #[error("duplicate value")]
     Duplicate,

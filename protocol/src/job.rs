@@ -15,7 +15,7 @@ use crate::error::{Problem, ProtocolError};
 use crate::event::Step;
 use crate::ident::{CreditCode, Email, IdCardNumber, Landline, Mobile};
 use crate::ids::{JobId, Nonce, StationId, TokenSerial};
-use crate::keys::{KeyAlgorithm, KeyLabel};
+use crate::keys::{KeyAlgorithm, KeyLabel, SignerId};
 use crate::seal::{SealContext, SealPurpose, SealedSecret};
 
 /// What a job does with its token (DESIGN.md, "Job kinds").
@@ -155,6 +155,27 @@ pub struct KeySpec {
     pub label: KeyLabel,
     /// Its algorithm and size.
     pub alg: KeyAlgorithm,
+    /// For an `sm2` key only: the signer ID its signatures (the CSR's among them) are made
+    /// with; left out, the GM/T 0009 default [`SignerId::DEFAULT`]. Refused on other
+    /// algorithms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer_id: Option<SignerId>,
+}
+
+impl KeySpec {
+    /// A key spec without a signer ID (the default one for SM2).
+    pub fn new(label: KeyLabel, alg: KeyAlgorithm) -> KeySpec {
+        KeySpec {
+            label,
+            alg,
+            signer_id: None,
+        }
+    }
+
+    /// The SM2 signer ID this key signs with: the job's, or the default.
+    pub fn sm2_signer_id(&self) -> SignerId {
+        self.signer_id.unwrap_or_default()
+    }
 }
 
 /// One job for one token. Fields are in canonical (signed) order.
@@ -221,6 +242,16 @@ impl JobDocument {
     /// The algorithm the job asks for on `label`.
     pub fn key_spec(&self, label: KeyLabel) -> Option<KeyAlgorithm> {
         self.keys.iter().find(|k| k.label == label).map(|k| k.alg)
+    }
+
+    /// The SM2 signer ID of `label`'s key: the one the job names, else the GM/T 0009
+    /// default. Meaningful only when the key is `sm2`.
+    pub fn signer_id(&self, label: KeyLabel) -> SignerId {
+        self.keys
+            .iter()
+            .find(|k| k.label == label)
+            .map(KeySpec::sm2_signer_id)
+            .unwrap_or_default()
     }
 
     /// The context the SO PIN of this job is sealed under.
@@ -356,6 +387,14 @@ impl Message for JobDocument {
                     Problem::AlgorithmNotAllowed {
                         label: k.label,
                         alg: k.alg,
+                    },
+                ));
+            }
+            if k.signer_id.is_some() && k.alg != KeyAlgorithm::Sm2 {
+                return Err(ProtocolError::invalid(
+                    format!("keys[{i}].signer_id"),
+                    Problem::OnlyForAlgorithm {
+                        alg: KeyAlgorithm::Sm2,
                     },
                 ));
             }

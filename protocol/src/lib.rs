@@ -69,7 +69,7 @@ pub use job::{
     DeliveryMethod, Enterprise, Handler, JobDocument, JobKind, KeySpec, LegalRepresentative,
 };
 pub use jws::{Jws, JwsHeader};
-pub use keys::{KeyAlgorithm, KeyLabel, KeyUsage};
+pub use keys::{KeyAlgorithm, KeyLabel, KeyUsage, SignerId};
 pub use presence::{Presence, PresenceStatus};
 pub use receipt::{
     KeyAttributes, KeyOrigin, Receipt, ReceiptCertificate, ReceiptKey, ReceiptOutcome,

@@ -12,7 +12,15 @@
 //! |---|---|---|
 //! | `seal-official` | C=CN, O=company, organizationIdentifier=credit code, CN=company | digitalSignature, nonRepudiation |
 //! | `seal-legal` | C=CN, O=company, organizationIdentifier=credit code, CN=legal representative | digitalSignature, nonRepudiation |
-//! | `encryption` | as `seal-official` | keyEncipherment, dataEncipherment (RSA) / keyAgreement (EC) |
+//! | `encryption` | as `seal-official` | keyEncipherment, dataEncipherment (RSA, SM2) / keyAgreement (P-256) |
+//!
+//! SM2 keys (GM/T 0010): the SubjectPublicKeyInfo is `id-ecPublicKey` (1.2.840.10045.2.1) with
+//! the named curve `1.2.156.10197.1.301` (never the curve OID as the algorithm, which old tools
+//! wrote); CSRs and certificates are signed with SM2-with-SM3 (1.2.156.10197.1.501, parameters
+//! absent, the signature a DER `SEQUENCE { r, s }`). A CSR is signed with the key spec's
+//! signer ID ([`crate::keys::SignerId`], the GM/T 0009 default unless the job names another);
+//! a CA signs certificates with the default ID, which is what certificate verifiers
+//! (OpenSSL with `-vfyopt distid:1234567812345678`, GM/T 0015 implementations) assume.
 //!
 //! Names are UTF8String (Chinese names), the country a PrintableString.
 
@@ -162,9 +170,10 @@ pub fn key_usage(label: KeyLabel, algorithm: KeyAlgorithm) -> KeyUsage {
             KeyUsage(KeyUsages::DigitalSignature | KeyUsages::NonRepudiation)
         }
         (KeyLabel::Encryption, KeyAlgorithm::P256) => KeyUsage(KeyUsages::KeyAgreement.into()),
-        (KeyLabel::Encryption, KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072) => {
-            KeyUsage(KeyUsages::KeyEncipherment | KeyUsages::DataEncipherment)
-        }
+        (
+            KeyLabel::Encryption,
+            KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Sm2,
+        ) => KeyUsage(KeyUsages::KeyEncipherment | KeyUsages::DataEncipherment),
     }
 }
 
@@ -340,5 +349,15 @@ mod tests {
             "keyEncipherment, dataEncipherment"
         );
         assert_eq!(key_usage_text(&seal), "digitalSignature, nonRepudiation");
+        let enc_sm2 = key_usage(KeyLabel::Encryption, KeyAlgorithm::Sm2);
+        assert_eq!(
+            key_usage_text(&enc_sm2),
+            "keyEncipherment, dataEncipherment"
+        );
+        let seal_sm2 = key_usage(KeyLabel::SealOfficial, KeyAlgorithm::Sm2);
+        assert_eq!(
+            key_usage_text(&seal_sm2),
+            "digitalSignature, nonRepudiation"
+        );
     }
 }

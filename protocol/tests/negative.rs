@@ -211,6 +211,14 @@ fn job_document_rules() {
             },
         ),
         (
+            // keys[1] is p256: a signer ID belongs to sm2 keys only.
+            one("/keys/1/signer_id", json!("1234567812345678")),
+            "keys[1].signer_id",
+            Problem::OnlyForAlgorithm {
+                alg: KeyAlgorithm::Sm2,
+            },
+        ),
+        (
             one(
                 "/keys",
                 json!([
@@ -361,10 +369,48 @@ fn every_algorithm_is_allowed_on_every_label() {
             KeyAlgorithm::P256,
             KeyAlgorithm::Rsa2048,
             KeyAlgorithm::Rsa3072,
+            KeyAlgorithm::Sm2,
         ] {
             assert!(label.allows(alg));
         }
     }
+}
+
+#[test]
+fn sm2_keys_take_a_bounded_signer_id() {
+    let base: Value = serde_json::from_slice(&sample_job(JobKind::New).encode().unwrap()).unwrap();
+    let bytes = apply(
+        base.clone(),
+        vec![
+            Set("/keys/0/alg", json!("sm2")),
+            Set("/keys/0/signer_id", json!("seal@example.cn")),
+            Set("/keys/1/alg", json!("sm2")),
+        ],
+    );
+    let job = JobDocument::decode(&bytes).unwrap();
+    assert_eq!(
+        job.key_spec(KeyLabel::SealOfficial),
+        Some(KeyAlgorithm::Sm2)
+    );
+    assert_eq!(
+        job.signer_id(KeyLabel::SealOfficial).as_str(),
+        "seal@example.cn"
+    );
+    // No signer ID: the GM/T 0009 default.
+    assert_eq!(job.signer_id(KeyLabel::SealLegal), SignerId::DEFAULT);
+    // The longest allowed ID decodes; the encoder writes it back.
+    let longest = "A".repeat(SignerId::MAX_LEN);
+    let bytes = apply(
+        base,
+        vec![
+            Set("/keys/0/alg", json!("sm2")),
+            Set("/keys/0/signer_id", json!(longest)),
+        ],
+    );
+    let job = JobDocument::decode(&bytes).unwrap();
+    assert_eq!(job.signer_id(KeyLabel::SealOfficial).as_str(), longest);
+    let again = JobDocument::decode(&job.encode().unwrap()).unwrap();
+    assert_eq!(again, job);
 }
 
 #[test]
@@ -373,6 +419,19 @@ fn malformed_json_is_a_decode_error() {
     for edits in [
         one("/kind", json!("destroy")),
         one("/keys/0/alg", json!("rsa1024")),
+        // A signer ID outside its bounds cannot even be held (1-64 printable ASCII).
+        vec![
+            Set("/keys/0/alg", json!("sm2")),
+            Set("/keys/0/signer_id", json!("")),
+        ],
+        vec![
+            Set("/keys/0/alg", json!("sm2")),
+            Set("/keys/0/signer_id", json!("1".repeat(65))),
+        ],
+        vec![
+            Set("/keys/0/alg", json!("sm2")),
+            Set("/keys/0/signer_id", json!("公章")),
+        ],
         one("/validity_days", json!(-1)),
         vec![Remove("/enterprise")],
         one("/issued_at", json!("yesterday")),

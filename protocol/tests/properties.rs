@@ -65,7 +65,8 @@ fn alg() -> impl Strategy<Value = KeyAlgorithm> {
     prop_oneof![
         Just(KeyAlgorithm::P256),
         Just(KeyAlgorithm::Rsa2048),
-        Just(KeyAlgorithm::Rsa3072)
+        Just(KeyAlgorithm::Rsa3072),
+        Just(KeyAlgorithm::Sm2)
     ]
 }
 
@@ -129,7 +130,7 @@ prop_compose! {
                 email: rep_email.map(|e| Email::new(e).unwrap()),
             },
             handler: Handler { name: handler_name, id_number: handler_id, mobile: handler_mobile },
-            keys: order_of_keys.iter().zip(algs).map(|(label, alg)| KeySpec { label: *label, alg }).collect(),
+            keys: order_of_keys.iter().zip(algs).map(|(label, alg)| KeySpec::new(*label, alg)).collect(),
             validity_days: validity,
             target_token_serial: (!kind.takes_blank_token()).then_some(target),
             old_token_serial: (kind == JobKind::Replace).then_some(old),

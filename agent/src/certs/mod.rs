@@ -6,9 +6,12 @@
 //! critical extension this crate does not understand, its validity window is sane and as
 //! long as the job asked for (within [`ValidityPolicy::validity_days_tolerance`]), and it
 //! chains through given intermediates to a configured trust anchor with signatures that
-//! verify (ecdsa-with-SHA256 on P-256, checked with ring, or sha256WithRSAEncryption, checked
-//! with rsa). The chain's own checks (validity, keyCertSign, path length, critical extensions
-//! of every CA certificate on it) live in `chain`.
+//! verify (ecdsa-with-SHA256 on P-256, checked with ring; sha256WithRSAEncryption, checked
+//! with rsa; SM2-with-SM3 with the GM/T 0009 default signer ID, checked with sm2 over the
+//! digest [`sm2`] computes). The chain's own checks (validity, keyCertSign, path length,
+//! critical extensions of every CA certificate on it) live in `chain`, the same for every
+//! algorithm. The pure SM2 parts an SKF token's steps need (GM/T 0010 keys, `Z`, a CSR signed
+//! elsewhere) are in [`sm2`].
 //! Each failure is its own [`CertError`] variant naming the label and what differed.
 //!
 //! Revocation is not checked here (the platform that issues is the one that revokes).
@@ -16,14 +19,15 @@
 use std::time::{Duration, SystemTime};
 
 use der::asn1::ObjectIdentifier;
-use der::{Decode, Encode};
+use der::{Any, Decode, Encode};
 use sha2::{Digest, Sha256};
 use signature::Verifier;
-use ukey_protocol::{KeyAlgorithm, KeyLabel};
+use ukey_protocol::{KeyAlgorithm, KeyLabel, SignerId};
 use x509_cert::Certificate;
 use x509_cert::ext::pkix::{BasicConstraints, KeyUsage};
 
 mod chain;
+pub mod sm2;
 use x509_cert::spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
 
 use ukey_protocol::profile::{ProfileError, SubjectData, key_usage, key_usage_text};
@@ -265,7 +269,8 @@ pub enum CertError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SignatureFailure {
-    /// The signature algorithm is not ecdsa-with-SHA256 or sha256WithRSAEncryption.
+    /// The signature algorithm is not ecdsa-with-SHA256, sha256WithRSAEncryption or
+    /// SM2-with-SM3.
     #[error("unsupported signature algorithm {0}")]
     UnsupportedAlgorithm(String),
     /// The key does not fit the algorithm or cannot be parsed.
@@ -277,8 +282,9 @@ pub enum SignatureFailure {
 }
 
 /// Verifies `signature` over `message` with `key`, for the X.509 signature algorithms a Ukey
-/// and its CA use: ecdsa-with-SHA256 (DER `Ecdsa-Sig-Value`, P-256) and
-/// sha256WithRSAEncryption (PKCS#1 v1.5).
+/// and its CA use: ecdsa-with-SHA256 (DER `Ecdsa-Sig-Value`, P-256),
+/// sha256WithRSAEncryption (PKCS#1 v1.5) and SM2-with-SM3 (DER `SEQUENCE { r, s }`, SM2, the
+/// default signer ID: certificates are signed with it, GM/T 0015).
 pub fn verify_signature(
     key: &SubjectPublicKeyInfoOwned,
     algorithm: &AlgorithmIdentifierOwned,
@@ -305,6 +311,20 @@ pub fn verify_signature(
             rsa::pkcs1v15::Signature::try_from(signature).map_err(|_| SignatureFailure::Invalid)?;
         vk.verify(message, &sig)
             .map_err(|_| SignatureFailure::Invalid)
+    } else if algorithm.oid == sm2::OID_SM2_WITH_SM3 {
+        // Parameters absent (GM/T 0010); a NULL, which some CAs write, is tolerated on input.
+        if algorithm
+            .parameters
+            .as_ref()
+            .is_some_and(|p| p != &Any::null())
+        {
+            return Err(SignatureFailure::UnsupportedAlgorithm(
+                "SM2-with-SM3 with parameters".into(),
+            ));
+        }
+        let key = sm2::Sm2PublicKey::from_spki(key).map_err(|e| bad_key(&e))?;
+        key.verify(&SignerId::DEFAULT, message, signature)
+            .map_err(|_| SignatureFailure::Invalid)
     } else {
         Err(SignatureFailure::UnsupportedAlgorithm(
             algorithm.oid.to_string(),
@@ -323,7 +343,8 @@ pub(crate) fn rsa_public_key(key: &SubjectPublicKeyInfoOwned) -> Result<rsa::Pub
     rsa::PublicKey::try_from(spki_ref).map_err(|e| e.to_string())
 }
 
-/// Which Ukey key algorithm an SPKI holds: P-256, RSA-2048 or RSA-3072; `None` otherwise.
+/// Which Ukey key algorithm an SPKI holds: P-256, RSA-2048, RSA-3072 or SM2 (GM/T 0010:
+/// `id-ecPublicKey` with the SM2 curve); `None` otherwise.
 pub fn key_algorithm(key: &SubjectPublicKeyInfoOwned) -> Option<KeyAlgorithm> {
     if key.algorithm.oid == OID_EC_PUBLIC_KEY {
         let curve = key
@@ -332,6 +353,9 @@ pub fn key_algorithm(key: &SubjectPublicKeyInfoOwned) -> Option<KeyAlgorithm> {
             .as_ref()?
             .decode_as::<ObjectIdentifier>()
             .ok()?;
+        if curve == sm2::OID_SM2_CURVE {
+            return Some(KeyAlgorithm::Sm2);
+        }
         (curve == OID_P256).then_some(KeyAlgorithm::P256)
     } else if key.algorithm.oid == OID_RSA_ENCRYPTION {
         use rsa::traits::PublicKeyParts;

@@ -119,6 +119,14 @@ impl BuilderProfile for CaProfile {
 enum CaKey {
     P256(p256::ecdsa::SigningKey),
     Rsa(Box<rsa::pkcs1v15::SigningKey<Sha256>>),
+    /// Signs with the ID it was made with (the default, unless a test says otherwise).
+    Sm2(Box<::sm2::dsa::SigningKey>),
+}
+
+fn sm2_key(id: &str) -> (::sm2::SecretKey, Box<::sm2::dsa::SigningKey>) {
+    let secret = ::sm2::SecretKey::generate_from_rng(&mut rand::rng());
+    let key = ::sm2::dsa::SigningKey::new(id, &secret).unwrap();
+    (secret, Box::new(key))
 }
 
 struct Ca {
@@ -149,6 +157,14 @@ impl Ca {
             CaKey::Rsa(k) => builder
                 .build::<_, rsa::pkcs1v15::Signature>(k.as_ref())
                 .unwrap(),
+            CaKey::Sm2(k) => {
+                // The sm2 signer's own signature encodes as raw r||s: X.509 wants DER.
+                let mut builder = builder;
+                let tbs = builder.finalize(k.as_ref()).unwrap();
+                let signature: ::sm2::dsa::Signature = signature::Signer::sign(k.as_ref(), &tbs);
+                let bits = der::asn1::BitString::from_bytes(signature.to_der().as_bytes()).unwrap();
+                builder.assemble(bits, k.as_ref()).unwrap()
+            }
         }
     }
 
@@ -156,6 +172,7 @@ impl Ca {
         match key {
             CaKey::P256(k) => spki(k.verifying_key()),
             CaKey::Rsa(k) => spki(&signature::Keypair::verifying_key(k.as_ref())),
+            CaKey::Sm2(k) => spki(k.verifying_key()),
         }
     }
 
@@ -197,8 +214,16 @@ impl Ca {
         )
     }
 
+    fn sm2(cn: &str) -> Ca {
+        Ca::root(cn, CaKey::Sm2(sm2_key(SignerId::DEFAULT.as_str()).1))
+    }
+
     fn subordinate_with(&self, cn: &str, shape: CaShape, validity: Validity) -> Ca {
-        let key = CaKey::P256(p256_key());
+        // Under an SM2 CA, an SM2 intermediate: a 国密 chain is SM2 throughout.
+        let key = match self.key {
+            CaKey::Sm2(_) => CaKey::Sm2(sm2_key(SignerId::DEFAULT.as_str()).1),
+            _ => CaKey::P256(p256_key()),
+        };
         let profile = CaProfile {
             subject: Ca::name(cn),
             issuer: self.cert.tbs_certificate().subject().clone(),
@@ -532,3 +557,4 @@ fn signature_algorithms_are_checked() {
 }
 
 mod chain;
+mod sm2_chain;

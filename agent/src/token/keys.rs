@@ -99,14 +99,14 @@ fn usage_of(label: KeyLabel, algorithm: KeyAlgorithm) -> (bool, bool) {
     match (label.is_signing(), algorithm) {
         (true, _) => (false, false),
         (false, KeyAlgorithm::P256) => (false, true),
-        (false, KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072) => (true, false),
+        (false, KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 | KeyAlgorithm::Sm2) => (true, false),
     }
 }
 
 /// The `CKA_KEY_TYPE` of a key algorithm.
 fn key_type_of(algorithm: KeyAlgorithm) -> KeyType {
     match algorithm {
-        KeyAlgorithm::P256 => KeyType::EC,
+        KeyAlgorithm::P256 | KeyAlgorithm::Sm2 => KeyType::EC,
         KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 => KeyType::RSA,
     }
 }
@@ -157,6 +157,10 @@ impl Token {
                 ),
             });
         }
+        if algorithm == KeyAlgorithm::Sm2 {
+            // Refused before anything is destroyed.
+            return Err(self.sm2_not_over_pkcs11("generate an SM2 key pair"));
+        }
         let destroyed = self.destroy_objects(label)?;
         Ok((destroyed, self.generate_checked(label, algorithm)?))
     }
@@ -195,6 +199,9 @@ impl Token {
         private.push(Attribute::Derive(derives));
         private.push(Attribute::Unwrap(false));
         let mechanism = match algorithm {
+            KeyAlgorithm::Sm2 => {
+                return Err(self.sm2_not_over_pkcs11("generate an SM2 key pair"));
+            }
             KeyAlgorithm::P256 => {
                 public.push(Attribute::EcParams(p256_params()));
                 Mechanism::EccKeyPairGen

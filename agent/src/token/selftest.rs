@@ -101,7 +101,10 @@ impl Token {
             None => (object_key, false),
         };
         let algorithm = key_algorithm(&public)
-            .ok_or_else(|| fail("public key is not P-256, RSA-2048 or RSA-3072".into()))?;
+            .ok_or_else(|| fail("public key is not P-256, RSA-2048, RSA-3072 or SM2".into()))?;
+        if algorithm == KeyAlgorithm::Sm2 {
+            return Err(self.sm2_not_over_pkcs11("self-test an SM2 key"));
+        }
         let mechanism = self.with_key(ObjectKind::PrivateKey, label, |key| {
             let key = key.handle;
             if label.is_signing() {
@@ -163,6 +166,7 @@ impl Token {
                     .map_err(|_| fail("RSA signature does not verify".into()))?;
                 Ok("CKM_RSA_PKCS")
             }
+            KeyAlgorithm::Sm2 => Err(self.sm2_not_over_pkcs11("self-test an SM2 key")),
         }
     }
 

@@ -67,6 +67,7 @@ pub fn signature_algorithm(algorithm: KeyAlgorithm) -> AlgorithmIdentifierOwned 
             oid: OID_SHA256_RSA,
             parameters: Some(Any::null()),
         },
+        KeyAlgorithm::Sm2 => crate::certs::sm2::sm2_with_sm3(),
     }
 }
 
@@ -101,7 +102,7 @@ impl Token {
         let algorithm = key_algorithm(&public).ok_or_else(|| TokenError::PublicKey {
             serial: self.serial.clone(),
             label,
-            reason: "not P-256, RSA-2048 or RSA-3072".into(),
+            reason: "not P-256, RSA-2048, RSA-3072 or SM2".into(),
         })?;
         Ok(TokenSigner {
             token: self,
@@ -136,6 +137,16 @@ impl Token {
         csr.to_der().map_err(|e| csr_err(e.to_string()))
     }
 
+    /// The refusal of an SM2 operation on a PKCS#11 token: PKCS#11 has no standard SM2
+    /// mechanism, so SM2 keys are made and used through SKF (GM/T 0016) instead.
+    pub(super) fn sm2_not_over_pkcs11(&self, purpose: &'static str) -> TokenError {
+        TokenError::MechanismUnsupported {
+            serial: self.serial.clone(),
+            mechanism: "SM2 (no standard PKCS#11 mechanism; SM2 keys need an SKF token)",
+            purpose,
+        }
+    }
+
     /// Signs a SHA-256 digest with `key`: raw `r||s` for EC, PKCS#1 v1.5 for RSA.
     pub(super) fn sign_digest_raw(
         &self,
@@ -145,6 +156,7 @@ impl Token {
         digest: &[u8; 32],
     ) -> Result<Vec<u8>, TokenError> {
         let (mechanism, data, name) = match algorithm {
+            KeyAlgorithm::Sm2 => return Err(self.sm2_not_over_pkcs11("sign")),
             KeyAlgorithm::P256 => (Mechanism::Ecdsa, digest.to_vec(), "CKM_ECDSA"),
             KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 => {
                 let mut data = SHA256_DIGEST_INFO_PREFIX.to_vec();
@@ -204,6 +216,7 @@ impl TokenSigner<'_> {
                 Ok(sig.to_der().as_bytes().to_vec())
             }
             KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 => Ok(raw),
+            KeyAlgorithm::Sm2 => Err(self.token.sm2_not_over_pkcs11("sign")),
         }
     }
 

@@ -131,18 +131,9 @@ pub fn sample_job(kind: JobKind) -> JobDocument {
             mobile: Mobile::new("13912345678").unwrap(),
         },
         keys: vec![
-            KeySpec {
-                label: KeyLabel::SealOfficial,
-                alg: KeyAlgorithm::P256,
-            },
-            KeySpec {
-                label: KeyLabel::SealLegal,
-                alg: KeyAlgorithm::P256,
-            },
-            KeySpec {
-                label: KeyLabel::Encryption,
-                alg: KeyAlgorithm::Rsa2048,
-            },
+            KeySpec::new(KeyLabel::SealOfficial, KeyAlgorithm::P256),
+            KeySpec::new(KeyLabel::SealLegal, KeyAlgorithm::P256),
+            KeySpec::new(KeyLabel::Encryption, KeyAlgorithm::Rsa2048),
         ],
         validity_days: 365,
         target_token_serial: target,

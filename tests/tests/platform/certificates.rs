@@ -9,13 +9,14 @@ use crate::platform_station;
 use std::time::SystemTime;
 
 use platform_station::{
-    SoftKey, SoftToken, Station, WAIT, openssl_verify, platform, stranger, subject_of,
+    SoftKey, SoftToken, Station, WAIT, openssl_req_verify, openssl_verify, openssl_verify_chain,
+    platform, stranger, subject_of,
 };
 use ukey_agent::certs::CertError;
 use ukey_platform_sim::{CaAlgorithm, JobDraft, KeyOptions, Misbehaviour, RejectionCode, Times};
 use ukey_protocol::{
     Base64Bytes, CertOutcome, CertResponse, CertificateRequest, CsrBundle, JobDocument, JobKind,
-    KeyAlgorithm, KeyLabel, V1,
+    KeyAlgorithm, KeyLabel, SignerId, V1,
 };
 
 /// Issued certificates by label (DER) and the CA chain (DER).
@@ -74,6 +75,12 @@ async fn issues_verified_certificates(ca: CaAlgorithm, alg: KeyAlgorithm) {
     let job = new_job(&platform, &mut station, alg).await;
     let token = SoftToken::for_job("SIM0001", &job);
     let bundle = token.csr_bundle(&job);
+    for request in &bundle.requests {
+        let csr = request.csr.as_ref().unwrap().as_bytes();
+        let (passed, text) =
+            openssl_req_verify(csr, &job.signer_id(request.label), station.dir.path());
+        assert!(passed, "openssl req -verify {}: {text}", request.label);
+    }
     station.send_bundle(&bundle).await;
     let response = station.next_certs().await;
     assert_eq!(response.job_id, job.job_id);
@@ -108,6 +115,125 @@ async fn p256_ca_issues_certificates_the_agent_and_openssl_accept() {
 #[tokio::test]
 async fn rsa_ca_issues_rsa_certificates_the_agent_and_openssl_accept() {
     issues_verified_certificates(CaAlgorithm::Rsa2048, KeyAlgorithm::Rsa2048).await;
+}
+
+#[tokio::test]
+async fn sm2_ca_issues_sm2_certificates_the_agent_and_openssl_accept() {
+    // CSRs made by the agent's SM2 code with software keys, issued by the platform's SM2 CA,
+    // accepted by the agent's checks and by OpenSSL (`req -verify`, `verify`).
+    issues_verified_certificates(CaAlgorithm::Sm2, KeyAlgorithm::Sm2).await;
+}
+
+#[tokio::test]
+async fn an_sm2_csr_is_checked_with_the_signer_id_its_job_names() {
+    let ca = ukey_platform_sim::TestCa::generate(CaAlgorithm::Sm2, "SM2 Unit CA").unwrap();
+    let station = ukey_protocol::StationId::new("desk-01").unwrap();
+    let draft = JobDraft::new(JobKind::New, &station)
+        .unwrap()
+        .with_algorithm(KeyAlgorithm::Sm2);
+    let mut job =
+        ukey_platform_sim::build_job(&draft, time::OffsetDateTime::now_utc(), None).unwrap();
+    let label = KeyLabel::SealOfficial;
+    let id = SignerId::new("seal@example.cn").unwrap();
+    for spec in &mut job.keys {
+        if spec.label == label {
+            spec.signer_id = Some(id);
+        }
+    }
+    let subject = subject_of(&job).subject(label).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    // Signed with the job's ID: the platform and OpenSSL accept it.
+    let key = SoftKey::with_signer_id(KeyAlgorithm::Sm2, id);
+    let csr = key.csr(&subject);
+    assert_eq!(ca.check_csr(&job, label, &csr).unwrap(), key.spki());
+    let (passed, text) = openssl_req_verify(&csr, &id, dir.path());
+    assert!(passed, "{text}");
+    let (passed, _) = openssl_req_verify(&csr, &SignerId::DEFAULT, dir.path());
+    assert!(!passed, "OpenSSL accepted the CSR with the default ID");
+
+    // Signed with the default ID while the job names another: refused, the reason names the
+    // ID it was checked with.
+    let default_key = SoftKey::new(KeyAlgorithm::Sm2);
+    let r = ca
+        .check_csr(&job, label, &default_key.csr(&subject))
+        .unwrap_err();
+    assert_eq!(r.code.as_str(), "csr-bad-signature", "{}", r.reason);
+    assert!(r.reason.contains("seal@example.cn"), "{}", r.reason);
+
+    // Another label of the same job has no ID named: the default one.
+    let legal = KeyLabel::SealLegal;
+    let csr = default_key.csr(&subject_of(&job).subject(legal).unwrap());
+    assert_eq!(ca.check_csr(&job, legal, &csr).unwrap(), default_key.spki());
+
+    // A P-256 key where the job asks for SM2.
+    let p256 = SoftKey::new(KeyAlgorithm::P256);
+    let r = ca.check_csr(
+        &job,
+        legal,
+        &p256.csr(&subject_of(&job).subject(legal).unwrap()),
+    );
+    assert_eq!(r.unwrap_err().code.as_str(), "csr-key-mismatch");
+}
+
+#[tokio::test]
+async fn an_sm2_chain_through_an_intermediate_is_accepted_by_the_agent_and_openssl() {
+    let root = ukey_platform_sim::TestCa::generate(CaAlgorithm::Sm2, "SM2 Root CA").unwrap();
+    let issuing = root
+        .intermediate(CaAlgorithm::Sm2, "SM2 Issuing CA")
+        .unwrap();
+    let station = ukey_protocol::StationId::new("desk-01").unwrap();
+    let draft = JobDraft::new(JobKind::New, &station)
+        .unwrap()
+        .with_algorithm(KeyAlgorithm::Sm2);
+    let job = ukey_platform_sim::build_job(&draft, time::OffsetDateTime::now_utc(), None).unwrap();
+    let data = subject_of(&job);
+    let dir = tempfile::tempdir().unwrap();
+    let root_pem = dir.path().join("root.pem");
+    std::fs::write(&root_pem, root.certificate_pem().unwrap()).unwrap();
+    let anchors = ukey_agent::certs::TrustAnchors::from_der([root.certificate_der()]).unwrap();
+    let chain = vec![issuing.certificate_der().to_vec()];
+    let (not_before, not_after) =
+        ukey_platform_sim::Issue::window(SystemTime::now(), job.validity_days);
+    for label in KeyLabel::ALL {
+        let key = SoftKey::new(KeyAlgorithm::Sm2);
+        let csr = key.csr(&data.subject(label).unwrap());
+        let spki = issuing.check_csr(&job, label, &csr).unwrap();
+        let der = issuing
+            .issue(&ukey_platform_sim::Issue {
+                label,
+                subject: &data,
+                subject_override: None,
+                public_key: &spki,
+                not_before,
+                not_after,
+            })
+            .unwrap();
+        let expected = ukey_agent::certs::Expected {
+            label,
+            token_key: &spki,
+            subject: &data,
+            validity_days: job.validity_days,
+        };
+        let policy = ukey_agent::certs::ValidityPolicy::default();
+        let verify = |intermediates: &[Vec<u8>]| {
+            ukey_agent::certs::verify_certificate(
+                &der,
+                intermediates,
+                &expected,
+                &anchors,
+                &policy,
+                SystemTime::now(),
+            )
+        };
+        verify(&chain).unwrap();
+        let (passed, text) = openssl_verify_chain(&root_pem, &chain, &der, dir.path());
+        assert!(passed, "openssl verify {label}: {text}");
+        // Without the intermediate neither accepts it.
+        assert!(matches!(verify(&[]), Err(CertError::UnknownIssuer { .. })));
+        let (passed, _) = openssl_verify(&root_pem, &der, dir.path());
+        assert!(!passed, "openssl accepted {label} without its intermediate");
+    }
 }
 
 #[tokio::test]

@@ -19,7 +19,7 @@ use ukey_protocol::profile::SubjectData;
 use ukey_protocol::{
     Base64Bytes, CertResponse, CertificateRequest, CsrBundle, EventId, ExecutionState, JobDocument,
     JobEnvelope, JobId, JobKeyring, JobVerifyingKey, KeyAlgorithm, KeyLabel, SealRecipient,
-    StationId, Step, StepData, StepEvent, TokenSerial, Topic, Topics, UnsealKey, V1,
+    SignerId, StationId, Step, StepData, StepEvent, TokenSerial, Topic, Topics, UnsealKey, V1,
     verify_platform_message,
 };
 use x509_cert::builder::{Builder, RequestBuilder};
@@ -43,14 +43,27 @@ pub fn station_id() -> StationId {
 pub enum SoftKey {
     P256(p256::ecdsa::SigningKey),
     Rsa(Box<rsa::pkcs1v15::SigningKey<sha2::Sha256>>),
+    /// An SM2 key and the signer ID its CSRs are signed with.
+    Sm2(Box<sm2::dsa::SigningKey>, SignerId),
 }
 
 impl SoftKey {
     pub fn new(alg: KeyAlgorithm) -> SoftKey {
+        SoftKey::with_signer_id(alg, SignerId::DEFAULT)
+    }
+
+    /// A key of `alg`; an SM2 one signs with `signer_id`.
+    pub fn with_signer_id(alg: KeyAlgorithm, signer_id: SignerId) -> SoftKey {
         match alg {
             KeyAlgorithm::P256 => {
                 use p256::elliptic_curve::Generate;
                 SoftKey::P256(p256::ecdsa::SigningKey::generate())
+            }
+            KeyAlgorithm::Sm2 => {
+                use sm2::elliptic_curve::Generate;
+                let secret = sm2::SecretKey::generate();
+                let key = sm2::dsa::SigningKey::new(signer_id.as_str(), &secret).unwrap();
+                SoftKey::Sm2(Box::new(key), signer_id)
             }
             other => {
                 let bits = other.rsa_bits().unwrap();
@@ -67,17 +80,30 @@ impl SoftKey {
                 SubjectPublicKeyInfoOwned::from_key(&signature::Keypair::verifying_key(k.as_ref()))
                     .unwrap()
             }
+            SoftKey::Sm2(k, _) => SubjectPublicKeyInfoOwned::from_key(k.verifying_key()).unwrap(),
         }
     }
 
-    /// A PKCS#10 CSR (DER) for this key with `subject`.
+    /// A PKCS#10 CSR (DER) for this key with `subject`. An SM2 CSR is made the way the agent
+    /// makes it for an SKF token: the agent's draft gives the digest `SM3(Z ‖ M)`, the key
+    /// signs that digest (as `SKF_ECCSignData` does), the draft assembles the request.
     pub fn csr(&self, subject: &Name) -> Vec<u8> {
+        if let SoftKey::Sm2(k, id) = self {
+            use sm2::dsa::signature::hazmat::PrehashSigner;
+            use ukey_agent::certs::sm2::{Sm2CsrDraft, Sm2PublicKey, signature_der};
+            let key = Sm2PublicKey::from_spki(&self.spki()).unwrap();
+            let draft = Sm2CsrDraft::new(subject, &key, *id).unwrap();
+            let signature: sm2::dsa::Signature = k.sign_prehash(&draft.digest()).unwrap();
+            let der = signature_der(&signature.r_bytes(), &signature.s_bytes()).unwrap();
+            return draft.assemble(&der).unwrap();
+        }
         let builder = RequestBuilder::new(subject.clone()).unwrap();
         let csr = match self {
             SoftKey::P256(k) => builder.build::<_, p256::ecdsa::DerSignature>(k).unwrap(),
             SoftKey::Rsa(k) => builder
                 .build::<_, rsa::pkcs1v15::Signature>(k.as_ref())
                 .unwrap(),
+            SoftKey::Sm2(..) => unreachable!("handled above"),
         };
         csr.to_der().unwrap()
     }
@@ -104,7 +130,10 @@ impl SoftToken {
             serial: TokenSerial::new(serial).unwrap(),
             keys: KeyLabel::ALL
                 .into_iter()
-                .map(|l| (l, SoftKey::new(job.key_spec(l).unwrap())))
+                .map(|l| {
+                    let key = SoftKey::with_signer_id(job.key_spec(l).unwrap(), job.signer_id(l));
+                    (l, key)
+                })
                 .collect(),
         }
     }
@@ -341,25 +370,95 @@ impl Station {
     }
 }
 
-/// `openssl verify -CAfile ca` on a DER certificate; returns (success, output).
+/// SM2-with-SM3 (1.2.156.10197.1.501).
+const SM2_WITH_SM3: &str = "1.2.156.10197.1.501";
+
+/// `openssl verify -CAfile ca` on a DER certificate; returns (success, output). For an
+/// SM2-with-SM3 certificate the GM/T 0009 default signer ID is passed (`-vfyopt distid:`):
+/// OpenSSL 3.0 hashes an empty ID otherwise.
 pub fn openssl_verify(ca: &Path, der: &[u8], dir: &Path) -> (bool, String) {
+    openssl_verify_one(ca, false, der, dir)
+}
+
+/// [`openssl_verify`] through `intermediates` (DER, the issuer of `der` first), one link at a
+/// time: OpenSSL 3.0 applies `-vfyopt distid:` to the certificate it verifies only, not to
+/// `-untrusted` ones, so an SM2 intermediate's signature would be checked with an empty ID.
+/// Each certificate is verified against its issuer, an intermediate trusted with
+/// `-partial_chain`; all links must pass.
+pub fn openssl_verify_chain(
+    ca: &Path,
+    intermediates: &[Vec<u8>],
+    der: &[u8],
+    dir: &Path,
+) -> (bool, String) {
+    let mut text = String::new();
+    let mut issuer = ca.to_path_buf();
+    // From the top: the last intermediate is issued by the CA.
+    for (i, cert) in intermediates.iter().rev().enumerate() {
+        let (passed, out) = openssl_verify_one(&issuer, i > 0, cert, dir);
+        text.push_str(&out);
+        if !passed {
+            return (false, text);
+        }
+        let c = x509_cert::Certificate::from_der(cert).unwrap();
+        issuer = dir.join(format!(
+            "issuer-{}.pem",
+            hex::encode(&cert[cert.len() - 8..])
+        ));
+        std::fs::write(&issuer, c.to_pem(der::pem::LineEnding::LF).unwrap()).unwrap();
+    }
+    let (passed, out) = openssl_verify_one(&issuer, !intermediates.is_empty(), der, dir);
+    text.push_str(&out);
+    (passed, text)
+}
+
+/// `openssl verify -CAfile issuer` of one DER certificate (`-partial_chain` when the issuer is
+/// not a root), with the GM/T default ID for an SM2-with-SM3 one.
+fn openssl_verify_one(issuer: &Path, partial: bool, der: &[u8], dir: &Path) -> (bool, String) {
     let openssl = ukey_tests::require_tool("openssl");
     let cert = x509_cert::Certificate::from_der(der).unwrap();
     let path = dir.join(format!("leaf-{}.pem", hex::encode(&der[der.len() - 8..])));
     std::fs::write(&path, cert.to_pem(der::pem::LineEnding::LF).unwrap()).unwrap();
-    let out = Command::new(openssl)
-        .arg("verify")
-        .arg("-CAfile")
-        .arg(ca)
-        .arg(&path)
-        .output()
-        .unwrap();
+    let mut command = Command::new(openssl);
+    command.arg("verify").arg("-CAfile").arg(issuer);
+    if partial {
+        command.arg("-partial_chain");
+    }
+    if cert.signature_algorithm().oid.to_string() == SM2_WITH_SM3 {
+        command
+            .arg("-vfyopt")
+            .arg(format!("distid:{}", SignerId::DEFAULT));
+    }
+    let out = command.arg(&path).output().unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success() && text.contains(": OK"), text)
+}
+
+/// `openssl req -verify` of a DER CSR, with `-vfyopt distid:` for an SM2 one; returns
+/// (success, output).
+pub fn openssl_req_verify(der: &[u8], signer_id: &SignerId, dir: &Path) -> (bool, String) {
+    let openssl = ukey_tests::require_tool("openssl");
+    let path = dir.join(format!("csr-{}.der", hex::encode(&der[der.len() - 8..])));
+    std::fs::write(&path, der).unwrap();
+    let csr = x509_cert::request::CertReq::from_der(der).unwrap();
+    let mut command = Command::new(openssl);
+    command
+        .args(["req", "-inform", "DER", "-noout", "-verify", "-in"])
+        .arg(&path);
+    if csr.algorithm.oid.to_string() == SM2_WITH_SM3 {
+        command.arg("-vfyopt").arg(format!("distid:{signer_id}"));
+    }
+    let out = command.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success() && text.contains("verify OK"), text)
 }
 
 /// A CA that is not the platform's, for building certificates the platform never issued.

@@ -88,6 +88,7 @@ on_both!(
     blank_token_is_detected_initialized_and_guarded,
     p256_keys_csrs_certificates_and_self_test,
     rsa2048_keys_sign_decrypt_and_csr,
+    sm2_is_refused_by_name_and_destroys_nothing,
     token_found_by_serial_after_a_new_initialize,
     wrong_pin_is_typed,
     worker_serves_calls_and_survives_a_panic,
@@ -575,6 +576,35 @@ mod suite {
             token.public_key(KeyLabel::Encryption),
             Err(TokenError::ObjectMissing { .. })
         ));
+    }
+
+    /// PKCS#11 has no standard SM2 mechanism: an SM2 key pair is refused with a typed error
+    /// that names SM2, before anything is generated or (when replacing) destroyed.
+    pub fn sm2_is_refused_by_name_and_destroys_nothing(store: &Store) {
+        let (_module, token) = blank_to_ready(store);
+        token.login_user(&pin(USER_PIN)).unwrap();
+        let err = token
+            .generate_key_pair(KeyLabel::SealOfficial, KeyAlgorithm::Sm2)
+            .unwrap_err();
+        assert!(
+            matches!(err, TokenError::MechanismUnsupported { mechanism, .. } if mechanism.contains("SM2")),
+            "{err}"
+        );
+        assert!(matches!(
+            token.public_key(KeyLabel::SealOfficial),
+            Err(TokenError::ObjectMissing { .. })
+        ));
+        let p256 = token
+            .generate_key_pair(KeyLabel::SealLegal, KeyAlgorithm::P256)
+            .unwrap();
+        let err = token
+            .replace_key_pair(KeyLabel::SealLegal, KeyAlgorithm::Sm2)
+            .unwrap_err();
+        assert!(
+            matches!(err, TokenError::MechanismUnsupported { .. }),
+            "{err}"
+        );
+        assert_eq!(token.public_key(KeyLabel::SealLegal).unwrap(), p256);
     }
 
     pub fn token_found_by_serial_after_a_new_initialize(store: &Store) {

@@ -261,6 +261,9 @@ pub fn get() -> Result<Arc<Engine>, Rv> {
         .ok_or(CKR_CRYPTOKI_NOT_INITIALIZED)
 }
 
+/// The token in a rack slot: its serial and insertion number.
+type Occupant = (String, u64);
+
 fn dev(e: crate::Error) -> Rv {
     e.rv()
 }
@@ -316,7 +319,7 @@ impl Engine {
     /// The slots as the rack file has them now: per rack slot (port), the module's slot id
     /// and the token serial and insertion. An empty port's id is its index; a token's id is
     /// what its profile's numbering gave it at insertion (`rack::profile`).
-    fn slots(&self) -> Result<Vec<(CK_SLOT_ID, Option<(String, u64)>)>, Rv> {
+    fn slots(&self) -> Result<Vec<(CK_SLOT_ID, Option<Occupant>)>, Rv> {
         Ok(self
             .rack
             .snapshot()
@@ -335,7 +338,7 @@ impl Engine {
     }
 
     /// The rack slot behind the module's slot id, and what it holds.
-    fn slot_entry(&self, slot: CK_SLOT_ID) -> Result<(usize, Option<(String, u64)>), Rv> {
+    fn slot_entry(&self, slot: CK_SLOT_ID) -> Result<(usize, Option<Occupant>), Rv> {
         self.slots()?
             .into_iter()
             .enumerate()

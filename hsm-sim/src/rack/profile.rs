@@ -315,7 +315,7 @@ pub fn by_name(name: &str) -> Option<ModelProfile> {
 pub fn of_token(name: &str) -> ModelProfile {
     by_name(name)
         .or_else(|| by_name(DEFAULT))
-        .unwrap_or_else(|| unreachable_default())
+        .unwrap_or_else(unreachable_default)
 }
 
 fn unreachable_default() -> ModelProfile {

@@ -12,5 +12,6 @@ mod host_process;
 mod journal_compaction;
 mod lifecycle;
 mod production;
+mod rack_positions;
 mod stuck_call;
 mod unconfirmed_binding;

@@ -108,7 +108,6 @@ async fn the_inventory_shows_configured_positions_and_ports() {
             r.current_inventory(&station_id)?
                 .slots
                 .iter()
-                .cloned()
                 .find(|s| {
                     s.slot == 7
                         && s.port.as_ref().is_some_and(|p| p.path == "1-1.1")
@@ -117,6 +116,7 @@ async fn the_inventory_shows_configured_positions_and_ports() {
                             .and_then(|t| t.serial.as_ref())
                             .is_some_and(|t| t.as_str() == plain)
                 })
+                .cloned()
         })
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", station.agent_log()));

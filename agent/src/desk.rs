@@ -224,6 +224,7 @@ mod tests {
             },
             min_pin_len: 6,
             max_pin_len: 16,
+            slot_description: String::new(),
         }
     }
 

@@ -17,6 +17,7 @@ pub mod logging;
 pub mod outbox;
 pub mod panel;
 pub mod private_files;
+pub mod rack;
 pub mod reload;
 pub mod status;
 pub mod steps;

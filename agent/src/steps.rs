@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
+use cryptoki::error::RvError;
 use secrecy::{ExposeSecret, SecretString};
 use spki::SubjectPublicKeyInfoOwned;
 use spki::der::{Decode, Encode};
@@ -193,6 +194,24 @@ impl From<TokenError> for StepFailure {
                 (codes::TOKEN_OBJECTS, true)
             }
             TokenError::MechanismUnsupported { .. } => (codes::MECHANISM_UNSUPPORTED, false),
+            // A vendor module's own limits: asking again gives the same answer.
+            TokenError::Pkcs11 {
+                rv: RvError::DeviceMemory,
+                ..
+            } => (codes::TOKEN_FULL, false),
+            TokenError::Pkcs11 {
+                rv: RvError::FunctionNotSupported,
+                function,
+                ..
+            } if function == "C_InitToken" => (codes::INIT_TOKEN_UNSUPPORTED, false),
+            TokenError::Pkcs11 {
+                rv: RvError::MechanismInvalid,
+                ..
+            } => (codes::MECHANISM_UNSUPPORTED, false),
+            TokenError::Pkcs11 {
+                rv: RvError::PinLenRange,
+                ..
+            } => (codes::PIN_LENGTH, false),
             TokenError::SelfTest { .. } => (codes::SELF_TEST_FAILED, false),
             TokenError::Csr { .. } => (codes::CSR_FAILED, true),
             TokenError::NotFound { .. } => (codes::TOKEN_NOT_FOUND, true),

@@ -129,6 +129,7 @@ fn a_c_program_makes_a_token_through_skf_and_openssl_checks_it() {
             serial: Some(SERIAL.into()),
             settings: Some(TokenSettings::skf()),
             latency: None,
+            model: None,
         },
     )
     .unwrap();

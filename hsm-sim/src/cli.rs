@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::rack::fault::{Fault, FaultAction};
 use crate::rack::latency::{Op, Profile};
 use crate::rack::object::{attr_name, display_value};
+use crate::rack::profile::{self, FactoryState, ModelProfile};
 use crate::rack::token::{Interface, TokenSettings};
 use crate::rack::{self, InsertOptions, LatencyChange, Rack, RackConfig};
 
@@ -39,11 +40,15 @@ pub enum Command {
     /// Create (or with --force replace) the rack.
     #[command(subcommand)]
     Rack(RackCommand),
-    /// Plug a token into a slot: a blank one, or the token with --serial if the rack knows it.
+    /// Plug a token into a slot: a new one (of --model, in its factory state), or the token
+    /// with --serial if the rack knows it.
     Insert {
         /// Slot number (0-based).
         #[arg(long)]
         slot: usize,
+        /// Vendor profile of a new token (`hsm-sim models` lists them) [default: default].
+        #[arg(long)]
+        model: Option<String>,
         /// Token serial (16 letters or digits); a new random one when omitted.
         #[arg(long)]
         serial: Option<String>,
@@ -133,6 +138,12 @@ pub enum Command {
     },
     /// Show the virtual USB bus (usb.json).
     Usb,
+    /// List the built-in vendor profiles (`insert --model NAME`) and what each stands for.
+    Models {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Emulate the desk's indicator panel on a pty and print its lights live.
     Panel(crate::panel::PanelArgs),
     /// The demo moved to its own program: run `cargo run --release -p ukey-demo` (same
@@ -189,7 +200,7 @@ pub struct SettingsArgs {
     /// USB vendor id, hex [default: 5553].
     #[arg(long, value_parser = parse_hex16)]
     vendor_id: Option<u16>,
-    /// USB product id, hex [default: 4b01; 4b02 with --interface skf].
+    /// USB product id, hex [default: 4b01; 4b0a with --interface skf].
     #[arg(long, value_parser = parse_hex16)]
     product_id: Option<u16>,
     /// The token's library: pkcs11 (libhsm_sim.so) or skf (libhsm_sim_skf.so, GM/T 0016)
@@ -271,21 +282,31 @@ pub fn run(cli: Cli) -> Result<String> {
         }
         Command::Insert {
             slot,
+            model,
             serial,
             latency,
             settings,
         } => {
             let rack = Rack::open(&dir)?;
-            let defaults = rack.defaults()?;
+            // Options given on the command line change the model's settings, else the rack's.
+            let base = match &model {
+                Some(name) => profile::by_name(name)
+                    .map(|m| m.settings)
+                    .unwrap_or_default(),
+                None => rack.defaults()?,
+            };
             let options = InsertOptions {
                 serial,
-                settings: settings.given().then(|| settings.over(&defaults)),
+                settings: settings.given().then(|| settings.over(&base)),
                 latency,
+                model,
             };
             let serial = rack.insert(slot, options)?;
+            let token = rack.token(&serial)?;
             Ok(format!(
-                "slot {slot} (USB {}): token {serial}\n",
-                rack::port_path(slot)
+                "slot {slot} (USB {}): token {serial} ({})\n",
+                rack::port_path(slot),
+                token.profile().name
             ))
         }
         Command::Remove { slot } => {
@@ -300,18 +321,30 @@ pub fn run(cli: Cli) -> Result<String> {
                     .map_err(|e| Error::Encode(e.to_string()));
             }
             let mut out = format!(
-                "{:<4} {:<8} {:<16} {:<12} {:<16} {:>7} {:>11} {:>6} {:>6}\n",
-                "SLOT", "USB", "SERIAL", "STATE", "LABEL", "OBJECTS", "BYTES", "USER", "SO"
+                "{:<4} {:<8} {:<6} {:<16} {:<12} {:<12} {:<16} {:>7} {:>11} {:>6} {:>6}\n",
+                "SLOT",
+                "USB",
+                "ID",
+                "SERIAL",
+                "MODEL",
+                "STATE",
+                "LABEL",
+                "OBJECTS",
+                "BYTES",
+                "USER",
+                "SO"
             );
             for s in list {
                 match s.token {
-                    None => out += &format!("{:<4} {:<8} -\n", s.slot, s.port),
+                    None => out += &format!("{:<4} {:<8} {:<6} -\n", s.slot, s.port, s.slot_id),
                     Some(t) => {
                         out += &format!(
-                            "{:<4} {:<8} {:<16} {:<12} {:<16} {:>7} {:>11} {:>6} {:>6}\n",
+                            "{:<4} {:<8} {:<6} {:<16} {:<12} {:<12} {:<16} {:>7} {:>11} {:>6} {:>6}\n",
                             s.slot,
                             s.port,
+                            s.slot_id,
                             t.serial,
+                            t.model,
                             t.state,
                             t.label,
                             t.objects,
@@ -445,7 +478,72 @@ pub fn run(cli: Cli) -> Result<String> {
                 .map_err(|e| Error::Encode(e.to_string()))
         }
         Command::Panel(args) => crate::panel::run(args),
+        Command::Models { json } => models(json),
     }
+}
+
+/// `hsm-sim models`: every built-in vendor profile.
+fn models(json: bool) -> Result<String> {
+    let all = profile::all();
+    if json {
+        return serde_json::to_string_pretty(&all)
+            .map(|s| s + "\n")
+            .map_err(|e| Error::Encode(e.to_string()));
+    }
+    Ok(all
+        .iter()
+        .map(describe_model)
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+fn describe_model(m: &ModelProfile) -> String {
+    let s = &m.settings;
+    let factory = match m.factory {
+        FactoryState::Uninitialized => "uninitialized".to_string(),
+        FactoryState::Initialized {
+            so_pin,
+            user_pin,
+            label,
+            objects,
+        } => format!(
+            "initialized, label {label:?}, transport SO PIN {so_pin}, user PIN {}, objects: {}",
+            user_pin.unwrap_or("none"),
+            if objects.is_empty() {
+                "none".to_string()
+            } else {
+                objects
+                    .iter()
+                    .map(|o| o.label)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        ),
+    };
+    format!(
+        "{name}: {summary}\n  USB {vid:04x}:{pid:04x} {product:?}, USB serial {serial:?}, slots {slots:?}, \
+         slot description {desc:?}\n  factory: {factory}; C_InitToken {init}\n  PIN {pmin}..={pmax}, \
+         retries user {ur} SO {sr}, storage {objs} objects / {bytes} bytes, mechanisms {mechs:?}, \
+         latency {lat}\n  stands for: {stands}\n",
+        name = m.name,
+        summary = m.summary,
+        vid = m.vendor_id,
+        pid = m.product_id,
+        product = m.product,
+        serial = m.usb_serial,
+        slots = m.slots,
+        desc = m.slot_description,
+        init = if m.init_token { "yes" } else { "not supported" },
+        pmin = s.pin_min,
+        pmax = s.pin_max,
+        ur = s.user_retries,
+        sr = s.so_retries,
+        objs = s.max_objects,
+        bytes = s.max_bytes,
+        mechs = m.mechanisms,
+        lat = m.latency.name(),
+        stands = m.stands_for,
+    )
 }
 
 #[cfg(test)]
@@ -472,7 +570,7 @@ mod tests {
         assert!(json.contains("\"interface\": \"skf\""), "{json}");
         let usb = sim(d, &["usb"]).unwrap();
         assert!(
-            usb.contains("19202") && usb.contains("Ukey-Sim GM"),
+            usb.contains("19210") && usb.contains("Ukey-Sim GM"),
             "{usb}"
         );
         let shown = sim(d, &["show", "--slot", "1"]).unwrap();

@@ -116,6 +116,14 @@ pub enum Error {
         /// The name given.
         name: String,
     },
+    /// A vendor profile (`--model`) that is not built in.
+    #[error("unknown model {name:?} (known: {known}; `hsm-sim models` describes them)")]
+    UnknownModel {
+        /// The name given.
+        name: String,
+        /// The built-in names, comma separated.
+        known: String,
+    },
     /// A setting with a value that makes no sense (e.g. a PIN minimum above its maximum).
     #[error("invalid setting {name}: {reason}")]
     InvalidSetting {

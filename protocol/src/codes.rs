@@ -176,6 +176,11 @@ codes! {
     TOKEN_OBJECTS = "token-objects";
     /// The token does not offer a mechanism the job needs.
     MECHANISM_UNSUPPORTED = "mechanism-unsupported";
+    /// The token's storage is full (`CKR_DEVICE_MEMORY`): it cannot hold the job's objects.
+    TOKEN_FULL = "token-full";
+    /// The token's module does not implement `C_InitToken` (`CKR_FUNCTION_NOT_SUPPORTED`):
+    /// such a model is personalized from its factory state with a transport PIN.
+    INIT_TOKEN_UNSUPPORTED = "init-token-unsupported";
     /// A key failed its self-test.
     SELF_TEST_FAILED = "self-test-failed";
     /// A CSR could not be built or signed on the token.

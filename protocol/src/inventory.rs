@@ -117,11 +117,26 @@ pub struct TokenInfo {
 /// One slot of the rack.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotInfo {
-    /// Rack position, 0-based.
+    /// Rack position, 0-based: the station's configured position of the USB port, or (for a
+    /// port outside the configured rack) a number of 1000 or more that only orders the table.
     pub slot: u32,
     /// The token in it; absent for an empty slot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<TokenInfo>,
+    /// The USB port the token is plugged into, when the station knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<SlotPort>,
+}
+
+/// The USB port of a slot's token, and how the station knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotPort {
+    /// USB port path as Linux names it, e.g. `1-1.3` (1-64 characters).
+    pub path: String,
+    /// The port is a guess: the token was the one new slot after a USB arrival, since
+    /// neither its USB serial nor its module's slot description named it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub guessed: bool,
 }
 
 /// Station → platform, retained.
@@ -185,6 +200,9 @@ impl Message for Inventory {
                     format!("{path}.slot"),
                     Problem::Duplicate,
                 ));
+            }
+            if let Some(port) = &s.port {
+                check_text(&format!("{path}.port.path"), &port.path, 64)?;
             }
             let Some(t) = &s.token else { continue };
             match &t.serial {
@@ -287,11 +305,39 @@ mod tests {
     fn with_token(token: TokenInfo) -> Inventory {
         Inventory {
             slots: vec![SlotInfo {
+                port: None,
                 slot: 2,
                 token: Some(token),
             }],
             ..inventory(vec![])
         }
+    }
+
+    #[test]
+    fn a_slot_names_its_port_and_whether_that_is_a_guess() {
+        let mut inv = with_token(damaged(Some("5C2D8E1F0A3B4C6D")));
+        inv.slots[0].port = Some(SlotPort {
+            path: "1-1.3".into(),
+            guessed: false,
+        });
+        let json = String::from_utf8(inv.encode().unwrap()).unwrap();
+        assert!(json.contains(r#""port":{"path":"1-1.3"}"#), "{json}");
+        assert_eq!(Inventory::decode(json.as_bytes()).unwrap(), inv);
+        inv.slots[0].port = Some(SlotPort {
+            path: "1-1.4".into(),
+            guessed: true,
+        });
+        let json = String::from_utf8(inv.encode().unwrap()).unwrap();
+        assert!(
+            json.contains(r#""port":{"path":"1-1.4","guessed":true}"#),
+            "{json}"
+        );
+        inv.slots[0].port = Some(SlotPort {
+            path: String::new(),
+            guessed: false,
+        });
+        let err = inv.encode().unwrap_err().to_string();
+        assert!(err.contains("slots[0].port.path"), "{err}");
     }
 
     #[test]

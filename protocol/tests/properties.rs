@@ -281,6 +281,7 @@ prop_compose! {
             seq,
             at,
             slots: slots.into_iter().map(|(slot, token)| SlotInfo {
+                port: None,
                 slot,
                 token: token.map(|(serial, model, state, job, expiries)| TokenInfo {
                     // A damaged token may be unreadable down to its serial.

@@ -71,6 +71,82 @@ impl Default for UsbConfig {
     }
 }
 
+/// The rack: the desk's USB ports and the position number each carries on the rack and
+/// the panel. A token on a port not listed here still works; the inventory shows its port.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RackConfig {
+    /// `[[rack.positions]]`: one per port. Empty (the default): positions are the modules'
+    /// slot ids, as before racks were configured (right for hsm-sim's default tokens only).
+    #[serde(default)]
+    pub positions: Vec<RackPosition>,
+}
+
+/// One port of the rack.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RackPosition {
+    /// USB port path as Linux names it (`1-1.2`: bus 1, hub port 1, its port 2); see
+    /// `/sys/bus/usb/devices/` or the agent's log line "Ukey plugged in".
+    pub port: String,
+    /// The position number on the rack and the panel (0-based, below the panel's 64).
+    pub position: u32,
+}
+
+impl RackConfig {
+    /// The position of a USB port path, if it is on the configured rack.
+    pub fn position_of(&self, port: &str) -> Option<u32> {
+        self.positions
+            .iter()
+            .find(|p| p.port == port)
+            .map(|p| p.position)
+    }
+
+    pub(super) fn check(&self, problem: &mut impl FnMut(&str, String)) {
+        let mut ports = BTreeSet::new();
+        let mut numbers = BTreeSet::new();
+        for (i, p) in self.positions.iter().enumerate() {
+            let key = |field: &str| format!("rack.positions[{i}].{field}");
+            if !is_port_path(&p.port) {
+                problem(
+                    &key("port"),
+                    format!(
+                        "{:?} is not a USB port path (bus-port.port…, e.g. \"1-1.2\")",
+                        p.port
+                    ),
+                );
+            } else if !ports.insert(p.port.as_str()) {
+                problem(&key("port"), format!("{:?} is listed twice", p.port));
+            }
+            if usize::try_from(p.position).map_or(true, |n| n >= crate::panel::MAX_SLOTS) {
+                problem(
+                    &key("position"),
+                    format!(
+                        "{} is beyond the panel's positions (0..={})",
+                        p.position,
+                        crate::panel::MAX_SLOTS - 1
+                    ),
+                );
+            } else if !numbers.insert(p.position) {
+                problem(
+                    &key("position"),
+                    format!("{} is given to two ports", p.position),
+                );
+            }
+        }
+    }
+}
+
+/// `bus-port[.port…]`: digits, one `-`, then digits separated by dots (what the kernel and
+/// libusb name a physical port).
+pub fn is_port_path(s: &str) -> bool {
+    let Some((bus, ports)) = s.split_once('-') else {
+        return false;
+    };
+    let number = |p: &str| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit());
+    number(bus) && ports.split('.').all(number) && ports.split('.').count() <= 7
+}
+
 /// Which USB watcher feeds the desk.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]

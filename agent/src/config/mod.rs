@@ -11,7 +11,7 @@
 //! tests build a typed [`Config`] and write it, so what they run is what `check-config` checks.
 //!
 //! One submodule per group of sections: `broker` (`[broker]`, its TLS, credentials and the
-//! plaintext rule), `desk` (modules, models, USB, trust files, panel) and `timeouts`
+//! plaintext rule), `desk` (modules, models, USB, rack positions, trust files, panel) and `timeouts`
 //! (timeouts, inventory, journal); their types are re-exported here.
 
 use std::fmt;
@@ -25,7 +25,10 @@ mod timeouts;
 
 pub use broker::{BrokerAddress, BrokerConfig, TlsConfig, is_loopback};
 pub(crate) use broker::{PasswordFileProblem, read_password};
-pub use desk::{ModelConfig, PanelConfig, Pkcs11Config, TrustConfig, UsbConfig, UsbWatcherKind};
+pub use desk::{
+    ModelConfig, PanelConfig, Pkcs11Config, RackConfig, RackPosition, TrustConfig, UsbConfig,
+    UsbWatcherKind,
+};
 pub use timeouts::{InventoryConfig, JournalConfig, TimeoutConfig};
 
 /// The default MQTT topic prefix.
@@ -111,6 +114,9 @@ pub struct Config {
     /// How token arrivals are detected.
     #[serde(default)]
     pub usb: UsbConfig,
+    /// The rack: which USB port is which numbered position.
+    #[serde(default)]
+    pub rack: RackConfig,
     /// Keys and certificates the agent trusts and uses.
     pub trust: TrustConfig,
     /// Step timeouts.
@@ -185,6 +191,7 @@ impl Config {
             pkcs11,
             models: Vec::new(),
             usb: UsbConfig::default(),
+            rack: RackConfig::default(),
             trust,
             timeouts: TimeoutConfig::default(),
             inventory: InventoryConfig::default(),
@@ -294,6 +301,7 @@ impl Config {
         self.pkcs11.check(&mut problem);
         desk::check_models(&self.models, &mut problem);
         self.usb.check(&mut problem);
+        self.rack.check(&mut problem);
         self.trust.check(&mut problem);
         self.timeouts.check(&mut problem);
         self.inventory.check(&mut problem);

@@ -571,3 +571,30 @@ fn a_built_configuration_equals_the_file_holding_only_its_required_keys() {
         toml::from_str::<PanelConfig>("device = \"/dev/x\"").unwrap()
     );
 }
+
+#[test]
+fn rack_positions_are_read_and_checked() {
+    let text = format!(
+        "{MINIMAL}[[rack.positions]]\nport = \"1-1.2\"\nposition = 0\n\n[[rack.positions]]\nport = \"1-1.3\"\nposition = 1\n"
+    );
+    let config = Config::parse(&text).unwrap();
+    assert_eq!(config.rack.position_of("1-1.3"), Some(1));
+    assert_eq!(config.rack.position_of("1-1.4"), None);
+    assert!(!config.check().iter().any(|p| p.key.starts_with("rack.")));
+    let bad = format!(
+        "{MINIMAL}[[rack.positions]]\nport = \"usb3\"\nposition = 0\n\n[[rack.positions]]\nport = \"1-1.3\"\nposition = 0\n\n[[rack.positions]]\nport = \"1-1.3\"\nposition = 64\n"
+    );
+    let problems = Config::parse(&bad).unwrap().check();
+    let find = |key: &str| {
+        problems
+            .iter()
+            .find(|p| p.key == key)
+            .unwrap_or_else(|| panic!("{key} in {problems:?}"))
+            .problem
+            .clone()
+    };
+    assert!(find("rack.positions[0].port").contains("not a USB port path"));
+    assert!(find("rack.positions[1].position").contains("two ports"));
+    assert!(find("rack.positions[2].port").contains("listed twice"));
+    assert!(find("rack.positions[2].position").contains("beyond"));
+}

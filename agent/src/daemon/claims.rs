@@ -295,7 +295,7 @@ impl Daemon {
                 .map(|s| (s.present.min_pin_len, s.present.max_pin_len))
                 .unwrap_or((6, 16));
             // The model's PIN policy (from the configuration), where USB told us the model.
-            let model = key.serial().and_then(|s| self.model_of(s));
+            let model = self.model_of(&key);
             let (min, max) = pin_bounds(min, max, model);
             let mut pins = Pins::generate(min, max)?;
             if doc.so_pin.is_some() {

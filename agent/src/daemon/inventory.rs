@@ -9,11 +9,13 @@ use std::path::PathBuf;
 
 use ukey_protocol::codes::{self, Code};
 use ukey_protocol::ids::{JobId, TokenSerial};
-use ukey_protocol::inventory::{DeskAlert, Inventory, SlotInfo, TokenInfo, TokenState};
+use ukey_protocol::inventory::{DeskAlert, Inventory, SlotInfo, SlotPort, TokenInfo, TokenState};
 use ukey_protocol::{Message, V1};
 
+use crate::config::RackConfig;
 use crate::desk::TokenKey;
 use crate::job::code;
+use crate::rack::PortTable;
 
 use super::claims::wrong_token;
 use super::seats::Seat;
@@ -29,10 +31,55 @@ pub(super) struct DeskReport {
     pub(super) alerts: Vec<DeskAlert>,
 }
 
-/// A token's slot as the inventory numbers it: module × 1000 + PKCS#11 slot id.
-pub(super) fn inventory_slot(seat: &Seat) -> u32 {
-    u32::try_from(seat.module * 1000 + usize::try_from(seat.present.slot % 1000).unwrap_or(0))
-        .unwrap_or(u32::MAX)
+/// Where tokens are on the rack: the configured positions of USB ports and the port each
+/// token was matched to.
+#[derive(Clone, Copy)]
+pub(super) struct RackView<'a> {
+    pub(super) config: &'a RackConfig,
+    pub(super) ports: &'a PortTable,
+}
+
+impl RackView<'_> {
+    /// A token's slot as the inventory numbers it: its port's configured position. A token
+    /// on a port outside the configured rack (or not matched to a port) gets
+    /// `1000 × (module + 1) + slot id`, so it still shows; with no rack configured,
+    /// `module × 1000 + slot id` (the slot ids are the positions of hsm-sim's default tokens).
+    pub(super) fn slot(&self, key: &TokenKey, seat: &Seat) -> u32 {
+        let slot_id = usize::try_from(seat.present.slot % 1000).unwrap_or(0);
+        let number = if self.config.positions.is_empty() {
+            seat.module * 1000 + slot_id
+        } else if let Some(position) = self.position(key) {
+            return position;
+        } else {
+            (seat.module + 1) * 1000 + slot_id
+        };
+        u32::try_from(number).unwrap_or(u32::MAX)
+    }
+
+    /// The configured position of a token's port.
+    pub(super) fn position(&self, key: &TokenKey) -> Option<u32> {
+        self.config.position_of(&self.ports.port_of(key)?.path)
+    }
+
+    /// A token's light on the panel: its position; with no rack configured, its PKCS#11
+    /// slot id. A token off the configured rack has none.
+    pub(super) fn panel(&self, key: &TokenKey, seat: &Seat) -> Option<usize> {
+        let n = if self.config.positions.is_empty() {
+            usize::try_from(seat.present.slot).ok()?
+        } else {
+            usize::try_from(self.position(key)?).ok()?
+        };
+        (n < crate::panel::MAX_SLOTS).then_some(n)
+    }
+
+    /// The port the inventory shows for a token.
+    pub(super) fn port(&self, key: &TokenKey) -> Option<SlotPort> {
+        let port = self.ports.port_of(key)?;
+        Some(SlotPort {
+            path: ukey_protocol::fit_text(&port.path, 64),
+            guessed: port.mapping.is_guess(),
+        })
+    }
 }
 
 /// The slot table (pure): one slot per seat (the first seat of a slot number wins), a
@@ -40,11 +87,12 @@ pub(super) fn inventory_slot(seat: &Seat) -> u32 {
 /// token still naming its job while `unconfirmed_job` says the platform has not confirmed it.
 pub(super) fn inventory_slots<'a>(
     seats: &BTreeMap<TokenKey, Seat>,
+    rack: RackView<'_>,
     unconfirmed_job: impl Fn(&str) -> Option<&'a JobId>,
 ) -> Vec<SlotInfo> {
     let mut slots: Vec<SlotInfo> = Vec::new();
     for (key, seat) in seats {
-        let slot = inventory_slot(seat);
+        let slot = rack.slot(key, seat);
         if slots.iter().any(|s| s.slot == slot) {
             continue;
         }
@@ -65,7 +113,11 @@ pub(super) fn inventory_slots<'a>(
             certificates: seat.certificates.clone(),
             damage: seat.damage.clone().filter(|_| damaged),
         });
-        slots.push(SlotInfo { slot, token });
+        slots.push(SlotInfo {
+            slot,
+            token,
+            port: rack.port(key),
+        });
     }
     slots.truncate(ukey_protocol::inventory::MAX_SLOTS);
     slots
@@ -184,7 +236,9 @@ pub(super) fn desk_alerts(sources: AlertSources<'_>) -> Vec<DeskAlert> {
 impl Daemon {
     /// The inventory as the daemon's state says now.
     pub(super) fn desk_report(&self) -> DeskReport {
-        let slots = inventory_slots(&self.seats, |serial| self.unconfirmed_job(serial));
+        let slots = inventory_slots(&self.seats, self.rack_view(), |serial| {
+            self.unconfirmed_job(serial)
+        });
         let view = self.desk_view();
         let wrong_tokens = self
             .seats
@@ -213,6 +267,14 @@ impl Daemon {
             resend_secs: self.config.timeouts.resend_secs,
         });
         DeskReport { slots, alerts }
+    }
+
+    /// Where the tokens are on the rack.
+    pub(super) fn rack_view(&self) -> RackView<'_> {
+        RackView {
+            config: &self.config.rack,
+            ports: &self.ports,
+        }
     }
 
     /// Whether the inventory differs from the one published last.

@@ -186,10 +186,9 @@ struct Daemon {
     panel: PanelHandle,
     /// Panel slots lit last time, to turn the lights of emptied slots off.
     lit: BTreeSet<usize>,
-    /// USB arrivals (token serial → port, deadline) whose PKCS#11 slot has not appeared yet.
-    usb_pending: BTreeMap<String, (String, tokio::time::Instant)>,
-    /// Token serial → USB (vendor, product), from USB arrivals: which model a token is.
-    usb_ids: BTreeMap<String, (u16, u16)>,
+    /// USB arrivals waiting for their token, and each token's USB port (and so its model
+    /// and rack position).
+    ports: crate::rack::PortTable,
     /// USB devices present but not accessible (port → reason), shown by `status`.
     usb_problems: BTreeMap<String, (Code, String)>,
     /// PKCS#11 modules that could not be loaded (path, reason): reported, not fatal, so the
@@ -272,9 +271,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         scanned: false,
         panel,
         lit: BTreeSet::new(),
-        usb_pending: BTreeMap::new(),
+        ports: crate::rack::PortTable::default(),
         usb_problems: BTreeMap::new(),
-        usb_ids: BTreeMap::new(),
         module_problems,
         stuck_calls: StuckCalls::new(config_wedged_call),
         rejections: rejections::RejectionLimiter::new(config_rejections_per_minute),

@@ -16,8 +16,6 @@ use crate::status::{RunningJob, Snapshot, TokenLine};
 use crate::stuck::RunningCall;
 
 use super::claims::wrong_token;
-use super::inventory::inventory_slot;
-use super::seats::Seat;
 use super::{Daemon, now_utc};
 
 pub(super) fn micros(d: Duration) -> u64 {
@@ -25,18 +23,12 @@ pub(super) fn micros(d: Duration) -> u64 {
 }
 
 impl Daemon {
-    /// The panel position of a token: its PKCS#11 slot id (the rack position for hsm-sim).
-    pub(super) fn panel_slot(seat: &Seat) -> Option<usize> {
-        usize::try_from(seat.present.slot)
-            .ok()
-            .filter(|s| *s < crate::panel::MAX_SLOTS)
-    }
-
     pub(super) fn update_lights(&mut self) {
         let mut lit = BTreeSet::new();
         let view = self.desk_view();
+        let rack = self.rack_view();
         for (key, seat) in &self.seats {
-            let Some(slot) = Self::panel_slot(seat) else {
+            let Some(slot) = rack.panel(key, seat) else {
                 continue;
             };
             // A finished token whose job waits for the platform's acknowledgement: its job is
@@ -68,10 +60,11 @@ impl Daemon {
     /// (a token whose job failed may be taken by a new job once the platform sends one).
     pub(super) fn on_press(&mut self, press: ButtonPress) {
         let slot = usize::from(press.slot);
+        let rack = self.rack_view();
         let key = self
             .seats
             .iter()
-            .find(|(_, s)| Self::panel_slot(s) == Some(slot))
+            .find(|(k, s)| rack.panel(k, s) == Some(slot))
             .map(|(k, _)| k.clone());
         let Some(key) = key else {
             tracing::info!(slot, "button pressed on an empty slot");
@@ -234,7 +227,7 @@ impl Daemon {
                 Some(RunningCall {
                     key: key.clone(),
                     started,
-                    slot: inventory_slot(seat),
+                    slot: self.rack_view().slot(key, seat),
                     job: job.map(|(id, _)| id.clone()).or_else(|| seat.job.clone()),
                     step: job.and_then(|(_, e)| e.step_started.map(|(step, _)| step)),
                 })

@@ -46,7 +46,13 @@ pub(super) struct Seat {
     /// Whether the desk can read the token: when the slot scan cannot (`C_GetTokenInfo`
     /// fails), `present` is what was known before, if anything.
     pub(super) reading: Reading,
+    /// When a scan first found the token: a token found just before a USB arrival may be
+    /// that arrival's (the slot scan and the USB watcher race).
+    pub(super) found_at: tokio::time::Instant,
 }
+
+/// How long before a USB arrival a token may have been found and still be that arrival's.
+const ARRIVAL_GRACE: Duration = Duration::from_secs(2);
 
 impl Seat {
     pub(super) fn new(module: usize, present: PresentToken, state: TokenState) -> Seat {
@@ -62,6 +68,7 @@ impl Seat {
             acknowledged: false,
             damage: None,
             reading: Reading::Good,
+            found_at: tokio::time::Instant::now(),
         }
     }
 }
@@ -81,27 +88,37 @@ impl Daemon {
         });
     }
 
-    /// A USB arrival starts a wait for its PKCS#11 slot (matched by serial, invariant 1);
-    /// the slot scan that the arrival triggers, or a later one, ends it.
+    /// A USB arrival starts a wait for its PKCS#11 slot; the slot scan that the arrival
+    /// triggers, or a later one, matches it to its token (`crate::rack`: by USB serial, by
+    /// the module's slot description, or by elimination — never by assuming the USB serial
+    /// is the token serial).
     pub(super) fn on_usb(&mut self, event: UsbEvent) {
         match event {
             UsbEvent::Arrived(d) => {
-                tracing::info!(port = %d.port_path, id = %d.id(), serial = ?d.serial, "Ukey plugged in");
+                tracing::info!(port = %d.port_path, id = %d.id(), usb_serial = ?d.serial, position = ?self.config.rack.position_of(&d.port_path), "Ukey plugged in");
                 self.usb_problems.remove(&d.port_path);
-                if let Some(serial) = d.serial.as_ref().filter(|s| !s.is_empty()) {
-                    self.usb_ids
-                        .insert(serial.clone(), (d.vendor_id, d.product_id));
-                }
-                if let Some(serial) = d.serial.filter(|s| !s.is_empty()) {
-                    let deadline = tokio::time::Instant::now()
-                        + Duration::from_secs(self.config.usb.arrival_timeout_secs);
-                    self.usb_pending.insert(serial, (d.port_path, deadline));
-                }
+                let deadline = tokio::time::Instant::now()
+                    + Duration::from_secs(self.config.usb.arrival_timeout_secs);
+                // Tokens found well before the arrival are not its token.
+                let module = self
+                    .config
+                    .models
+                    .iter()
+                    .find(|m| (m.vendor_id, m.product_id) == (d.vendor_id, d.product_id))
+                    .and_then(|m| self.modules.iter().position(|l| l.path() == m.module));
+                let now = tokio::time::Instant::now();
+                let present: Vec<TokenKey> = self
+                    .seats
+                    .iter()
+                    .filter(|(_, s)| s.found_at + ARRIVAL_GRACE < now)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                self.ports.arrived(d, module, present, deadline);
             }
             UsbEvent::Left(d) => {
                 tracing::info!(port = %d.port_path, id = %d.id(), "Ukey pulled out");
                 self.usb_problems.remove(&d.port_path);
-                self.usb_pending.retain(|_, (port, _)| *port != d.port_path);
+                self.ports.left(&d.port_path);
             }
             UsbEvent::Inaccessible { device, reason } => {
                 tracing::error!(port = %device.port_path, id = %device.id(), %reason, "Ukey present but not accessible");
@@ -122,31 +139,36 @@ impl Daemon {
 
     /// Ends the waits of USB arrivals whose slot appeared, and reports those that ran out.
     pub(super) fn check_usb_arrivals(&mut self) {
-        let now = tokio::time::Instant::now();
-        let seats = &self.seats;
-        let problems = &mut self.usb_problems;
-        self.usb_pending.retain(|serial, (port, deadline)| {
-            if let Some(seat) = seats.get(&TokenKey::Serial(serial.clone())) {
-                tracing::info!(%serial, %port, slot = seat.present.slot, "USB arrival matched to its PKCS#11 slot");
-                return false;
-            }
-            if *deadline <= now {
-                tracing::error!(
-                    %serial,
-                    %port,
-                    "Ukey is on USB but no PKCS#11 slot shows it: is its model's module configured and working?"
-                );
-                problems.insert(
-                    port.clone(),
-                    (
-                        codes::NO_SLOT_FOR_TOKEN,
-                        format!("Ukey {serial} at USB port {port} shows no PKCS#11 slot: check its model's module"),
-                    ),
-                );
-                return false;
-            }
-            true
-        });
+        let seen: Vec<crate::rack::Seen<'_>> = self
+            .seats
+            .iter()
+            .map(|(key, seat)| crate::rack::Seen {
+                key,
+                serial: &seat.present.serial,
+                slot_description: &seat.present.slot_description,
+                module: seat.module,
+            })
+            .collect();
+        for (key, port) in self.ports.match_tokens(&seen) {
+            let slot = self.seats.get(&key).map(|s| s.present.slot);
+            tracing::info!(token = %key, port = %port.path, ?slot, how = ?port.mapping, position = ?self.config.rack.position_of(&port.path), "USB arrival matched to its PKCS#11 slot");
+        }
+        for d in self.ports.expired(tokio::time::Instant::now()) {
+            let port = d.port_path.clone();
+            let id = d.id();
+            tracing::error!(
+                %port,
+                %id,
+                "Ukey is on USB but no PKCS#11 slot shows it: is its model's module configured and working?"
+            );
+            self.usb_problems.insert(
+                port.clone(),
+                (
+                    codes::NO_SLOT_FOR_TOKEN,
+                    format!("Ukey {id} at USB port {port} shows no PKCS#11 slot (or none that can be told from the others): check its model's module"),
+                ),
+            );
+        }
     }
 
     pub(super) async fn on_scan(
@@ -218,10 +240,13 @@ impl Daemon {
             .map(|(k, _)| k.clone())
             .collect();
         for key in gone {
+            self.ports.token_gone(&key);
             if let Some(seat) = self.seats.remove(&key) {
                 tracing::info!(token = %key, job = ?seat.job.as_ref().map(|j| j.as_str()), "token gone");
             }
         }
+        // The tokens found now may be the ones USB arrivals wait for.
+        self.check_usb_arrivals();
         self.resume_jobs_on_present_tokens().await?;
         self.try_claim_all().await
     }
@@ -253,6 +278,7 @@ impl Daemon {
                 flags: Default::default(),
                 min_pin_len: 0,
                 max_pin_len: 0,
+                slot_description: String::new(),
             };
             Seat::new(module, present, TokenState::Damaged)
         });
@@ -362,13 +388,13 @@ impl Daemon {
         }
     }
 
-    /// The configured model of the token with this serial, if USB reported it.
-    pub(super) fn model_of(&self, serial: &str) -> Option<&crate::config::ModelConfig> {
-        let (vendor, product) = self.usb_ids.get(serial.trim())?;
+    /// The configured model of a token, if its USB device is known.
+    pub(super) fn model_of(&self, key: &TokenKey) -> Option<&crate::config::ModelConfig> {
+        let (vendor, product) = self.ports.port_of(key)?.ids;
         self.config
             .models
             .iter()
-            .find(|m| m.vendor_id == *vendor && m.product_id == *product)
+            .find(|m| m.vendor_id == vendor && m.product_id == product)
     }
 
     pub(super) fn start_worker(&mut self, key: TokenKey) {
@@ -465,6 +491,7 @@ impl Daemon {
             // afresh instead of trusting that stale view, so a finished token is never
             // taken for a blank one even when no scan ran during its whole job.
             seat.present.serial = serial.to_string();
+            self.ports.rekey(&old_key, new_key.clone());
             self.seats.insert(new_key, seat);
         }
     }

@@ -132,3 +132,53 @@ fn removal_parks_and_errors_carry_codes() {
     assert_eq!(e.code.as_str(), "token-not-blank");
     assert!(!e.retryable);
 }
+
+#[test]
+fn vendor_limits_fail_with_their_own_codes_and_no_retry() {
+    use cryptoki::error::RvError;
+    let pkcs11 = |function: &str, rv| TokenError::Pkcs11 {
+        function: function.into(),
+        rv,
+        slot: Some(0x100),
+        serial: Some("0123456789ABCDEF".into()),
+    };
+    let cases = [
+        (
+            pkcs11("C_GenerateKeyPair", RvError::DeviceMemory),
+            "token-full",
+        ),
+        (
+            pkcs11("C_CreateObject", RvError::DeviceMemory),
+            "token-full",
+        ),
+        (
+            pkcs11("C_InitToken", RvError::FunctionNotSupported),
+            "init-token-unsupported",
+        ),
+        (
+            pkcs11("C_SignInit", RvError::MechanismInvalid),
+            "mechanism-unsupported",
+        ),
+        (pkcs11("C_InitPIN", RvError::PinLenRange), "pin-length"),
+    ];
+    for (error, code) in cases {
+        let message = error.to_string();
+        let StepFailure::Failed(failure) = StepFailure::from(error) else {
+            panic!("{code}: not a failure");
+        };
+        assert_eq!(failure.code.to_string(), code, "{message}");
+        assert!(!failure.retryable, "{code}: a retry meets the same limit");
+        assert!(
+            failure.message.contains("0123456789ABCDEF"),
+            "{}",
+            failure.message
+        );
+    }
+    // Another function that is not supported stays a general token error.
+    let StepFailure::Failed(other) =
+        StepFailure::from(pkcs11("C_DigestInit", RvError::FunctionNotSupported))
+    else {
+        panic!("not a failure");
+    };
+    assert_eq!(other.code.to_string(), "token-error");
+}

@@ -104,6 +104,9 @@ pub struct PresentToken {
     pub min_pin_len: usize,
     /// Maximum PIN length the token accepts.
     pub max_pin_len: usize,
+    /// The module's `CK_SLOT_INFO.slotDescription`, trimmed (empty when it could not be
+    /// read): some modules name the USB port there.
+    pub slot_description: String,
 }
 
 impl PresentToken {
@@ -117,6 +120,7 @@ impl PresentToken {
             flags: TokenFlags::from_info(info),
             min_pin_len: info.min_pin_length(),
             max_pin_len: info.max_pin_length(),
+            slot_description: String::new(),
         }
     }
 
@@ -236,7 +240,14 @@ impl Module {
         };
         for slot in slots {
             match metered(|| self.inner.pkcs11.get_token_info(slot)) {
-                Ok(info) => survey.tokens.push(PresentToken::from_info(slot, &info)),
+                Ok(info) => {
+                    let mut present = PresentToken::from_info(slot, &info);
+                    // Only a hint for matching USB ports: a module that cannot say is no error.
+                    if let Ok(slot_info) = metered(|| self.inner.pkcs11.get_slot_info(slot)) {
+                        present.slot_description = slot_info.slot_description().trim().to_string();
+                    }
+                    survey.tokens.push(present);
+                }
                 Err(CkError::Pkcs11(
                     RvError::TokenNotPresent | RvError::DeviceRemoved | RvError::SlotIdInvalid,
                     _,

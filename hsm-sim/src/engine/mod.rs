@@ -150,8 +150,9 @@ pub(crate) struct State {
     logins: HashMap<usize, Login>,
     objects: HashMap<CK_OBJECT_HANDLE, SessionObject>,
     next_object: CK_OBJECT_HANDLE,
-    /// The insertion number each slot had when `C_WaitForSlotEvent` last reported it.
-    seen: Vec<Option<u64>>,
+    /// The insertion number and slot id each rack slot had when `C_WaitForSlotEvent` last
+    /// reported it.
+    seen: Vec<Option<(u64, CK_SLOT_ID)>>,
 }
 
 /// What a call knows about its session: copied out so no lock is held during slow work.
@@ -260,6 +261,9 @@ pub fn get() -> Result<Arc<Engine>, Rv> {
         .ok_or(CKR_CRYPTOKI_NOT_INITIALIZED)
 }
 
+/// The token in a rack slot: its serial and insertion number.
+type Occupant = (String, u64);
+
 fn dev(e: crate::Error) -> Rv {
     e.rv()
 }
@@ -274,7 +278,8 @@ impl Engine {
             .map(|r| {
                 r.slots
                     .iter()
-                    .map(|s| s.as_ref().map(|i| i.insertion))
+                    .enumerate()
+                    .map(|(n, s)| s.as_ref().map(|i| (i.insertion, i.slot_id(n))))
                     .collect()
             })
             .unwrap_or_default();
@@ -311,10 +316,12 @@ impl Engine {
         }
     }
 
-    /// The slots as the rack file has them now: per slot, the token serial and insertion.
-    /// An SKF token is not this library's: its slot looks empty (as a token of another
-    /// vendor does to a PKCS#11 module).
-    fn slots(&self) -> Result<Vec<Option<(String, u64)>>, Rv> {
+    /// The slots as the rack file has them now: per rack slot (port), the module's slot id
+    /// and the token serial and insertion. An empty port's id is its index; a token's id is
+    /// what its profile's numbering gave it at insertion (`rack::profile`). An SKF token is
+    /// not this library's: its slot looks empty (as a token of another vendor does to a
+    /// PKCS#11 module).
+    fn slots(&self) -> Result<Vec<(CK_SLOT_ID, Option<Occupant>)>, Rv> {
         Ok(self
             .rack
             .snapshot()
@@ -322,27 +329,55 @@ impl Engine {
             .map(|r| {
                 r.slots
                     .iter()
-                    .map(|s| {
-                        s.as_ref()
-                            .filter(|i| {
-                                !self.rack.token(&i.serial).is_ok_and(|t| t.skf().is_some())
-                            })
-                            .map(|i| (i.serial.clone(), i.insertion))
+                    .enumerate()
+                    .map(|(n, s)| {
+                        let pkcs11 = s.as_ref().filter(|i| {
+                            !self.rack.token(&i.serial).is_ok_and(|t| t.skf().is_some())
+                        });
+                        match pkcs11 {
+                            Some(i) => (i.slot_id(n), Some((i.serial.clone(), i.insertion))),
+                            None => (n as CK_SLOT_ID, None),
+                        }
                     })
                     .collect()
             })
             .unwrap_or_default())
     }
 
-    fn slot_entry(&self, slot: CK_SLOT_ID) -> Result<Option<(String, u64)>, Rv> {
-        let slots = self.slots()?;
-        let idx = usize::try_from(slot).map_err(|_| CKR_SLOT_ID_INVALID)?;
-        slots.get(idx).cloned().ok_or(CKR_SLOT_ID_INVALID)
+    /// The rack slot behind the module's slot id, and what it holds.
+    fn slot_entry(&self, slot: CK_SLOT_ID) -> Result<(usize, Option<Occupant>), Rv> {
+        self.slots()?
+            .into_iter()
+            .enumerate()
+            .find(|(_, (id, _))| *id == slot)
+            .map(|(n, (_, entry))| (n, entry))
+            .ok_or(CKR_SLOT_ID_INVALID)
+    }
+
+    /// The module's slot id of rack slot `index` now.
+    fn slot_id(&self, index: usize) -> Result<CK_SLOT_ID, Rv> {
+        Ok(self
+            .slots()?
+            .get(index)
+            .map(|(id, _)| *id)
+            .unwrap_or(index as CK_SLOT_ID))
     }
 
     fn present(&self, slot: CK_SLOT_ID) -> Result<(usize, String, u64), Rv> {
-        let (serial, insertion) = self.slot_entry(slot)?.ok_or(CKR_TOKEN_NOT_PRESENT)?;
-        Ok((slot as usize, serial, insertion))
+        let (idx, entry) = self.slot_entry(slot)?;
+        let (serial, insertion) = entry.ok_or(CKR_TOKEN_NOT_PRESENT)?;
+        Ok((idx, serial, insertion))
+    }
+
+    /// `CKR_MECHANISM_INVALID` unless the token of session `h` offers `mech` (its vendor
+    /// profile may offer fewer mechanisms than the simulator has).
+    pub fn offers(&self, h: CK_SESSION_HANDLE, mech: CK_MECHANISM_TYPE) -> Result<(), Rv> {
+        let ctx = self.ctx(h)?;
+        if self.token(&ctx.serial)?.profile().mechanisms.offers(mech) {
+            Ok(())
+        } else {
+            Err(CKR_MECHANISM_INVALID)
+        }
     }
 
     fn token(&self, serial: &str) -> Result<Arc<Token>, Rv> {
@@ -492,25 +527,26 @@ impl Engine {
         Ok(self
             .slots()?
             .iter()
-            .enumerate()
             .filter(|(_, s)| !token_present || s.is_some())
-            .map(|(i, _)| i as CK_SLOT_ID)
+            .map(|(id, _)| *id)
             .collect())
     }
 
     /// `C_GetSlotInfo`.
     pub fn slot_info(&self, slot: CK_SLOT_ID) -> Result<SlotInfo, Rv> {
-        let entry = self.slot_entry(slot)?;
+        let (idx, entry) = self.slot_entry(slot)?;
         let mut flags = CKF_REMOVABLE_DEVICE | CKF_HW_SLOT;
-        if entry.is_some() {
-            flags |= CKF_TOKEN_PRESENT;
-        }
+        // The vendor's slot description: its pattern may or may not name the port.
+        let model = match &entry {
+            Some((serial, _)) => {
+                flags |= CKF_TOKEN_PRESENT;
+                self.token(serial)?.profile()
+            }
+            None => crate::rack::profile::of_token(crate::rack::profile::DEFAULT),
+        };
         Ok(SlotInfo {
-            description: format!(
-                "hsm-sim rack slot {slot} (USB {})",
-                crate::rack::port_path(slot as usize)
-            ),
-            manufacturer: "ukey-station hsm-sim".into(),
+            description: model.describe_slot(slot, &crate::rack::port_path(idx)),
+            manufacturer: model.manufacturer.into(),
             flags,
         })
     }
@@ -547,8 +583,13 @@ impl Engine {
 
     /// `C_GetMechanismList`.
     pub fn mechanism_list(&self, slot: CK_SLOT_ID) -> Result<Vec<CK_MECHANISM_TYPE>, Rv> {
-        self.present(slot)?;
-        Ok(MECHANISMS.iter().map(|m| m.0).collect())
+        let (_, serial, _) = self.present(slot)?;
+        let offered = self.token(&serial)?.profile().mechanisms;
+        Ok(MECHANISMS
+            .iter()
+            .map(|m| m.0)
+            .filter(|m| offered.offers(*m))
+            .collect())
     }
 
     /// `C_GetMechanismInfo`: (min key size, max key size, flags).
@@ -557,9 +598,11 @@ impl Engine {
         slot: CK_SLOT_ID,
         mech: CK_MECHANISM_TYPE,
     ) -> Result<(CK_ULONG, CK_ULONG, CK_FLAGS), Rv> {
-        self.present(slot)?;
+        let (_, serial, _) = self.present(slot)?;
+        let offered = self.token(&serial)?.profile().mechanisms;
         MECHANISMS
             .iter()
+            .filter(|m| offered.offers(m.0))
             .find(|m| m.0 == mech)
             .map(|m| (m.1, m.2, m.3))
             .ok_or(CKR_MECHANISM_INVALID)
@@ -581,6 +624,10 @@ impl Engine {
     /// `C_InitToken`.
     pub fn init_token(&self, slot: CK_SLOT_ID, so_pin: &[u8], label: &str) -> Result<(), Rv> {
         let (idx, serial, insertion) = self.present(slot)?;
+        if !self.token(&serial)?.profile().init_token {
+            // Vendor modules that personalize only through their own tools.
+            return Err(CKR_FUNCTION_NOT_SUPPORTED);
+        }
         {
             let st = self.lock()?;
             if st
@@ -613,10 +660,10 @@ impl Engine {
             if self.finalized.load(Ordering::SeqCst) {
                 return Err(CKR_CRYPTOKI_NOT_INITIALIZED);
             }
-            let now: Vec<Option<u64>> = self
+            let now: Vec<Option<(u64, CK_SLOT_ID)>> = self
                 .slots()?
                 .into_iter()
-                .map(|s| s.map(|(_, i)| i))
+                .map(|(id, s)| s.map(|(_, i)| (i, id)))
                 .collect();
             {
                 let mut st = self.lock()?;
@@ -624,8 +671,13 @@ impl Engine {
                     st.seen.resize(now.len(), None);
                 }
                 if let Some(i) = now.iter().enumerate().position(|(i, s)| st.seen[i] != *s) {
+                    // An arrival reports the new slot id, a removal the id that went away.
+                    let id = match (now[i], st.seen[i]) {
+                        (Some((_, id)), _) | (None, Some((_, id))) => id,
+                        (None, None) => i as CK_SLOT_ID,
+                    };
                     st.seen[i] = now[i];
-                    return Ok(i as CK_SLOT_ID);
+                    return Ok(id);
                 }
             }
             if dont_block {
@@ -683,18 +735,18 @@ impl Engine {
 
     /// `C_CloseAllSessions`.
     pub fn close_all_sessions(&self, slot: CK_SLOT_ID) -> Result<(), Rv> {
-        self.slot_entry(slot)?;
+        let (idx, _) = self.slot_entry(slot)?;
         let mut st = self.lock()?;
         let mine: Vec<_> = st
             .sessions
             .iter()
-            .filter(|(_, s)| s.slot as CK_SLOT_ID == slot)
+            .filter(|(_, s)| s.slot == idx)
             .map(|(h, _)| *h)
             .collect();
         for h in mine {
             Self::drop_session(&mut st, h);
         }
-        st.logins.remove(&(slot as usize));
+        st.logins.remove(&idx);
         Ok(())
     }
 
@@ -713,7 +765,7 @@ impl Engine {
             flags |= CKF_RW_SESSION;
         }
         Ok(SessionInfo {
-            slot: ctx.slot as CK_SLOT_ID,
+            slot: self.slot_id(ctx.slot)?,
             state,
             flags,
         })

@@ -5,7 +5,9 @@
 
 use cryptoki_sys::*;
 
-use super::{MAX_DATA_LEN, bytes, eng, mechanism, param, param_bytes, shell, write_output};
+use super::{
+    MAX_DATA_LEN, bytes, eng, mechanism, offered, param, param_bytes, shell, write_output,
+};
 use crate::rack::Rv;
 use crate::rack::crypto::{CipherMechanism, HashAlg};
 use crate::rack::symmetric::AesMode;
@@ -81,6 +83,8 @@ pub(super) unsafe extern "C" fn C_DecryptInit(
 ) -> CK_RV {
     shell(|| {
         let e = eng()?;
+        // SAFETY: the caller passes a valid mechanism (or null, refused).
+        unsafe { offered(&e, session, mech) }?;
         // SAFETY: the caller passes a valid mechanism.
         let m = unsafe { cipher_mechanism(mech) }?;
         e.decrypt_init(session, m, key)

@@ -5,7 +5,7 @@
 use cryptoki_sys::*;
 
 use super::decryption::cipher_mechanism;
-use super::{MAX_DATA_LEN, bytes, eng, shell, write_output};
+use super::{MAX_DATA_LEN, bytes, eng, offered, shell, write_output};
 
 /// `C_EncryptInit` (5.8).
 pub(super) unsafe extern "C" fn C_EncryptInit(
@@ -15,6 +15,8 @@ pub(super) unsafe extern "C" fn C_EncryptInit(
 ) -> CK_RV {
     shell(|| {
         let e = eng()?;
+        // SAFETY: the caller passes a valid mechanism (or null, refused).
+        unsafe { offered(&e, session, mech) }?;
         // SAFETY: the caller passes a valid mechanism.
         let m = unsafe { cipher_mechanism(mech) }?;
         e.encrypt_init(session, m, key)

@@ -8,7 +8,8 @@ use cryptoki_sys::*;
 
 use super::decryption::cipher_mechanism;
 use super::{
-    MAX_DATA_LEN, bytes, eng, mechanism, param, param_bytes, put, shell, template, write_output,
+    MAX_DATA_LEN, bytes, eng, mechanism, offered, param, param_bytes, put, shell, template,
+    write_output,
 };
 use crate::engine::keys::{EcdhParams, KeyGen};
 use crate::engine::{SecretKeyGen, WrapMechanism};
@@ -24,6 +25,8 @@ pub(super) unsafe extern "C" fn C_GenerateKey(
 ) -> CK_RV {
     shell(|| {
         let e = eng()?;
+        // SAFETY: the caller passes a valid mechanism (or null, refused).
+        unsafe { offered(&e, session, mech) }?;
         if key.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
         }
@@ -76,6 +79,8 @@ pub(super) unsafe extern "C" fn C_WrapKey(
 ) -> CK_RV {
     shell(|| {
         let e = eng()?;
+        // SAFETY: the caller passes a valid mechanism (or null, refused).
+        unsafe { offered(&e, session, mech) }?;
         // SAFETY: the caller passes a valid mechanism.
         let m = unsafe { wrap_mechanism(mech) }?;
         // SAFETY: the caller passes an output buffer of `*out_len` bytes, or NULL.
@@ -102,6 +107,8 @@ pub(super) unsafe extern "C" fn C_UnwrapKey(
 ) -> CK_RV {
     shell(|| {
         let e = eng()?;
+        // SAFETY: the caller passes a valid mechanism (or null, refused).
+        unsafe { offered(&e, session, mech) }?;
         if key.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
         }
@@ -138,6 +145,8 @@ pub(super) unsafe extern "C" fn C_GenerateKeyPair(
 ) -> CK_RV {
     shell(|| {
         let e = eng()?;
+        // SAFETY: the caller passes a valid mechanism (or null, refused).
+        unsafe { offered(&e, session, mech) }?;
         if pub_key.is_null() || priv_key.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
         }
@@ -174,6 +183,8 @@ pub(super) unsafe extern "C" fn C_DeriveKey(
 ) -> CK_RV {
     shell(|| {
         let e = eng()?;
+        // SAFETY: the caller passes a valid mechanism (or null, refused).
+        unsafe { offered(&e, session, mech) }?;
         if key.is_null() {
             return Err(CKR_ARGUMENTS_BAD);
         }

@@ -354,6 +354,21 @@ unsafe fn mechanism<'a>(p: *const CK_MECHANISM) -> Result<&'a CK_MECHANISM, Rv> 
     Ok(unsafe { &*p })
 }
 
+/// `CKR_MECHANISM_INVALID` unless the token of `session` offers the mechanism `p` names
+/// (its vendor profile may offer fewer than the simulator has).
+///
+/// # Safety
+/// `p` must be null or point to a valid `CK_MECHANISM`.
+unsafe fn offered(
+    e: &Engine,
+    session: CK_SESSION_HANDLE,
+    p: *const CK_MECHANISM,
+) -> Result<(), Rv> {
+    // SAFETY: as the caller guarantees.
+    let m = unsafe { mechanism(p) }?;
+    e.offers(session, m.mechanism)
+}
+
 /// Hands an output to the caller with the length-query convention: `out_len` must not be
 /// NULL; a NULL `out` asks for the length; a buffer smaller than the output gets
 /// `CKR_BUFFER_TOO_SMALL` and the length. `f` gets the buffer's capacity (`None` for a length

@@ -4,7 +4,7 @@
 
 use cryptoki_sys::*;
 
-use super::{MAX_DATA_LEN, bytes, capacity, eng, mechanism, param, shell};
+use super::{MAX_DATA_LEN, bytes, capacity, eng, mechanism, offered, param, shell};
 use crate::engine::SignOutcome;
 use crate::rack::Rv;
 use crate::rack::crypto::{HashAlg, SignMechanism};
@@ -42,6 +42,8 @@ pub(super) unsafe extern "C" fn C_SignInit(
 ) -> CK_RV {
     shell(|| {
         let e = eng()?;
+        // SAFETY: the caller passes a valid mechanism (or null, refused).
+        unsafe { offered(&e, session, mech) }?;
         // SAFETY: the caller passes a valid mechanism.
         let m = unsafe { sign_mechanism(mech) }?;
         e.sign_init(session, m, key)

@@ -22,6 +22,7 @@ pub mod fault;
 pub mod latency;
 pub mod names;
 pub mod object;
+pub mod profile;
 mod store;
 pub mod symmetric;
 pub mod token;
@@ -77,6 +78,17 @@ pub struct Inserted {
     /// on the bus but "present, not accessible"). Set with [`Rack::set_usb_access`].
     #[serde(default = "accessible_by_default")]
     pub usb_accessible: bool,
+    /// The PKCS#11 slot id the module gives this insertion (its profile's numbering); the
+    /// slot's index when absent (racks written before profiles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module_slot: Option<u64>,
+}
+
+impl Inserted {
+    /// The PKCS#11 slot id of this insertion in rack slot `index`.
+    pub fn slot_id(&self, index: usize) -> u64 {
+        self.module_slot.unwrap_or(index as u64)
+    }
 }
 
 fn accessible_by_default() -> bool {
@@ -118,6 +130,9 @@ pub struct InsertOptions {
     pub settings: Option<TokenSettings>,
     /// Latency profile of the token.
     pub latency: Option<Profile>,
+    /// Vendor profile of a new token (`profile::by_name`); `default` when `None`. Its
+    /// settings apply unless `settings` is given. Ignored on re-insertion.
+    pub model: Option<String>,
 }
 
 /// A change to latency settings.
@@ -140,6 +155,8 @@ pub struct SlotStatus {
     pub slot: usize,
     /// USB port path of the slot.
     pub port: String,
+    /// The PKCS#11 slot id the module shows for it now (its token's numbering).
+    pub slot_id: u64,
     /// The token in it, if any.
     pub token: Option<TokenSummary>,
 }
@@ -149,6 +166,8 @@ pub struct SlotStatus {
 pub struct TokenSummary {
     /// Serial.
     pub serial: String,
+    /// Vendor profile (`hsm-sim models`).
+    pub model: String,
     /// Label (empty on a blank token).
     pub label: String,
     /// `blank`, `initialized` (no user PIN), `ready`, `user-locked` or `so-locked`.
@@ -185,6 +204,7 @@ impl TokenSummary {
         };
         let mut summary = TokenSummary {
             serial: t.serial().to_string(),
+            model: t.profile().name.to_string(),
             label: t.label().to_string(),
             state: state.to_string(),
             objects: t.objects().count(),
@@ -370,6 +390,7 @@ impl Rack {
                 Ok(SlotStatus {
                     slot,
                     port: port_path(slot),
+                    slot_id: s.as_ref().map_or(slot as u64, |i| i.slot_id(slot)),
                     token,
                 })
             })
@@ -393,13 +414,14 @@ impl Rack {
         for (slot, s) in file.slots.iter().enumerate() {
             if let Some(ins) = s {
                 let t = self.token(&ins.serial)?;
+                let model = t.profile();
                 devices.push(usb::UsbDevice {
                     bus: 1,
                     port_path: port_path(slot),
                     slot,
                     vendor_id: t.usb().vendor_id,
                     product_id: t.usb().product_id,
-                    serial: t.serial().to_string(),
+                    serial: model.usb_serial_of(t.serial()),
                     manufacturer: t.manufacturer().to_string(),
                     product: t.model().to_string(),
                     accessible: ins.usb_accessible,
@@ -435,6 +457,19 @@ impl Rack {
         if let Some(s) = &options.settings {
             s.validate()?;
         }
+        let model = match &options.model {
+            None => None,
+            Some(name) => Some(profile::by_name(name).ok_or_else(|| {
+                Error::UnknownModel {
+                    name: name.clone(),
+                    known: profile::all()
+                        .iter()
+                        .map(|p| p.name)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }
+            })?),
+        };
         let _lock = DirLock::acquire(&self.dir)?;
         let mut rack = (*self.require()?).clone();
         let entry = rack.slots.get(slot).ok_or(Error::SlotOutOfRange {
@@ -464,8 +499,21 @@ impl Rack {
         let existing = self.token_cache.read(&self.token_path(&serial))?;
         let mut token = match existing {
             Some(t) => (*t).clone(),
-            None => Token::blank(&serial, options.settings.as_ref().unwrap_or(&rack.defaults)),
+            None => match &model {
+                Some(m) => {
+                    Token::of_model(&serial, m, options.settings.as_ref().unwrap_or(&m.settings))
+                }
+                None => Token::blank(&serial, options.settings.as_ref().unwrap_or(&rack.defaults)),
+            },
         };
+        let taken: Vec<u64> = rack
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|s| s.slot_id(i)))
+            .collect();
+        let module_slot =
+            profile::assign_slot_id(token.profile().slots, slot, rack.next_insertion, &taken);
         if let Some(p) = options.latency {
             token.latency_mut().profile = Some(p);
         }
@@ -474,6 +522,7 @@ impl Rack {
             serial: serial.clone(),
             insertion: rack.next_insertion,
             usb_accessible: true,
+            module_slot: Some(module_slot),
         });
         rack.next_insertion += 1;
         rack.generation += 1;
@@ -530,9 +579,11 @@ impl Rack {
         Ok(out)
     }
 
-    /// Wipes a token back to blank (what the platform does with a token whose SO PIN locked).
+    /// Wipes a token back to its factory state (what the platform does with a token whose SO
+    /// PIN locked): blank, or for a profile that leaves the factory initialized, its
+    /// transport PINs, label and objects.
     pub fn wipe(&self, serial: &str) -> Result<()> {
-        self.modify_token(serial, Token::wipe)?;
+        self.modify_token(serial, Token::factory_reset)?;
         self.touch()
     }
 

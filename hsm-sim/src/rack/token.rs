@@ -15,6 +15,7 @@ use super::Rv;
 use super::fault::Fault;
 use super::latency::LatencySettings;
 use super::object::{Object, StoredObject, Template};
+use super::profile::{FactoryState, ModelProfile};
 
 /// The USB identity a token shows on the virtual bus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,7 +32,7 @@ pub const DEFAULT_VENDOR_ID: u16 = 0x5553;
 pub const DEFAULT_PRODUCT_ID: u16 = 0x4b01;
 /// Default USB product id of simulated SKF (国密) Ukeys: another model, so a desk's model
 /// table can send them to the SKF library.
-pub const DEFAULT_SKF_PRODUCT_ID: u16 = 0x4b02;
+pub const DEFAULT_SKF_PRODUCT_ID: u16 = 0x4b0a;
 
 /// What a new token is made with; a rack holds defaults, `insert` may override them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,6 +211,13 @@ pub struct Token {
     /// The SKF side of an SKF token (`None`: a PKCS#11 token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     skf: Option<crate::skf::device::SkfDevice>,
+    /// The vendor profile (`super::profile`) the token was made as.
+    #[serde(default = "default_profile")]
+    profile: String,
+}
+
+fn default_profile() -> String {
+    super::profile::DEFAULT.to_string()
 }
 
 /// The token's rules about keys, beyond what the specification requires of every token.
@@ -306,6 +314,59 @@ impl Token {
             policy: KeyPolicy::default(),
             skf: (settings.interface == Interface::Skf)
                 .then(crate::skf::device::SkfDevice::factory),
+            profile: default_profile(),
+        }
+    }
+
+    /// A new token of the vendor profile `model`, in its factory state, with `settings`
+    /// (the profile's own unless the caller overrides them).
+    pub fn of_model(serial: &str, model: &ModelProfile, settings: &TokenSettings) -> Token {
+        let mut t = Token::blank(serial, settings);
+        t.profile = model.name.to_string();
+        t.manufacturer = model.manufacturer.to_string();
+        t.model = model.product.to_string();
+        t.latency.profile = Some(model.latency);
+        t.factory_reset();
+        t
+    }
+
+    /// The vendor profile the token was made as.
+    pub fn profile(&self) -> ModelProfile {
+        super::profile::of_token(&self.profile)
+    }
+
+    /// Back to the state the token left the factory in: blank, or initialized with the
+    /// profile's transport PINs, label and objects.
+    pub fn factory_reset(&mut self) {
+        self.wipe();
+        let FactoryState::Initialized {
+            so_pin,
+            user_pin,
+            label,
+            objects,
+        } = self.profile().factory
+        else {
+            return;
+        };
+        self.initialized = true;
+        self.label = label.to_string();
+        self.so_pin = Some(PinHash::new(so_pin.as_bytes()));
+        self.user_pin = user_pin.map(|p| PinHash::new(p.as_bytes()));
+        for o in objects {
+            let mut attrs = BTreeMap::new();
+            attrs.insert(CKA_CLASS, super::object::enc_ulong(CKO_DATA));
+            attrs.insert(CKA_TOKEN, super::object::enc_bool(true));
+            attrs.insert(CKA_PRIVATE, super::object::enc_bool(false));
+            attrs.insert(CKA_MODIFIABLE, super::object::enc_bool(true));
+            attrs.insert(CKA_DESTROYABLE, super::object::enc_bool(true));
+            attrs.insert(CKA_LABEL, o.label.as_bytes().to_vec());
+            attrs.insert(CKA_ID, hex::decode(o.id).unwrap_or_default());
+            attrs.insert(CKA_APPLICATION, b"vendor demo".to_vec());
+            attrs.insert(CKA_VALUE, b"factory sample".to_vec());
+            // A factory object always fits: storage limits are the profile's own.
+            let handle = self.next_handle;
+            self.next_handle += 1;
+            self.objects.insert(handle, Object::new(attrs, None));
         }
     }
 

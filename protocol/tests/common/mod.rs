@@ -368,6 +368,7 @@ pub fn sample_inventory() -> Inventory {
         at: datetime!(2025-03-01 08:05:02 UTC),
         slots: vec![
             SlotInfo {
+                port: None,
                 slot: 0,
                 token: Some(TokenInfo {
                     serial: Some(TokenSerial::new("9E8D7C6B5A493827").unwrap()),
@@ -379,6 +380,7 @@ pub fn sample_inventory() -> Inventory {
                 }),
             },
             SlotInfo {
+                port: None,
                 slot: 1,
                 token: Some(TokenInfo {
                     serial: Some(TokenSerial::new("5C2D8E1F0A3B4C6D").unwrap()),
@@ -396,6 +398,7 @@ pub fn sample_inventory() -> Inventory {
                 }),
             },
             SlotInfo {
+                port: None,
                 slot: 2,
                 token: None,
             },

@@ -12,6 +12,7 @@ mod host_process;
 mod journal_compaction;
 mod lifecycle;
 mod production;
+mod rack_positions;
 mod redelivery;
 mod stuck_call;
 mod unconfirmed_binding;

@@ -439,6 +439,7 @@ async fn presence_and_inventory_are_recorded() {
         at: now,
         slots: vec![
             SlotInfo {
+                port: None,
                 slot: 0,
                 token: Some(TokenInfo {
                     serial: Some(TokenSerial::new("SIM3000").unwrap()),
@@ -450,6 +451,7 @@ async fn presence_and_inventory_are_recorded() {
                 }),
             },
             SlotInfo {
+                port: None,
                 slot: 1,
                 token: None,
             },

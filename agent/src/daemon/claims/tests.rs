@@ -38,6 +38,7 @@ fn present(slot: u64, serial: &str, initialized: bool) -> PresentToken {
         },
         min_pin_len: 6,
         max_pin_len: 16,
+        slot_description: String::new(),
     }
 }
 

@@ -9,7 +9,20 @@ use std::path::PathBuf;
 use ukey_protocol::ids::{JobId, TokenSerial};
 use ukey_protocol::inventory::{MAX_ALERTS, TokenDamage, TokenState};
 
-use super::{AlertSources, Overdue, desk_alerts, inventory_slots};
+use super::{AlertSources, Overdue, RackView, desk_alerts, inventory_slots};
+use crate::config::RackConfig;
+use crate::rack::PortTable;
+
+static NO_RACK: std::sync::LazyLock<(RackConfig, PortTable)> =
+    std::sync::LazyLock::new(|| (RackConfig::default(), PortTable::default()));
+
+/// No rack configured: positions are slot ids, as before racks.
+fn unconfigured() -> RackView<'static> {
+    RackView {
+        config: &NO_RACK.0,
+        ports: &NO_RACK.1,
+    }
+}
 use crate::daemon::seats::Seat;
 use crate::desk::TokenKey;
 use crate::token::{PresentToken, TokenFlags};
@@ -27,6 +40,7 @@ fn present(slot: u64, serial: &str, model: &str) -> PresentToken {
         },
         min_pin_len: 6,
         max_pin_len: 16,
+        slot_description: String::new(),
     }
 }
 
@@ -54,7 +68,7 @@ fn slots_are_numbered_by_module_and_show_serial_less_tokens_only_when_damaged() 
     });
     seats.insert(TokenKey::Unnamed { module: 0, slot: 4 }, damaged);
 
-    let slots = inventory_slots(&seats, |_| None);
+    let slots = inventory_slots(&seats, unconfigured(), |_| None);
     let by_slot: BTreeMap<u32, _> = slots.iter().map(|s| (s.slot, s)).collect();
     assert_eq!(by_slot.len(), 3);
     let s1 = by_slot[&1007].token.as_ref().unwrap();
@@ -83,7 +97,9 @@ fn a_finished_token_names_its_job_until_the_platform_confirms_it() {
     working.job = Some(id("j-working"));
     seats.insert(TokenKey::Serial("S2".into()), working);
     let unconfirmed = id("j-done");
-    let slots = inventory_slots(&seats, |serial| (serial == "S1").then_some(&unconfirmed));
+    let slots = inventory_slots(&seats, unconfigured(), |serial| {
+        (serial == "S1").then_some(&unconfirmed)
+    });
     let jobs: Vec<Option<String>> = slots
         .iter()
         .map(|s| {
@@ -100,7 +116,7 @@ fn a_finished_token_names_its_job_until_the_platform_confirms_it() {
         vec![Some("j-done".to_owned()), Some("j-working".to_owned())]
     );
     // Confirmed: the token names no job.
-    let slots = inventory_slots(&seats, |_| None);
+    let slots = inventory_slots(&seats, unconfigured(), |_| None);
     assert_eq!(slots[0].token.as_ref().unwrap().job_id, None);
 }
 
@@ -116,7 +132,7 @@ fn two_seats_in_one_slot_number_show_once() {
         TokenKey::Serial("B".into()),
         Seat::new(0, present(1005, "B", "m"), TokenState::Active),
     );
-    let slots = inventory_slots(&seats, |_| None);
+    let slots = inventory_slots(&seats, unconfigured(), |_| None);
     assert_eq!(slots.len(), 1);
     assert_eq!(
         slots[0].token.as_ref().unwrap().serial,
@@ -215,4 +231,75 @@ fn overdue_jobs_that_do_not_fit_are_summed_up_in_the_last_alert() {
 fn no_problem_no_alert() {
     let usb = BTreeMap::new();
     assert!(desk_alerts(sources(&usb, &[], Vec::new())).is_empty());
+}
+
+#[test]
+fn a_configured_rack_numbers_slots_and_lights_by_port() {
+    use crate::config::RackPosition;
+    use crate::usb::UsbDevice;
+    let config = RackConfig {
+        positions: vec![RackPosition {
+            port: "1-1.2".into(),
+            position: 9,
+        }],
+    };
+    let mut ports = PortTable::default();
+    let later = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    for (port, serial) in [("1-1.2", "ONRACK"), ("1-1.7", "OFFRACK")] {
+        let device = UsbDevice {
+            port_path: port.into(),
+            vendor_id: 1,
+            product_id: 2,
+            serial: Some(serial.into()),
+            accessible: true,
+        };
+        ports.arrived(device, None, [], later);
+    }
+    let mut seats = BTreeMap::new();
+    let (on, off, unknown) = (
+        TokenKey::Serial("ONRACK".into()),
+        TokenKey::Serial("OFFRACK".into()),
+        TokenKey::Serial("NOPORT".into()),
+    );
+    seats.insert(
+        on.clone(),
+        Seat::new(0, present(0x100, "ONRACK", "m"), TokenState::Blank),
+    );
+    seats.insert(
+        off.clone(),
+        Seat::new(0, present(3, "OFFRACK", "m"), TokenState::Blank),
+    );
+    seats.insert(
+        unknown.clone(),
+        Seat::new(1, present(2, "NOPORT", "m"), TokenState::Blank),
+    );
+    let seen: Vec<crate::rack::Seen<'_>> = seats
+        .iter()
+        .map(|(key, seat)| crate::rack::Seen {
+            key,
+            serial: &seat.present.serial,
+            slot_description: "",
+            module: 0,
+        })
+        .collect();
+    assert_eq!(ports.match_tokens(&seen).len(), 2);
+    let rack = RackView {
+        config: &config,
+        ports: &ports,
+    };
+    assert_eq!(rack.slot(&on, &seats[&on]), 9);
+    assert_eq!(rack.panel(&on, &seats[&on]), Some(9));
+    // Off the rack: shown apart, no light.
+    assert_eq!(rack.slot(&off, &seats[&off]), 1003);
+    assert_eq!(rack.panel(&off, &seats[&off]), None);
+    assert_eq!(rack.slot(&unknown, &seats[&unknown]), 2002);
+    assert_eq!(rack.panel(&unknown, &seats[&unknown]), None);
+    let slots = inventory_slots(&seats, rack, |_| None);
+    let port = |n: u32| slots.iter().find(|s| s.slot == n).unwrap().port.clone();
+    assert_eq!(port(9).unwrap().path, "1-1.2");
+    assert_eq!(port(1003).unwrap().path, "1-1.7");
+    assert_eq!(port(2002), None);
+    // Without a rack configured, slot ids as before.
+    assert_eq!(unconfigured().slot(&on, &seats[&on]), 256);
+    assert_eq!(unconfigured().panel(&off, &seats[&off]), Some(3));
 }

@@ -203,6 +203,20 @@ impl Daemon {
             rejections_suppressed: self.rejections.suppressed(),
             refused_platform_messages: self.refusals.total(),
             running: true,
+            operator: self.audit.operator(),
+            claims_paused: self.claims_paused(),
+            audit: {
+                let health = self.audit.health();
+                match (health.lost, health.last_error) {
+                    (0, _) => format!("ok, {} entries written", health.written),
+                    (lost, error) => format!(
+                        "FAILED: {lost} entries not written (last error: {}), {} written",
+                        error.unwrap_or_default(),
+                        health.written
+                    ),
+                }
+            },
+            receipts_made: self.receipts.made(),
         }
     }
 

@@ -11,6 +11,8 @@
 //! - [`client`]: [`Platform`], the MQTT client that does all of the above over a broker.
 //! - [`records`]: what the platform recorded ([`Records`], [`JobRecord`], [`TokenRecord`]).
 //! - [`misbehave`]: [`Misbehaviour`]s on request.
+//! - [`receipts`]: the station's signed production receipts, verified with the platform's
+//!   own code; [`Records::receipts`] keeps those that verify.
 //!
 //! What it does not do: persistence of its records, revocation, access control, anything a
 //! real platform needs to be trusted. Never point a real station at it.
@@ -26,6 +28,7 @@ pub mod error;
 pub mod jobs;
 pub mod keys;
 pub mod misbehave;
+pub mod receipts;
 pub mod records;
 pub mod verify;
 

@@ -262,6 +262,7 @@ pub fn platform_subscriptions(prefix: &str) -> Vec<String> {
         format!("{prefix}/stations/+/jobs/+/events"),
         format!("{prefix}/stations/+/jobs/+/csr"),
         format!("{prefix}/stations/+/inventory"),
+        format!("{prefix}/stations/+/receipts"),
     ]
 }
 

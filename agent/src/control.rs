@@ -242,6 +242,8 @@ pub fn send(state_dir: &Path, command: &Command) -> Result<Reply, ControlError> 
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]

@@ -215,6 +215,8 @@ fn write_loop(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
     use crate::audit::{DEFAULT_MAX_FILE_BYTES, verify_dir};
 

@@ -35,6 +35,9 @@ impl Daemon {
     pub(super) fn update_lights(&mut self) {
         let mut lit = BTreeSet::new();
         let view = self.desk_view();
+        // A desk that requires an operator and has none: the blank tokens waiting for a job
+        // call for someone (`attention`) instead of sitting dark.
+        let unstaffed = !self.staffed();
         for (key, seat) in &self.seats {
             let Some(slot) = Self::panel_slot(seat) else {
                 continue;
@@ -50,6 +53,8 @@ impl Daemon {
                 || (wrong_token(seat, &view).is_some() && !seat.acknowledged)
             {
                 // A stuck call needs the staff whatever was acknowledged: it is happening now.
+                Light::Attention
+            } else if unstaffed && seat.job.is_none() && seat.state == TokenState::Blank {
                 Light::Attention
             } else {
                 crate::desk::light(seat.state, seat.job.is_some(), outcome, seat.acknowledged)

@@ -231,6 +231,7 @@ async fn a_receipt_with_a_forged_signature_is_refused_by_the_platform() {
 async fn a_desk_that_requires_an_operator_waits_for_one_and_names_them() {
     let mut station = Station::sim(1).await;
     station.configure(|c| c.desk.require_operator = true);
+    let (board, lights) = station.attach_emulated_panel(1);
     let config = station.dir().join("agent.toml");
     // No agent yet: the command says so.
     station.write_config();
@@ -242,6 +243,8 @@ async fn a_desk_that_requires_an_operator_waits_for_one_and_names_them() {
     let job = station.dispatch_new(KeyAlgorithm::P256).await;
     let serial = station.insert_blank(0);
     let status = station.status_with("claims:  PAUSED").await;
+    // The panel shows the waiting blank token as needing someone.
+    ukey_tests::station::light_until(&board, &lights, 0, ukey_agent::panel::Light::Attention);
     assert!(status.contains("operator: nobody signed in"), "{status}");
     // The inventory says why.
     station

@@ -188,7 +188,15 @@ fn write_loop(
         // Opening again cuts a partly written line (and records that) and re-reads the chain's
         // end; the lock must be let go first.
         drop(log.take());
-        log = AuditLog::open(dir, max_file_bytes).ok();
+        // Only the log that was there: a folder emptied or removed behind the agent's back
+        // must not become a fresh chain that would verify as if nothing had been lost.
+        let still_there = super::list_files(dir).is_ok_and(|files| !files.is_empty());
+        log = if still_there {
+            AuditLog::open(dir, max_file_bytes).ok()
+        } else {
+            tracing::error!(folder = %dir.display(), "audit log: its files are gone; no new log is started");
+            None
+        };
         let retry = match log.as_mut() {
             Some(l) => l.record_by(event, operator.as_deref(), at),
             None => Err(error),
@@ -286,5 +294,27 @@ mod tests {
                 .is_some_and(|e| e.contains("audit-000002.jsonl")),
             "{health:?}"
         );
+    }
+
+    #[test]
+    fn a_log_whose_folder_went_away_is_not_started_afresh() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("audit");
+        let max = crate::audit::MIN_MAX_FILE_BYTES;
+        let log = AuditLog::open(&dir, max).unwrap();
+        let writer = AuditWriter::start(log, dir.clone(), max).unwrap();
+        writer.record(AuditEvent::ConfigChanged {
+            keys: vec!["k".repeat(500); 200],
+            applied: false,
+        });
+        writer.flush();
+        // The folder is moved away: the next entry needs a new file in it.
+        std::fs::rename(&dir, root.path().join("moved")).unwrap();
+        writer.record(AuditEvent::Stopped {
+            reason: "test".into(),
+        });
+        writer.flush();
+        assert_eq!(writer.health().lost, 1);
+        assert!(!dir.exists(), "a fresh chain was started in a new folder");
     }
 }

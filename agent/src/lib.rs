@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod certs;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod desk;
 pub mod device;

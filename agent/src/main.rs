@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod audit_cli;
-use ukey_agent::audit::{AuditEvent, AuditLog};
+use ukey_agent::audit::{AuditEvent, AuditWriter};
 use ukey_agent::config::Config;
 
 /// ukey-agent — the production desk daemon of ukey-station.
@@ -77,6 +77,11 @@ enum Command {
     /// Reads, checks and exports the audit log (state folder, `audit/`).
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Who is at the desk: signs an operator in or out of the running agent, which names
+    /// them in every receipt and audit entry (through its control socket in the state
+    /// folder; refused when no agent runs).
+    #[command(subcommand)]
+    Operator(OperatorCommand),
     /// Reads the configuration and reports every problem, each with its key; changes nothing.
     ///
     /// Exit status 0 when the configuration is valid, 3 when it is not.
@@ -88,6 +93,33 @@ enum Command {
             value_name = "FILE",
             default_value = "/etc/ukey-agent/agent.toml"
         )]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OperatorCommand {
+    /// Signs `ID` in (a staff id: letters, digits, `.`, `_`, `-`, `@`; never an ID-card or
+    /// phone number), replacing whoever was signed in. Exit status 0 when signed in, 1 when
+    /// refused or no agent runs, 3 when the configuration cannot be read.
+    SignIn {
+        /// The configuration file (for the state folder).
+        #[arg(long, short, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The operator's staff id.
+        id: String,
+    },
+    /// Signs the operator out; with `[desk] require_operator = true` the desk then claims
+    /// no jobs until someone signs in.
+    SignOut {
+        /// The configuration file (for the state folder).
+        #[arg(long, short, value_name = "FILE", default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Says who is signed in.
+    Show {
+        /// The configuration file (for the state folder).
+        #[arg(long, short, value_name = "FILE", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
 }
@@ -147,6 +179,44 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => check_config(&config),
         Command::Status { config, json } => status(&config, json),
         Command::Audit(command) => audit_cli::run(command),
+        Command::Operator(command) => operator(command),
+    }
+}
+
+fn operator(command: OperatorCommand) -> ExitCode {
+    use ukey_agent::control::{self, Command as Control};
+    let (path, request) = match command {
+        OperatorCommand::SignIn { config, id } => (config, Control::SignIn { operator: id }),
+        OperatorCommand::SignOut { config } => (config, Control::SignOut),
+        OperatorCommand::Show { config } => (config, Control::Show),
+    };
+    let config = match Config::load(&path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("ukey-agent: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    // Checked here too, so that a typo is named without a round trip.
+    if let Control::SignIn { operator } = &request
+        && let Err(why) = control::check_operator(operator)
+    {
+        eprintln!("ukey-agent: {why}");
+        return ExitCode::from(1);
+    }
+    match control::send(&config.state_dir, &request) {
+        Ok(reply) if reply.ok => {
+            println!("{}", reply.message);
+            ExitCode::SUCCESS
+        }
+        Ok(reply) => {
+            eprintln!("ukey-agent: {}", reply.message);
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("ukey-agent: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -231,32 +301,24 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    // The start and the stop go into the audit log (the daemon records the rest).
-    let mut audit = match AuditLog::open(
-        &ukey_agent::audit::audit_dir(&config.state_dir),
-        config.audit.max_file_bytes,
-    ) {
-        Ok(mut log) => match log.record(AuditEvent::Started {
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            station_id: config.station_id.clone(),
-        }) {
-            Ok(_) => Some(log),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot record the start in the audit log");
-                None
-            }
-        },
+    // The audit log is opened before anything runs: a desk that cannot keep it makes no
+    // tokens. Its lock refuses a second agent on the same state folder. The daemon records
+    // the start, the stop and everything between; appends run on the log's own thread.
+    let audit = match AuditWriter::open(&config.state_dir, config.audit.max_file_bytes) {
+        Ok(audit) => audit,
         Err(e) => {
-            tracing::error!(error = %e, "cannot open the audit log");
-            None
+            tracing::error!(error = %e, "cannot open the audit log; not starting");
+            eprintln!("ukey-agent: cannot open the audit log: {e}");
+            return ExitCode::from(1);
         }
     };
+    let reload_audit = audit.clone();
     let result = runtime.block_on(async {
         // SIGHUP's default action ends the process (systemd's reload would kill the agent
         // mid-job): take it over before anything else runs.
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(hangups) => {
-                tokio::spawn(reload_on_hangup(hangups, reloader));
+                tokio::spawn(reload_on_hangup(hangups, reloader, reload_audit));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot handle SIGHUP; a reload would stop the agent")
@@ -268,17 +330,8 @@ fn run(path: &std::path::Path) -> ExitCode {
             wait_for_signal().await;
             signals.cancel();
         });
-        ukey_agent::daemon::run(config, shutdown).await
+        ukey_agent::daemon::run(config, audit, shutdown).await
     });
-    if let Some(log) = audit.as_mut() {
-        let reason = match &result {
-            Ok(()) => "signal".to_owned(),
-            Err(e) => format!("error: {e}"),
-        };
-        if let Err(e) = log.record(AuditEvent::Stopped { reason }) {
-            tracing::error!(error = %e, "cannot record the stop in the audit log");
-        }
-    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -294,14 +347,33 @@ fn run(path: &std::path::Path) -> ExitCode {
 async fn reload_on_hangup(
     mut hangups: tokio::signal::unix::Signal,
     mut reloader: ukey_agent::reload::Reloader,
+    audit: AuditWriter,
 ) {
+    use ukey_agent::reload::Outcome;
     while hangups.recv().await.is_some() {
         let task = tokio::task::spawn_blocking(move || {
-            reloader.reload_and_log();
-            reloader
+            let outcome = reloader.reload_and_log();
+            (reloader, outcome)
         });
         match task.await {
-            Ok(back) => reloader = back,
+            Ok((back, outcome)) => {
+                reloader = back;
+                // What changed goes into the audit log: names only, never values.
+                if !reloader.applied().is_empty() {
+                    audit.record(AuditEvent::ConfigChanged {
+                        keys: reloader.applied().to_vec(),
+                        applied: true,
+                    });
+                }
+                if let Outcome::Applied { refused, .. } = outcome
+                    && !refused.is_empty()
+                {
+                    audit.record(AuditEvent::ConfigChanged {
+                        keys: refused,
+                        applied: false,
+                    });
+                }
+            }
             Err(e) => {
                 tracing::error!(error = %e, "SIGHUP: the reload failed; later reloads are ignored");
                 // Keep the handler installed: an unhandled SIGHUP would end the agent.

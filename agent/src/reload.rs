@@ -65,6 +65,8 @@ pub struct Reloader {
     /// The log filter in force.
     log_level: Option<String>,
     log: Option<LogControl>,
+    /// The keys the last reload applied (`log_level` when it changed), for the audit log.
+    applied: Vec<String>,
 }
 
 fn read_table(path: &Path) -> Result<toml::Table, String> {
@@ -83,12 +85,14 @@ impl Reloader {
             running: read_table(path).unwrap_or_default(),
             log_level: config.log_level.clone(),
             log,
+            applied: Vec::new(),
         }
     }
 
     /// Re-reads the file: applies a changed `log_level`, names the other changed keys.
     /// Keys refused once stay refused (and named again) until a restart.
     pub fn reload(&mut self) -> Outcome {
+        self.applied.clear();
         let config = match Config::load_checked(&self.path) {
             Ok(config) => config,
             Err(ConfigError::Invalid { problems, .. }) => {
@@ -112,6 +116,7 @@ impl Reloader {
                 return Outcome::Rejected(format!("log_level: {e}"));
             }
             self.log_level = config.log_level.clone();
+            self.applied.push("log_level".to_owned());
         }
         let refused = changed_keys(&self.running, &table)
             .into_iter()
@@ -121,6 +126,11 @@ impl Reloader {
             level: logging::describe(self.log_level.as_deref()),
             refused,
         }
+    }
+
+    /// The keys the last [`Reloader::reload`] applied (empty when it applied nothing).
+    pub fn applied(&self) -> &[String] {
+        &self.applied
     }
 
     /// [`Reloader::reload`], then one log line saying what happened.

@@ -68,6 +68,18 @@ pub struct Snapshot {
     /// False in the last snapshot a stopping agent writes.
     #[serde(default = "yes")]
     pub running: bool,
+    /// The operator signed in at the desk, if anyone.
+    #[serde(default)]
+    pub operator: Option<String>,
+    /// Why the desk claims no jobs now, when it is for want of an operator.
+    #[serde(default)]
+    pub claims_paused: Option<String>,
+    /// The audit log: entries written and lost since start, and the last error.
+    #[serde(default)]
+    pub audit: String,
+    /// Production receipts made since start.
+    #[serde(default)]
+    pub receipts_made: u64,
 }
 
 fn yes() -> bool {
@@ -216,6 +228,19 @@ pub fn render(s: &Snapshot, now_unix: u64) -> String {
         "refused: {} platform message(s) not signed by a trusted key for this station\n",
         s.refused_platform_messages
     ));
+    out.push_str(&format!(
+        "operator: {}\n",
+        s.operator.as_deref().unwrap_or("nobody signed in")
+    ));
+    if let Some(why) = &s.claims_paused {
+        out.push_str(&format!("claims:  PAUSED: {why}\n"));
+    }
+    if !s.audit.is_empty() {
+        out.push_str(&format!(
+            "audit:   {}; {} receipt(s) made\n",
+            s.audit, s.receipts_made
+        ));
+    }
     out.push_str(&format!("jobs:    {} queued", s.queued_jobs.len()));
     if !s.queued_jobs.is_empty() {
         out.push_str(&format!(" ({})", s.queued_jobs.join(", ")));
@@ -278,6 +303,10 @@ mod tests {
             rejections_suppressed: 190,
             refused_platform_messages: 3,
             running: true,
+            operator: None,
+            claims_paused: None,
+            audit: String::new(),
+            receipts_made: 0,
         }
     }
 

@@ -142,8 +142,13 @@ pub(crate) async fn start_station(
     desk_builder::write_config(&config, "`ukey-demo`", &config_path)?;
     let config = Config::load_checked(&config_path).map_err(|e| DemoError::Agent(e.to_string()))?;
 
+    // The agent's audit log in its state folder, as `ukey-agent run` keeps it: after the
+    // run, `ukey-agent audit verify -c <dir>/demo/agent.toml` checks it.
+    let audit =
+        ukey_agent::audit::AuditWriter::open(&config.state_dir, config.audit.max_file_bytes)
+            .map_err(|e| DemoError::Agent(e.to_string()))?;
     let shutdown = CancellationToken::new();
-    let mut agent = tokio::spawn(ukey_agent::daemon::run(config, shutdown.clone()));
+    let mut agent = tokio::spawn(ukey_agent::daemon::run(config, audit, shutdown.clone()));
     let online = platform.wait_until("the agent's birth message", AGENT_START_TIMEOUT, |r| {
         r.current_presence(&station)
             .filter(|p| p.status == PresenceStatus::Online)

@@ -703,6 +703,7 @@ fn filters(shared: &Shared) -> Vec<String> {
         out.push(format!("{base}/jobs/+/events"));
         out.push(format!("{base}/jobs/+/csr"));
         out.push(format!("{base}/inventory"));
+        out.push(format!("{base}/receipts"));
     }
     out
 }
@@ -817,10 +818,51 @@ async fn on_publish(shared: &Shared, client: &AsyncClient, topic: &str, payload:
             Ok(i) => shared.update(|r| r.inventory.push(i)),
             Err(e) => unreadable(e),
         },
+        Topic::Receipts => on_receipt(shared, client, &station, payload).await,
         // The platform's own directions: not subscribed to, ignored if they arrive.
-        // Receipts are kept and checked by the platform in a later step of the ledger.
-        Topic::Jobs | Topic::JobCerts(_) | Topic::JobCancel(_) | Topic::Acks | Topic::Receipts => {}
+        Topic::Jobs | Topic::JobCerts(_) | Topic::JobCancel(_) | Topic::Acks => {}
     }
+}
+
+/// A production receipt: verified with the platform's own code against the station key it
+/// registered, kept, and acknowledged by its receipt id like an event. One that does not
+/// verify is kept aside with the reason and not acknowledged (the station sends it again).
+async fn on_receipt(shared: &Shared, client: &AsyncClient, station: &StationId, payload: &[u8]) {
+    let Some(key) = shared.keys.station_recipient(station) else {
+        shared.update(|r| {
+            r.refused_receipts
+                .push(format!("{station}: no station key registered"))
+        });
+        return;
+    };
+    let receipt = match crate::receipts::verify_receipt(payload, &key) {
+        Ok(receipt) => receipt,
+        Err(e) => {
+            shared.update(|r| r.refused_receipts.push(format!("{station}: {e}")));
+            return;
+        }
+    };
+    let receipt_id = receipt.receipt_id.clone();
+    shared.update(|r| {
+        // Sent again until acknowledged: kept once.
+        if !r.receipts.iter().any(|k| k.receipt_id == receipt_id) {
+            r.receipts.push(receipt);
+        }
+    });
+    if shared.armed.take(Misbehaviour::SilenceAcks) {
+        return;
+    }
+    let ack = Ack {
+        v: V1,
+        station_id: station.clone(),
+        event_ids: vec![receipt_id],
+    };
+    let payload = sign_platform_message(&ack, shared.keys.job_key(), shared.keys.job_key_id());
+    let (Ok(topics), Ok(payload)) = (shared.topics(station), payload) else {
+        return;
+    };
+    publish(shared, client, topics.acks(), payload).await;
+    shared.update(|r| r.acks_sent += 1);
 }
 
 fn unseal(

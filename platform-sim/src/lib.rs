@@ -14,6 +14,8 @@
 //!   of order, forbidden transitions ([`Ledger`], [`JobLedger`]).
 //! - `redeliver`: what a station has not shown it received, published again.
 //! - [`misbehave`]: [`Misbehaviour`]s on request.
+//! - [`receipts`]: the station's signed production receipts, verified with the platform's
+//!   own code; [`Records::receipts`] keeps those that verify.
 //!
 //! What it does not do: persistence of its records, revocation, access control, anything a
 //! real platform needs to be trusted. Never point a real station at it.
@@ -30,6 +32,7 @@ pub mod jobs;
 pub mod keys;
 pub mod ledger;
 pub mod misbehave;
+pub mod receipts;
 pub mod records;
 mod redeliver;
 pub mod verify;

@@ -250,6 +250,10 @@ pub struct Records {
     pub(crate) inventory: Vec<Inventory>,
     pub(crate) unreadable: Vec<String>,
     pub(crate) acks_sent: usize,
+    /// Receipts whose signature verified, in arrival order (each once).
+    pub(crate) receipts: Vec<ukey_protocol::Receipt>,
+    /// Receipts refused, with the reason.
+    pub(crate) refused_receipts: Vec<String>,
     pub(crate) connections: u64,
     pub(crate) subscriptions: u64,
     pub(crate) redelivery_rounds: u64,
@@ -274,6 +278,17 @@ impl Records {
     /// The ids of the jobs this platform dispatched, in dispatch order.
     pub fn dispatched(&self) -> &[JobId] {
         &self.dispatch_order
+    }
+
+    /// The production receipts received whose station signature verified, in arrival
+    /// order, each once.
+    pub fn receipts(&self) -> &[ukey_protocol::Receipt] {
+        &self.receipts
+    }
+
+    /// Receipts refused (bad signature, unknown key, malformed), with the reason.
+    pub fn refused_receipts(&self) -> &[String] {
+        &self.refused_receipts
     }
 
     /// One token's record.

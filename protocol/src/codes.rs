@@ -233,6 +233,11 @@ codes! {
     USB_NOT_ACCESSIBLE = "usb-not-accessible";
     /// A Ukey is on USB but no PKCS#11 slot shows it.
     NO_SLOT_FOR_TOKEN = "no-slot-for-token";
+    /// Audit log entries could not be written (disk full, folder gone): the desk's record is
+    /// incomplete until someone looks.
+    AUDIT_LOG_FAILED = "audit-log-failed";
+    /// The desk requires a signed-in operator and nobody is: jobs wait in the queue.
+    OPERATOR_REQUIRED = "operator-required";
 
     // The platform's certificate rejections.
     /// A CSR does not parse.

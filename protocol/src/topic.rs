@@ -262,6 +262,7 @@ pub fn platform_subscriptions(prefix: &str) -> Vec<String> {
         format!("{prefix}/stations/+/jobs/+/events"),
         format!("{prefix}/stations/+/jobs/+/csr"),
         format!("{prefix}/stations/+/inventory"),
+        format!("{prefix}/stations/+/receipts"),
     ]
 }
 
@@ -371,7 +372,9 @@ mod tests {
         let subs = t.station_subscriptions();
         assert!(subs.contains(&"ukey/v1/stations/desk-01/jobs/+/certs".to_owned()));
         assert!(subs.contains(&t.acks()));
-        assert_eq!(platform_subscriptions("ukey/v1").len(), 4);
+        let platform = platform_subscriptions("ukey/v1");
+        assert_eq!(platform.len(), 5);
+        assert!(platform.contains(&"ukey/v1/stations/+/receipts".to_owned()));
         assert_eq!(Topic::Jobs.direction(), Direction::ToStation);
         assert!(Topic::Inventory.retained());
         assert!(!Topic::Jobs.retained());

@@ -72,6 +72,24 @@ impl ReceiptBuilder {
         &self.receipt.job_id
     }
 
+    /// The receipt's id (the platform acknowledges it by this id).
+    pub fn receipt_id(&self) -> &EventId {
+        &self.receipt.receipt_id
+    }
+
+    /// The token's serial, once known (a blank token may get it only with initialization).
+    pub fn set_token_serial(&mut self, serial: TokenSerial) {
+        self.receipt.token_serial = serial;
+    }
+
+    /// The step running or last ended, if any.
+    pub fn last_step(&self) -> Option<Step> {
+        self.open
+            .as_ref()
+            .map(|(step, _)| *step)
+            .or_else(|| self.receipt.steps.last().map(|s| s.step))
+    }
+
     /// A step started at `at`. A step still open ends, failed, at the same time.
     pub fn step_started(&mut self, step: Step, at: OffsetDateTime) {
         if self.open.is_some() {

@@ -32,6 +32,10 @@ pub struct Entry {
     pub at: OffsetDateTime,
     /// The previous entry's hash, lower-case hex.
     pub prev: String,
+    /// The operator signed in at the desk when the entry was recorded, if anyone (absent
+    /// when nobody was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
     /// What happened.
     pub event: AuditEvent,
 }

@@ -21,6 +21,7 @@
 pub mod builder;
 pub mod entry;
 pub mod verify;
+pub mod writer;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -33,6 +34,7 @@ use ukey_protocol::{JobId, KeyLabel, SignedReceipt, TokenSerial};
 pub use builder::ReceiptBuilder;
 use entry::{Entry, GENESIS_HASH, encode_line};
 pub use verify::{Break, BreakKind, Report, verify_dir};
+pub use writer::{AuditHealth, AuditWriter};
 
 /// The audit folder inside the state folder.
 pub fn audit_dir(state_dir: &Path) -> PathBuf {
@@ -86,7 +88,7 @@ pub enum AuditError {
         detail: String,
     },
     /// Another process has the log open for writing.
-    #[error("audit log {path}: in use by another process")]
+    #[error("audit log {path}: in use by another agent (file lock held)")]
     Locked {
         /// The folder.
         path: PathBuf,
@@ -526,19 +528,32 @@ impl AuditLog {
         event: AuditEvent,
         at: OffsetDateTime,
     ) -> Result<Recorded, AuditError> {
+        self.record_by(event, None, at)
+    }
+
+    /// As [`AuditLog::record_at`], naming the `operator` signed in at the desk (scrubbed as
+    /// free text).
+    pub fn record_by(
+        &mut self,
+        event: AuditEvent,
+        operator: Option<&str>,
+        at: OffsetDateTime,
+    ) -> Result<Recorded, AuditError> {
         let event = event.scrubbed();
-        let (line, _) = encode_line(&self.entry(event.clone(), at))?;
+        let operator = operator.map(redact);
+        let (line, _) = encode_line(&self.entry(event.clone(), operator.clone(), at))?;
         if self.len > 0 && self.len + line.len() as u64 > self.max_file_bytes {
             self.rotate(at)?;
         }
-        self.append(event, at)
+        self.append_by(event, operator, at)
     }
 
-    fn entry(&self, event: AuditEvent, at: OffsetDateTime) -> Entry {
+    fn entry(&self, event: AuditEvent, operator: Option<String>, at: OffsetDateTime) -> Entry {
         Entry {
             seq: self.next_seq,
             at: at.to_offset(time::UtcOffset::UTC),
             prev: self.last_hash.clone(),
+            operator,
             event,
         }
     }
@@ -558,7 +573,16 @@ impl AuditLog {
     }
 
     fn append(&mut self, event: AuditEvent, at: OffsetDateTime) -> Result<Recorded, AuditError> {
-        let (line, hash) = encode_line(&self.entry(event, at))?;
+        self.append_by(event, None, at)
+    }
+
+    fn append_by(
+        &mut self,
+        event: AuditEvent,
+        operator: Option<String>,
+        at: OffsetDateTime,
+    ) -> Result<Recorded, AuditError> {
+        let (line, hash) = encode_line(&self.entry(event, operator, at))?;
         let path = self.dir.join(file_name(self.index));
         self.file
             .write_all(&line)

@@ -134,6 +134,20 @@ pub struct Config {
     /// The audit log (`audit/` in the state folder).
     #[serde(default)]
     pub audit: AuditConfig,
+    /// How the desk is staffed.
+    #[serde(default)]
+    pub desk: DeskPolicy,
+}
+
+/// How the desk is staffed (`[desk]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeskPolicy {
+    /// Claim jobs only while an operator is signed in (`ukey-agent operator sign-in ID`);
+    /// default false. While nobody is, jobs wait in the queue and the inventory, the status
+    /// and the panel say why.
+    #[serde(default)]
+    pub require_operator: bool,
 }
 
 /// The audit log (`audit/audit-NNNNNN.jsonl` in the state folder; see `crate::audit`).
@@ -198,6 +212,7 @@ impl Config {
             journal: JournalConfig::default(),
             panel: None,
             audit: AuditConfig::default(),
+            desk: DeskPolicy::default(),
         }
     }
 

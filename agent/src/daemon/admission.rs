@@ -316,6 +316,12 @@ impl Daemon {
             }
         }
         tracing::warn!(job = %job_id, code = %code_str, %reason, "job rejected");
+        // Rejections above the rate limit are counted, not recorded one by one: a flood of
+        // forged jobs must not flood the audit log either.
+        self.audit.record(crate::audit::AuditEvent::JobRefused {
+            job: Some(job_id.clone()),
+            reason: format!("{code_str}: {reason}"),
+        });
         // The id derives from the message, so a redelivered bad job is one event, not many.
         let digest = Sha256::digest(envelope.job_bytes());
         let event_id = EventId::new(format!("r{}", hex::encode(&digest[..16])))

@@ -259,7 +259,7 @@ impl Daemon {
 
     /// Starts every claim [`match_claims`] finds now.
     pub(super) async fn try_claim_all(&mut self) -> Result<(), DaemonError> {
-        if !self.claiming || self.queue.is_empty() {
+        if !self.claiming || self.queue.is_empty() || !self.staffed() {
             return Ok(());
         }
         let jobs = &self.jobs;

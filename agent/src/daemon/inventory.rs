@@ -257,7 +257,7 @@ impl Daemon {
                 step: e.machine.current_step().map(|s| s.as_str()),
             })
             .collect();
-        let alerts = desk_alerts(AlertSources {
+        let mut alerts = desk_alerts(AlertSources {
             module_problems: &self.module_problems,
             wrong_tokens,
             usb_problems: &self.usb_problems,
@@ -266,6 +266,9 @@ impl Daemon {
             bind_ack_secs: self.config.timeouts.bind_ack_secs,
             resend_secs: self.config.timeouts.resend_secs,
         });
+        // The desk's own problems come first: they concern every slot.
+        alerts.splice(0..0, self.desk_policy_alerts());
+        alerts.truncate(ukey_protocol::inventory::MAX_ALERTS);
         DeskReport { slots, alerts }
     }
 

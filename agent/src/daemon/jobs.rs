@@ -275,6 +275,7 @@ impl Daemon {
             entry.records += records.len();
         }
         self.perform_reports(job_id, &actions).await?;
+        let failure = super::receipts::failure_of(&actions);
         for action in actions {
             match action {
                 Action::Report(_) => {}
@@ -295,6 +296,7 @@ impl Daemon {
             };
             let token = entry.token.as_ref().map(tracing::field::display);
             tracing::info!(job = %job_id, token, state = %state, "job finished");
+            self.finish_receipt(job_id, state, failure).await?;
             // No record follows a finished job's last one until a compaction drops them all,
             // which makes the outbox durable first (`compact_if_due`).
             self.replayable.remove(job_id);

@@ -68,7 +68,9 @@ use ukey_protocol::codes::Code;
 use ukey_protocol::ids::{JobId, Nonce, StationId};
 use ukey_protocol::topic::Topics;
 
+use crate::audit::{AuditEvent, AuditWriter};
 use crate::config::Config;
+use crate::control;
 use crate::desk::{Observation, TokenKey};
 use crate::device::DeviceLibrary;
 use crate::journal::{Journal, StoreError};
@@ -87,6 +89,8 @@ mod compaction;
 mod inventory;
 mod job_data;
 mod jobs;
+mod operator;
+mod receipts;
 mod records;
 mod refusals;
 mod rejections;
@@ -200,6 +204,10 @@ struct Daemon {
     rejections: rejections::RejectionLimiter,
     /// Platform messages refused as unsigned or mis-signed (status, rate-limited warnings).
     refusals: refusals::Refusals,
+    /// The audit log's writer; it also knows who is signed in at the desk.
+    audit: AuditWriter,
+    /// The production receipts of running jobs, and the station key that signs them.
+    receipts: receipts::Receipts,
 }
 
 fn now_utc() -> OffsetDateTime {
@@ -211,7 +219,44 @@ const INVENTORY_EVERY: Duration = Duration::from_millis(100);
 
 /// Starts the daemon and runs it until `shutdown` is cancelled; then stops claiming, lets
 /// running steps finish (up to `timeouts.shutdown_grace_secs`), flushes and returns.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), DaemonError> {
+///
+/// `audit` is the station's audit log (opened by the caller, whose lock keeps a second agent
+/// off the state folder): the start and the stop are recorded in it, and everything the
+/// daemon does that someone may have to account for in between. The stop is the last entry:
+/// the log's writer ends with it.
+pub async fn run(
+    config: Config,
+    audit: AuditWriter,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
+    audit.record(AuditEvent::Started {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        station_id: config.station_id.clone(),
+    });
+    let result = serve(config, audit.clone(), shutdown).await;
+    let reason = match &result {
+        Ok(()) => "signal".to_owned(),
+        Err(e) => format!("error: {e}"),
+    };
+    // Joining the writer waits for its fsyncs: off the runtime's thread.
+    let health = tokio::task::spawn_blocking(move || audit.finish(AuditEvent::Stopped { reason }))
+        .await
+        .unwrap_or_default();
+    if health.lost > 0 {
+        tracing::error!(
+            lost = health.lost,
+            last_error = health.last_error.as_deref().unwrap_or("-"),
+            "audit log: entries were not written while the agent ran"
+        );
+    }
+    result
+}
+
+async fn serve(
+    config: Config,
+    audit: AuditWriter,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
     let trust = Arc::new(TrustMaterial::load(&config.trust)?);
     let station = StationId::new(config.station_id.clone())
         .map_err(|e| DaemonError::Config(format!("station_id: {e}")))?;
@@ -245,6 +290,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     let (panel, mut presses) = Panel::start(config.panel.as_ref(), panel_shutdown.clone())
         .map_err(|e| DaemonError::Config(format!("panel: {e}")))?;
     let config_wedged_call = config.timeouts.wedged_call();
+    let trust_for_receipts = Arc::clone(&trust);
+    let (control_tx, mut control_rx) = mpsc::channel::<control::Request>(16);
+    let control_shutdown = CancellationToken::new();
+    let _control =
+        control::listen(&state_dir, control_tx, control_shutdown.clone()).map_err(|source| {
+            DaemonError::StateDir {
+                path: control::socket_path(&state_dir),
+                source,
+            }
+        })?;
     let config_rejections_per_minute = config.trust.rejections_per_minute;
     let mut daemon = Daemon {
         config,
@@ -277,6 +332,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
         stuck_calls: StuckCalls::new(config_wedged_call),
         rejections: rejections::RejectionLimiter::new(config_rejections_per_minute),
         refusals: refusals::Refusals::default(),
+        receipts: receipts::Receipts::new(&trust_for_receipts.station_key),
+        audit,
     };
     daemon.replay().await?;
     crate::systemd::ready();
@@ -372,6 +429,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
                 crate::systemd::watchdog();
             }
             Some(press) = presses.recv() => daemon.on_press(press),
+            Some(request) = control_rx.recv() => daemon.on_control(request).await?,
             _ = status_tick.tick() => {
                 daemon.check_usb_arrivals();
                 daemon.write_status();
@@ -404,6 +462,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Daem
     }
     link_shutdown.cancel();
     panel_shutdown.cancel();
+    control_shutdown.cancel();
     daemon.link.stopped().await;
     daemon.panel.stopped().await;
     tracing::info!("agent stopped");

@@ -27,6 +27,9 @@ impl Daemon {
         let mut lit = BTreeSet::new();
         let view = self.desk_view();
         let rack = self.rack_view();
+        // A desk that requires an operator and has none: the blank tokens waiting for a job
+        // call for someone (`attention`) instead of sitting dark.
+        let unstaffed = !self.staffed();
         for (key, seat) in &self.seats {
             let Some(slot) = rack.panel(key, seat) else {
                 continue;
@@ -42,6 +45,8 @@ impl Daemon {
                 || (wrong_token(seat, &view).is_some() && !seat.acknowledged)
             {
                 // A stuck call needs the staff whatever was acknowledged: it is happening now.
+                Light::Attention
+            } else if unstaffed && seat.job.is_none() && seat.state == TokenState::Blank {
                 Light::Attention
             } else {
                 crate::desk::light(seat.state, seat.job.is_some(), outcome, seat.acknowledged)
@@ -196,6 +201,20 @@ impl Daemon {
             rejections_suppressed: self.rejections.suppressed(),
             refused_platform_messages: self.refusals.total(),
             running: true,
+            operator: self.audit.operator(),
+            claims_paused: self.claims_paused(),
+            audit: {
+                let health = self.audit.health();
+                match (health.lost, health.last_error) {
+                    (0, _) => format!("ok, {} entries written", health.written),
+                    (lost, error) => format!(
+                        "FAILED: {lost} entries not written (last error: {}), {} written",
+                        error.unwrap_or_default(),
+                        health.written
+                    ),
+                }
+            },
+            receipts_made: self.receipts.made(),
         }
     }
 

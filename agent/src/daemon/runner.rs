@@ -294,6 +294,7 @@ impl Daemon {
         entry.running = true;
         entry.step_started = Some((step, now_utc()));
         tracing::debug!(job = %job_id, step = %step, "step started");
+        let started_job = job_id.clone();
         tokio::spawn(async move {
             let done = match request {
                 Ok(request) => run_step(request, job_id, doc, trust, worker).await,
@@ -308,10 +309,12 @@ impl Daemon {
             };
             let _ = tx.send(Event::StepDone(Box::new(done))).await;
         });
+        self.receipt_step_started(&started_job, step);
     }
 
     pub(super) async fn on_step_done(&mut self, done: StepDone) -> Result<(), DaemonError> {
         let job_id = done.job_id.clone();
+        self.receipt_step_done(&done);
         let Some(entry) = self.jobs.get_mut(&job_id) else {
             return Ok(());
         };

@@ -14,6 +14,7 @@ use ukey_protocol::event::ExecutionState;
 use ukey_protocol::ids::{JobId, TokenSerial};
 use ukey_protocol::inventory::{CertificateExpiry, TokenDamage, TokenState};
 
+use crate::audit::{AuditEvent, PinKind};
 use crate::desk::{Observation, TokenKey, classify};
 use crate::job::{Input, JobState};
 use crate::token::{PresentToken, SlotSurvey, TokenError, UnreadableSlot};
@@ -70,6 +71,27 @@ impl Seat {
             reading: Reading::Good,
             found_at: tokio::time::Instant::now(),
         }
+    }
+}
+
+/// What the audit log keeps of a token seen in a new state: a foreign token, a locked PIN.
+fn observed_audit_event(state: TokenState, serial: &str, position: u32) -> Option<AuditEvent> {
+    let token = TokenSerial::new(serial.trim().to_owned()).ok();
+    match state {
+        TokenState::Foreign => Some(AuditEvent::ForeignToken {
+            token,
+            position: Some(position),
+        }),
+        TokenState::LockedUser | TokenState::LockedSo => Some(AuditEvent::PinLocked {
+            token: token?,
+            pin: if state == TokenState::LockedSo {
+                PinKind::So
+            } else {
+                PinKind::User
+            },
+            job: None,
+        }),
+        _ => None,
     }
 }
 
@@ -356,7 +378,20 @@ impl Daemon {
                     tracing::info!(token = %key, "token reads well again");
                 }
                 seat.reading = seat.reading.read_well();
+                let before = seat.state;
                 seat.state = classify(&obs, SystemTime::now(), warning);
+                if seat.state != before {
+                    let rack = super::inventory::RackView {
+                        config: &self.config.rack,
+                        ports: &self.ports,
+                    };
+                    let position = rack.slot(&key, seat);
+                    if let Some(event) =
+                        observed_audit_event(seat.state, &obs.present.serial, position)
+                    {
+                        self.audit.record(event);
+                    }
+                }
                 seat.present = obs.present.clone();
                 seat.certificates = obs
                     .certificates

@@ -172,7 +172,8 @@ fn state_files(station: &Station) -> Vec<(String, String)> {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 dirs.push(path);
-            } else {
+            } else if path.is_file() {
+                // Regular files only: the control socket has no content to read.
                 let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
                 out.push((path.display().to_string(), text));
             }

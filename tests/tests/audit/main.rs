@@ -3,3 +3,4 @@
 //! One module per group of tests; nextest runs each test in its own process.
 
 mod cli;
+mod receipts;

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod desk;
 pub mod device;
 pub mod job;
+pub mod job_keys;
 pub mod journal;
 pub mod link;
 pub mod logging;

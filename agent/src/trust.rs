@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 
 use crate::certs::{TrustAnchors, ValidityPolicy};
 use crate::config::TrustConfig;
+use crate::job_keys::{WRAPPED_LEN, WrappedKey};
 use crate::steps::Trust;
 
 /// A trust file that could not be used.
@@ -213,6 +214,11 @@ impl std::fmt::Debug for JournalKey {
     }
 }
 
+/// The associated data of a wrapped job key: never the same as a record's context.
+fn wrap_aad(context: &str) -> String {
+    format!("{context}/job-key")
+}
+
 /// Encrypted bytes as stored in the journal: a 12-byte nonce and the ciphertext with its tag.
 #[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Sealed {
@@ -237,6 +243,63 @@ impl JournalKey {
         // 32 bytes is far below HKDF-SHA256's output limit, so expand cannot fail.
         let _ = hk.expand(b"ukey-agent journal v2", key.as_mut());
         JournalKey(key)
+    }
+
+    /// A fresh random key: a job's own key (see [`crate::job_keys`]).
+    pub fn generate() -> Result<JournalKey, String> {
+        let mut key = Zeroizing::new([0u8; 32]);
+        getrandom::fill(key.as_mut()).map_err(|e| format!("no randomness for a job key: {e}"))?;
+        Ok(JournalKey(key))
+    }
+
+    /// Encrypts `key` with this one, bound to `context` (the job id), for the key file.
+    pub fn wrap(&self, context: &str, key: &JournalKey) -> Result<WrappedKey, String> {
+        let mut nonce = [0u8; 12];
+        getrandom::fill(&mut nonce).map_err(|e| e.to_string())?;
+        let ct = self
+            .cipher()
+            .encrypt(
+                (&nonce).into(),
+                Payload {
+                    msg: key.0.as_slice(),
+                    aad: wrap_aad(context).as_bytes(),
+                },
+            )
+            .map_err(|_| "job key encryption failed".to_owned())?;
+        let mut out = [0u8; WRAPPED_LEN];
+        if ct.len() != WRAPPED_LEN - nonce.len() {
+            return Err("job key encryption made an unexpected length".to_owned());
+        }
+        out[..12].copy_from_slice(&nonce);
+        out[12..].copy_from_slice(&ct);
+        Ok(out)
+    }
+
+    /// Decrypts a key [`JournalKey::wrap`] made under the same `context`.
+    pub fn unwrap_key(&self, context: &str, wrapped: &WrappedKey) -> Result<JournalKey, String> {
+        let (nonce, ct) = wrapped.split_at(12);
+        let nonce: [u8; 12] = nonce
+            .try_into()
+            .map_err(|_| format!("the key of job {context} is damaged"))?;
+        let plain = Zeroizing::new(
+            self.cipher()
+                .decrypt(
+                    (&nonce).into(),
+                    Payload {
+                        msg: ct,
+                        aad: wrap_aad(context).as_bytes(),
+                    },
+                )
+                .map_err(|_| {
+                    format!("the key of job {context} cannot be opened with this station key")
+                })?,
+        );
+        let mut key = Zeroizing::new([0u8; 32]);
+        if plain.len() != key.len() {
+            return Err(format!("the key of job {context} is damaged"));
+        }
+        key.copy_from_slice(&plain);
+        Ok(JournalKey(key))
     }
 
     fn cipher(&self) -> Aes256Gcm {
@@ -304,6 +367,24 @@ mod tests {
         let other = JournalKey::derive(&UnsealKey::from_pkcs8_pem(&p256_pem()).unwrap());
         assert!(other.open("job-1", &sealed).is_err());
         assert!(!format!("{sealed:?}").contains("personal"));
+    }
+
+    #[test]
+    fn job_keys_wrap_under_the_journal_key_bound_to_their_job() {
+        let journal = JournalKey::derive(&UnsealKey::from_pkcs8_pem(&p256_pem()).unwrap());
+        let job = JournalKey::generate().unwrap();
+        let sealed = job.seal("job-1/pins", b"123456").unwrap();
+        let wrapped = journal.wrap("job-1", &job).unwrap();
+        let unwrapped = journal.unwrap_key("job-1", &wrapped).unwrap();
+        assert_eq!(
+            &unwrapped.open("job-1/pins", &sealed).unwrap()[..],
+            b"123456"
+        );
+        assert!(journal.unwrap_key("job-2", &wrapped).is_err());
+        // The journal key itself does not open what the job's key sealed.
+        assert!(journal.open("job-1/pins", &sealed).is_err());
+        let other = JournalKey::derive(&UnsealKey::from_pkcs8_pem(&p256_pem()).unwrap());
+        assert!(other.unwrap_key("job-1", &wrapped).is_err());
     }
 
     #[test]

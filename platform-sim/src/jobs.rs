@@ -15,10 +15,10 @@ use rand::seq::IndexedRandom;
 use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 use ukey_protocol::{
-    CreditCode, DeliveryMethod, Enterprise, Handler, IdCardNumber, JobDocument, JobEnvelope, JobId,
-    JobKind, JobSigningKey, KeyAlgorithm, KeyLabel, KeySpec, Landline, LegalRepresentative, Mobile,
-    Nonce, SealRecipient, StationId, TokenSerial, V1, credit_code_with_check, id_card_with_check,
-    seal, sign_job,
+    CreditCode, DeliveryMethod, Enterprise, IdCardNumber, JobDocument, JobEnvelope, JobId, JobKind,
+    JobSigningKey, KeyAlgorithm, KeyLabel, KeySpec, Landline, LegalRepresentative, Mobile, Nonce,
+    SealRecipient, StationId, TokenSerial, V1, credit_code_with_check, id_card_with_check, seal,
+    sign_job,
 };
 
 use super::error::PlatformError;
@@ -127,9 +127,14 @@ pub struct Order {
     pub order_number: String,
     /// The administrative division the order belongs to.
     pub region: String,
-    /// The company.
+    /// The company, as the job names it (name and credit code: what its certificates say).
     pub enterprise: Enterprise,
-    /// Its legal representative (the `seal-legal` certificate's person).
+    /// The company's registered address (the platform's; never sent to a station).
+    pub address: String,
+    /// The company's landline (the platform's; never sent to a station).
+    pub landline: Landline,
+    /// Its legal representative (the `seal-legal` certificate's person; only the name is
+    /// sent to a station).
     pub legal_representative: Person,
     /// The person handling the order (经办人).
     pub handler: Person,
@@ -167,12 +172,9 @@ impl Order {
                 digits(6)
             ),
             region: division.to_owned(),
-            enterprise: Enterprise {
-                name,
-                credit_code,
-                address,
-                landline,
-            },
+            enterprise: Enterprise { name, credit_code },
+            address,
+            landline,
             legal_representative: Person::random(division)?,
             handler: Person::random(division)?,
         })
@@ -303,14 +305,6 @@ pub fn new_nonce() -> Result<Nonce, PlatformError> {
     Nonce::new(hex::encode(bytes)).map_err(|e| PlatformError::protocol("nonce", e))
 }
 
-fn person(p: &Person) -> Handler {
-    Handler {
-        name: p.name.clone(),
-        id_number: p.id_number.clone(),
-        mobile: p.mobile.clone(),
-    }
-}
-
 /// The job document of `draft`, issued `now`. `so_pin` is the token's SO PIN and the
 /// station's key to seal it to; it is required exactly when [`JobDraft::needs_so_pin`].
 pub fn build_job(
@@ -330,14 +324,11 @@ pub fn build_job(
         order_number: draft.order.order_number.clone(),
         region: draft.order.region.clone(),
         enterprise: draft.order.enterprise.clone(),
+        // What goes into the certificates, nothing more: the people's ID-card numbers and
+        // mobiles stay with the platform.
         legal_representative: LegalRepresentative {
             name: draft.order.legal_representative.name.clone(),
-            id_number: draft.order.legal_representative.id_number.clone(),
-            mobile: draft.order.legal_representative.mobile.clone(),
-            landline: None,
-            email: None,
         },
-        handler: person(&draft.order.handler),
         keys: KeyLabel::ALL
             .into_iter()
             .map(|label| KeySpec::new(label, draft.algorithm))

@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use crate::codec::{Message, V1, check_len, check_text, check_utc, rfc3339};
 use crate::error::{Problem, ProtocolError};
 use crate::event::Step;
-use crate::ident::{CreditCode, Email, IdCardNumber, Landline, Mobile};
+use crate::ident::CreditCode;
 use crate::ids::{JobId, Nonce, StationId, TokenSerial};
 use crate::keys::{KeyAlgorithm, KeyLabel, SignerId};
 use crate::seal::{SealContext, SealPurpose, SealedSecret};
@@ -107,45 +107,22 @@ pub enum DeliveryMethod {
     Courier,
 }
 
-/// The company the certificates are for.
+/// The company the certificates are for: what goes into them, nothing more (the platform
+/// keeps the order's address, phone numbers and people; the station never needs them).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Enterprise {
     /// Registered name (1-128 characters); goes into the certificate subjects.
     pub name: String,
-    /// Unified social credit code (GB 32100-2015).
+    /// Unified social credit code (GB 32100-2015); goes into the certificate subjects.
     pub credit_code: CreditCode,
-    /// Registered address (1-256 characters).
-    pub address: String,
-    /// Company landline.
-    pub landline: Landline,
 }
 
-/// The company's legal representative (法定代表人): the `seal-legal` certificate's person.
+/// The company's legal representative (法定代表人): the `seal-legal` certificate's person,
+/// by name only. No ID-card number, mobile or other contact reaches the station.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LegalRepresentative {
-    /// Name (1-64 characters).
+    /// Name (1-64 characters); the `seal-legal` certificate's common name.
     pub name: String,
-    /// ID-card number (GB 11643-1999). Never logged.
-    pub id_number: IdCardNumber,
-    /// Mainland mobile number. Never logged.
-    pub mobile: Mobile,
-    /// Optional landline.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub landline: Option<Landline>,
-    /// Optional e-mail address.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub email: Option<Email>,
-}
-
-/// The person who handles the order for the company (经办人).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Handler {
-    /// Name (1-64 characters).
-    pub name: String,
-    /// ID-card number (GB 11643-1999). Never logged.
-    pub id_number: IdCardNumber,
-    /// Mainland mobile number. Never logged.
-    pub mobile: Mobile,
 }
 
 /// The key pair a job asks for on one label.
@@ -197,8 +174,6 @@ pub struct JobDocument {
     pub enterprise: Enterprise,
     /// Its legal representative.
     pub legal_representative: LegalRepresentative,
-    /// The person handling the order.
-    pub handler: Handler,
     /// One key spec per label, each label exactly once. For jobs that keep the keys
     /// (`renew`, `change` without rekey, `unlock`) they describe the keys on the token.
     pub keys: Vec<KeySpec>,
@@ -233,8 +208,6 @@ pub struct JobDocument {
 const SHORT_TEXT: usize = 64;
 /// Longest company name.
 const NAME_TEXT: usize = 128;
-/// Longest address.
-const ADDRESS_TEXT: usize = 256;
 /// Longest certificate validity.
 pub const MAX_VALIDITY_DAYS: u32 = 3650;
 
@@ -359,24 +332,11 @@ impl Message for JobDocument {
         let e = &self.enterprise;
         check_text("enterprise.name", &e.name, NAME_TEXT)?;
         e.credit_code.check("enterprise.credit_code")?;
-        check_text("enterprise.address", &e.address, ADDRESS_TEXT)?;
-        e.landline.check("enterprise.landline")?;
-
-        let l = &self.legal_representative;
-        check_text("legal_representative.name", &l.name, SHORT_TEXT)?;
-        l.id_number.check("legal_representative.id_number")?;
-        l.mobile.check("legal_representative.mobile")?;
-        if let Some(landline) = &l.landline {
-            landline.check("legal_representative.landline")?;
-        }
-        if let Some(email) = &l.email {
-            email.check("legal_representative.email")?;
-        }
-
-        let h = &self.handler;
-        check_text("handler.name", &h.name, SHORT_TEXT)?;
-        h.id_number.check("handler.id_number")?;
-        h.mobile.check("handler.mobile")?;
+        check_text(
+            "legal_representative.name",
+            &self.legal_representative.name,
+            SHORT_TEXT,
+        )?;
 
         check_len("keys", &self.keys, KeyLabel::ALL.len())?;
         check_labels("keys", &self.keys, |k| k.label)?;

@@ -65,9 +65,7 @@ pub use ids::{ErrorCode, EventId, JobId, Nonce, StationId, TokenSerial};
 pub use inventory::{
     CertificateExpiry, DeskAlert, Inventory, SlotInfo, TokenDamage, TokenInfo, TokenState,
 };
-pub use job::{
-    DeliveryMethod, Enterprise, Handler, JobDocument, JobKind, KeySpec, LegalRepresentative,
-};
+pub use job::{DeliveryMethod, Enterprise, JobDocument, JobKind, KeySpec, LegalRepresentative};
 pub use jws::{Jws, JwsHeader};
 pub use keys::{KeyAlgorithm, KeyLabel, KeyUsage, SignerId};
 pub use presence::{Presence, PresenceStatus};

@@ -53,14 +53,6 @@ fn id_card() -> impl Strategy<Value = IdCardNumber> {
         })
 }
 
-fn mobile() -> impl Strategy<Value = Mobile> {
-    "1[3-9][0-9]{9}".prop_map(|m| Mobile::new(m).unwrap())
-}
-
-fn landline() -> impl Strategy<Value = Landline> {
-    "0[0-9]{2,3}-[0-9]{7,8}".prop_map(|l| Landline::new(l).unwrap())
-}
-
 fn alg() -> impl Strategy<Value = KeyAlgorithm> {
     prop_oneof![
         Just(KeyAlgorithm::P256),
@@ -84,16 +76,7 @@ prop_compose! {
         region in text(64),
         name in text(128),
         credit in credit_code(),
-        address in text(256),
-        landline in landline(),
         rep_name in text(64),
-        rep_id in id_card(),
-        rep_mobile in mobile(),
-        rep_landline in proptest::option::of(landline()),
-        rep_email in proptest::option::of("[a-z]{1,10}@[a-z]{1,10}\\.cn"),
-        handler_name in text(64),
-        handler_id in id_card(),
-        handler_mobile in mobile(),
         algs in [alg(), alg(), alg()],
         order_of_keys in Just(KeyLabel::ALL).prop_shuffle(),
         validity in 1u32..=3650,
@@ -121,15 +104,8 @@ prop_compose! {
             station_id: StationId::new(station).unwrap(),
             order_number: order,
             region,
-            enterprise: Enterprise { name, credit_code: credit, address, landline },
-            legal_representative: LegalRepresentative {
-                name: rep_name,
-                id_number: rep_id,
-                mobile: rep_mobile,
-                landline: rep_landline,
-                email: rep_email.map(|e| Email::new(e).unwrap()),
-            },
-            handler: Handler { name: handler_name, id_number: handler_id, mobile: handler_mobile },
+            enterprise: Enterprise { name, credit_code: credit },
+            legal_representative: LegalRepresentative { name: rep_name },
             keys: order_of_keys.iter().zip(algs).map(|(label, alg)| KeySpec::new(*label, alg)).collect(),
             validity_days: validity,
             target_token_serial: (!kind.takes_blank_token()).then_some(target),

@@ -300,7 +300,12 @@ fn forged_job_fails_signature_before_validation() {
     let key = random_es256();
     let ring = JobKeyring::single("k1", key.verifying_key());
     let bytes = envelope_bytes(&key, &sample_job(JobKind::New));
-    let text = tamper(&bytes, "payload", "13800138000", "12800138000");
+    let text = tamper(
+        &bytes,
+        "payload",
+        "91110108MA01ABCD1E",
+        "91110108MA01ABCD1F",
+    );
     assert!(matches!(
         verify(&text, &ring),
         Err(ProtocolError::BadSignature { .. })

@@ -5,10 +5,12 @@
 //! - [`SoftHsm`]: a fresh SoftHSM2 token folder and configuration per test.
 //! - [`hsm_sim_module`] and [`workspace_binary`]: the artefacts this workspace builds.
 //! - [`require_tool`]: outside checkers (openssl, pkcs11-tool).
+//! - [`leaks`]: finding a secret in bytes, in clear, hex or base64.
 //!
 //! A missing component is a failed test, never a skipped one: every helper here panics with
 //! a message that says what is missing and how to get it (`scripts/test` installs it all).
 
+pub mod leaks;
 pub mod mosquitto;
 pub mod softhsm;
 pub mod station;

@@ -99,20 +99,27 @@ impl Mosquitto {
     fn spawn(&mut self) -> Result<(), String> {
         let persist = self.dir.path().join("db");
         std::fs::create_dir_all(&persist).map_err(|e| e.to_string())?;
+        // Started as root, mosquitto drops to its own user before it reads its files and
+        // writes its log and database: let it read these throwaway test files, write its
+        // database and its log (without this, it only logs "Permission denied" — nowhere —
+        // and runs without persistence).
+        use std::os::unix::fs::PermissionsExt;
+        let open = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| format!("{}: {e}", path.display()))
+        };
+        open(self.dir.path(), 0o755)?;
+        open(&persist, 0o777)?;
+        let log = self.dir.path().join("mosquitto.log");
+        if !log.exists() {
+            std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        }
+        open(&log, 0o666)?;
         if let Some(template) = &self.config {
-            // Started as root, mosquitto drops to its own user before it reads its files:
-            // let it read these throwaway test files and write its database.
-            use std::os::unix::fs::PermissionsExt;
-            let open = |path: &Path, mode: u32| {
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-                    .map_err(|e| format!("{}: {e}", path.display()))
-            };
-            open(self.dir.path(), 0o755)?;
-            open(&persist, 0o777)?;
             for entry in std::fs::read_dir(self.dir.path()).map_err(|e| e.to_string())? {
                 let path = entry.map_err(|e| e.to_string())?.path();
                 if path.is_file() {
-                    open(&path, 0o644)?;
+                    open(&path, if path == log { 0o666 } else { 0o644 })?;
                 }
             }
             let text = template.replace("@PORT@", &self.port.to_string());

@@ -57,6 +57,8 @@ pub struct Station {
     pub timeouts: Timeouts,
     /// `[pkcs11] scan_interval_ms`: how often the agent scans the slots (50 ms by default).
     pub scan_interval_ms: u64,
+    /// The agent's `RUST_LOG` (`info` by default).
+    pub rust_log: String,
 }
 
 /// One change to the agent's configuration ([`Station::configure`]).
@@ -191,6 +193,7 @@ impl Station {
             usb_sim: false,
             timeouts: Timeouts::default(),
             scan_interval_ms: 50,
+            rust_log: "info".to_owned(),
         }
     }
 
@@ -283,6 +286,11 @@ impl Station {
         }
     }
 
+    /// The trust files the agent was configured with (after its first start).
+    pub fn trust(&self) -> Option<&StationTrust> {
+        self.trust.as_ref()
+    }
+
     /// The agent's state folder.
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
@@ -360,7 +368,7 @@ impl Station {
             .args(["run", "--config"])
             .arg(&config)
             .env(key, value)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", &self.rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

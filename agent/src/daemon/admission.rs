@@ -242,12 +242,9 @@ impl Daemon {
         let envelope_bytes = envelope
             .encode()
             .map_err(|e| DaemonError::Journal(e.to_string()))?;
-        let sealed = self
-            .trust
-            .journal_key
-            .seal(doc.job_id.as_str(), &envelope_bytes)
-            .map_err(DaemonError::Journal)?;
         let job_id = doc.job_id.clone();
+        self.new_job_key(&job_id)?;
+        let sealed = self.seal_envelope(&job_id, &envelope_bytes)?;
         let mut machine = JobMachine::new(job_id.clone(), doc.kind, doc.rekey);
         let first = machine.accepted();
         // Order: the job to the journal, its `queued` event to the outbox (re-made from the

@@ -297,8 +297,8 @@ impl Daemon {
             let token = entry.token.as_ref().map(tracing::field::display);
             tracing::info!(job = %job_id, token, state = %state, "job finished");
             self.finish_receipt(job_id, state, failure).await?;
-            // No record follows a finished job's last one until a compaction drops them all,
-            // which makes the outbox durable first (`compact_if_due`).
+            // Only its `Done` record follows a finished job's last one, once the outbox is
+            // durable (`erase_job_secrets`).
             self.replayable.remove(job_id);
             // One that ended while queued (expired, timed out waiting for its token).
             self.queue.retain(|w| w.job != *job_id);
@@ -315,8 +315,9 @@ impl Daemon {
                     seat.job = None;
                 }
             }
-            self.finished
-                .insert(job_id.clone(), self.finished_job(&entry));
+            let finished = self.finished_job(&entry);
+            self.dead_records += self.erase_job_secrets(job_id, &finished)?;
+            self.finished.insert(job_id.clone(), finished);
             self.compact_if_due()?;
         }
         self.try_claim_all().await

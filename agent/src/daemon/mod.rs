@@ -30,7 +30,9 @@
 //! the rewrite, since the dropped records are what would re-make their unsynced events.
 //!
 //! Every journal record that holds job content (the document, PINs, inputs, CSR bundles) is
-//! encrypted with the journal key, bound to its job and kind; ids, serials and times are not.
+//! encrypted with the job's own key, bound to its job and kind; ids, serials and times are
+//! not. A job's key is erased when the job ends, which makes its records unreadable at once
+//! (`records`).
 //!
 //! This module keeps [`run`] and the loop that dispatches; each of its rooms does one job:
 //!
@@ -73,6 +75,7 @@ use crate::config::Config;
 use crate::control;
 use crate::desk::{Observation, TokenKey};
 use crate::device::DeviceLibrary;
+use crate::job_keys::JobKeys;
 use crate::journal::{Journal, StoreError};
 use crate::link::{Link, LinkError, LinkHandle};
 use crate::outbox::Outbox;
@@ -159,6 +162,8 @@ struct Daemon {
     station: StationId,
     link: LinkHandle,
     journal: Journal<Record>,
+    /// The jobs' own keys, which encrypt their journal records (erased when a job ends).
+    job_keys: records::JobKeyStore,
     modules: Vec<Arc<dyn DeviceLibrary>>,
     jobs: BTreeMap<JobId, JobEntry>,
     /// Accepted jobs waiting for a token, oldest first.
@@ -275,6 +280,7 @@ async fn serve(
             source,
         })?;
     let journal: Journal<Record> = Journal::open(state_dir.join("journal.log"))?;
+    let job_keys = records::JobKeyStore::new(JobKeys::open(state_dir.join("journal.keys"))?);
     let outbox = Outbox::open(state_dir.join("outbox"))?;
 
     let (modules, module_problems) = startup::load_modules(&config).await?;
@@ -308,6 +314,7 @@ async fn serve(
         station,
         link,
         journal,
+        job_keys,
         modules,
         jobs: BTreeMap::new(),
         queue: VecDeque::new(),

@@ -2,7 +2,12 @@
 //! replay that rebuilds every job from them at start-up.
 //!
 //! Every record that holds job content (the document, PINs, inputs, CSR bundles) is encrypted
-//! with the journal key, bound to its job and kind; ids, serials and times are not.
+//! with its job's own key, bound to its job and kind; ids, serials and times are not. A job's
+//! key is random, made when the job is accepted, kept in memory and, wrapped with the journal
+//! key, in the key file ([`crate::job_keys`]); when the job ends, a `Done` record is
+//! journaled and the key erased, so the job's PINs and personal data cannot be read from the
+//! journal from that moment on, though its records stay until the next compaction. (Jobs of
+//! journals written before job keys existed have none: their records use the journal key.)
 //!
 //! What this module does not do: write records (feeding a job does, see `jobs`), or decide
 //! what compaction keeps (`compaction`).
@@ -21,6 +26,7 @@ use ukey_protocol::signed::JobEnvelope;
 use crate::desk::TokenKey;
 use crate::job::Report;
 use crate::job::{Action, Input, JobMachine, JobState, Timer};
+use crate::job_keys::JobKeys;
 use crate::steps::Pins;
 use crate::trust::{JournalKey, Sealed};
 
@@ -30,7 +36,7 @@ use super::jobs::{JobEntry, Waiting, reports_of};
 use super::sink::step_event;
 use super::{Daemon, DaemonError, now_utc};
 
-/// One journal record. Job content is encrypted with the journal key (see the module docs).
+/// One journal record. Job content is encrypted with the job's key (see the module docs).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "record", rename_all = "snake_case")]
 pub(super) enum Record {
@@ -105,6 +111,36 @@ impl RecordKind {
     }
 }
 
+/// The keys that open the journal's records: the jobs' own keys (unwrapped from the key
+/// file), and the journal key for the jobs of older journals, which have none.
+pub(super) struct RecordKeys<'a> {
+    pub(super) journal: &'a JournalKey,
+    pub(super) jobs: &'a BTreeMap<JobId, JournalKey>,
+}
+
+impl RecordKeys<'_> {
+    fn of(&self, job_id: &JobId) -> &JournalKey {
+        self.jobs.get(job_id).unwrap_or(self.journal)
+    }
+}
+
+/// The jobs' own keys: the key file, and the keys of the jobs that have not finished,
+/// unwrapped.
+#[derive(Debug)]
+pub(super) struct JobKeyStore {
+    pub(super) file: JobKeys,
+    pub(super) open: BTreeMap<JobId, JournalKey>,
+}
+
+impl JobKeyStore {
+    pub(super) fn new(file: JobKeys) -> JobKeyStore {
+        JobKeyStore {
+            file,
+            open: BTreeMap::new(),
+        }
+    }
+}
+
 /// What the journal's records rebuild (see [`replayed`]).
 #[derive(Default)]
 pub(super) struct Replayed {
@@ -126,9 +162,43 @@ pub(super) struct Replayed {
 /// machine is fed its inputs again, which makes the same events (ids included) at the
 /// records' times. A record that cannot be opened stops the replay: the journal is not this
 /// station's, or it was tampered with.
+#[cfg(test)]
 pub(super) fn replayed(records: Vec<Record>, key: &JournalKey) -> Result<Replayed, DaemonError> {
+    replayed_with(
+        records,
+        &RecordKeys {
+            journal: key,
+            jobs: &BTreeMap::new(),
+        },
+    )
+}
+
+/// [`replayed`] with the jobs' own keys. A job whose key was erased (it has a `Done` record
+/// and no key) is only remembered as finished: its other records are skipped unread.
+pub(super) fn replayed_with(
+    records: Vec<Record>,
+    keys: &RecordKeys<'_>,
+) -> Result<Replayed, DaemonError> {
+    let erased: BTreeSet<JobId> = records
+        .iter()
+        .filter_map(|record| match record {
+            Record::Done { job_id, .. } if !keys.jobs.contains_key(job_id) => Some(job_id.clone()),
+            _ => None,
+        })
+        .collect();
     let mut r = Replayed::default();
     for record in records {
+        let job = match &record {
+            Record::Job { job_id, .. }
+            | Record::Pins { job_id, .. }
+            | Record::Input { job_id, .. }
+            | Record::Csr { job_id, .. } => Some(job_id),
+            Record::Done { .. } | Record::Revoked { .. } => None,
+        };
+        if job.is_some_and(|id| erased.contains(id)) {
+            continue;
+        }
+        let key = job.map(|id| keys.of(id)).unwrap_or(keys.journal);
         match record {
             Record::Job {
                 job_id,
@@ -313,6 +383,7 @@ impl Daemon {
     /// Rebuilds every job from the journal, then compacts it.
     pub(super) async fn replay(&mut self) -> Result<(), DaemonError> {
         let records = self.journal.replay()?;
+        self.unwrap_job_keys(&records)?;
         let Replayed {
             jobs,
             finished,
@@ -320,7 +391,13 @@ impl Daemon {
             revoked,
             accepted_order,
             last_events,
-        } = replayed(records, &self.trust.journal_key)?;
+        } = replayed_with(
+            records,
+            &RecordKeys {
+                journal: &self.trust.journal_key,
+                jobs: &self.job_keys.open,
+            },
+        )?;
         self.jobs = jobs;
         self.finished = finished;
         self.nonces = nonces;
@@ -361,6 +438,18 @@ impl Daemon {
         self.journal.rewrite(&keep)?;
         self.dead_records = 0;
         self.forget_expired(now);
+        // Keys of jobs that finished before a crash let their erasure happen, and keys
+        // stored for jobs whose first record never made it: nothing needs them.
+        self.job_keys
+            .open
+            .retain(|id, _| self.jobs.contains_key(id));
+        let erased = self.job_keys.file.erase_all_but(self.jobs.keys())?;
+        if erased > 0 {
+            tracing::info!(
+                count = erased,
+                "erased the keys of finished jobs left by a crash"
+            );
+        }
 
         // Resume what was waiting, oldest first.
         for id in accepted_order {
@@ -395,15 +484,103 @@ impl Daemon {
         Ok(())
     }
 
-    /// Encrypts a record's content with the journal key, bound to its job and kind.
+    /// Unwraps the key of every job `records` name that the key file holds one for. A key
+    /// that does not open means a key file of another station: the replay stops.
+    fn unwrap_job_keys(&mut self, records: &[Record]) -> Result<(), DaemonError> {
+        for record in records {
+            if let Record::Job { job_id, .. } = record
+                && let Some(wrapped) = self.job_keys.file.get(job_id)
+            {
+                let key = self
+                    .trust
+                    .journal_key
+                    .unwrap_key(job_id.as_str(), wrapped)
+                    .map_err(|e| {
+                        DaemonError::Journal(format!(
+                            "{}: {e}",
+                            self.job_keys.file.path().display()
+                        ))
+                    })?;
+                self.job_keys.open.insert(job_id.clone(), key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes a new job's key and stores it, wrapped, in the key file (fsync'd): before the
+    /// job's first record, which it encrypts.
+    pub(super) fn new_job_key(&mut self, job_id: &JobId) -> Result<(), DaemonError> {
+        let key = JournalKey::generate().map_err(DaemonError::Journal)?;
+        let wrapped = self
+            .trust
+            .journal_key
+            .wrap(job_id.as_str(), &key)
+            .map_err(DaemonError::Journal)?;
+        self.job_keys.file.put(job_id, &wrapped)?;
+        self.job_keys.open.insert(job_id.clone(), key);
+        Ok(())
+    }
+
+    /// Destroys a finished job's secrets in the journal: journals its `Done` record (what a
+    /// redelivery is recognised by, since its `Job` record can no longer be read), then
+    /// erases its key. Returns the number of records written.
+    ///
+    /// Order matters. The job's step events went to the outbox without an fsync, and its
+    /// last journal record is what re-makes them after a power loss; once the key is gone,
+    /// nothing can, so the outbox is made durable first. The `Done` record comes before the
+    /// erasure: a crash between the two leaves the key, and the next start erases it.
+    pub(super) fn erase_job_secrets(
+        &mut self,
+        job_id: &JobId,
+        finished: &FinishedJob,
+    ) -> Result<usize, DaemonError> {
+        if self.job_keys.file.get(job_id).is_none() {
+            // A job of an older journal, sealed with the journal key: compaction drops it.
+            self.job_keys.open.remove(job_id);
+            return Ok(0);
+        }
+        self.link.sync_outbox()?;
+        self.replayable.clear();
+        self.journal.append(&Record::Done {
+            job_id: job_id.clone(),
+            nonce: finished.nonce.clone(),
+            expires_at: finished.expires_at,
+            keep_until: (finished.keep_until != finished.expires_at).then_some(finished.keep_until),
+            issued_at: Some(finished.issued_at),
+        })?;
+        self.job_keys.file.erase(job_id)?;
+        self.job_keys.open.remove(job_id);
+        Ok(1)
+    }
+
+    /// The key a job's records are sealed with: its own, or the journal key for a job of an
+    /// older journal.
+    fn record_key(&self, job_id: &JobId) -> &JournalKey {
+        self.job_keys
+            .open
+            .get(job_id)
+            .unwrap_or(&self.trust.journal_key)
+    }
+
+    /// Encrypts a job's signed envelope for its `Job` record, with the job's key.
+    pub(super) fn seal_envelope(
+        &self,
+        job_id: &JobId,
+        envelope: &[u8],
+    ) -> Result<Sealed, DaemonError> {
+        self.record_key(job_id)
+            .seal(job_id.as_str(), envelope)
+            .map_err(DaemonError::Journal)
+    }
+
+    /// Encrypts a record's content with the job's key, bound to its job and kind.
     pub(super) fn seal_record(
         &self,
         job_id: &JobId,
         kind: RecordKind,
         plaintext: &[u8],
     ) -> Result<Sealed, DaemonError> {
-        self.trust
-            .journal_key
+        self.record_key(job_id)
             .seal(&kind.context(job_id), plaintext)
             .map_err(DaemonError::Journal)
     }

@@ -115,20 +115,9 @@ pub fn sample_job(kind: JobKind) -> JobDocument {
             name: "北京示例科技有限公司".to_owned(),
             credit_code: CreditCode::new(credit_code_with_check("91110108MA01ABCD1").unwrap())
                 .unwrap(),
-            address: "北京市海淀区中关村大街1号".to_owned(),
-            landline: Landline::new("010-62345678").unwrap(),
         },
         legal_representative: LegalRepresentative {
             name: "张三".to_owned(),
-            id_number: IdCardNumber::new(id_card_with_check("11010519800101123").unwrap()).unwrap(),
-            mobile: Mobile::new("13800138000").unwrap(),
-            landline: None,
-            email: Some(Email::new("zhangsan@example.com.cn").unwrap()),
-        },
-        handler: Handler {
-            name: "李四".to_owned(),
-            id_number: IdCardNumber::new(id_card_with_check("31010119900215456").unwrap()).unwrap(),
-            mobile: Mobile::new("13912345678").unwrap(),
         },
         keys: vec![
             KeySpec::new(KeyLabel::SealOfficial, KeyAlgorithm::P256),

@@ -162,6 +162,7 @@ async fn state_files_are_private_whatever_the_umask() {
     // The audit log (its start and stop entries) and its lock are the agent's alone too.
     for file in [
         "journal.log",
+        "journal.keys",
         "presence.seq",
         "status.json",
         "outbox.log",

@@ -57,15 +57,15 @@ fn journal_content(station: &Station) -> (Vec<serde_json::Value>, u64) {
     (records, pos as u64)
 }
 
-fn journal_records(station: &Station) -> Vec<serde_json::Value> {
+pub(crate) fn journal_records(station: &Station) -> Vec<serde_json::Value> {
     journal_content(station).0
 }
 
-fn kind(record: &serde_json::Value) -> &str {
+pub(crate) fn kind(record: &serde_json::Value) -> &str {
     record["record"].as_str().unwrap()
 }
 
-fn job_of(record: &serde_json::Value) -> &str {
+pub(crate) fn job_of(record: &serde_json::Value) -> &str {
     record["job_id"].as_str().unwrap_or("")
 }
 

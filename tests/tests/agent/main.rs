@@ -4,11 +4,13 @@
 //! One module per group of tests; nextest runs each test in its own process.
 
 mod admission;
+mod canary;
 mod damaged_token;
 mod desk_panel_and_models;
 mod faults;
 mod forged_messages;
 mod host_process;
+mod job_secrets;
 mod journal_compaction;
 mod lifecycle;
 mod production;

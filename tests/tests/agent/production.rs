@@ -184,7 +184,7 @@ fn state_files(station: &Station) -> Vec<(String, String)> {
 }
 
 /// Neither PIN is in the agent's log or state files; nor is the legal representative's
-/// name, ID-card number or mobile number, nor the company's name, in its state files.
+/// name, nor the company's name, in its state files.
 fn no_secrets_in(station: &Station, serial: &TokenSerial) {
     let log = station.agent_log();
     let files = state_files(station);
@@ -217,10 +217,9 @@ fn no_secrets_in(station: &Station, serial: &TokenSerial) {
         .and_then(|j| j.document().cloned())
         .expect("job document");
     let person = &doc.legal_representative;
+    // (ID-card numbers and mobiles never reach the station: the canary looks for them.)
     secrets.extend([
         ("the legal representative's name", person.name.clone()),
-        ("the ID-card number", person.id_number.as_str().to_owned()),
-        ("the mobile number", person.mobile.as_str().to_owned()),
         ("the company's name", doc.enterprise.name.clone()),
     ]);
     for (path, text) in &files {

@@ -54,8 +54,16 @@ async fn dispatched_jobs_verify_at_the_station_with_the_written_trust() {
             job.enterprise.name
         );
         assert_eq!(job.enterprise.credit_code.as_str().len(), 18);
-        let mobile = job.legal_representative.mobile.as_str().as_bytes();
-        assert!(mobile[0] == b'1' && (b'3'..=b'9').contains(&mobile[1]));
+        // The order's people stay with the platform: the job names the representative only.
+        assert_eq!(
+            job.legal_representative.name,
+            draft.order.legal_representative.name
+        );
+        let sent = platform.job_record(&job_id).unwrap().envelopes_sent()[0].clone();
+        let payload = String::from_utf8(sent.job_bytes().to_vec()).unwrap();
+        for absent in ["id_number", "mobile", "handler", "landline", "address"] {
+            assert!(!payload.contains(absent), "the job carries {absent}");
+        }
         assert!(job.issued_at <= OffsetDateTime::now_utc());
         assert!(job.expires_at > OffsetDateTime::now_utc() + time::Duration::minutes(50));
         let record = platform.job_record(&job_id).unwrap();

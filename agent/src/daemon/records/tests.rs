@@ -328,3 +328,61 @@ fn a_csr_bundle_before_any_claim_is_not_applicable_and_the_replay_goes_on() {
     assert_eq!(entry.data.phase(), Phase::Claimed);
     assert!(entry.data.csr().is_none());
 }
+
+#[test]
+fn a_job_whose_key_was_erased_is_only_remembered_as_finished() {
+    use std::collections::BTreeMap;
+
+    use super::{RecordKeys, replayed_with};
+
+    let journal = journal_key();
+    let a = job("new", "j-a");
+    let b = job("new", "j-b");
+    let (key_a, key_b) = (
+        JournalKey::generate().unwrap(),
+        JournalKey::generate().unwrap(),
+    );
+    let claimed = Input::Claimed {
+        serial: Some(TokenSerial::new("SERIAL-1").unwrap()),
+    };
+    let records = vec![
+        job_record(&key_a, &a),
+        pins_record(&key_a, &a.job_id, &a.job_id),
+        input_record(&key_a, &a.job_id, CLAIMED_AT, &claimed),
+        job_record(&key_b, &b),
+        pins_record(&key_b, &b.job_id, &b.job_id),
+        Record::Done {
+            job_id: a.job_id.clone(),
+            nonce: a.nonce.clone(),
+            expires_at: a.expires_at,
+            keep_until: None,
+            issued_at: Some(a.issued_at),
+        },
+    ];
+    // A finished and its key is gone; B runs and has its key.
+    let mut keys = BTreeMap::new();
+    keys.insert(b.job_id.clone(), key_b.clone());
+    let r = replayed_with(
+        records.clone(),
+        &RecordKeys {
+            journal: &journal,
+            jobs: &keys,
+        },
+    )
+    .unwrap();
+    assert!(!r.jobs.contains_key(&a.job_id));
+    assert!(r.finished.contains_key(&a.job_id));
+    assert!(r.nonces.contains(&a.nonce));
+    assert!(r.jobs[&b.job_id].data.pins().is_some());
+    // B without its key (a key file from elsewhere, or lost) does not open: the replay stops.
+    assert!(matches!(
+        replayed_with(
+            records,
+            &RecordKeys {
+                journal: &journal,
+                jobs: &BTreeMap::new(),
+            },
+        ),
+        Err(DaemonError::Journal(_))
+    ));
+}

@@ -52,7 +52,7 @@ impl Kem for RingDhP256 {
         encapped_key: &Self::EncappedKey,
     ) -> Result<SharedSecret<Self>, HpkeError> {
         let standard = Standard::decap(sk_recip, pk_sender_id, encapped_key)?;
-        Ok(SharedSecret(standard.0.clone()))
+        Ok(SharedSecret(standard.0))
     }
 
     fn encap_with_rng(

@@ -174,12 +174,19 @@ const DEFAULT_CONFIG: &str = "/etc/ukey-agent/agent.toml";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let done = match cli.command {
         Command::Run { config } => run(&config),
         Command::CheckConfig { config } => check_config(&config),
         Command::Status { config, json } => status(&config, json),
-        Command::Audit(command) => audit_cli::run(command),
-        Command::Operator(command) => operator(command),
+        Command::Audit(command) => return audit_cli::run(command),
+        Command::Operator(command) => return operator(command),
+    };
+    match done {
+        Ok(code) => code,
+        Err(failure) => {
+            eprint!("{}", failure.report());
+            ExitCode::from(failure.exit_status())
+        }
     }
 }
 
@@ -220,15 +227,59 @@ fn operator(command: OperatorCommand) -> ExitCode {
     }
 }
 
-fn status(path: &std::path::Path, json: bool) -> ExitCode {
-    use ukey_agent::status;
-    let config = match Config::load(path) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("ukey-agent: {e}");
-            return ExitCode::from(3);
+/// Why a command failed. Each message names what failed and where (the file, the folder, the
+/// part of the agent); [`Failure::exit_status`] is the status `--help` documents.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// The configuration file cannot be read, does not parse or is invalid: exit status 3.
+    #[error(transparent)]
+    Config(#[from] ukey_agent::config::ConfigError),
+    /// The async runtime could not start: exit status 1.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// The daemon could not start or stopped with an error: exit status 1.
+    #[error("the agent stopped: {0}")]
+    Daemon(#[from] ukey_agent::daemon::DaemonError),
+    /// The audit log cannot be opened (or another agent holds it): exit status 1.
+    #[error("cannot open the audit log: {0}")]
+    Audit(#[source] ukey_agent::audit::AuditError),
+    /// No readable status snapshot in the state folder: exit status 1 (not running).
+    #[error(transparent)]
+    Status(#[from] ukey_agent::status::StatusError),
+}
+
+impl Failure {
+    /// 3 for the configuration, 1 for everything else (2 is clap's, for the command line).
+    fn exit_status(&self) -> u8 {
+        match self {
+            Failure::Config(_) => 3,
+            Failure::Runtime(_) | Failure::Daemon(_) | Failure::Audit(_) | Failure::Status(_) => 1,
         }
-    };
+    }
+
+    /// What standard error shows: one line, or for an invalid configuration its file and then
+    /// one problem a line (each with its key).
+    fn report(&self) -> String {
+        match self {
+            Failure::Config(ukey_agent::config::ConfigError::Invalid { path, problems }) => {
+                let mut text = format!(
+                    "ukey-agent: {}: {} problem(s):\n",
+                    path.display(),
+                    problems.len()
+                );
+                for p in problems {
+                    text += &format!("  {p}\n");
+                }
+                text
+            }
+            other => format!("ukey-agent: {other}\n"),
+        }
+    }
+}
+
+fn status(path: &std::path::Path, json: bool) -> Result<ExitCode, Failure> {
+    use ukey_agent::status;
+    let config = Config::load(path)?;
     let warnings = config.warnings();
     match status::read(&config.state_dir) {
         Ok(snapshot) => {
@@ -256,29 +307,22 @@ fn status(path: &std::path::Path, json: bool) -> ExitCode {
                 }
             }
             if status::is_fresh(&snapshot, now) {
-                ExitCode::SUCCESS
+                Ok(ExitCode::SUCCESS)
             } else {
-                ExitCode::from(1)
+                Ok(ExitCode::from(1))
             }
         }
         Err(e) => {
-            eprintln!("ukey-agent: {e}");
             for warning in &warnings {
                 eprintln!("warning: {warning}");
             }
-            ExitCode::from(1)
+            Err(e.into())
         }
     }
 }
 
-fn run(path: &std::path::Path) -> ExitCode {
-    let config = match Config::load_checked(path) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("ukey-agent: {e}");
-            return ExitCode::from(3);
-        }
-    };
+fn run(path: &std::path::Path) -> Result<ExitCode, Failure> {
+    let config = Config::load_checked(path)?;
     let log = ukey_agent::logging::init(config.log_format, config.log_level.as_deref());
     let reloader = ukey_agent::reload::Reloader::new(path, &config, log);
     // Accepted but unsafe settings are said once, at start (and by `status` for as long as
@@ -298,7 +342,7 @@ fn run(path: &std::path::Path) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
-            return ExitCode::from(1);
+            return Err(Failure::Runtime(e));
         }
     };
     // The audit log is opened before anything runs: a desk that cannot keep it makes no
@@ -308,8 +352,7 @@ fn run(path: &std::path::Path) -> ExitCode {
         Ok(audit) => audit,
         Err(e) => {
             tracing::error!(error = %e, "cannot open the audit log; not starting");
-            eprintln!("ukey-agent: cannot open the audit log: {e}");
-            return ExitCode::from(1);
+            return Err(Failure::Audit(e));
         }
     };
     let reload_audit = audit.clone();
@@ -333,11 +376,10 @@ fn run(path: &std::path::Path) -> ExitCode {
         ukey_agent::daemon::run(config, audit, shutdown).await
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {
             tracing::error!(error = %e, "agent stopped with an error");
-            eprintln!("ukey-agent: {e}");
-            ExitCode::from(1)
+            Err(e.into())
         }
     }
 }
@@ -406,37 +448,90 @@ async fn wait_for_signal() {
     }
 }
 
-fn check_config(path: &std::path::Path) -> ExitCode {
-    match Config::load_checked(path) {
-        Ok(config) => {
-            let brokers = config
-                .broker
-                .addresses()
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ");
-            println!(
-                "{}: valid (station {}, broker {brokers}, {} model(s))",
-                path.display(),
-                config.station_id,
-                config.models.len()
-            );
-            for warning in config.warnings() {
-                println!("warning: {warning}");
-            }
-            ExitCode::SUCCESS
-        }
-        Err(ukey_agent::config::ConfigError::Invalid { path, problems }) => {
-            eprintln!("{}: {} problem(s):", path.display(), problems.len());
-            for p in problems {
-                eprintln!("  {p}");
-            }
-            ExitCode::from(3)
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::from(3)
-        }
+fn check_config(path: &std::path::Path) -> Result<ExitCode, Failure> {
+    let config = Config::load_checked(path)?;
+    let brokers = config
+        .broker
+        .addresses()
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!(
+        "{}: valid (station {}, broker {brokers}, {} model(s))",
+        path.display(),
+        config.station_id,
+        config.models.len()
+    );
+    for warning in config.warnings() {
+        println!("warning: {warning}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use ukey_agent::config::{ConfigError, ConfigProblem};
+
+    fn invalid() -> Failure {
+        Failure::Config(ConfigError::Invalid {
+            path: PathBuf::from("/etc/ukey-agent/agent.toml"),
+            problems: vec![
+                ConfigProblem {
+                    key: "trust.ca_certs[0]".to_owned(),
+                    problem: "/etc/ukey/ca.pem: no such file".to_owned(),
+                },
+                ConfigProblem {
+                    key: "broker.port".to_owned(),
+                    problem: "0 is not a TCP port".to_owned(),
+                },
+            ],
+        })
+    }
+
+    #[test]
+    fn exit_statuses_say_what_failed() {
+        assert_eq!(invalid().exit_status(), 3);
+        let unreadable = Failure::Config(ConfigError::Read {
+            path: PathBuf::from("/nowhere/agent.toml"),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        });
+        assert_eq!(unreadable.exit_status(), 3);
+        let runtime = Failure::Runtime(std::io::Error::other("no threads"));
+        assert_eq!(runtime.exit_status(), 1);
+        let daemon = Failure::Daemon(ukey_agent::daemon::DaemonError::Journal(
+            "record 7: bad seal".to_owned(),
+        ));
+        assert_eq!(daemon.exit_status(), 1);
+    }
+
+    #[test]
+    fn reports_name_the_file_and_each_problem() {
+        assert_eq!(
+            invalid().report(),
+            "ukey-agent: /etc/ukey-agent/agent.toml: 2 problem(s):\n  \
+             trust.ca_certs[0]: /etc/ukey/ca.pem: no such file\n  \
+             broker.port: 0 is not a TCP port\n"
+        );
+        let unreadable = Failure::Config(ConfigError::Read {
+            path: PathBuf::from("/nowhere/agent.toml"),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        });
+        assert!(
+            unreadable
+                .report()
+                .starts_with("ukey-agent: cannot read /nowhere/agent.toml: "),
+            "{}",
+            unreadable.report()
+        );
+        let daemon = Failure::Daemon(ukey_agent::daemon::DaemonError::Journal(
+            "record 7: bad seal".to_owned(),
+        ));
+        assert_eq!(
+            daemon.report(),
+            "ukey-agent: the agent stopped: journal: record 7: bad seal\n"
+        );
     }
 }

@@ -16,6 +16,12 @@
 //! [`SealedSecret`] is the serde type; its `Debug` never prints content. Unsealing returns
 //! `Zeroizing` bytes and fails with one opaque error for wrong key, wrong context and
 //! tampering alike. Randomness comes from the operating system (`getrandom`).
+//!
+//! Sealing encapsulates with [`ring_kem`] (the same DHKEM on ring's faster P-256); opening
+//! uses the `hpke` crate's DHKEM. Both are the one KEM of RFC 9180, so either side can be
+//! any implementation of it.
+
+mod ring_kem;
 
 use std::fmt;
 
@@ -277,7 +283,7 @@ pub fn seal(
             };
             let rpk = <HpkeKem as hpke::Kem>::PublicKey::from_bytes(&rpk.to_sec1_bytes())
                 .map_err(failed)?;
-            let (enc, ct) = hpke::single_shot_seal::<HpkeAead, HpkeKdf, HpkeKem>(
+            let (enc, ct) = hpke::single_shot_seal::<HpkeAead, HpkeKdf, ring_kem::RingDhP256>(
                 &OpModeS::Base,
                 &rpk,
                 &info,

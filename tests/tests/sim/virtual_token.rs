@@ -1,10 +1,9 @@
 //! hsm-sim only: what SoftHSM2 cannot do — hot-plug, PIN lockout and its reset, removal in
 //! the middle of a slow operation, injected faults, full memory, latency, concurrency — and
 //! spec rules SoftHSM2 is lax about. The module is loaded in this process through cryptoki;
-//! the rack is driven through its Rust API.
+//! the rack is driven through its Rust API. Each test that loads the module runs in a child
+//! process of its own with the rack in its environment (`sim_common::SimRack::in_child`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-// Only to set the environment before the module loads (see sim_common::load_sim).
-#![allow(unsafe_code)]
 
 use crate::sim_common;
 
@@ -40,7 +39,9 @@ fn data_object(label: &str, size: usize) -> Vec<Attribute> {
 
 #[test]
 fn hot_plug_changes_slot_list_and_wakes_waiters() {
-    let sim = SimRack::new(3);
+    let Some(sim) = SimRack::in_child(3) else {
+        return;
+    };
     let p = sim.load();
     assert_eq!(p.get_all_slots().unwrap().len(), 3);
     assert!(p.get_slots_with_token().unwrap().is_empty());
@@ -90,7 +91,9 @@ fn hot_plug_changes_slot_list_and_wakes_waiters() {
 
 #[test]
 fn removal_kills_sessions_and_reinsertion_keeps_data() {
-    let sim = SimRack::new(2);
+    let Some(sim) = SimRack::in_child(2) else {
+        return;
+    };
     let serial = sim.insert(0);
     let p = sim.load();
     init_token(&p, slot(0), "removable");
@@ -120,7 +123,9 @@ fn removal_kills_sessions_and_reinsertion_keeps_data() {
 
 #[test]
 fn removal_during_slow_keygen_commits_nothing() {
-    let sim = SimRack::new(1);
+    let Some(sim) = SimRack::in_child(1) else {
+        return;
+    };
     let serial = sim.insert(0);
     let p = sim.load();
     init_token(&p, slot(0), "slow");
@@ -167,7 +172,9 @@ fn removal_during_slow_keygen_commits_nothing() {
 
 #[test]
 fn user_pin_locks_and_so_resets_it() {
-    let sim = SimRack::new(1);
+    let Some(sim) = SimRack::in_child(1) else {
+        return;
+    };
     sim.insert(0);
     let p = sim.load();
     init_token(&p, slot(0), "lockout");
@@ -202,7 +209,9 @@ fn user_pin_locks_and_so_resets_it() {
 
 #[test]
 fn so_pin_locks_and_only_a_wipe_helps() {
-    let sim = SimRack::new(1);
+    let Some(sim) = SimRack::in_child(1) else {
+        return;
+    };
     let settings = TokenSettings {
         so_retries: 3,
         ..TokenSettings::default()
@@ -240,7 +249,9 @@ fn so_pin_locks_and_only_a_wipe_helps() {
 
 #[test]
 fn full_memory_is_device_memory() {
-    let sim = SimRack::new(1);
+    let Some(sim) = SimRack::in_child(1) else {
+        return;
+    };
     let settings = TokenSettings {
         max_objects: 3,
         max_bytes: 3000,
@@ -285,7 +296,9 @@ fn full_memory_is_device_memory() {
 
 #[test]
 fn faults_fail_pull_and_delay_on_the_nth_call() {
-    let sim = SimRack::new(1);
+    let Some(sim) = SimRack::in_child(1) else {
+        return;
+    };
     let serial = sim.insert(0);
     let p = sim.load();
     init_token(&p, slot(0), "faulty");
@@ -332,9 +345,9 @@ fn faults_fail_pull_and_delay_on_the_nth_call() {
 
 #[test]
 fn latency_profile_from_environment() {
-    // SAFETY: set before the module is loaded and before any thread starts.
-    unsafe { std::env::set_var("HSM_SIM_LATENCY", "realistic") };
-    let sim = SimRack::new(1);
+    let Some(sim) = SimRack::in_child_with(1, &[("HSM_SIM_LATENCY", "realistic")]) else {
+        return;
+    };
     sim.insert(0);
     let p = sim.load();
     init_token(&p, slot(0), "slow");
@@ -367,7 +380,9 @@ fn latency_profile_from_environment() {
 
 #[test]
 fn spec_rules_softhsm_is_lax_about() {
-    let sim = SimRack::new(1);
+    let Some(sim) = SimRack::in_child(1) else {
+        return;
+    };
     sim.insert(0);
     let p = sim.load();
     init_token(&p, slot(0), "strict");
@@ -432,7 +447,9 @@ fn spec_rules_softhsm_is_lax_about() {
 
 #[test]
 fn oaep_sha256_and_ecdsa_sha256() {
-    let sim = SimRack::new(1);
+    let Some(sim) = SimRack::in_child(1) else {
+        return;
+    };
     sim.insert(0);
     let p = sim.load();
     init_token(&p, slot(0), "mechs");
@@ -486,7 +503,9 @@ fn oaep_sha256_and_ecdsa_sha256() {
 #[test]
 fn threads_on_several_tokens_do_not_cross_talk() {
     const TOKENS: u64 = 4;
-    let sim = SimRack::new(TOKENS as usize + 1);
+    let Some(sim) = SimRack::in_child(TOKENS as usize + 1) else {
+        return;
+    };
     for i in 0..TOKENS {
         sim.insert(i as usize);
     }

@@ -1,8 +1,11 @@
 //! Helpers shared by the hsm-sim tests: a rack in a temporary directory, the module loaded
-//! through cryptoki, and the usual templates.
-#![allow(dead_code, unsafe_code, clippy::unwrap_used, clippy::expect_used)]
+//! through cryptoki (in a child process of the test binary that has the rack in its
+//! environment, see [`SimRack::in_child`]), and the usual templates.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
@@ -11,8 +14,12 @@ use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
-use hsm_sim::rack::{InsertOptions, Rack, RackConfig};
+use hsm_sim::rack::{DIR_ENV, InsertOptions, Rack, RackConfig};
 use tempfile::TempDir;
+
+/// Marks a child process started by [`SimRack::in_child`]: the rack folder its parent made
+/// (and `HSM_SIM_DIR` names).
+const CHILD_RACK_ENV: &str = "UKEY_TEST_CHILD_RACK";
 
 /// DER OID of prime256v1.
 pub const P256: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
@@ -21,25 +28,82 @@ pub const USER_PIN: &str = "123456";
 
 /// A rack of `slots` slots in a fresh temporary directory.
 pub struct SimRack {
-    pub dir: TempDir,
+    pub dir: RackDir,
     pub rack: Rack,
 }
 
+/// The rack's folder: a temporary folder of this process, or (in a child started by
+/// [`SimRack::in_child`]) the parent's, which the parent removes.
+pub enum RackDir {
+    /// Made by this process, removed when dropped.
+    Own(TempDir),
+    /// Made by the parent process.
+    Parent(PathBuf),
+}
+
+impl RackDir {
+    pub fn path(&self) -> &Path {
+        match self {
+            RackDir::Own(t) => t.path(),
+            RackDir::Parent(p) => p,
+        }
+    }
+}
+
+fn rack_config(slots: usize) -> RackConfig {
+    RackConfig {
+        slots,
+        ..Default::default()
+    }
+}
+
 impl SimRack {
+    /// A rack in a temporary folder of this process, for tests that drive it without loading
+    /// the module here (the CLI, child processes with `HSM_SIM_DIR` set).
     pub fn new(slots: usize) -> SimRack {
         let dir = tempfile::tempdir().unwrap();
-        let rack = Rack::init(
-            dir.path(),
-            RackConfig {
-                slots,
-                ..Default::default()
-            },
-            false,
-        )
-        .unwrap();
-        SimRack { dir, rack }
+        let rack = Rack::init(dir.path(), rack_config(slots), false).unwrap();
+        SimRack {
+            dir: RackDir::Own(dir),
+            rack,
+        }
     }
 
+    /// A rack for a test that loads hsm-sim's module in its own process ([`SimRack::load`]).
+    ///
+    /// The module finds its rack through `HSM_SIM_DIR`, read at `C_Initialize`, and a test
+    /// cannot set its own environment safely (`set_var` races with any thread that reads it).
+    /// So the test runs twice: this process makes a temporary folder and runs the same test
+    /// again in a child process of the test binary with `HSM_SIM_DIR` naming the folder (and
+    /// `env` added), then returns `None` once the child passed — the test is done — and fails
+    /// with the child's output if it did not. In the child it returns the rack, made in that
+    /// folder. Use it as `let Some(sim) = SimRack::in_child(1) else { return };`.
+    pub fn in_child(slots: usize) -> Option<SimRack> {
+        SimRack::in_child_with(slots, &[])
+    }
+
+    /// [`SimRack::in_child`] with more variables in the child's environment.
+    pub fn in_child_with(slots: usize, env: &[(&str, &str)]) -> Option<SimRack> {
+        let marked = std::env::var_os(CHILD_RACK_ENV);
+        if let Some(dir) = marked.filter(|d| std::env::var_os(DIR_ENV).as_ref() == Some(d)) {
+            let dir = PathBuf::from(dir);
+            for (key, value) in env {
+                assert_eq!(
+                    std::env::var_os(key).as_deref(),
+                    Some(OsStr::new(value)),
+                    "the child's {key}"
+                );
+            }
+            let rack = Rack::init(&dir, rack_config(slots), false).unwrap();
+            return Some(SimRack {
+                dir: RackDir::Parent(dir),
+                rack,
+            });
+        }
+        let dir = tempfile::tempdir().unwrap();
+        run_again_in_child(dir.path(), env);
+        None
+    }
     /// Plugs a blank token into `slot`; returns its serial.
     pub fn insert(&self, slot: usize) -> String {
         self.rack.insert(slot, InsertOptions::default()).unwrap()
@@ -64,16 +128,46 @@ impl SimRack {
     }
 }
 
-/// Loads the module with `HSM_SIM_DIR` = `dir`. Call before starting threads (nextest runs
-/// each test in its own process).
+/// Loads the module, which opens the rack in `dir`: `HSM_SIM_DIR` must name it already (the
+/// test runs in a child made by [`SimRack::in_child`]).
 pub fn load_sim(dir: &Path) -> Pkcs11 {
-    // SAFETY: tests call this first, before they start threads; nextest runs one test per
-    // process, so no other thread reads the environment meanwhile.
-    unsafe { std::env::set_var("HSM_SIM_DIR", dir) };
+    assert_eq!(
+        std::env::var_os(DIR_ENV).as_deref(),
+        Some(dir.as_os_str()),
+        "{DIR_ENV} does not name the rack: make it with SimRack::in_child"
+    );
     let p = Pkcs11::new(ukey_tests::hsm_sim_module()).unwrap();
     p.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .unwrap();
     p
+}
+
+/// Runs the running test again, alone, in a child process of this test binary with
+/// `HSM_SIM_DIR` = `dir` and `env`; fails with the child's output unless it ran that one test
+/// and it passed.
+fn run_again_in_child(dir: &Path, env: &[(&str, &str)]) {
+    // libtest runs each test on a thread named after the test's path.
+    let test = std::thread::current()
+        .name()
+        .filter(|n| *n != "main")
+        .expect("the test's thread is named after the test")
+        .to_owned();
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(&exe)
+        .args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+        .env(DIR_ENV, dir)
+        .env(CHILD_RACK_ENV, dir)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{test} in a child process with {DIR_ENV}={}: {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        dir.display(),
+        out.status
+    );
 }
 
 /// The return code inside a cryptoki error (panics on other errors).

@@ -82,6 +82,17 @@ impl SimRack {
         SimRack::in_child_with(slots, &[])
     }
 
+    /// For a test that cannot hand a rack through its own code (a shared setup function):
+    /// in the test's first process, runs the test again in a child as [`SimRack::in_child`]
+    /// does and returns `true` (the test is done); in the child returns `false`, and the
+    /// setup then takes its rack with `SimRack::in_child(slots)`.
+    pub fn ran_in_child(slots: usize) -> bool {
+        if std::env::var_os(CHILD_RACK_ENV).is_some() {
+            return false;
+        }
+        SimRack::in_child(slots).is_none()
+    }
+
     /// [`SimRack::in_child`] with more variables in the child's environment.
     pub fn in_child_with(slots: usize, env: &[(&str, &str)]) -> Option<SimRack> {
         let marked = std::env::var_os(CHILD_RACK_ENV);

@@ -37,7 +37,7 @@ enum Kind {
 fn setup(kind: Kind) -> (Target, Pkcs11, Slot) {
     match kind {
         Kind::Sim => {
-            let sim = SimRack::new(2);
+            let sim = SimRack::in_child(2).expect("run through SimRack::ran_in_child");
             sim.insert(1);
             let p = sim.load();
             let slot = p.get_slots_with_token().unwrap()[0];
@@ -66,7 +66,13 @@ fn ready(kind: Kind) -> (Target, Pkcs11, Slot) {
 macro_rules! both {
     ($($name:ident),* $(,)?) => {
         mod sim {
-            $( #[test] fn $name() { super::$name(super::Kind::Sim) } )*
+            // The module finds its rack through `HSM_SIM_DIR`: each test runs in a child
+            // process that has it (`SimRack::ran_in_child`).
+            $( #[test] fn $name() {
+                if !super::SimRack::ran_in_child(2) {
+                    super::$name(super::Kind::Sim)
+                }
+            } )*
         }
         mod softhsm {
             $( #[test] fn $name() { super::$name(super::Kind::SoftHsm) } )*

@@ -9,3 +9,4 @@ mod sim_common;
 mod agent_token_layer;
 mod device_seam;
 mod module_parity;
+mod skf_library;

@@ -692,6 +692,66 @@ impl<R: Serialize + DeserializeOwned> Journal<R> {
     }
 }
 
+/// What [`accept_loss`] did to a damaged file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedLoss {
+    /// Records kept (those before the first bad one).
+    pub kept_records: usize,
+    /// Bytes cut off from the first bad record on (0: the file had no damage).
+    pub dropped_bytes: u64,
+    /// The untouched copy of the file, kept for inspection (`None` when nothing was cut).
+    pub copy: Option<PathBuf>,
+}
+
+/// Accepts the loss of a damaged journal's (or outbox log's) records from the first bad one
+/// on, on the operator's explicit request (`ukey-agent journal accept-loss`): keeps an exact
+/// copy of the file next to it (`<file>.damaged-<unix seconds>`), then cuts the file at the
+/// first bad record. Refused with [`StoreError::Locked`] while an agent has the file open.
+pub fn accept_loss(path: &Path) -> Result<AcceptedLoss, StoreError> {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io_err("open", path))?;
+    lock(&file, path)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(io_err("read", path))?;
+    let cut = match scan(&bytes) {
+        Ok(scan) if scan.clean => {
+            return Ok(AcceptedLoss {
+                kept_records: scan.records.len(),
+                dropped_bytes: 0,
+                copy: None,
+            });
+        }
+        Ok(scan) => scan.valid_len,
+        Err(e) => e.offset,
+    };
+    let kept_records = scan(&bytes[..cut]).map_or(0, |s| s.records.len());
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut copy_name = path.file_name().unwrap_or_default().to_os_string();
+    copy_name.push(format!(".damaged-{stamp}"));
+    let copy = path.with_file_name(copy_name);
+    let mut out = crate::private_files::options()
+        .write(true)
+        .create_new(true)
+        .open(&copy)
+        .map_err(io_err("create", &copy))?;
+    crate::private_files::fix_created(&out).map_err(io_err("chmod 600", &copy))?;
+    out.write_all(&bytes).map_err(io_err("write", &copy))?;
+    out.sync_all().map_err(io_err("fsync", &copy))?;
+    sync_dir(parent_of(path))?;
+    file.set_len(cut as u64).map_err(io_err("truncate", path))?;
+    file.sync_all().map_err(io_err("fsync", path))?;
+    Ok(AcceptedLoss {
+        kept_records,
+        dropped_bytes: (bytes.len() - cut) as u64,
+        copy: Some(copy),
+    })
+}
+
 /// A log file's records without the commit marker and zeros that follow them, for
 /// tests that tear or damage files.
 #[cfg(test)]

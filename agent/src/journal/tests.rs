@@ -272,6 +272,32 @@ fn a_flipped_bit_in_the_last_synced_record_refuses_to_open_and_says_what_to_do()
     }
     let j = Journal::<Rec>::open(&path).unwrap();
     assert_eq!(j.replay().unwrap(), vec![rec(0), rec(1), rec(2)]);
+
+    // The documented way out: refused while the journal is open, then a copy and a cut.
+    assert!(matches!(accept_loss(&path), Err(StoreError::Locked { .. })));
+    drop(j);
+    assert_eq!(
+        accept_loss(&path).unwrap(),
+        AcceptedLoss {
+            kept_records: 3,
+            dropped_bytes: 0,
+            copy: None
+        },
+        "an undamaged file is left alone"
+    );
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[last + 7] ^= 0x80;
+    std::fs::write(&path, &bytes).unwrap();
+    let accepted = accept_loss(&path).unwrap();
+    assert_eq!(accepted.kept_records, 2);
+    assert_eq!(accepted.dropped_bytes, (bytes.len() - last) as u64);
+    assert_eq!(std::fs::read(accepted.copy.unwrap()).unwrap(), bytes);
+    let mut j = Journal::<Rec>::open(&path).unwrap();
+    assert_eq!(j.replay().unwrap(), vec![rec(0), rec(1)]);
+    j.append(&rec(5)).unwrap();
+    drop(j);
+    let j = Journal::<Rec>::open(&path).unwrap();
+    assert_eq!(j.replay().unwrap(), vec![rec(0), rec(1), rec(5)]);
 }
 
 #[test]

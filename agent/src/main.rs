@@ -93,7 +93,7 @@ enum Command {
     /// folder; refused when no agent runs).
     #[command(subcommand)]
     Operator(OperatorCommand),
-    /// Repairs the job journal or the outbox log (`jobs.journal`, `outbox/outbox.log` in the
+    /// Repairs the job journal or the outbox log (`journal.log`, `outbox/outbox.log` in the
     /// state folder) after the agent refused to start on damage.
     #[command(subcommand)]
     Journal(JournalCommand),

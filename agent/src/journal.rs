@@ -8,11 +8,27 @@
 //! On disk every record is framed as
 //!
 //! ```text
-//! magic "UKR1" (4 bytes) | payload length (u32 LE) | SHA-256(length ‖ payload)[..8] | payload
+//! magic "UKR2" (4 bytes) | payload length (u32 LE) | SHA-256(offset ‖ length ‖ payload)[..8] | payload
 //! ```
 //!
-//! with the payload being the record as JSON. A crash while appending leaves at most one torn
-//! record at the end of the file: [`Journal::open`] finds it, logs it and cuts it off. A bad
+//! with the payload being the record as JSON and `offset` (u64 LE) the record's byte offset in
+//! the file: a record copied to another place (a page written twice, a misdirected write)
+//! does not check there, so replay never yields a record twice. Files written before the
+//! offset was bound read as before (magic "UKR1", checksum over length ‖ payload) until the
+//! next rewrite; a "UKR1" record after a "UKR2" one is damage.
+//!
+//! After the records comes a *commit marker*, `"UKC1" | acknowledged length (u64 LE) |
+//! SHA-256("UKC1" ‖ its own offset ‖ acknowledged length)[..8]`: the length of the content
+//! that an fsync has made durable. It is written after each fsync (one small write into the
+//! page cache, not synced itself) and again, unchanged, behind every unsynced append; the next
+//! append overwrites it. It tells damage from a torn write: a crash while appending leaves at
+//! most one torn record at the end of the file, after the acknowledged length, and
+//! [`Journal::open`] logs it and cuts it off; a bad record *before* the acknowledged length
+//! was fsync'd and acted upon, so opening fails with [`StoreError::Damaged`]. A marker that
+//! did not reach the disk only makes the reader fall back to the older rule (a bad last
+//! record is a torn tail): it errs towards starting, never towards a false alarm.
+//!
+//! Without the marker's help, a bad
 //! record followed by good ones is not a torn write but damage, and opening fails with
 //! [`StoreError::Corrupt`] rather than silently dropping history — unless the bad bytes are a
 //! page that was never written back (zeros up to a page boundary): records appended without an
@@ -73,6 +89,25 @@ pub enum StoreError {
         /// What is wrong there.
         reason: String,
     },
+    /// A record that had been written and fsync'd — acknowledged, and acted upon — is damaged:
+    /// the disk or the file was damaged after the write, it was not torn by a crash.
+    #[error(
+        "{path} is damaged: record {record} at byte {offset} ({reason}) had been written and \
+         acknowledged (fsync'd), so this is damage to the disk or the file, not a write torn \
+         by a crash; refusing to start rather than silently drop acknowledged work. Keep a copy \
+         of the file, then restore the state folder from a backup, or accept the loss of \
+         record {record} and everything after it with `ukey-agent journal accept-loss {path}`"
+    )]
+    Damaged {
+        /// The damaged file.
+        path: PathBuf,
+        /// Byte offset of the damaged record.
+        offset: u64,
+        /// Its number in the file, counting from 1.
+        record: usize,
+        /// What is wrong there.
+        reason: String,
+    },
     /// A record could not be turned into bytes.
     #[error("cannot encode a record for {path}: {source}")]
     Encode {
@@ -95,8 +130,13 @@ pub enum StoreError {
 /// Largest payload of one record (16 MiB). A length field above it is treated as damage.
 pub const MAX_RECORD_LEN: usize = 16 * 1024 * 1024;
 
-const MAGIC: [u8; 4] = *b"UKR1";
+const MAGIC: [u8; 4] = *b"UKR2";
+/// Records written before the checksum covered the record's offset.
+const MAGIC_V1: [u8; 4] = *b"UKR1";
 const HEADER_LEN: usize = 16;
+const MARKER_MAGIC: [u8; 4] = *b"UKC1";
+/// Length of a commit marker (see the module docs).
+const MARKER_LEN: usize = 20;
 
 /// The file grows by zero-filled chunks of this size (see the module docs).
 pub const GROWTH: u64 = 64 * 1024;
@@ -115,8 +155,11 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
     }
 }
 
-fn checksum(len: u32, payload: &[u8]) -> [u8; 8] {
+fn checksum(offset: Option<u64>, len: u32, payload: &[u8]) -> [u8; 8] {
     let mut hasher = Sha256::new();
+    if let Some(offset) = offset {
+        hasher.update(offset.to_le_bytes());
+    }
     hasher.update(len.to_le_bytes());
     hasher.update(payload);
     let digest = hasher.finalize();
@@ -125,8 +168,8 @@ fn checksum(len: u32, payload: &[u8]) -> [u8; 8] {
     out
 }
 
-/// Frames one payload as a record.
-fn frame(payload: &[u8]) -> Option<Vec<u8>> {
+/// Frames one payload as a record that starts at byte `offset` of the file.
+fn frame(payload: &[u8], offset: u64) -> Option<Vec<u8>> {
     if payload.len() > MAX_RECORD_LEN {
         return None;
     }
@@ -134,19 +177,61 @@ fn frame(payload: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&checksum(len, payload));
+    out.extend_from_slice(&checksum(Some(offset), len, payload));
     out.extend_from_slice(payload);
     Some(out)
 }
 
-/// Parses the record at the start of `bytes`: its payload range and total length.
-fn parse_at(bytes: &[u8]) -> Result<(std::ops::Range<usize>, usize), &'static str> {
+fn marker_checksum(offset: u64, acked: u64) -> [u8; 8] {
+    let mut hasher = Sha256::new();
+    hasher.update(MARKER_MAGIC);
+    hasher.update(offset.to_le_bytes());
+    hasher.update(acked.to_le_bytes());
+    let digest = hasher.finalize();
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&digest[..8]);
+    out
+}
+
+/// The commit marker written at byte `offset`, saying that `acked` bytes are durable.
+fn marker(offset: u64, acked: u64) -> [u8; MARKER_LEN] {
+    let mut out = [0u8; MARKER_LEN];
+    out[..4].copy_from_slice(&MARKER_MAGIC);
+    out[4..12].copy_from_slice(&acked.to_le_bytes());
+    out[12..].copy_from_slice(&marker_checksum(offset, acked));
+    out
+}
+
+/// The acknowledged length of a valid commit marker at byte `offset` of the file (`bytes`
+/// starts there). A marker never claims more than what precedes it.
+fn marker_at(bytes: &[u8], offset: usize) -> Option<usize> {
+    let bytes = bytes.get(..MARKER_LEN)?;
+    if bytes[..4] != MARKER_MAGIC {
+        return None;
+    }
+    let mut acked = [0u8; 8];
+    acked.copy_from_slice(&bytes[4..12]);
+    let acked = u64::from_le_bytes(acked);
+    (bytes[12..] == marker_checksum(offset as u64, acked) && acked <= offset as u64)
+        .then_some(acked as usize)
+}
+
+/// Parses the record at the start of `bytes`, which is byte `offset` of the file: its payload
+/// range, total length, and whether it is of the old format (see the module docs).
+fn parse_at(
+    bytes: &[u8],
+    offset: usize,
+    allow_v1: bool,
+) -> Result<(std::ops::Range<usize>, usize, bool), &'static str> {
     if bytes.len() < HEADER_LEN {
         return Err("incomplete record header");
     }
-    if bytes[..4] != MAGIC {
-        return Err("bad record magic");
-    }
+    let v1 = match &bytes[..4] {
+        m if m == MAGIC => false,
+        m if m == MAGIC_V1 && allow_v1 => true,
+        m if m == MAGIC_V1 => return Err("old-format record after a new-format one"),
+        _ => return Err("bad record magic"),
+    };
     let mut len_bytes = [0u8; 4];
     len_bytes.copy_from_slice(&bytes[4..8]);
     let len = u32::from_le_bytes(len_bytes);
@@ -158,49 +243,102 @@ fn parse_at(bytes: &[u8]) -> Result<(std::ops::Range<usize>, usize), &'static st
     if bytes.len() < end {
         return Err("incomplete record payload");
     }
-    if checksum(len, &bytes[HEADER_LEN..end]) != bytes[8..16] {
+    let bound = (!v1).then_some(offset as u64);
+    if checksum(bound, len, &bytes[HEADER_LEN..end]) != bytes[8..16] {
         return Err("checksum mismatch");
     }
-    Ok((HEADER_LEN..end, end))
+    Ok((HEADER_LEN..end, end, v1))
 }
 
 /// The result of scanning a log file.
 struct Scan {
     /// Payload ranges of the good records, in order.
     records: Vec<std::ops::Range<usize>>,
-    /// Length of the good prefix; anything after it is a torn tail.
+    /// Length of the good prefix; anything after it is a torn tail or free room.
     valid_len: usize,
+    /// The acknowledged length of the commit marker right after the records, if there is one.
+    acked: Option<usize>,
+    /// Whether only free room (and the marker) follows the records: no torn tail to cut.
+    clean: bool,
+}
+
+/// Why a scan refused a file.
+struct ScanError {
+    /// Byte offset of the first bad record.
+    offset: usize,
+    /// Its number, counting from 1.
+    record: usize,
+    /// What is wrong there.
+    reason: &'static str,
+    /// Whether a commit marker says the bad record had been fsync'd.
+    acknowledged: bool,
 }
 
 /// Scans a whole log: good records, then at most a torn tail. Damage followed by a good
-/// record is an error (`offset`, reason).
-fn scan(bytes: &[u8]) -> Result<Scan, (usize, &'static str)> {
+/// record, or damage to a record that a commit marker says was acknowledged, is an error.
+fn scan(bytes: &[u8]) -> Result<Scan, ScanError> {
     let mut records = Vec::new();
     let mut pos = 0;
+    let mut allow_v1 = true;
     while pos < bytes.len() {
-        match parse_at(&bytes[pos..]) {
-            Ok((range, total)) => {
+        match parse_at(&bytes[pos..], pos, allow_v1) {
+            Ok((range, total, v1)) => {
                 records.push(pos + range.start..pos + range.end);
+                allow_v1 = v1;
                 pos += total;
             }
             Err(reason) => {
+                let rest = &bytes[pos..];
+                if let Some(acked) = marker_at(rest, pos)
+                    && rest[MARKER_LEN..].iter().all(|b| *b == 0)
+                {
+                    return Ok(Scan {
+                        records,
+                        valid_len: pos,
+                        acked: Some(acked),
+                        clean: true,
+                    });
+                }
+                if rest.iter().all(|b| *b == 0) {
+                    return Ok(Scan {
+                        records,
+                        valid_len: pos,
+                        acked: None,
+                        clean: true,
+                    });
+                }
+                let error = |acknowledged| ScanError {
+                    offset: pos,
+                    record: records.len() + 1,
+                    reason,
+                    acknowledged,
+                };
+                // A marker past this point that says more was acknowledged than the good
+                // prefix holds: the bad bytes were fsync'd, so they are damage, not a tear.
+                let acked = (pos + 1..bytes.len())
+                    .filter(|i| bytes[*i..].starts_with(&MARKER_MAGIC))
+                    .filter_map(|i| marker_at(&bytes[i..], i))
+                    .max();
+                if acked.is_some_and(|acked| acked > pos) {
+                    return Err(error(true));
+                }
                 // A torn append only ever damages the last record. If any good record starts
                 // after this point, the file was damaged in the middle: refuse to guess.
-                let rest = &bytes[pos + 1..];
-                let later_good = rest
-                    .windows(MAGIC.len())
-                    .enumerate()
-                    .filter(|(_, w)| *w == MAGIC)
-                    .find(|(i, _)| parse_at(&rest[*i..]).is_ok())
-                    .map(|(i, _)| pos + 1 + i);
+                let later_good = (pos + 1..bytes.len())
+                    .filter(|i| {
+                        bytes[*i..].starts_with(&MAGIC) || bytes[*i..].starts_with(&MAGIC_V1)
+                    })
+                    .find(|i| parse_at(&bytes[*i..], *i, allow_v1).is_ok());
                 if let Some(next) = later_good
                     && !unsynced_hole(bytes, pos, next)
                 {
-                    return Err((pos, reason));
+                    return Err(error(false));
                 }
                 return Ok(Scan {
                     records,
                     valid_len: pos,
+                    acked: None,
+                    clean: false,
                 });
             }
         }
@@ -208,6 +346,8 @@ fn scan(bytes: &[u8]) -> Result<Scan, (usize, &'static str)> {
     Ok(Scan {
         records,
         valid_len: pos,
+        acked: None,
+        clean: true,
     })
 }
 
@@ -226,6 +366,24 @@ fn unsynced_hole(bytes: &[u8], pos: usize, next: usize) -> bool {
     (first_boundary..=next)
         .step_by(PAGE)
         .any(|end| bytes[pos.max(end - PAGE)..end].iter().all(|b| *b == 0))
+}
+
+/// The error for a file that `scan` refused.
+fn scan_error(path: &Path, e: ScanError) -> StoreError {
+    if e.acknowledged {
+        StoreError::Damaged {
+            path: path.to_path_buf(),
+            offset: e.offset as u64,
+            record: e.record,
+            reason: e.reason.to_string(),
+        }
+    } else {
+        StoreError::Corrupt {
+            path: path.to_path_buf(),
+            offset: e.offset as u64,
+            reason: format!("record {}: {}", e.record, e.reason),
+        }
+    }
 }
 
 /// Lower-case hex of `bytes`, for the stores' JSON records (ciphertexts, event payloads).
@@ -272,6 +430,8 @@ pub struct Journal<R> {
     file: File,
     /// Length of the file's good content; a failed append is cut back to it.
     len: u64,
+    /// Length of the content an fsync has made durable (what the commit marker says).
+    acked: u64,
     /// Length of the file: the content, then zeros up to here.
     allocated: u64,
     records: usize,
@@ -313,14 +473,9 @@ impl<R: Serialize + DeserializeOwned> Journal<R> {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)
             .map_err(io_err("read", &path))?;
-        let scan = scan(&bytes).map_err(|(offset, reason)| StoreError::Corrupt {
-            path: path.clone(),
-            offset: offset as u64,
-            reason: reason.to_string(),
-        })?;
-        let tail = &bytes[scan.valid_len..];
+        let scan = scan(&bytes).map_err(|e| scan_error(&path, e))?;
         let mut allocated = bytes.len() as u64;
-        if tail.iter().any(|b| *b != 0) {
+        if !scan.clean {
             tracing::warn!(
                 path = %path.display(),
                 dropped_bytes = bytes.len() - scan.valid_len,
@@ -337,6 +492,7 @@ impl<R: Serialize + DeserializeOwned> Journal<R> {
             path,
             file,
             len: scan.valid_len as u64,
+            acked: scan.acked.unwrap_or(0) as u64,
             allocated,
             records: scan.records.len(),
             _record: PhantomData,
@@ -353,11 +509,7 @@ impl<R: Serialize + DeserializeOwned> Journal<R> {
         file.read_to_end(&mut bytes)
             .map_err(io_err("read", &self.path))?;
         let good = &bytes[..bytes.len().min(self.len as usize)];
-        let scan = scan(good).map_err(|(offset, reason)| StoreError::Corrupt {
-            path: self.path.clone(),
-            offset: offset as u64,
-            reason: reason.to_string(),
-        })?;
+        let scan = scan(good).map_err(|e| scan_error(&self.path, e))?;
         scan.records
             .into_iter()
             .map(|range| {
@@ -406,21 +558,41 @@ impl<R: Serialize + DeserializeOwned> Journal<R> {
     /// Makes every record appended so far durable (one fsync), including those appended with
     /// [`Journal::append_unsynced`].
     pub fn sync(&mut self) -> Result<(), StoreError> {
-        self.file.sync_data().map_err(io_err("fsync", &self.path))
+        self.file.sync_data().map_err(io_err("fsync", &self.path))?;
+        self.acknowledge();
+        Ok(())
+    }
+
+    /// Records, after an fsync, that the whole content is durable: a commit marker behind it
+    /// (see the module docs). Not synced: lost, it only weakens the next open's verdict.
+    fn acknowledge(&mut self) {
+        self.acked = self.len;
+        let marker = marker(self.len, self.acked);
+        if let Err(e) = self.file.write_all_at(&marker, self.len) {
+            tracing::warn!(path = %self.path.display(), error = %e,
+                "cannot write the journal's commit marker; damage to its last record would read as a torn write");
+        }
     }
 
     fn write_records(&mut self, records: &[R], sync: bool) -> Result<(), StoreError> {
         let mut bytes = Vec::new();
         for record in records {
-            bytes.extend_from_slice(&self.encode(record)?);
+            let offset = self.len + bytes.len() as u64;
+            bytes.extend_from_slice(&self.encode(record, offset)?);
         }
         if bytes.is_empty() {
             return Ok(());
         }
         let end = self.len + bytes.len() as u64;
-        if end > self.allocated {
+        // The marker moves behind the new records, still saying what was acknowledged before.
+        bytes.extend_from_slice(&marker(end, self.acked));
+        let with_marker = end + MARKER_LEN as u64;
+        if with_marker > self.allocated {
             // The next chunk of zeros goes with these records, in the same write and fsync.
-            bytes.resize(bytes.len() + (allocation_for(end) - end) as usize, 0);
+            bytes.resize(
+                bytes.len() + (allocation_for(with_marker) - with_marker) as usize,
+                0,
+            );
         }
         let written = self.len + bytes.len() as u64;
         let result = self
@@ -439,6 +611,9 @@ impl<R: Serialize + DeserializeOwned> Journal<R> {
                 self.len = end;
                 self.allocated = self.allocated.max(written);
                 self.records += records.len();
+                if sync {
+                    self.acknowledge();
+                }
                 Ok(())
             }
             Err(e) => {
@@ -457,10 +632,13 @@ impl<R: Serialize + DeserializeOwned> Journal<R> {
     pub fn rewrite(&mut self, records: &[R]) -> Result<(), StoreError> {
         let mut content = Vec::new();
         for record in records {
-            content.extend_from_slice(&self.encode(record)?);
+            let offset = content.len() as u64;
+            content.extend_from_slice(&self.encode(record, offset)?);
         }
         let len = content.len() as u64;
-        content.resize(allocation_for(len) as usize, 0);
+        // Synced below together with the records, before the new file becomes the journal.
+        content.extend_from_slice(&marker(len, len));
+        content.resize(allocation_for(len + MARKER_LEN as u64) as usize, 0);
         let mut tmp_name = self.path.file_name().unwrap_or_default().to_os_string();
         tmp_name.push(".rewrite");
         let tmp = self.path.with_file_name(tmp_name);
@@ -481,6 +659,7 @@ impl<R: Serialize + DeserializeOwned> Journal<R> {
         // the folder's fsync below fails (the old handle names an unlinked file).
         self.file = file;
         self.len = len;
+        self.acked = len;
         self.allocated = content.len() as u64;
         self.records = records.len();
         sync_dir(parent_of(&self.path))
@@ -501,25 +680,85 @@ impl<R: Serialize + DeserializeOwned> Journal<R> {
         &self.path
     }
 
-    fn encode(&self, record: &R) -> Result<Vec<u8>, StoreError> {
+    fn encode(&self, record: &R, offset: u64) -> Result<Vec<u8>, StoreError> {
         let payload = serde_json::to_vec(record).map_err(|source| StoreError::Encode {
             path: self.path.clone(),
             source,
         })?;
-        frame(&payload).ok_or_else(|| StoreError::RecordTooLarge {
+        frame(&payload, offset).ok_or_else(|| StoreError::RecordTooLarge {
             path: self.path.clone(),
             len: payload.len(),
         })
     }
 }
 
-/// A log file's records without the zeros that follow them (a record ends in `}`), for
+/// What [`accept_loss`] did to a damaged file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedLoss {
+    /// Records kept (those before the first bad one).
+    pub kept_records: usize,
+    /// Bytes cut off from the first bad record on (0: the file had no damage).
+    pub dropped_bytes: u64,
+    /// The untouched copy of the file, kept for inspection (`None` when nothing was cut).
+    pub copy: Option<PathBuf>,
+}
+
+/// Accepts the loss of a damaged journal's (or outbox log's) records from the first bad one
+/// on, on the operator's explicit request (`ukey-agent journal accept-loss`): keeps an exact
+/// copy of the file next to it (`<file>.damaged-<unix seconds>`), then cuts the file at the
+/// first bad record. Refused with [`StoreError::Locked`] while an agent has the file open.
+pub fn accept_loss(path: &Path) -> Result<AcceptedLoss, StoreError> {
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io_err("open", path))?;
+    lock(&file, path)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(io_err("read", path))?;
+    let cut = match scan(&bytes) {
+        Ok(scan) if scan.clean => {
+            return Ok(AcceptedLoss {
+                kept_records: scan.records.len(),
+                dropped_bytes: 0,
+                copy: None,
+            });
+        }
+        Ok(scan) => scan.valid_len,
+        Err(e) => e.offset,
+    };
+    let kept_records = scan(&bytes[..cut]).map_or(0, |s| s.records.len());
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut copy_name = path.file_name().unwrap_or_default().to_os_string();
+    copy_name.push(format!(".damaged-{stamp}"));
+    let copy = path.with_file_name(copy_name);
+    let mut out = crate::private_files::options()
+        .write(true)
+        .create_new(true)
+        .open(&copy)
+        .map_err(io_err("create", &copy))?;
+    crate::private_files::fix_created(&out).map_err(io_err("chmod 600", &copy))?;
+    out.write_all(&bytes).map_err(io_err("write", &copy))?;
+    out.sync_all().map_err(io_err("fsync", &copy))?;
+    sync_dir(parent_of(path))?;
+    file.set_len(cut as u64).map_err(io_err("truncate", path))?;
+    file.sync_all().map_err(io_err("fsync", path))?;
+    Ok(AcceptedLoss {
+        kept_records,
+        dropped_bytes: (bytes.len() - cut) as u64,
+        copy: Some(copy),
+    })
+}
+
+/// A log file's records without the commit marker and zeros that follow them, for
 /// tests that tear or damage files.
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 pub(crate) fn content_of(path: &Path) -> Vec<u8> {
     let mut bytes = std::fs::read(path).unwrap();
-    let end = bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+    let end = scan(&bytes).ok().unwrap().valid_len;
     bytes.truncate(end);
     bytes
 }

@@ -41,6 +41,17 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+enum JournalCommand {
+    /// Accepts the loss of a damaged file's records from the first bad one on: keeps an exact
+    /// copy next to it (`<FILE>.damaged-<unix seconds>`), then cuts the file there. Only with
+    /// the agent stopped; restoring the state folder from a backup loses less.
+    AcceptLoss {
+        /// The damaged file, as named in the agent's error.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
     /// Runs the desk: watches tokens, takes jobs from the platform, personalizes Ukeys.
     ///
@@ -82,6 +93,10 @@ enum Command {
     /// folder; refused when no agent runs).
     #[command(subcommand)]
     Operator(OperatorCommand),
+    /// Repairs the job journal or the outbox log (`journal.log`, `outbox/outbox.log` in the
+    /// state folder) after the agent refused to start on damage.
+    #[command(subcommand)]
+    Journal(JournalCommand),
     /// Reads the configuration and reports every problem, each with its key; changes nothing.
     ///
     /// Exit status 0 when the configuration is valid, 3 when it is not.
@@ -180,12 +195,40 @@ fn main() -> ExitCode {
         Command::Status { config, json } => status(&config, json),
         Command::Audit(command) => return audit_cli::run(command),
         Command::Operator(command) => return operator(command),
+        Command::Journal(JournalCommand::AcceptLoss { file }) => return accept_loss(&file),
     };
     match done {
         Ok(code) => code,
         Err(failure) => {
             eprint!("{}", failure.report());
             ExitCode::from(failure.exit_status())
+        }
+    }
+}
+
+fn accept_loss(file: &std::path::Path) -> ExitCode {
+    match ukey_agent::journal::accept_loss(file) {
+        Ok(done) => {
+            match &done.copy {
+                Some(copy) => println!(
+                    "{}: kept {} records, cut {} bytes from the first damaged record on; \
+                     the damaged file is kept as {}",
+                    file.display(),
+                    done.kept_records,
+                    done.dropped_bytes,
+                    copy.display()
+                ),
+                None => println!(
+                    "{}: no damage found ({} records); nothing changed",
+                    file.display(),
+                    done.kept_records
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ukey-agent: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -100,7 +100,7 @@ fn every_torn_tail_is_cut_off_and_appending_continues() {
         j.append(&rec(1)).unwrap();
     }
     let good = content_of(&path);
-    let one = frame(&serde_json::to_vec(&rec(2)).unwrap()).unwrap();
+    let one = frame(&serde_json::to_vec(&rec(2)).unwrap(), good.len() as u64).unwrap();
     // A crash can stop an append after any number of bytes.
     for cut in 1..one.len() {
         std::fs::write(&path, [&good[..], &one[..cut]].concat()).unwrap();
@@ -126,9 +126,17 @@ fn a_batch_torn_anywhere_keeps_a_prefix_of_its_records() {
         assert_eq!(j.record_count(), 4);
     }
     let whole = std::fs::read(&path).unwrap();
-    let first = frame(&serde_json::to_vec(&rec(0)).unwrap()).unwrap().len();
-    let second = frame(&serde_json::to_vec(&rec(1)).unwrap()).unwrap().len();
-    let batch_end = first + second + frame(&serde_json::to_vec(&rec(2)).unwrap()).unwrap().len();
+    let first = frame(&serde_json::to_vec(&rec(0)).unwrap(), 0)
+        .unwrap()
+        .len();
+    let second = frame(&serde_json::to_vec(&rec(1)).unwrap(), 0)
+        .unwrap()
+        .len();
+    let batch_end = first
+        + second
+        + frame(&serde_json::to_vec(&rec(2)).unwrap(), 0)
+            .unwrap()
+            .len();
     for cut in first..=batch_end {
         std::fs::write(&path, &whole[..cut]).unwrap();
         let j = Journal::<Rec>::open(&path).unwrap();
@@ -184,12 +192,211 @@ fn damage_in_the_middle_is_an_error_not_a_silent_loss() {
     bytes[HEADER_LEN + 2] ^= 0x20;
     std::fs::write(&path, &bytes).unwrap();
     let err = Journal::<Rec>::open(&path).unwrap_err();
+    // The commit marker says all three were fsync'd.
     assert!(
-        matches!(err, StoreError::Corrupt { offset: 0, .. }),
+        matches!(
+            err,
+            StoreError::Damaged {
+                offset: 0,
+                record: 1,
+                ..
+            }
+        ),
         "{err:?}"
     );
     // The file is left as it was for an operator to look at.
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
+
+    // Without the marker (it never reached the disk), good records after the bad one still
+    // make it damage.
+    let records_only = scan(&bytes).err().map(|e| e.offset).unwrap();
+    assert_eq!(records_only, 0);
+    let mut unmarked = bytes.clone();
+    let marker_at_end = unmarked
+        .windows(4)
+        .rposition(|w| w == MARKER_MAGIC)
+        .unwrap();
+    unmarked[marker_at_end..].fill(0);
+    std::fs::write(&path, &unmarked).unwrap();
+    let err = Journal::<Rec>::open(&path).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Corrupt { offset: 0, .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_flipped_bit_in_the_last_synced_record_refuses_to_open_and_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.journal");
+    {
+        let mut j = Journal::<Rec>::open(&path).unwrap();
+        for i in 0..3 {
+            j.append(&rec(i)).unwrap();
+        }
+    }
+    let content = content_of(&path);
+    let last = content.len()
+        - frame(&serde_json::to_vec(&rec(2)).unwrap(), 0)
+            .unwrap()
+            .len();
+    for at in [last, last + 5, last + HEADER_LEN + 3, content.len() - 1] {
+        let mut bytes = std::fs::read(&path).unwrap();
+        let original = bytes.clone();
+        bytes[at] ^= 0x04;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = Journal::<Rec>::open(&path).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Damaged { offset, record: 3, .. } if *offset == last as u64),
+            "flip at {at}: {err:?}"
+        );
+        let message = err.to_string();
+        for needed in [
+            path.display().to_string(),
+            format!("record 3 at byte {last}"),
+            "acknowledged".to_string(),
+            "backup".to_string(),
+            "ukey-agent journal accept-loss".to_string(),
+        ] {
+            assert!(
+                message.contains(&needed),
+                "{needed:?} missing from: {message}"
+            );
+        }
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "the file is left alone"
+        );
+        std::fs::write(&path, &original).unwrap();
+    }
+    let j = Journal::<Rec>::open(&path).unwrap();
+    assert_eq!(j.replay().unwrap(), vec![rec(0), rec(1), rec(2)]);
+
+    // The documented way out: refused while the journal is open, then a copy and a cut.
+    assert!(matches!(accept_loss(&path), Err(StoreError::Locked { .. })));
+    drop(j);
+    assert_eq!(
+        accept_loss(&path).unwrap(),
+        AcceptedLoss {
+            kept_records: 3,
+            dropped_bytes: 0,
+            copy: None
+        },
+        "an undamaged file is left alone"
+    );
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[last + 7] ^= 0x80;
+    std::fs::write(&path, &bytes).unwrap();
+    let accepted = accept_loss(&path).unwrap();
+    assert_eq!(accepted.kept_records, 2);
+    assert_eq!(accepted.dropped_bytes, (bytes.len() - last) as u64);
+    assert_eq!(std::fs::read(accepted.copy.unwrap()).unwrap(), bytes);
+    let mut j = Journal::<Rec>::open(&path).unwrap();
+    assert_eq!(j.replay().unwrap(), vec![rec(0), rec(1)]);
+    j.append(&rec(5)).unwrap();
+    drop(j);
+    let j = Journal::<Rec>::open(&path).unwrap();
+    assert_eq!(j.replay().unwrap(), vec![rec(0), rec(1), rec(5)]);
+}
+
+#[test]
+fn a_damaged_unsynced_last_record_is_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.journal");
+    {
+        let mut j = Journal::<Rec>::open(&path).unwrap();
+        j.append(&rec(0)).unwrap();
+        j.append(&rec(1)).unwrap();
+        j.append_unsynced(&rec(2)).unwrap();
+    }
+    let whole = std::fs::read(&path).unwrap();
+    let content = content_of(&path);
+    let last = content.len()
+        - frame(&serde_json::to_vec(&rec(2)).unwrap(), 0)
+            .unwrap()
+            .len();
+    // The unsynced write cut anywhere, or one of its bits flipped: never acknowledged, so it
+    // is dropped as today, and the agent starts.
+    let mut damaged: Vec<Vec<u8>> = (last + 1..content.len())
+        .map(|cut| whole[..cut].to_vec())
+        .collect();
+    for at in [last, last + HEADER_LEN + 1, content.len() - 1] {
+        let mut bytes = whole.clone();
+        bytes[at] ^= 0x01;
+        damaged.push(bytes);
+    }
+    for bytes in damaged {
+        std::fs::write(&path, &bytes).unwrap();
+        let mut j = Journal::<Rec>::open(&path).unwrap();
+        assert_eq!(j.replay().unwrap(), vec![rec(0), rec(1)]);
+        j.append(&rec(3)).unwrap();
+        drop(j);
+        let j = Journal::<Rec>::open(&path).unwrap();
+        assert_eq!(j.replay().unwrap(), vec![rec(0), rec(1), rec(3)]);
+    }
+}
+
+#[test]
+fn a_page_written_twice_never_replays_a_record_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.journal");
+    // Records of 64 bytes: every page starts on a record boundary, so a copy of page 0 over
+    // page 1 puts whole, well-formed records where the scan expects the next one.
+    let sized = |step: u32| {
+        let mut r = Rec {
+            job: String::new(),
+            step,
+        };
+        while frame(&serde_json::to_vec(&r).unwrap(), 0).unwrap().len() < 64 {
+            r.job.push('j');
+        }
+        assert_eq!(
+            frame(&serde_json::to_vec(&r).unwrap(), 0).unwrap().len(),
+            64
+        );
+        r
+    };
+    let records: Vec<Rec> = (1000..1200).map(sized).collect();
+    {
+        let mut j = Journal::<Rec>::open(&path).unwrap();
+        // Unsynced, so that no commit marker vouches for the records: the framing alone must
+        // catch the copy.
+        j.append_all_unsynced(&records).unwrap();
+    }
+    let mut bytes = std::fs::read(&path).unwrap();
+    let first_page = bytes[..PAGE].to_vec();
+    bytes[PAGE..2 * PAGE].copy_from_slice(&first_page);
+    std::fs::write(&path, &bytes).unwrap();
+    match Journal::<Rec>::open(&path).and_then(|j| j.replay()) {
+        Ok(got) => assert_eq!(got, records[..got.len()], "a prefix, no repeated record"),
+        Err(e) => assert!(
+            matches!(e, StoreError::Corrupt { offset, .. } if offset == PAGE as u64),
+            "{e:?}"
+        ),
+    }
+}
+
+#[test]
+fn files_of_the_old_record_format_still_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.journal");
+    let mut old = Vec::new();
+    for i in 0..3 {
+        let payload = serde_json::to_vec(&rec(i)).unwrap();
+        let len = payload.len() as u32;
+        old.extend_from_slice(&MAGIC_V1);
+        old.extend_from_slice(&len.to_le_bytes());
+        old.extend_from_slice(&checksum(None, len, &payload));
+        old.extend_from_slice(&payload);
+    }
+    std::fs::write(&path, &old).unwrap();
+    let mut j = Journal::<Rec>::open(&path).unwrap();
+    assert_eq!(j.replay().unwrap(), vec![rec(0), rec(1), rec(2)]);
+    j.append(&rec(3)).unwrap();
+    drop(j);
+    let j = Journal::<Rec>::open(&path).unwrap();
+    assert_eq!(j.replay().unwrap(), (0..4).map(rec).collect::<Vec<_>>());
 }
 
 #[test]
@@ -354,7 +561,7 @@ proptest::proptest! {
                 proptest::prop_assert!(got.len() <= records.len());
                 proptest::prop_assert_eq!(&got[..], &records[..got.len()]);
             }
-            Err(StoreError::Corrupt { .. }) => {}
+            Err(StoreError::Corrupt { .. } | StoreError::Damaged { .. }) => {}
             Err(other) => proptest::prop_assert!(false, "not a Corrupt error: {other:?}"),
         }
     }

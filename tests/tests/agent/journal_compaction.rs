@@ -42,13 +42,17 @@ async fn desk(slots: usize) -> Station {
 }
 
 /// The journal's records as JSON values (kind and ids readable, content sealed), and the
-/// length of the file's part that holds them (zeros, the room for later appends, follow).
+/// length of the file's part that holds them (the commit marker `UKC1` and zeros, the room
+/// for later appends, follow).
 fn journal_content(station: &Station) -> (Vec<serde_json::Value>, u64) {
     let bytes = std::fs::read(station.state_dir().join("journal.log")).unwrap();
     let mut records = Vec::new();
     let mut pos = 0;
     while pos < bytes.len() && bytes[pos..].iter().any(|b| *b != 0) {
-        assert_eq!(&bytes[pos..pos + 4], b"UKR1", "record magic at {pos}");
+        if &bytes[pos..pos + 4] == b"UKC1" {
+            break;
+        }
+        assert_eq!(&bytes[pos..pos + 4], b"UKR2", "record magic at {pos}");
         let len = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().unwrap()) as usize;
         let payload = &bytes[pos + 16..pos + 16 + len];
         records.push(serde_json::from_slice(payload).unwrap());
